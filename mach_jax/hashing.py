@@ -1,0 +1,287 @@
+"""Hash families that map K classes to B buckets, R independent times.
+
+MACH relabels class k as bucket h_r(k) in repetition r. Everything about the hash is
+captured by a small, JSON-serialisable :class:`HashSpec` (family, K, B, R, seed), so the
+bucket of any class is reproducible on any host or device and is saved with the weights.
+
+All hash functions are written once over ``uint32`` arithmetic and run unchanged under
+NumPy (host: inverted index, tests) and ``jax.numpy`` (device: labels are hashed inside the
+jitted train step, so training never needs an [R, K] table).
+
+Families:
+  * ``universal``: the 2-universal family h(k) = ((a*k + b) mod p) mod B with the Mersenne
+    prime p = 2^31 - 1 > K. a*k does not fit in 32 bits, so the product is computed with
+    modular double-and-add (31 steps of additions that stay below 2^32).
+  * ``murmur``: MurmurHash3 (x86, 32-bit) of the 4-byte class id with a per-repetition seed,
+    bucket = hash mod B. With ``seed=0`` repetition r uses murmur seed r, exactly as the
+    official MACH code does with ``murmurhash3_32(k, seed=r) % B``.
+  * ``balanced``: a keyed pseudo-random permutation pi_r of [0, K) (a 4-round Feistel
+    network with cycle-walking) followed by bucket = pi_r(k) mod B. Because pi_r is a
+    bijection, every bucket holds exactly floor(K/B) or ceil(K/B) classes -- a seeded
+    permutation cut into B equal slices (residue classes), computed without a table.
+
+References:
+  Carter & Wegman, "Universal classes of hash functions", JCSS 1979.
+  Medini et al., "Extreme Classification in Log Memory using Count-Min Sketch", NeurIPS 2019.
+  Black & Rogaway, "Ciphers with arbitrary finite domains", CT-RSA 2002 (cycle-walking).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import numpy as np
+
+FAMILIES = ("universal", "murmur", "balanced")
+MERSENNE_P = (1 << 31) - 1
+_FEISTEL_ROUNDS = 4
+_U32 = 0xFFFFFFFF
+
+
+@dataclasses.dataclass(frozen=True)
+class HashSpec:
+  """Everything needed to recompute every bucket id.
+
+  Attributes:
+    family: one of ``FAMILIES``.
+    K: number of classes.
+    B: number of buckets per repetition.
+    R: number of repetitions.
+    seed: master seed; per-repetition parameters are derived from it deterministically
+      with ``numpy.random.SeedSequence`` (stable across NumPy versions and platforms).
+  """
+
+  family: str
+  K: int
+  B: int
+  R: int
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.family not in FAMILIES:
+      raise ValueError(f"HashSpec.family={self.family!r}: expected one of {FAMILIES}")
+    for name in ("K", "B", "R"):
+      value = getattr(self, name)
+      if not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"HashSpec.{name}={value!r}: expected a positive integer")
+    if self.K >= MERSENNE_P:
+      raise ValueError(f"HashSpec.K={self.K}: at most {MERSENNE_P - 1} classes are supported")
+    if self.B > self.K:
+      raise ValueError(f"HashSpec.B={self.B} > K={self.K}: more buckets than classes")
+    if self.seed < 0:
+      raise ValueError(f"HashSpec.seed={self.seed}: expected a non-negative integer")
+
+  # -- serialisation -------------------------------------------------------------------
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "HashSpec":
+    return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), sort_keys=True)
+
+  # -- per-repetition parameters -------------------------------------------------------
+  def params(self) -> np.ndarray:
+    """Per-repetition hash parameters, uint32 [R, 4]; meaning depends on the family.
+
+    universal: (a, b, -, -) with a in [1, p), b in [0, p).
+    murmur: (murmur seed, -, -, -).
+    balanced: four Feistel round keys.
+    """
+    if self.family == "murmur" and self.seed == 0:
+      # Matches the official MACH code: repetition r hashes with murmur seed r.
+      p = np.zeros((self.R, 4), np.uint32)
+      p[:, 0] = np.arange(self.R, dtype=np.uint32)
+      return p
+    words = np.random.SeedSequence([self.seed, FAMILIES.index(self.family)]).generate_state(
+        4 * self.R, dtype=np.uint32).reshape(self.R, 4)
+    if self.family == "universal":
+      a = 1 + (words[:, 0].astype(np.uint64) % np.uint64(MERSENNE_P - 1))
+      b = words[:, 1].astype(np.uint64) % np.uint64(MERSENNE_P)
+      words = words.copy()
+      words[:, 0] = a.astype(np.uint32)
+      words[:, 1] = b.astype(np.uint32)
+    return words
+
+  def feistel_half_bits(self) -> int:
+    """Half width w of the Feistel domain [0, 4^w) that contains [0, K)."""
+    bits = max(2, int(self.K - 1).bit_length())
+    return (bits + 1) // 2
+
+  # -- hashing -------------------------------------------------------------------------
+  def buckets(self, classes, xp=np):
+    """Bucket ids of ``classes`` in every repetition.
+
+    Args:
+      classes: integer array of any shape, values in [0, K). Negative entries (padding)
+        are hashed as class 0; callers mask them.
+      xp: ``numpy`` or ``jax.numpy``.
+
+    Returns:
+      int32 array of shape [R, *classes.shape] with values in [0, B).
+    """
+    params = xp.asarray(self.params())
+    k = xp.maximum(xp.asarray(classes), 0).astype(xp.uint32)
+    shape = (self.R,) + (1,) * k.ndim
+    cols = [params[:, i].reshape(shape) for i in range(4)]
+    k = k[None]
+    if self.family == "universal":
+      h = universal_hash(k, cols[0], cols[1], xp)
+    elif self.family == "murmur":
+      h = murmur3_32(k, cols[0], xp)
+    else:
+      h = feistel_permute(k, cols, self.K, self.feistel_half_bits(), xp)
+    return (h % xp.uint32(self.B)).astype(xp.int32)
+
+  def bucket_table(self) -> np.ndarray:
+    """int32 [R, K] bucket of every class (host side; for decoding and statistics)."""
+    return self.buckets(np.arange(self.K, dtype=np.int64))
+
+
+# ---------------------------------------------------------------------------------------
+# uint32 kernels shared by NumPy and jax.numpy.
+
+
+def _rotl(x, r: int, xp):
+  return (x << xp.uint32(r)) | (x >> xp.uint32(32 - r))
+
+
+def mulmod_mersenne(a, k, xp, bits: int = 31):
+  """(a * k) mod (2^31 - 1) for a, k < 2^31 using only uint32 additions.
+
+  Double-and-add over the bits of k: every intermediate stays below 2p < 2^32.
+  """
+  p = xp.uint32(MERSENNE_P)
+
+  def addmod(x, y):
+    s = x + y
+    return xp.where(s >= p, s - p, s)
+
+  a = a % p
+  k = k % p
+  result = xp.zeros(xp.broadcast_shapes(a.shape, k.shape), xp.uint32)
+  for bit in range(bits - 1, -1, -1):
+    result = addmod(result, result)
+    take = ((k >> xp.uint32(bit)) & xp.uint32(1)).astype(bool)
+    result = xp.where(take, addmod(result, a), result)
+  return result
+
+
+def universal_hash(k, a, b, xp):
+  """((a*k + b) mod p), p = 2^31 - 1; the caller reduces mod B."""
+  p = xp.uint32(MERSENNE_P)
+  ak = mulmod_mersenne(a, k, xp)
+  s = ak + (b % p)
+  return xp.where(s >= p, s - p, s)
+
+
+def murmur3_32(key, seed, xp):
+  """MurmurHash3 x86_32 of one little-endian 4-byte key (unsigned result)."""
+  c1, c2 = xp.uint32(0xCC9E2D51), xp.uint32(0x1B873593)
+  k1 = key.astype(xp.uint32) * c1
+  k1 = _rotl(k1, 15, xp) * c2
+  h1 = seed.astype(xp.uint32) ^ k1
+  h1 = _rotl(h1, 13, xp) * xp.uint32(5) + xp.uint32(0xE6546B64)
+  h1 = h1 ^ xp.uint32(4)
+  return fmix32(h1, xp)
+
+
+def fmix32(h, xp):
+  h = h ^ (h >> xp.uint32(16))
+  h = h * xp.uint32(0x85EBCA6B)
+  h = h ^ (h >> xp.uint32(13))
+  h = h * xp.uint32(0xC2B2AE35)
+  return h ^ (h >> xp.uint32(16))
+
+
+def _feistel_once(x, keys, half_bits: int, xp):
+  mask = xp.uint32((1 << half_bits) - 1)
+  left, right = x >> xp.uint32(half_bits), x & mask
+  for key in keys[:_FEISTEL_ROUNDS]:
+    left, right = right, left ^ (fmix32(right ^ key, xp) & mask)
+  return (left << xp.uint32(half_bits)) | right
+
+
+def feistel_permute(k, keys, K: int, half_bits: int, xp):
+  """A keyed bijection of [0, K): Feistel network on [0, 4^w) with cycle-walking.
+
+  Values that land outside [0, K) are permuted again until they fall inside; since the
+  domain is at most 4K, fewer than four passes are expected per element.
+  """
+  x = _feistel_once(k, keys, half_bits, xp)
+  bound = xp.uint32(K)
+  if xp is np:
+    keys = [np.broadcast_to(key, x.shape) for key in keys]
+    out = x.copy()
+    todo = np.nonzero(out >= bound)
+    while todo[0].size:  # Re-permute only the elements still outside [0, K).
+      y = _feistel_once(out[todo], [key[todo] for key in keys], half_bits, np)
+      out[todo] = y
+      keep = y >= bound
+      todo = tuple(t[keep] for t in todo)
+    return out
+  import jax  # Local import keeps NumPy-only users (index building) free of jax.
+
+  return jax.lax.while_loop(
+      lambda x: xp.any(x >= bound),
+      lambda x: xp.where(x >= bound, _feistel_once(x, keys, half_bits, xp), x),
+      x)
+
+
+# ---------------------------------------------------------------------------------------
+# Host-side structures for decoding.
+
+
+@dataclasses.dataclass(frozen=True)
+class InvertedIndex:
+  """Classes of each bucket, per repetition, in CSR layout.
+
+  ``classes[r, offsets[r, j]:offsets[r, j + 1]]`` are the classes in bucket j of
+  repetition r, in increasing order. Memory is R*K int32 + R*(B+1) int64.
+  """
+
+  classes: np.ndarray  # int32 [R, K]
+  offsets: np.ndarray  # int64 [R, B + 1]
+
+  def bucket(self, r: int, j: int) -> np.ndarray:
+    return self.classes[r, self.offsets[r, j]:self.offsets[r, j + 1]]
+
+  @property
+  def nbytes(self) -> int:
+    return self.classes.nbytes + self.offsets.nbytes
+
+
+def build_inverted_index(spec: HashSpec, table: np.ndarray | None = None) -> InvertedIndex:
+  """Vectorised build: one stable argsort and one bincount per repetition."""
+  table = spec.bucket_table() if table is None else table
+  classes = np.argsort(table, axis=1, kind="stable").astype(np.int32)
+  counts = np.stack([np.bincount(t, minlength=spec.B) for t in table])
+  offsets = np.zeros((spec.R, spec.B + 1), np.int64)
+  np.cumsum(counts, axis=1, out=offsets[:, 1:])
+  return InvertedIndex(classes=classes, offsets=offsets)
+
+
+def load_statistics(spec: HashSpec, table: np.ndarray | None = None) -> dict[str, float]:
+  """Bucket-load statistics over all repetitions.
+
+  Returns min/max/mean/std of classes per bucket, the max load relative to K/B, the
+  fraction of empty buckets, and the fraction of class pairs that share a bucket in a
+  repetition (ideal 1/B for a random hash, slightly below for the balanced family).
+  """
+  table = spec.bucket_table() if table is None else table
+  counts = np.stack([np.bincount(t, minlength=spec.B) for t in table]).astype(np.float64)
+  pairs = (counts * (counts - 1) / 2).sum(axis=1) / max(spec.K * (spec.K - 1) / 2, 1)
+  return {
+      "min_load": float(counts.min()),
+      "max_load": float(counts.max()),
+      "mean_load": float(counts.mean()),
+      "std_load": float(counts.std()),
+      "max_over_mean": float(counts.max() / (spec.K / spec.B)),
+      "empty_bucket_fraction": float((counts == 0).mean()),
+      "pair_collision_rate": float(pairs.mean()),
+      "ideal_pair_collision_rate": 1.0 / spec.B,
+  }

@@ -1,0 +1,115 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from sklearn.utils import murmurhash3_32
+
+from mach_jax import hashing
+from mach_jax.hashing import FAMILIES, HashSpec
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_deterministic_and_in_range(family):
+  spec = HashSpec(family, K=5003, B=61, R=5, seed=7)
+  table = spec.bucket_table()
+  assert table.shape == (5, 5003) and table.dtype == np.int32
+  assert table.min() >= 0 and table.max() < 61
+  again = HashSpec.from_dict(spec.to_dict()).bucket_table()
+  np.testing.assert_array_equal(table, again)
+  other_seed = HashSpec(family, K=5003, B=61, R=5, seed=8).bucket_table()
+  assert (table != other_seed).mean() > 0.5
+  # Repetitions are different hash functions.
+  assert (table[0] != table[1]).mean() > 0.5
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_device_hash_equals_host_hash(family):
+  spec = HashSpec(family, K=20011, B=97, R=4, seed=3)
+  classes = jnp.arange(spec.K).reshape(-1, 1)
+  on_device = jax.jit(lambda k: spec.buckets(k, jnp))(classes)
+  assert on_device.shape == (4, spec.K, 1)
+  np.testing.assert_array_equal(np.asarray(on_device)[..., 0], spec.bucket_table())
+
+
+def test_murmur_matches_official_mach_hash():
+  spec = HashSpec("murmur", K=3000, B=128, R=3, seed=0)
+  expected = np.array([[murmurhash3_32(k, seed=r, positive=True) % 128 for k in range(3000)]
+                       for r in range(3)])
+  np.testing.assert_array_equal(spec.bucket_table(), expected)
+
+
+def test_universal_matches_exact_integer_formula():
+  spec = HashSpec("universal", K=100_000, B=1000, R=2, seed=11)
+  a, b = spec.params()[:, 0].astype(object), spec.params()[:, 1].astype(object)
+  ks = [0, 1, 2, 99_999, 65_536, 12_345, 2**16 - 1]
+  p = hashing.MERSENNE_P
+  table = spec.bucket_table()
+  for r in range(2):
+    assert 1 <= a[r] < p and 0 <= b[r] < p
+    for k in ks:
+      assert table[r, k] == ((a[r] * k + b[r]) % p) % 1000
+
+
+@settings(max_examples=50, deadline=None)
+@given(a=st.integers(1, 2**31 - 2), k=st.integers(0, 2**31 - 2))
+def test_mulmod_no_overflow(a, k):
+  got = hashing.mulmod_mersenne(np.array([a], np.uint32), np.array([k], np.uint32), np)
+  assert int(got[0]) == (a * k) % hashing.MERSENNE_P
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pair_collision_rate_close_to_one_over_B(family):
+  B = 50
+  spec = HashSpec(family, K=20_000, B=B, R=8, seed=1)
+  table = spec.bucket_table()
+  rng = np.random.default_rng(0)
+  i = rng.integers(0, spec.K, 200_000)
+  j = rng.integers(0, spec.K, 200_000)
+  keep = i != j
+  rate = (table[:, i[keep]] == table[:, j[keep]]).mean()
+  # 1.6M pair trials: the standard error is about 1e-4 around 1/B = 0.02.
+  assert abs(rate - 1 / B) < 0.1 / B
+  stats = hashing.load_statistics(spec, table)
+  assert abs(stats["pair_collision_rate"] - 1 / B) < 0.1 / B
+
+
+def test_balanced_loads_are_floor_or_ceil():
+  for K, B in [(10_007, 97), (4096, 64), (1000, 999), (5, 2)]:
+    spec = HashSpec("balanced", K=K, B=B, R=3, seed=5)
+    table = spec.bucket_table()
+    for r in range(3):
+      counts = np.bincount(table[r], minlength=B)
+      assert counts.min() == K // B and counts.max() == -(-K // B)
+
+
+def test_negative_padding_is_hashed_harmlessly():
+  spec = HashSpec("murmur", K=100, B=10, R=2)
+  out = spec.buckets(np.array([[3, -1]]))
+  assert out.shape == (2, 1, 2) and out.min() >= 0 and out.max() < 10
+
+
+def test_inverted_index_lists_every_class_once():
+  spec = HashSpec("universal", K=3001, B=37, R=3, seed=2)
+  table = spec.bucket_table()
+  index = hashing.build_inverted_index(spec, table)
+  for r in range(3):
+    seen = np.concatenate([index.bucket(r, j) for j in range(37)])
+    np.testing.assert_array_equal(np.sort(seen), np.arange(spec.K))
+    for j in (0, 5, 36):
+      members = index.bucket(r, j)
+      assert (table[r, members] == j).all()
+      assert (np.diff(members) > 0).all()
+  assert index.nbytes == index.classes.nbytes + index.offsets.nbytes
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(family="md5", K=10, B=2, R=1), "family"),
+    (dict(family="murmur", K=0, B=2, R=1), "K=0"),
+    (dict(family="murmur", K=10, B=20, R=1), "more buckets"),
+    (dict(family="murmur", K=10, B=2, R=0), "R=0"),
+    (dict(family="murmur", K=10, B=2, R=1, seed=-1), "seed"),
+])
+def test_bad_spec_is_rejected(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    HashSpec(**kwargs)
