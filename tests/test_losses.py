@@ -1,0 +1,53 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mach_jax import losses
+
+
+def _case():
+  logits = jax.random.normal(jax.random.key(0), (2, 3, 4))  # R=2, b=3, B=4
+  buckets = jnp.array([[[1, 1, 0], [2, 0, 0], [3, 0, 0]],
+                       [[0, 2, 0], [1, 0, 0], [3, 0, 0]]])  # [R, b, L=3]
+  label_mask = jnp.array([[1, 1, 0], [1, 0, 0], [0, 0, 0]], bool)  # row 2 has no labels
+  row_mask = jnp.array([1.0, 1.0, 1.0])
+  return logits, buckets, label_mask, row_mask
+
+
+def test_bce_on_multi_hot_buckets():
+  logits, buckets, lm, rm = _case()
+  got = losses.mach_loss("bce", logits, buckets, lm, rm)
+  assert got.shape == (2,)
+  targets = np.zeros((2, 3, 4))
+  targets[0, 0, 1] = 1  # two labels in the same bucket: still 1 (multi-hot)
+  targets[0, 1, 2] = 1
+  targets[1, 0, [0, 2]] = 1
+  targets[1, 1, 1] = 1
+  x = np.asarray(logits)
+  ref = (np.maximum(x, 0) - x * targets + np.log1p(np.exp(-np.abs(x)))).sum(-1).mean(-1)
+  np.testing.assert_allclose(got, ref, rtol=1e-5)
+
+
+def test_softmax_on_normalised_histogram_skips_unlabelled_rows():
+  logits, buckets, lm, rm = _case()
+  got = losses.mach_loss("softmax_hist", logits, buckets, lm, rm)
+  logp = np.asarray(jax.nn.log_softmax(logits))
+  # rep 0: row 0 histogram is all mass on bucket 1; row 1 on bucket 2; row 2 skipped.
+  ref0 = -(logp[0, 0, 1] + logp[0, 1, 2]) / 2
+  ref1 = -(0.5 * logp[1, 0, 0] + 0.5 * logp[1, 0, 2] + logp[1, 1, 1]) / 2
+  np.testing.assert_allclose(got, [ref0, ref1], rtol=1e-5)
+
+
+def test_multiclass_softmax_and_row_mask():
+  logits, buckets, lm, _ = _case()
+  rm = jnp.array([1.0, 0.0, 0.0])  # only row 0 is real
+  got = losses.mach_loss("softmax", logits, buckets, lm, rm)
+  logp = np.asarray(jax.nn.log_softmax(logits))
+  np.testing.assert_allclose(got, [-logp[0, 0, 1], -logp[1, 0, 0]], rtol=1e-5)
+
+
+def test_unknown_loss():
+  logits, buckets, lm, rm = _case()
+  with pytest.raises(ValueError, match="loss="):
+    losses.mach_loss("hinge", logits, buckets, lm, rm)
