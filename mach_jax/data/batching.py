@@ -1,0 +1,131 @@
+"""Fixed-shape batches from CSR data, so the jitted step compiles only a handful of times.
+
+A batch of b points is a dict of NumPy arrays:
+
+  indices  int32 [T]   feature ids of all nonzeros of the batch, row after row
+  values   float32 [T] their values (0 for padding)
+  segments int32 [T]   the row (0..b-1) each nonzero belongs to (padding points at row 0)
+  labels   int32 [b, Lw] label ids, padded with -1
+  mask     float32 [b] 1 for real points, 0 for padding rows (the last, partial batch)
+
+T and Lw are fixed per data set (``Widths.for_data``): T covers the mean nonzeros of a batch
+plus six standard deviations, Lw is the largest label count rounded up to a power of two.
+A rare batch that needs more gets the next bucketed width (four steps per power of two), so
+the step compiles once or twice per run and nothing is ever truncated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from typing import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def round_up_width(n: int, minimum: int = 8, steps_per_octave: int = 4) -> int:
+  """Smallest width >= n of the form m * 2^e with m in {steps..2*steps} (few distinct values)."""
+  n = max(int(n), minimum)
+  e = max(int(n - 1).bit_length() - int(steps_per_octave).bit_length(), 0)
+  step = 1 << e
+  return -(-n // step) * step
+
+
+def next_pow2(n: int, minimum: int = 1) -> int:
+  n = max(int(n), minimum)
+  return 1 << (n - 1).bit_length()
+
+
+@dataclasses.dataclass(frozen=True)
+class Widths:
+  """Minimum padded widths of a batch: nonzeros T and labels per point Lw."""
+
+  nnz: int = 256
+  labels: int = 1
+
+  @classmethod
+  def for_data(cls, X: sp.csr_matrix, Y: sp.csr_matrix, batch_size: int) -> "Widths":
+    row_nnz = np.diff(X.indptr).astype(np.float64)
+    bound = np.sort(row_nnz)[::-1][:batch_size].sum()  # No batch can need more.
+    typical = batch_size * row_nnz.mean() + 6.0 * np.sqrt(batch_size) * row_nnz.std()
+    nnz = round_up_width(min(bound, typical))
+    labels = next_pow2(np.diff(Y.indptr).max() if Y.shape[0] else 1)
+    return cls(nnz=nnz, labels=labels)
+
+
+def make_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, batch_size: int,
+               widths: Widths = Widths(), dense: bool = False) -> dict[str, np.ndarray]:
+  """Pack ``rows`` of (X, Y) into one padded batch of ``batch_size`` points.
+
+  With ``dense=True`` the features come as ``dense`` float32 [b, D] instead of the
+  flattened nonzeros (for the dense-input model).
+  """
+  rows = np.asarray(rows)
+  n = rows.size
+  if n > batch_size:
+    raise ValueError(f"{n} rows do not fit in batch_size={batch_size}")
+  Xb, Yb = X[rows], Y[rows]
+  nnz = Xb.indptr[1:] - Xb.indptr[:-1]
+  T = max(widths.nnz, round_up_width(Xb.nnz))
+  indices = np.zeros(T, np.int32)
+  values = np.zeros(T, np.float32)
+  segments = np.zeros(T, np.int32)
+  indices[:Xb.nnz] = Xb.indices
+  values[:Xb.nnz] = Xb.data
+  segments[:Xb.nnz] = np.repeat(np.arange(n, dtype=np.int32), nnz)
+  nlab = Yb.indptr[1:] - Yb.indptr[:-1]
+  Lw = max(widths.labels, next_pow2(nlab.max() if n else 1))
+  labels = np.full((batch_size, Lw), -1, np.int32)
+  if Yb.nnz:
+    r = np.repeat(np.arange(n), nlab)
+    c = np.arange(Yb.nnz) - np.repeat(Yb.indptr[:-1], nlab)
+    labels[r, c] = Yb.indices
+  mask = np.zeros(batch_size, np.float32)
+  mask[:n] = 1.0
+  if dense:
+    feats = np.zeros((batch_size, X.shape[1]), np.float32)
+    feats[:n] = Xb.toarray()
+    return dict(dense=feats, labels=labels, mask=mask)
+  return dict(indices=indices, values=values, segments=segments, labels=labels, mask=mask)
+
+
+def batch_rows(num_points: int, batch_size: int, *, shuffle: bool, seed: int = 0,
+               epoch: int = 0) -> list[np.ndarray]:
+  """Row ids of each batch for one epoch; the permutation depends only on (seed, epoch)."""
+  order = np.arange(num_points)
+  if shuffle:
+    order = np.random.default_rng([seed, epoch]).permutation(num_points)
+  return [order[i:i + batch_size] for i in range(0, num_points, batch_size)]
+
+
+def iterate_batches(X, Y, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
+                    widths: Widths | None = None,
+                    dense: bool = False) -> Iterator[dict[str, np.ndarray]]:
+  widths = Widths.for_data(X, Y, batch_size) if widths is None else widths
+  for rows in batch_rows(X.shape[0], batch_size, shuffle=shuffle, seed=seed, epoch=epoch):
+    yield make_batch(X, Y, rows, batch_size, widths, dense=dense)
+
+
+def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
+  """Produce items in a background thread so host batching overlaps device work."""
+  q: queue.Queue = queue.Queue(maxsize=size)
+  done = object()
+
+  def worker():
+    try:
+      for item in iterator:
+        q.put(item)
+    except BaseException as e:  # Re-raised in the consumer with its traceback.
+      q.put(e)
+    q.put(done)
+
+  threading.Thread(target=worker, daemon=True).start()
+  while True:
+    item = q.get()
+    if item is done:
+      return
+    if isinstance(item, BaseException):
+      raise item
+    yield item

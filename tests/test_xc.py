@@ -1,0 +1,72 @@
+import gzip
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from mach_jax.data.xc import XCFormatError, read_xc, write_xc
+from tests.conftest import shared_file
+
+GOOD = "3 6 4\n0,2 0:1.5 5:2\n 1:0.5\n3 4:1 2:-1\n"
+
+
+def _write(tmp_path, text, name="d.txt", gz=False):
+  path = tmp_path / name
+  if gz:
+    with gzip.open(path, "wt") as f:
+      f.write(text)
+  else:
+    path.write_text(text)
+  return str(path)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_reads_plain_and_gzip_keeping_rows_without_labels(tmp_path, gz):
+  d = read_xc(_write(tmp_path, GOOD, "d.txt.gz" if gz else "d.txt", gz))
+  assert d.X.shape == (3, 6) and d.Y.shape == (3, 4)
+  np.testing.assert_allclose(d.X.toarray(), [[1.5, 0, 0, 0, 0, 2], [0, .5, 0, 0, 0, 0],
+                                             [0, 0, -1, 0, 1, 0]])
+  np.testing.assert_array_equal(d.Y.toarray(), [[1, 0, 1, 0], [0, 0, 0, 0], [0, 0, 0, 1]])
+
+
+def test_header_sizes_are_kept_not_inferred(tmp_path):
+  d = read_xc(_write(tmp_path, "1 100 50\n0 1:1\n"))
+  assert (d.num_features, d.num_labels) == (100, 50)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("3 6\n0 1:1\n", r"d.txt:1: expected header"),
+    ("x 6 4\n", r"d.txt:1: expected header"),
+    ("2 6 4\n0 1:1\n0 6:1\n", r"d.txt:3: feature 6 outside \[0, 6\)"),
+    ("2 6 4\n0 1:1\n4 2:1\n", r"d.txt:3: label 4 outside \[0, 4\)"),
+    ("2 6 4\n0 1:1\n0 2-1\n", r"d.txt:3: bad feature token"),
+    ("2 6 4\n0 1:1\n0 2:abc\n", r"d.txt:3: bad feature token"),
+    ("2 6 4\n0 1:1\na,b 2:1\n", r"d.txt:3: bad label field"),
+    ("2 6 4\n0 1:1 1:2\n", r"d.txt:2: feature 1 appears twice"),
+    ("2 6 4\n0 1:nan\n", r"d.txt:2: feature 1 has non-finite value"),
+    ("3 6 4\n0 1:1\n1 2:1\n", r"d.txt:3: header says N=3 points, file has 2"),
+    ("1 6 4\n0 1:1\n1 2:1\n", r"header says N=1 points, file has 2"),
+])
+def test_bad_input_names_file_and_line(tmp_path, text, match):
+  with pytest.raises(XCFormatError, match=match):
+    read_xc(_write(tmp_path, text))
+
+
+def test_write_then_read_round_trip(tmp_path):
+  rng = np.random.default_rng(0)
+  X = sp.random(20, 30, density=0.2, format="csr", random_state=1, dtype=np.float32)
+  Y = sp.csr_matrix((rng.random((20, 7)) < 0.3).astype(np.float32))
+  path = str(tmp_path / "rt.txt.gz")
+  write_xc(path, X, Y)
+  d = read_xc(path)
+  np.testing.assert_allclose(d.X.toarray(), X.toarray(), rtol=1e-5)
+  np.testing.assert_array_equal(d.Y.toarray(), Y.toarray())
+
+
+@pytest.mark.parametrize("name, N, D, L, empty", [("bibtex", 4880, 1836, 159, 0),
+                                                  ("delicious", 12920, 500, 983, 10),
+                                                  ("corel5k", 4500, 499, 374, 0)])
+def test_real_sets(name, N, D, L, empty):
+  d = read_xc(shared_file(name, "train"))
+  assert d.X.shape == (N, D) and d.Y.shape == (N, L)
+  assert int((np.diff(d.Y.indptr) == 0).sum()) == empty
