@@ -1,0 +1,20 @@
+"""MACH on corel5k (../shared/data/corel5k; 374 labels, about 3.5 per point).
+
+    python -m experiments.train --config experiments/configs/corel5k.py --workdir /tmp/corel5k
+
+Result: see the README table (P@1 / P@5 and the machine it was measured on).
+"""
+
+from experiments.configs.base import base_config, shared_data
+
+
+def get_config():
+  c = base_config()
+  c.data.train = shared_data("corel5k", "train")
+  c.data.test = shared_data("corel5k", "test")
+  c.model.R = 16
+  c.model.B = 64
+  c.model.hidden = (512,)
+  c.model.loss = "bce"
+  c.train.num_epochs = 10
+  return c

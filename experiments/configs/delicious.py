@@ -1,0 +1,20 @@
+"""MACH on delicious (../shared/data/delicious; 983 labels, about 19 per point).
+
+    python -m experiments.train --config experiments/configs/delicious.py --workdir /tmp/delicious
+
+Result: see the README table (P@1 / P@5 and the machine it was measured on).
+"""
+
+from experiments.configs.base import base_config, shared_data
+
+
+def get_config():
+  c = base_config()
+  c.data.train = shared_data("delicious", "train")
+  c.data.test = shared_data("delicious", "test")
+  c.model.R = 16
+  c.model.B = 128
+  c.model.hidden = (512,)
+  c.model.loss = "bce"
+  c.train.num_epochs = 10
+  return c

@@ -1,0 +1,42 @@
+"""Launch one experiment: parse flags, call ``mach_jax.train.train_and_evaluate``.
+
+    python -m experiments.train --config experiments/configs/synthetic.py --workdir /tmp/mach
+    python -m experiments.train --config experiments/configs/bibtex.py --workdir /tmp/b \
+        --config.model.R=16
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from mach_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics.jsonl and results.json.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+_SUMMARY = ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  print("test " + "  ".join(f"{k} {results[k]:.4f}" for k in _SUMMARY)
+        + f"  (estimator: {results['estimator']})")
+  for name, res in results["by_estimator"].items():
+    print(f"  {name:>9}: P@1 {res['P@1']:.4f}  P@3 {res['P@3']:.4f}  P@5 {res['P@5']:.4f}")
+  ratio = results["num_params_full_softmax"] / results["num_params"]
+  print(f"parameters: {results['num_params']:,} (MACH) vs {results['num_params_full_softmax']:,} "
+        f"(full softmax): the full softmax needs {ratio:.3g}x MACH's; "
+        f"{results['examples_per_second']:.0f} train examples/s, "
+        f"{results['train_seconds']:.1f} s training")
+  print(json.dumps({"results": f"{_WORKDIR.value}/results.json"}))
+
+
+if __name__ == "__main__":
+  app.run(main)

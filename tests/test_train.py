@@ -1,0 +1,128 @@
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.configs import bibtex, synthetic
+from mach_jax import data as data_lib
+from mach_jax import metrics, train
+from mach_jax.data import batching
+from tests.conftest import shared_file
+
+
+def tiny_config():
+  c = synthetic.get_config()
+  c.data.synthetic.update(num_train=3000, num_test=500, num_classes=400, num_features=1000)
+  c.model.update(R=4, B=32, hidden=(64,), loss="softmax_hist")
+  c.eval.estimators = ("mean", "log_mean")
+  c.train.update(batch_size=64, num_epochs=3, log_every_steps=10, progress_bar=False)
+  c.eval.update(batch_size=128, every_epochs=1, subset=200)
+  return c
+
+
+def popular_baseline(train_Y, test_Y):
+  top = np.argsort(-np.asarray(train_Y.sum(axis=0)).ravel(), kind="stable")[:5]
+  return metrics.evaluate(np.tile(top, (test_Y.shape[0], 1)), test_Y)
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r["loss"] for r in map(json.loads, f) if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("tiny"))
+  return workdir, train.train_and_evaluate(tiny_config(), workdir)
+
+
+def test_tiny_run_learns_and_writes_results(tiny_run):
+  workdir, results = tiny_run
+  loss = _losses(workdir)
+  assert loss[-1] < 0.8 * loss[0]  # From about log(B) = 3.47 to below 2.8.
+  tr, te = data_lib.load(tiny_config().data)
+  base = popular_baseline(tr.Y, te.Y)
+  assert results["P@1"] > base["P@1"] + 0.1, (results["P@1"], base["P@1"])
+  with open(os.path.join(workdir, "results.json")) as f:
+    saved = json.load(f)
+  for key in ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5", "train_seconds", "examples_per_second",
+              "num_params", "num_params_full_softmax", "config", "versions", "hash_spec"):
+    assert key in saved
+  assert saved["num_params"] == 4 * (1000 * 64 + 64 + 64 * 32 + 32)
+  assert saved["hash_spec"] == {"family": "murmur", "K": 400, "B": 32, "R": 4, "seed": 0}
+  assert set(saved["by_estimator"]) == set(tiny_config().eval.estimators)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert any("eval/P@1" in r for r in records)
+
+
+def test_same_config_and_seed_give_same_numbers(tiny_run, tmp_path):
+  workdir, results = tiny_run
+  again = train.train_and_evaluate(tiny_config(), str(tmp_path))
+  assert _losses(workdir) == _losses(str(tmp_path))
+  for k in ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5"):
+    assert again[k] == results[k]
+
+
+def _step_setup(clip_norm=0.0):
+  c = tiny_config()
+  c.optimizer.clip_norm = clip_norm
+  tr, _ = data_lib.load(c.data)
+  spec = train.hash_spec(c, tr.num_labels)
+  model = train.make_model(c, tr.num_features)
+  tx = train.make_optimizer(c.optimizer, 100)
+  batch = batching.make_batch(tr.X, tr.Y, np.arange(64), 64)
+  state = train.init_state(model, tx, jax.random.key(0), batch)
+  return model, tx, spec, batch, state
+
+
+@pytest.mark.parametrize("clip_norm", [0.0, 0.01])
+def test_repetitions_train_independently(clip_norm):
+  model, tx, spec, batch, state = _step_setup(clip_norm)
+  step = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, spec=spec, loss="bce"))
+  perturbed = jax.tree.map(lambda x: x, state)
+  perturbed["params"] = jax.tree.map(lambda x: x.at[0].multiply(3.0), state["params"])
+  a, ma = step(state, batch)
+  b, mb = step(perturbed, batch)
+  for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
+    np.testing.assert_array_equal(x[1:], y[1:])  # Repetitions 1..R-1 never saw rep 0.
+  assert not np.allclose(ma["loss"][0], mb["loss"][0])
+  np.testing.assert_array_equal(ma["loss"][1:], mb["loss"][1:])
+  assert ma["loss"].shape == (spec.R,)
+
+
+def test_train_step_is_donated_and_pure():
+  model, tx, spec, batch, state = _step_setup()
+  step = train.make_train_step(model, tx, spec, "bce")
+  copy = jax.tree.map(jnp.copy, state)
+  s1, m1 = step(copy, batch)
+  s2, m2 = step(jax.tree.map(jnp.copy, state), batch)
+  np.testing.assert_array_equal(m1["loss"], m2["loss"])
+  assert int(s1["step"]) == 1
+  assert all(x.is_deleted() for x in jax.tree.leaves(copy["params"]))
+
+
+def test_non_finite_loss_names_the_step(tmp_path):
+  pending = [(7, np.ones(4)), (8, np.array([1.0, np.nan, 1.0, np.inf])), (9, np.full(4, np.nan))]
+  with pytest.raises(train.NonFiniteLossError, match=r"at step 8 in repetitions \[1, 3\]"):
+    train._check_finite(pending)
+  c = tiny_config()
+  c.optimizer.learning_rate = 1e30
+  c.eval.every_epochs = 0
+  with pytest.raises(train.NonFiniteLossError, match=r"non-finite loss at step \d+"):
+    train.train_and_evaluate(c, str(tmp_path))
+
+
+def test_bibtex_short_run_beats_popularity(tmp_path):
+  c = bibtex.get_config()
+  c.data.train, c.data.test = shared_file("bibtex", "train"), shared_file("bibtex", "test")
+  c.model.R = 4
+  c.train.update(num_epochs=2, progress_bar=False)
+  results = train.train_and_evaluate(c, str(tmp_path))
+  tr, te = data_lib.load(c.data)
+  base = popular_baseline(tr.Y, te.Y)
+  assert results["P@1"] > base["P@1"] + 0.2
+  assert results["P@5"] > base["P@5"] + 0.05
