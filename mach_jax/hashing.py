@@ -113,20 +113,22 @@ class HashSpec:
     return (bits + 1) // 2
 
   # -- hashing -------------------------------------------------------------------------
-  def buckets(self, classes, xp=np):
+  def buckets(self, classes, xp=np, params=None):
     """Bucket ids of ``classes`` in every repetition.
 
     Args:
       classes: integer array of any shape, values in [0, K). Negative entries (padding)
         are hashed as class 0; callers mask them.
       xp: ``numpy`` or ``jax.numpy``.
+      params: rows of ``self.params()`` to use, for a device that owns only some of the
+        repetitions (default: all R).
 
     Returns:
-      int32 array of shape [R, *classes.shape] with values in [0, B).
+      int32 array of shape [R', *classes.shape] with values in [0, B), R' = len(params).
     """
-    params = xp.asarray(self.params())
+    params = xp.asarray(self.params() if params is None else params)
     k = xp.maximum(xp.asarray(classes), 0).astype(xp.uint32)
-    shape = (self.R,) + (1,) * k.ndim
+    shape = (params.shape[0],) + (1,) * k.ndim
     cols = [params[:, i].reshape(shape) for i in range(4)]
     k = k[None]
     if self.family == "universal":

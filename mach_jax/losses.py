@@ -36,31 +36,37 @@ def bucket_targets(buckets: jax.Array, label_mask: jax.Array, num_buckets: int,
   return out.at[reps, rows, buckets].add(weight)
 
 
-def _masked_mean(per_row: jax.Array, row_weight: jax.Array) -> jax.Array:
-  """[R, b] x [b] -> [R]."""
-  return (per_row * row_weight[None]).sum(axis=1) / jnp.maximum(row_weight.sum(), 1.0)
+def mach_loss_sums(name: str, logits: jax.Array, buckets: jax.Array, label_mask: jax.Array,
+                   row_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(sum over counted rows of each repetition's loss [R], number of counted rows []).
 
-
-def mach_loss(name: str, logits: jax.Array, buckets: jax.Array, label_mask: jax.Array,
-              row_mask: jax.Array) -> jax.Array:
-  """Per-repetition loss [R] of the named kind (see module docstring)."""
+  The mean is their ratio; a data-parallel step adds both up across devices first.
+  """
   B = logits.shape[-1]
   label_mask = label_mask.astype(jnp.float32)
   row_mask = row_mask.astype(jnp.float32)
   if name == "softmax":
     per_row = optax.softmax_cross_entropy_with_integer_labels(logits, buckets[..., 0])
-    return _masked_mean(per_row, row_mask * label_mask[:, 0])
-  if name == "bce":
+    weight = row_mask * label_mask[:, 0]
+  elif name == "bce":
     targets = bucket_targets(buckets, label_mask, B, "max")
     per_row = optax.sigmoid_binary_cross_entropy(logits, targets).sum(axis=-1)
-    return _masked_mean(per_row, row_mask)
-  if name == "softmax_hist":
+    weight = row_mask
+  elif name == "softmax_hist":
     hist = bucket_targets(buckets, label_mask, B, "add")
-    total = hist.sum(axis=-1, keepdims=True)
-    targets = hist / jnp.maximum(total, 1.0)
+    targets = hist / jnp.maximum(hist.sum(axis=-1, keepdims=True), 1.0)
     per_row = optax.softmax_cross_entropy(logits, targets)
-    return _masked_mean(per_row, row_mask * (label_mask.sum(axis=-1) > 0))
-  raise ValueError(f"loss={name!r}: expected one of {LOSSES}")
+    weight = row_mask * (label_mask.sum(axis=-1) > 0)
+  else:
+    raise ValueError(f"loss={name!r}: expected one of {LOSSES}")
+  return (per_row * weight[None]).sum(axis=1), weight.sum()
+
+
+def mach_loss(name: str, logits: jax.Array, buckets: jax.Array, label_mask: jax.Array,
+              row_mask: jax.Array) -> jax.Array:
+  """Per-repetition mean loss [R] of the named kind (see module docstring)."""
+  sums, count = mach_loss_sums(name, logits, buckets, label_mask, row_mask)
+  return sums / jnp.maximum(count, 1.0)
 
 
 def bucket_probabilities(name: str, logits: jax.Array) -> jax.Array:

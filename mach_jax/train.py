@@ -22,10 +22,15 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
 from mach_jax import data as data_lib
-from mach_jax import decode, losses, metrics, model as model_lib
+from mach_jax import decode, losses, metrics, model as model_lib, sharding
 from mach_jax.data import batching
 from mach_jax.hashing import HashSpec
+from mach_jax.model import REP_AXIS
+from mach_jax.sharding import DATA_AXIS
 
 # ---------------------------------------------------------------------------------------
 # Construction from the config.
@@ -69,11 +74,23 @@ def model_input(batch: dict[str, Any], sparse: bool):
 
 
 def init_state(model: model_lib.MACH, tx: optax.GradientTransformation, rng: jax.Array,
-               batch: dict[str, Any]) -> dict[str, Any]:
-  """Parameters from ``rng``; optimizer state initialised per repetition."""
-  params = jax.jit(model.init)(rng, model_input(batch, model.sparse_input))["params"]
-  opt_state = jax.jit(jax.vmap(tx.init))(params)
-  return {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
+               batch: dict[str, Any], mesh: Mesh | None = None) -> dict[str, Any]:
+  """Parameters from ``rng``; optimizer state initialised per repetition.
+
+  With a ``mesh``, the state is created directly in its sharded layout (split on 'rep');
+  the values do not depend on the mesh (JAX's partitionable threefry RNG).
+  """
+  x = model_input(jax.tree.map(np.asarray, batch), model.sparse_input)
+
+  def init(rng):
+    params = model.init(rng, x)["params"]
+    return {"params": params, "opt_state": jax.vmap(tx.init)(params),
+            "step": jnp.zeros((), jnp.int32)}
+
+  if mesh is None:
+    return jax.jit(init)(rng)
+  shapes = jax.eval_shape(init, rng)
+  return jax.jit(init, out_shardings=sharding.state_shardings(mesh, shapes))(rng)
 
 
 # ---------------------------------------------------------------------------------------
@@ -81,23 +98,37 @@ def init_state(model: model_lib.MACH, tx: optax.GradientTransformation, rng: jax
 
 
 def train_step(state: dict[str, Any], batch: dict[str, Any], *, model: model_lib.MACH,
-               tx: optax.GradientTransformation, spec: HashSpec, loss: str):
-  """One update of all R repetitions. Returns (new state, metrics with per-rep loss [R]).
+               tx: optax.GradientTransformation, spec: HashSpec, loss: str,
+               hash_params: jax.Array | None = None, data_axis: str | None = None):
+  """One update of the repetitions in ``state``. Returns (new state, metrics).
 
-  Labels are hashed here, on device, per repetition. The gradient is pulled back from the
-  per-repetition loss vector with a cotangent of ones, so no scalar sum over 'rep' appears
-  (that would be a cross-device reduction under sharding).
+  Labels are hashed here, on device, per repetition (``hash_params``: the rows of
+  ``spec.params()`` of the repetitions this call owns; default all). The gradient is pulled
+  back from the per-repetition loss vector with a cotangent of ones, so no scalar sum over
+  'rep' appears (that would be a cross-device reduction under sharding).
+
+  Under ``shard_map`` with ``data_axis`` set, ``batch`` is this device's block of rows: the
+  row count is summed over the axis so the loss is the global mean, and the gradient of the
+  parameters (invariant over 'data') is summed over it by JAX itself (check_vma) -- the only
+  collective of the step.
+
+  Metrics: ``loss`` [R] and ``grad_norm`` [R], per repetition.
   """
   label_mask = batch["labels"] >= 0
-  buckets = spec.buckets(batch["labels"], jnp)  # [R, b, L]
+  buckets = spec.buckets(batch["labels"], jnp, params=hash_params)  # [R, b, L]
   x = model_input(batch, model.sparse_input)
 
   def loss_fn(params):
     logits = model.apply({"params": params}, x)
-    return losses.mach_loss(loss, logits, buckets, label_mask, batch["mask"])
+    sums, count = losses.mach_loss_sums(loss, logits, buckets, label_mask, batch["mask"])
+    if data_axis is not None:
+      count = jax.lax.psum(count, data_axis)
+    return sums / jnp.maximum(count, 1.0)
 
   per_rep_loss, pullback = jax.vjp(loss_fn, state["params"])
   (grads,) = pullback(jnp.ones_like(per_rep_loss))
+  if data_axis is not None:
+    per_rep_loss = jax.lax.psum(per_rep_loss, data_axis)
   updates, opt_state = jax.vmap(tx.update)(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   grad_norm = jnp.sqrt(sum(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1)
@@ -106,16 +137,66 @@ def train_step(state: dict[str, Any], batch: dict[str, Any], *, model: model_lib
   return new_state, {"loss": per_rep_loss, "grad_norm": grad_norm}
 
 
-def make_train_step(model, tx, spec, loss) -> Callable:
-  """``train_step`` closed over its static parts, jitted with the state donated."""
-  return jax.jit(functools.partial(train_step, model=model, tx=tx, spec=spec, loss=loss),
-                 donate_argnums=0)
+def _local_parts(model: model_lib.MACH, spec: HashSpec, mesh: Mesh):
+  """The model of one device's repetitions, and that device's rows of the hash parameters."""
+  r_local = spec.R // mesh.shape[REP_AXIS]
+  local_model = model.clone(num_repetitions=r_local)
+  all_params = jnp.asarray(spec.params())
+
+  def hash_params():
+    start = jax.lax.axis_index(REP_AXIS) * r_local
+    return jax.lax.dynamic_slice_in_dim(all_params, start, r_local)
+  return local_model, hash_params
 
 
-def make_logits_fn(model) -> Callable:
-  """jit(params, batch) -> logits [R, b, B]."""
-  return jax.jit(lambda params, batch: model.apply(
-      {"params": params}, model_input(batch, model.sparse_input)))
+def _specs(tree) -> Any:
+  return jax.tree.map(lambda x: P(REP_AXIS) if x.ndim >= 1 else P(), tree)
+
+
+def _batch_layout(mesh: Mesh, batch):
+  """(axis to sum over, shard_map in_specs of the batch).
+
+  With one 'data' shard the batch is declared replicated (the same layout), so the step
+  has no psum at all: a psum over a size-1 axis still compiles to an all-reduce.
+  """
+  if mesh.shape[DATA_AXIS] == 1:
+    return None, {k: P() for k in batch}
+  return DATA_AXIS, {k: sharding.BATCH_SPEC for k in batch}
+
+
+def make_train_step(model, tx, spec, loss, mesh: Mesh, state, batch) -> Callable:
+  """``train_step`` for ``mesh``: each device runs it on its own repetitions and rows.
+
+  Jitted with the state donated and explicit in/out shardings; ``state`` and ``batch`` are
+  examples that fix the tree structures.
+  """
+  local_model, hash_params = _local_parts(model, spec, mesh)
+  data_axis, batch_specs = _batch_layout(mesh, batch)
+
+  def local_step(state, batch):
+    return train_step(state, batch, model=local_model, tx=tx, spec=spec, loss=loss,
+                      hash_params=hash_params(), data_axis=data_axis)
+
+  state_specs = _specs(state)
+  metric_specs = {"loss": P(REP_AXIS), "grad_norm": P(REP_AXIS)}
+  step = jax.shard_map(local_step, mesh=mesh, in_specs=(state_specs, batch_specs),
+                       out_specs=(state_specs, metric_specs))
+  state_shardings = sharding.state_shardings(mesh, state)
+  return jax.jit(step, donate_argnums=0,
+                 in_shardings=(state_shardings, sharding.batch_shardings(mesh, batch)),
+                 out_shardings=(state_shardings, jax.tree.map(
+                     lambda s: NamedSharding(mesh, s), metric_specs)))
+
+
+def make_logits_fn(model, spec: HashSpec, mesh: Mesh, params, batch) -> Callable:
+  """jit(params, batch) -> logits [R, b, B], each device computing its own repetitions."""
+  local_model, _ = _local_parts(model, spec, mesh)
+  data_axis, batch_specs = _batch_layout(mesh, batch)
+  fn = jax.shard_map(
+      lambda p, b: local_model.apply({"params": p}, model_input(b, model.sparse_input)),
+      mesh=mesh, in_specs=(_specs(params), batch_specs), out_specs=P(REP_AXIS, data_axis))
+  return jax.jit(fn, in_shardings=(sharding.state_shardings(mesh, params),
+                                   sharding.batch_shardings(mesh, batch)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -123,13 +204,20 @@ def make_logits_fn(model) -> Callable:
 
 
 def predict_topk(params, logits_fn, decoder: decode.Decoder, X, Y, *, batch_size: int, k: int,
-                 estimators, dense: bool = False) -> dict[str, np.ndarray]:
-  """Top-k class ids [n, k] for each estimator, batch by batch (forward once per batch)."""
+                 estimators, mesh: Mesh, dense: bool = False) -> dict[str, np.ndarray]:
+  """Top-k class ids [n, k] for each estimator, batch by batch (forward once per batch).
+
+  Each device computes its repetitions' logits; only the [R, b, B] logits cross devices
+  (gathered to every host), never a [b, K] score matrix. The merge over all K then runs on
+  the host's first device.
+  """
   out = {e: [] for e in estimators}
+  shards = mesh.shape[DATA_AXIS]
   for batch in batching.prefetch(batching.iterate_batches(X, Y, batch_size, shuffle=False,
-                                                          dense=dense)):
+                                                          dense=dense, num_shards=shards)):
     n = int(batch["mask"].sum())
-    logits = logits_fn(params, batch)
+    sharded = logits_fn(params, sharding.put(batch, sharding.batch_shardings(mesh, batch)))
+    logits = jnp.asarray(multihost_utils.process_allgather(sharded, tiled=True))
     for e in estimators:
       _, classes = decoder.topk(logits, k, e)
       out[e].append(np.asarray(classes)[:n])
@@ -137,12 +225,13 @@ def predict_topk(params, logits_fn, decoder: decode.Decoder, X, Y, *, batch_size
 
 
 def evaluate(params, logits_fn, decoder, test: data_lib.XCData, inv_propensity, config,
-             rows: np.ndarray | None = None) -> dict[str, Any]:
+             mesh: Mesh, rows: np.ndarray | None = None) -> dict[str, Any]:
   """Metrics for every estimator on ``test`` (or on its ``rows``)."""
   X, Y = (test.X, test.Y) if rows is None else (test.X[rows], test.Y[rows])
   ev = config.eval
   preds = predict_topk(params, logits_fn, decoder, X, Y, batch_size=ev.batch_size, k=ev.k,
-                       estimators=tuple(ev.estimators), dense=config.model.dense_input)
+                       estimators=tuple(ev.estimators), mesh=mesh,
+                       dense=config.model.dense_input)
   return {e: metrics.evaluate(p, Y, inv_propensity) for e, p in preds.items()}
 
 
@@ -156,7 +245,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def _check_finite(pending: list[tuple[int, jax.Array]]) -> np.ndarray:
   """Fetch pending per-step losses; raise at the first step whose loss is not finite."""
-  values = np.stack([np.asarray(l) for _, l in pending])  # [n, R]
+  values = np.stack([_to_host(l) for _, l in pending])  # [n, R]
   bad = ~np.isfinite(values)
   if bad.any():
     i = int(np.argmax(bad.any(axis=1)))
@@ -165,6 +254,13 @@ def _check_finite(pending: list[tuple[int, jax.Array]]) -> np.ndarray:
                              f"(values {values[i][reps].tolist()}); lower "
                              "config.optimizer.learning_rate or set config.optimizer.clip_norm")
   return values
+
+
+def _to_host(x) -> np.ndarray:
+  """A global array as NumPy on every process (gathers across hosts when needed)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
 
 
 def library_versions() -> dict[str, str]:
@@ -179,6 +275,8 @@ def library_versions() -> dict[str, str]:
 
 
 def _append_jsonl(path: str, record: dict) -> None:
+  if jax.process_index() != 0:  # One writer in multi-process runs.
+    return
   with open(path, "a") as f:
     f.write(json.dumps(record) + "\n")
 
@@ -190,6 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   returns the results dict.
   """
   t_start = time.time()
+  sharding.initialize_distributed(config.distributed)
   os.makedirs(workdir, exist_ok=True)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   tc, ev = config.train, config.eval
@@ -207,14 +306,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   total_steps = steps_per_epoch * tc.num_epochs
   tx = make_optimizer(config.optimizer, total_steps)
   dense = config.model.dense_input
-  widths = batching.Widths.for_data(train.X, train.Y, tc.batch_size)
+
+  # ---- Mesh & sharded state -------------------------------------------------------------
+  mesh = sharding.make_mesh(config.mesh, spec.R, tc.batch_size)
+  shards = mesh.shape[DATA_AXIS]
+  widths = batching.Widths.for_data(train.X, train.Y, tc.batch_size // shards)
   first = batching.make_batch(train.X, train.Y, np.arange(min(tc.batch_size, train.num_points)),
-                              tc.batch_size, widths, dense=dense)
-  state = init_state(model, tx, jax.random.key(config.seed), first)
+                              tc.batch_size, widths, dense=dense, num_shards=shards)
+  state = init_state(model, tx, jax.random.key(config.seed), first, mesh)
+  print(sharding.check_state_sharding(mesh, state, sharding.state_shardings(mesh, state)),
+        flush=True)
   num_params = model_lib.count_params(state["params"])
   num_params_full = model_lib.num_params_full_softmax(D, tuple(config.model.hidden), K)
-  step_fn = make_train_step(model, tx, spec, config.model.loss)
-  logits_fn = make_logits_fn(model)
+  step_fn = make_train_step(model, tx, spec, config.model.loss, mesh, state, first)
+  logits_fn = make_logits_fn(model, spec, mesh, state["params"], first)
+  batch_shardings = sharding.batch_shardings(mesh, first)
   decoder = decode.Decoder(spec, config.model.loss, ev.batch_size,
                            memory_budget_bytes=int(ev.memory_budget_mb) << 20)
   subset = None
@@ -234,11 +340,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     pending: list[tuple[int, jax.Array]] = []
     batches = batching.prefetch(batching.iterate_batches(
         train.X, train.Y, tc.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
-        widths=widths, dense=dense))
+        widths=widths, dense=dense, num_shards=shards))
     bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.num_epochs}",
                leave=False, mininterval=1.0, disable=not tc.progress_bar)
     for batch in bar:
-      state, m = step_fn(state, batch)
+      state, m = step_fn(state, sharding.put(batch, batch_shardings))
       step += 1
       examples += int(batch["mask"].sum())
       pending.append((step, m["loss"]))
@@ -255,7 +361,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     jax.block_until_ready(state)
     train_seconds += time.time() - t_epoch
     if ev.every_epochs and (epoch + 1) % ev.every_epochs == 0 and epoch + 1 < tc.num_epochs:
-      res = evaluate(state["params"], logits_fn, decoder, test, inv_prop, config, subset)
+      res = evaluate(state["params"], logits_fn, decoder, test, inv_prop, config, mesh, subset)
       main = res[ev.estimator]
       _append_jsonl(metrics_path, {"step": step, "epoch": epoch + 1, "eval_points":
                                    len(subset) if subset is not None else test.num_points,
@@ -266,7 +372,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ---- Final evaluation ----------------------------------------------------------------
   t_eval = time.time()
-  res = evaluate(state["params"], logits_fn, decoder, test, inv_prop, config)
+  res = evaluate(state["params"], logits_fn, decoder, test, inv_prop, config, mesh)
   eval_seconds = time.time() - t_eval
   main = res[ev.estimator]
   results = {
@@ -291,6 +397,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   }
   _append_jsonl(metrics_path, {"step": step, "final": True,
                                **{f"test/{k}": v for k, v in main.items()}})
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
   return results

@@ -80,3 +80,19 @@ def test_synthetic_is_deterministic_and_power_law():
   freq = np.sort(np.asarray(a.Y.sum(axis=0)).ravel())[::-1]
   assert freq[0] > 20 * np.median(freq[freq > 0])  # A head and a long tail.
   assert np.diff(a.Y.indptr).min() >= 1
+
+
+def test_sharded_batch_blocks_are_self_contained():
+  X, Y = _data()
+  b = batching.make_batch(X, Y, np.array([0, 1, 2]), batch_size=4, num_shards=2,
+                          widths=batching.Widths(nnz=8, labels=2))
+  T = b["indices"].size // 2
+  for s in range(2):
+    blk = slice(s * T, (s + 1) * T)
+    dense = np.zeros((2, 4), np.float32)
+    np.add.at(dense, (b["segments"][blk], b["indices"][blk]), b["values"][blk])
+    want = np.zeros((2, 4), np.float32)
+    rows = [r for r in (2 * s, 2 * s + 1) if r < 3]
+    want[:len(rows)] = X.toarray()[rows]
+    np.testing.assert_array_equal(dense, want)
+  np.testing.assert_array_equal(b["mask"], [1, 1, 1, 0])

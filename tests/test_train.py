@@ -8,7 +8,7 @@ import pytest
 
 from experiments.configs import bibtex, synthetic
 from mach_jax import data as data_lib
-from mach_jax import metrics, train
+from mach_jax import metrics, sharding, train
 from mach_jax.data import batching
 from tests.conftest import shared_file
 
@@ -17,6 +17,7 @@ def tiny_config():
   c = synthetic.get_config()
   c.data.synthetic.update(num_train=3000, num_test=500, num_classes=400, num_features=1000)
   c.model.update(R=4, B=32, hidden=(64,), loss="softmax_hist")
+  c.mesh = (("data", 1), ("rep", 1))  # One device; tests/test_sharding.py covers the rest.
   c.eval.estimators = ("mean", "log_mean")
   c.train.update(batch_size=64, num_epochs=3, log_every_steps=10, progress_bar=False)
   c.eval.update(batch_size=128, every_epochs=1, subset=200)
@@ -96,7 +97,8 @@ def test_repetitions_train_independently(clip_norm):
 
 def test_train_step_is_donated_and_pure():
   model, tx, spec, batch, state = _step_setup()
-  step = train.make_train_step(model, tx, spec, "bce")
+  mesh = sharding.make_mesh(tiny_config().mesh, spec.R, 64)
+  step = train.make_train_step(model, tx, spec, "bce", mesh, state, batch)
   copy = jax.tree.map(jnp.copy, state)
   s1, m1 = step(copy, batch)
   s2, m2 = step(jax.tree.map(jnp.copy, state), batch)
@@ -120,6 +122,7 @@ def test_bibtex_short_run_beats_popularity(tmp_path):
   c = bibtex.get_config()
   c.data.train, c.data.test = shared_file("bibtex", "train"), shared_file("bibtex", "test")
   c.model.R = 4
+  c.mesh = (("data", 1), ("rep", 1))
   c.train.update(num_epochs=2, progress_bar=False)
   results = train.train_and_evaluate(c, str(tmp_path))
   tr, te = data_lib.load(c.data)

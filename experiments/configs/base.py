@@ -7,6 +7,15 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
 
+  # Device mesh: 'rep' splits the repetitions (each device owns whole ones, no collective),
+  # 'data' splits the batch rows (one all-reduce of the gradients per step). -1 = the rest.
+  c.mesh = (("data", 1), ("rep", -1))
+  c.distributed = ml_collections.ConfigDict(dict(
+      enabled=False,  # Call jax.distributed.initialize (multi-process / multi-host).
+      coordinator_address="",  # host:port of process 0; empty = auto-detect (e.g. SLURM).
+      num_processes=-1,  # -1 = auto-detect.
+      process_id=-1))  # -1 = auto-detect.
+
   c.data = ml_collections.ConfigDict()
   c.data.name = "xc"  # 'synthetic' or 'xc' (train/test XC-format files).
   c.data.train = ""

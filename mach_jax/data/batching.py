@@ -56,8 +56,16 @@ class Widths:
 
 
 def make_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, batch_size: int,
-               widths: Widths = Widths(), dense: bool = False) -> dict[str, np.ndarray]:
+               widths: Widths = Widths(), dense: bool = False,
+               num_shards: int = 1) -> dict[str, np.ndarray]:
   """Pack ``rows`` of (X, Y) into one padded batch of ``batch_size`` points.
+
+  With ``num_shards`` = S > 1 (data parallelism) the batch is S equal blocks of
+  b/S consecutive rows: ``labels`` and ``mask`` split evenly on their first axis, and the
+  flattened nonzeros are S blocks of T/S entries, block s holding the nonzeros of row block
+  s with ``segments`` local to the block (0..b/S-1). Splitting every array on its leading
+  axis into S parts then hands each device a self-contained sub-batch. ``widths.nnz`` is
+  per block.
 
   With ``dense=True`` the features come as ``dense`` float32 [b, D] instead of the
   flattened nonzeros (for the dense-input model).
@@ -66,15 +74,9 @@ def make_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, batch_size:
   n = rows.size
   if n > batch_size:
     raise ValueError(f"{n} rows do not fit in batch_size={batch_size}")
+  if batch_size % num_shards:
+    raise ValueError(f"batch_size={batch_size} is not divisible by num_shards={num_shards}")
   Xb, Yb = X[rows], Y[rows]
-  nnz = Xb.indptr[1:] - Xb.indptr[:-1]
-  T = max(widths.nnz, round_up_width(Xb.nnz))
-  indices = np.zeros(T, np.int32)
-  values = np.zeros(T, np.float32)
-  segments = np.zeros(T, np.int32)
-  indices[:Xb.nnz] = Xb.indices
-  values[:Xb.nnz] = Xb.data
-  segments[:Xb.nnz] = np.repeat(np.arange(n, dtype=np.int32), nnz)
   nlab = Yb.indptr[1:] - Yb.indptr[:-1]
   Lw = max(widths.labels, next_pow2(nlab.max() if n else 1))
   labels = np.full((batch_size, Lw), -1, np.int32)
@@ -88,7 +90,22 @@ def make_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, batch_size:
     feats = np.zeros((batch_size, X.shape[1]), np.float32)
     feats[:n] = Xb.toarray()
     return dict(dense=feats, labels=labels, mask=mask)
-  return dict(indices=indices, values=values, segments=segments, labels=labels, mask=mask)
+  local = batch_size // num_shards
+  bounds = [min(s * local, n) for s in range(num_shards + 1)]
+  block_nnz = [Xb.indptr[bounds[s + 1]] - Xb.indptr[bounds[s]] for s in range(num_shards)]
+  T = max(widths.nnz, round_up_width(max(block_nnz)))
+  indices = np.zeros((num_shards, T), np.int32)
+  values = np.zeros((num_shards, T), np.float32)
+  segments = np.zeros((num_shards, T), np.int32)
+  row_nnz = Xb.indptr[1:] - Xb.indptr[:-1]
+  for s in range(num_shards):
+    lo, hi = Xb.indptr[bounds[s]], Xb.indptr[bounds[s + 1]]
+    indices[s, :hi - lo] = Xb.indices[lo:hi]
+    values[s, :hi - lo] = Xb.data[lo:hi]
+    segments[s, :hi - lo] = np.repeat(np.arange(bounds[s + 1] - bounds[s], dtype=np.int32),
+                                      row_nnz[bounds[s]:bounds[s + 1]])
+  return dict(indices=indices.reshape(-1), values=values.reshape(-1),
+              segments=segments.reshape(-1), labels=labels, mask=mask)
 
 
 def batch_rows(num_points: int, batch_size: int, *, shuffle: bool, seed: int = 0,
@@ -101,11 +118,12 @@ def batch_rows(num_points: int, batch_size: int, *, shuffle: bool, seed: int = 0
 
 
 def iterate_batches(X, Y, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-                    widths: Widths | None = None,
-                    dense: bool = False) -> Iterator[dict[str, np.ndarray]]:
-  widths = Widths.for_data(X, Y, batch_size) if widths is None else widths
+                    widths: Widths | None = None, dense: bool = False,
+                    num_shards: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  if widths is None:
+    widths = Widths.for_data(X, Y, batch_size // num_shards)
   for rows in batch_rows(X.shape[0], batch_size, shuffle=shuffle, seed=seed, epoch=epoch):
-    yield make_batch(X, Y, rows, batch_size, widths, dense=dense)
+    yield make_batch(X, Y, rows, batch_size, widths, dense=dense, num_shards=num_shards)
 
 
 def prefetch(iterator: Iterator, size: int = 2) -> Iterator:

@@ -1,0 +1,172 @@
+"""Each device owns whole repetitions: collective counts, equivalence, mesh errors.
+
+Runs on 8 simulated CPU devices (tests/conftest.py).
+"""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from mach_jax import data as data_lib, sharding, train
+from mach_jax.data import batching
+from tests.conftest import shared_file
+from tests.sharding_run import run_steps
+from tests.test_train import tiny_config
+
+R = 8
+
+
+def _compiled_step(mesh_spec, clip_global=False):
+  c = tiny_config()
+  c.model.R = R
+  tr, _ = data_lib.load(c.data)
+  spec = train.hash_spec(c, tr.num_labels)
+  model = train.make_model(c, tr.num_features)
+  tx = train.make_optimizer(c.optimizer, 100)
+  mesh = sharding.make_mesh(mesh_spec, R, 64)
+  batch = batching.make_batch(tr.X, tr.Y, np.arange(64), 64,
+                              num_shards=mesh.shape[sharding.DATA_AXIS])
+  state = train.init_state(model, tx, jax.random.key(0), batch, mesh)
+  gbatch = sharding.put(batch, sharding.batch_shardings(mesh, batch))
+  if clip_global:
+    # The variant the design forbids: one clip over ALL parameters couples the repetitions.
+    clip = optax.clip_by_global_norm(1.0)
+    fn = jax.jit(lambda g: clip.update(g, clip.init(g))[0])
+    return fn.lower(state["params"]).compile().as_text(), mesh
+  step = train.make_train_step(model, tx, spec, c.model.loss, mesh, state, batch)
+  logits_fn = train.make_logits_fn(model, spec, mesh, state["params"], batch)
+  return (step.lower(state, gbatch).compile().as_text(),
+          logits_fn.lower(state["params"], gbatch).compile().as_text(), mesh)
+
+
+def assert_no_collectives(hlo: str):
+  found = sharding.collectives(hlo)
+  assert not found, f"the compiled step contains collectives: {found}"
+
+
+def test_collective_free_train_and_eval_on_rep_mesh():
+  step_hlo, eval_hlo, _ = _compiled_step((("data", 1), ("rep", 8)))
+  assert_no_collectives(step_hlo)
+  assert_no_collectives(eval_hlo)
+
+
+def test_collective_check_catches_a_global_norm_clip():
+  hlo, _ = _compiled_step((("data", 1), ("rep", 8)), clip_global=True)
+  with pytest.raises(AssertionError, match="all-reduce"):
+    assert_no_collectives(hlo)
+
+
+def test_collectives_on_data_rep_mesh_are_all_reduces_within_data_groups():
+  step_hlo, eval_hlo, mesh = _compiled_step((("data", 2), ("rep", 4)))
+  found = sharding.collectives(step_hlo)
+  assert set(found) == {"all-reduce"}, found
+  groups_seen = set()
+  for line in step_hlo.splitlines():
+    if " all-reduce(" in line or " all-reduce-start(" in line:
+      m = re.search(r"replica_groups=\{(\{[\d,]+\}(?:,\{[\d,]+\})*)\}", line)
+      assert m, f"unparsed replica groups: {line[:200]}"
+      groups_seen |= {tuple(sorted(map(int, g.split(","))))
+                      for g in re.findall(r"\{([\d,]+)\}", m.group(1))}
+  ids = np.vectorize(lambda d: d.id)(mesh.devices)  # [data, rep]
+  data_groups = {tuple(sorted(ids[:, r])) for r in range(ids.shape[1])}
+  assert groups_seen == data_groups
+  assert_no_collectives(eval_hlo)  # Logits stay sharded; only [R, b, B] is gathered later.
+
+
+def _flat(tree):
+  return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_rep_sharded_steps_match_single_device():
+  single = _flat(run_steps((("data", 1), ("rep", 1))))
+  sharded = _flat(run_steps((("data", 1), ("rep", 8))))
+  # Not bitwise: XLA:CPU picks its GEMM kernel by shape, and a device holding 1 repetition
+  # multiplies [1, b, D] x [1, D, H] where one device holding 8 multiplies [8, b, D] x
+  # [8, D, H]; the sums round differently in the last bit (seen: |diff| <= 1e-7 after 3 steps).
+  for k in single:
+    np.testing.assert_allclose(single[k], sharded[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_data_parallel_steps_match_single_device():
+  single = _flat(run_steps((("data", 1), ("rep", 1))))
+  both = _flat(run_steps((("data", 2), ("rep", 4))))
+  # Summing the gradient over two halves of the batch reorders float additions: equal to
+  # float32 rounding, not bitwise.
+  for k in single:
+    np.testing.assert_allclose(single[k], both[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("mesh_spec, R, batch, match", [
+    ((("data", 1), ("rep", -1)), 12, 64, r"R=12 is not divisible by the 'rep' mesh size 8"),
+    ((("data", 1), ("rep", 16)), 16, 64, r"needs 16 devices but only 8"),
+    ((("data", 3), ("rep", -1)), 8, 64, r"not a multiple"),
+    ((("data", 2), ("rep", 4)), 8, 63, r"batch_size=63 is not divisible by the 'data'"),
+    ((("batch", 1), ("rep", -1)), 8, 64, r"name exactly the axes"),
+    ((("data", -1), ("rep", -1)), 8, 64, r"at most one -1"),
+])
+def test_bad_mesh_configs_fail_at_start_up(mesh_spec, R, batch, match):
+  with pytest.raises(ValueError, match=match):
+    sharding.make_mesh(mesh_spec, R, batch)
+
+
+def test_start_up_check_reports_per_device_repetitions():
+  c = tiny_config()
+  c.model.R = R
+  tr, _ = data_lib.load(c.data)
+  model, tx = train.make_model(c, tr.num_features), train.make_optimizer(c.optimizer, 10)
+  mesh = sharding.make_mesh((("data", 1), ("rep", 4)), R, 64)
+  batch = batching.make_batch(tr.X, tr.Y, np.arange(64), 64)
+  state = train.init_state(model, tx, jax.random.key(0), batch, mesh)
+  line = sharding.check_state_sharding(mesh, state, sharding.state_shardings(mesh, state))
+  assert "each device holds 2 repetitions" in line
+  replicated = jax.tree.map(lambda x: jax.device_put(x, jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec())), state)
+  with pytest.raises(AssertionError, match="expected"):
+    sharding.check_state_sharding(mesh, replicated, sharding.state_shardings(mesh, state))
+
+
+def test_two_processes_equal_one(tmp_path):
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = str(tmp_path / "params.npz")
+  procs = [subprocess.Popen(
+      [sys.executable, os.path.join(root, "tests", "sharding_run.py"), "--process_id", str(i),
+       "--num_processes", "2", "--port", str(port), "--local_devices", "2", "--out", out],
+      env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  logs = [p.communicate(timeout=240)[0] for p in procs]
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log[-3000:]
+  got = np.load(out)
+  # The same layout in one process (4 devices, 2 repetitions each): bitwise equal.
+  one_process = _flat(run_steps((("data", 1), ("rep", 4))))
+  single = _flat(run_steps((("data", 1), ("rep", 1))))
+  assert set(got.files) == set(one_process)
+  for k in one_process:
+    np.testing.assert_array_equal(got[k], one_process[k], err_msg=k)
+    np.testing.assert_allclose(got[k], single[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_bibtex_sharded_equals_single_device(tmp_path):
+  from experiments.configs import bibtex
+  results = []
+  for rep in (1, 8):
+    c = bibtex.get_config()
+    c.data.train, c.data.test = shared_file("bibtex", "train"), shared_file("bibtex", "test")
+    c.model.R = 8
+    c.mesh = (("data", 1), ("rep", rep))
+    c.train.update(num_epochs=1, progress_bar=False)
+    c.eval.estimators = ("mean", "log_mean")
+    results.append(train.train_and_evaluate(c, str(tmp_path / f"rep{rep}")))
+  for k in ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5"):
+    assert results[0][k] == results[1][k], k
