@@ -188,6 +188,17 @@ def make_train_step(model, tx, spec, loss, mesh: Mesh, state, batch) -> Callable
                      lambda s: NamedSharding(mesh, s), metric_specs)))
 
 
+def must_sync_each_step(mesh: Mesh) -> bool:
+  """Whether to wait for each step before dispatching the next.
+
+  XLA:CPU's in-process collectives can deadlock when several steps with an all-reduce are
+  queued at once on few cores (seen with 2-8 simulated devices on 2 cores: a rendezvous
+  times out after 40 s and aborts the process). Only data-parallel CPU meshes have
+  collectives, so only they pay for the wait.
+  """
+  return mesh.shape[DATA_AXIS] > 1 and mesh.devices.flat[0].platform == "cpu"
+
+
 def make_logits_fn(model, spec: HashSpec, mesh: Mesh, params, batch) -> Callable:
   """jit(params, batch) -> logits [R, b, B], each device computing its own repetitions."""
   local_model, _ = _local_parts(model, spec, mesh)
@@ -321,6 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step_fn = make_train_step(model, tx, spec, config.model.loss, mesh, state, first)
   logits_fn = make_logits_fn(model, spec, mesh, state["params"], first)
   batch_shardings = sharding.batch_shardings(mesh, first)
+  sync_each_step = must_sync_each_step(mesh)
   decoder = decode.Decoder(spec, config.model.loss, ev.batch_size,
                            memory_budget_bytes=int(ev.memory_budget_mb) << 20)
   subset = None
@@ -345,6 +357,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                leave=False, mininterval=1.0, disable=not tc.progress_bar)
     for batch in bar:
       state, m = step_fn(state, sharding.put(batch, batch_shardings))
+      if sync_each_step:
+        jax.block_until_ready(m)
       step += 1
       examples += int(batch["mask"].sum())
       pending.append((step, m["loss"]))

@@ -36,7 +36,9 @@ def run_steps(mesh_spec, num_steps: int = 3, R: int = 8):
   state = train.init_state(model, tx, jax.random.key(0), batches[0], mesh)
   step = train.make_train_step(model, tx, spec, c.model.loss, mesh, state, batches[0])
   for b in batches:
-    state, _ = step(state, sharding.put(b, sharding.batch_shardings(mesh, b)))
+    state, m = step(state, sharding.put(b, sharding.batch_shardings(mesh, b)))
+    if train.must_sync_each_step(mesh):
+      jax.block_until_ready(m)
   return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)),
                       state["params"])
 
