@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mach_jax import train
@@ -23,6 +23,7 @@ _SUMMARY = ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5")
 
 
 def main(argv):
+  logging.set_verbosity(logging.WARNING)  # orbax and jax log every save at INFO.
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -26,6 +26,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mach_jax import data as data_lib
+from mach_jax import checkpoint as checkpoint_lib
 from mach_jax import decode, losses, metrics, model as model_lib, sharding
 from mach_jax.data import batching
 from mach_jax.hashing import HashSpec
@@ -216,7 +217,7 @@ def make_logits_fn(model, spec: HashSpec, mesh: Mesh, params, batch) -> Callable
 
 def predict_topk(params, logits_fn, decoder: decode.Decoder, X, Y, *, batch_size: int, k: int,
                  estimators, mesh: Mesh, dense: bool = False) -> dict[str, np.ndarray]:
-  """Top-k class ids [n, k] for each estimator, batch by batch (forward once per batch).
+  """(scores, class ids), each [n, k], for each estimator, batch by batch (one forward each).
 
   Each device computes its repetitions' logits; only the [R, b, B] logits cross devices
   (gathered to every host), never a [b, K] score matrix. The merge over all K then runs on
@@ -230,9 +231,9 @@ def predict_topk(params, logits_fn, decoder: decode.Decoder, X, Y, *, batch_size
     sharded = logits_fn(params, sharding.put(batch, sharding.batch_shardings(mesh, batch)))
     logits = jnp.asarray(multihost_utils.process_allgather(sharded, tiled=True))
     for e in estimators:
-      _, classes = decoder.topk(logits, k, e)
-      out[e].append(np.asarray(classes)[:n])
-  return {e: np.concatenate(v) for e, v in out.items()}
+      scores, classes = decoder.topk(logits, k, e)
+      out[e].append((np.asarray(scores)[:n], np.asarray(classes)[:n]))
+  return {e: tuple(np.concatenate(part) for part in zip(*v)) for e, v in out.items()}
 
 
 def evaluate(params, logits_fn, decoder, test: data_lib.XCData, inv_propensity, config,
@@ -243,7 +244,7 @@ def evaluate(params, logits_fn, decoder, test: data_lib.XCData, inv_propensity, 
   preds = predict_topk(params, logits_fn, decoder, X, Y, batch_size=ev.batch_size, k=ev.k,
                        estimators=tuple(ev.estimators), mesh=mesh,
                        dense=config.model.dense_input)
-  return {e: metrics.evaluate(p, Y, inv_propensity) for e, p in preds.items()}
+  return {e: metrics.evaluate(classes, Y, inv_propensity) for e, (_, classes) in preds.items()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -256,6 +257,8 @@ class NonFiniteLossError(FloatingPointError):
 
 def _check_finite(pending: list[tuple[int, jax.Array]]) -> np.ndarray:
   """Fetch pending per-step losses; raise at the first step whose loss is not finite."""
+  if not pending:
+    return np.zeros((0, 0), np.float32)
   values = np.stack([_to_host(l) for _, l in pending])  # [n, R]
   bad = ~np.isfinite(values)
   if bad.any():
@@ -283,6 +286,23 @@ def library_versions() -> dict[str, str]:
     except md.PackageNotFoundError:
       out[name] = "missing"
   return out
+
+
+def _check_resumable(meta: dict, spec: HashSpec, config, workdir: str) -> None:
+  """Refuse to resume a checkpoint written by a different model or data setup."""
+  if meta["hash_spec"] != spec.to_dict():
+    raise ValueError(f"{workdir}: the checkpoint's hash spec {meta['hash_spec']} differs from "
+                     f"this run's {spec.to_dict()}; use a new --workdir")
+  saved = meta["config"]
+  now = json.loads(config.to_json())
+  for key in ("model", "data", "optimizer", "seed"):  # The mesh may change.
+    if key in now and saved.get(key) != now.get(key):
+      raise ValueError(f"{workdir}: config.{key} differs from the checkpoint's "
+                       f"({saved.get(key)} vs {now.get(key)}); use a new --workdir")
+  for key in ("batch_size", "num_epochs"):
+    if saved["train"][key] != now["train"][key]:
+      raise ValueError(f"{workdir}: config.train.{key} differs from the checkpoint's "
+                       f"({saved['train'][key]} vs {now['train'][key]}); use a new --workdir")
 
 
 def _append_jsonl(path: str, record: dict) -> None:
@@ -343,26 +363,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         f"the {num_params_full:,} of a full softmax. {train.num_points} train / "
         f"{test.num_points} test points.", flush=True)
 
+  # ---- Checkpoint: resume where a previous run of this workdir stopped -------------------
+  ck = config.checkpoint
+  manager = checkpoint_lib.make_manager(workdir, ck.keep, ck.best_metric) if ck.enabled else None
+  train_seconds, examples, step, start_epoch, start_batch = 0.0, 0, 0, 0, 0
+  if manager is not None:
+    restored = checkpoint_lib.restore_latest(
+        manager, checkpoint_lib.abstract_like(state),
+        check_meta=lambda meta: _check_resumable(meta, spec, config, workdir))
+    if restored is not None:
+      state, meta = restored.state, restored.meta
+      step, start_epoch, start_batch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
+      train_seconds, examples = meta["train_seconds"], meta["examples"]
+      print(f"resumed from {manager.directory}/{restored.step}: epoch {start_epoch + 1}, "
+            f"batch {start_batch} of {steps_per_epoch}", flush=True)
+
+  def save_checkpoint(epoch: int, batch_in_epoch: int, elapsed: float, metrics=None):
+    if batch_in_epoch == steps_per_epoch:
+      epoch, batch_in_epoch = epoch + 1, 0
+    meta = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+            "shuffle_seed": config.seed, "train_seconds": elapsed, "examples": examples,
+            "hash_spec": spec.to_dict(), "config": json.loads(config.to_json()),
+            "versions": library_versions()}
+    checkpoint_lib.save(manager, step, state, meta, metrics)
+
   # ---- Loop ----------------------------------------------------------------------------
-  train_seconds = 0.0
-  examples = 0
-  step = 0
-  for epoch in range(tc.num_epochs):
+  record = {}
+  for epoch in range(start_epoch, tc.num_epochs):
     t_epoch = time.time()
+    skip = start_batch if epoch == start_epoch else 0
     pending: list[tuple[int, jax.Array]] = []
     batches = batching.prefetch(batching.iterate_batches(
         train.X, train.Y, tc.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
-        widths=widths, dense=dense, num_shards=shards))
-    bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.num_epochs}",
-               leave=False, mininterval=1.0, disable=not tc.progress_bar)
-    for batch in bar:
+        widths=widths, dense=dense, num_shards=shards, start=skip))
+    bar = tqdm(batches, total=steps_per_epoch, initial=skip,
+               desc=f"epoch {epoch + 1}/{tc.num_epochs}", leave=False, mininterval=1.0,
+               disable=not tc.progress_bar)
+    for i, batch in enumerate(bar, start=skip):
       state, m = step_fn(state, sharding.put(batch, batch_shardings))
       if sync_each_step:
         jax.block_until_ready(m)
       step += 1
       examples += int(batch["mask"].sum())
       pending.append((step, m["loss"]))
-      if step % tc.log_every_steps == 0 or step % steps_per_epoch == 0:
+      if step % tc.log_every_steps == 0 or i + 1 == steps_per_epoch:
         values = _check_finite(pending)
         pending = []
         elapsed = train_seconds + time.time() - t_epoch
@@ -370,6 +414,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                   "loss_per_rep": values[-1].tolist(), "examples_per_second": examples / elapsed}
         _append_jsonl(metrics_path, record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_second']:.0f}")
+      if manager is not None and ck.every_steps and step % ck.every_steps == 0:
+        _check_finite(pending)  # Never save a state that has gone non-finite.
+        pending = []
+        save_checkpoint(epoch, i + 1, train_seconds + time.time() - t_epoch)
     if pending:
       _check_finite(pending)
     jax.block_until_ready(state)
@@ -380,9 +428,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       _append_jsonl(metrics_path, {"step": step, "epoch": epoch + 1, "eval_points":
                                    len(subset) if subset is not None else test.num_points,
                                    **{f"eval/{k}": v for k, v in main.items()}})
-      print(f"epoch {epoch + 1}: loss {record['loss']:.4f}  P@1 {main['P@1']:.4f}  "
-            f"P@5 {main['P@5']:.4f}  ({examples / train_seconds:.0f} train examples/s)",
-            flush=True)
+      print(f"epoch {epoch + 1}: loss {record.get('loss', float('nan')):.4f}  "
+            f"P@1 {main['P@1']:.4f}  P@5 {main['P@5']:.4f}  "
+            f"({examples / max(train_seconds, 1e-9):.0f} train examples/s)", flush=True)
+      if manager is not None:
+        save_checkpoint(epoch, steps_per_epoch, train_seconds, main)
+  if manager is not None:
+    if manager.latest_step() != step:
+      save_checkpoint(tc.num_epochs - 1, steps_per_epoch, train_seconds)
+    manager.wait_until_finished()
 
   # ---- Final evaluation ----------------------------------------------------------------
   t_eval = time.time()
@@ -394,7 +448,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "estimator": ev.estimator,
       "by_estimator": res,
       "train_seconds": train_seconds,
-      "examples_per_second": examples / train_seconds,
+      "examples_per_second": examples / max(train_seconds, 1e-9),
       "eval_seconds": eval_seconds,
       "data_seconds": t_data,
       "total_seconds": time.time() - t_start,
@@ -409,6 +463,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "versions": library_versions(),
       "devices": [str(d) for d in jax.devices()],
   }
+  # ---- Inference bundle: params + hash spec + config, no optimizer state ---------------
+  from mach_jax import predictor  # Imports this module: keep the import local.
+  bundle = os.path.join(workdir, predictor.BUNDLE_DIR)
+  results["bundle_bytes"] = predictor.export_bundle(bundle, state["params"], spec, config, D)
+  if manager is not None:
+    latest = os.path.join(str(manager.directory), str(manager.latest_step()))
+    results["checkpoint_bytes"] = predictor.folder_bytes(latest)
   _append_jsonl(metrics_path, {"step": step, "final": True,
                                **{f"test/{k}": v for k, v in main.items()}})
   if jax.process_index() == 0:

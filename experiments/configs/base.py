@@ -48,6 +48,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every_steps = 50
   c.train.progress_bar = True
 
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.enabled = True  # Rerunning the same command with the same workdir resumes.
+  c.checkpoint.every_steps = 500  # Also after every evaluation and at the end; 0: only those.
+  c.checkpoint.keep = 2  # Last checkpoints kept (plus the best by best_metric).
+  c.checkpoint.best_metric = "P@1"  # From periodic evaluations; "" keeps only the last ones.
+
   c.eval = ml_collections.ConfigDict()
   c.eval.k = 5
   c.eval.estimator = "mean"  # Reported at the top level of results.json.

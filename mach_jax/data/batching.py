@@ -118,11 +118,12 @@ def batch_rows(num_points: int, batch_size: int, *, shuffle: bool, seed: int = 0
 
 
 def iterate_batches(X, Y, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-                    widths: Widths | None = None, dense: bool = False,
-                    num_shards: int = 1) -> Iterator[dict[str, np.ndarray]]:
+                    widths: Widths | None = None, dense: bool = False, num_shards: int = 1,
+                    start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """The batches of one epoch, from the ``start``-th on (to resume mid-epoch)."""
   if widths is None:
     widths = Widths.for_data(X, Y, batch_size // num_shards)
-  for rows in batch_rows(X.shape[0], batch_size, shuffle=shuffle, seed=seed, epoch=epoch):
+  for rows in batch_rows(X.shape[0], batch_size, shuffle=shuffle, seed=seed, epoch=epoch)[start:]:
     yield make_batch(X, Y, rows, batch_size, widths, dense=dense, num_shards=num_shards)
 
 

@@ -1,0 +1,52 @@
+"""Top-k predictions for an XC-format file from a trained model folder.
+
+    python -m experiments.predict --workdir runs/bibtex \
+        --input ../shared/data/bibtex/test.txt.gz --k 5 --output preds.txt
+
+Writes one line per point, "label:score label:score ..." best first. If the input carries
+labels, prints P@1/P@3/P@5 (and nDCG@5) with the model's estimator.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+
+from mach_jax import metrics
+from mach_jax.data.xc import read_xc
+from mach_jax.predictor import BUNDLE_DIR, Predictor
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (uses WORKDIR/model).")
+_MODEL = flags.DEFINE_string("model", None, "A model folder (instead of --workdir).")
+_INPUT = flags.DEFINE_string("input", None, "XC-format file (plain or .gz).")
+_OUTPUT = flags.DEFINE_string("output", None, "Where to write the predictions.")
+_K = flags.DEFINE_integer("k", 5, "Predictions per point.")
+_ESTIMATOR = flags.DEFINE_string("estimator", None, "Merge estimator (default: the model's).")
+flags.mark_flags_as_required(["input", "output"])
+
+
+def main(argv):
+  logging.set_verbosity(logging.WARNING)  # orbax and jax log every save at INFO.
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if bool(_WORKDIR.value) == bool(_MODEL.value):
+    raise app.UsageError("pass exactly one of --workdir and --model")
+  path = _MODEL.value or os.path.join(_WORKDIR.value, BUNDLE_DIR)
+  predictor = Predictor.load(path)
+  data = read_xc(_INPUT.value)
+  if data.num_labels != predictor.spec.K and data.Y.nnz:
+    raise SystemExit(f"{_INPUT.value}: header has L={data.num_labels} labels, the model has "
+                     f"K={predictor.spec.K}")
+  scores, classes = predictor.predict_topk(data.X, _K.value, _ESTIMATOR.value)
+  with open(_OUTPUT.value, "w") as f:
+    for s_row, c_row in zip(scores, classes):
+      f.write(" ".join(f"{c}:{s:.6g}" for c, s in zip(c_row, s_row)) + "\n")
+  print(f"wrote {len(classes)} lines to {_OUTPUT.value}")
+  if data.Y.nnz and _K.value >= 5:
+    m = metrics.evaluate(classes, data.Y, ks=(1, 3, 5))
+    print("  ".join(f"{k} {m[k]:.4f}" for k in ("P@1", "P@3", "P@5", "nDCG@5")))
+
+
+if __name__ == "__main__":
+  app.run(main)

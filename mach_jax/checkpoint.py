@@ -1,0 +1,103 @@
+"""The checkpoint store: one orbax ``CheckpointManager`` per work directory.
+
+A checkpoint holds two items:
+
+  * ``state``: the training state pytree (params, optimizer state, step), saved with
+    ``StandardSave`` and restored with ``StandardRestore(target)`` where the target is a tree
+    of ``jax.ShapeDtypeStruct`` carrying the *current* mesh's shardings. That is what lets a
+    run saved on 8 devices resume on 1 or on 4: without a target orbax either fails
+    ("topology mismatch") or silently restores the optimizer state with another structure.
+  * ``meta`` (JSON): the data position (epoch, batches done in that epoch, shuffle seed),
+    the hash spec, the config, the library versions and the training time so far.
+
+Saving is asynchronous (orbax writes in the background while training goes on); the
+manager keeps the last ``keep`` checkpoints plus the best one by ``best_metric`` when
+evaluations provide it. Orbax finalises a checkpoint by an atomic rename, so a run killed
+mid-save leaves only a temporary folder that is never restored; a finalised checkpoint whose
+files were damaged later is reported and the previous one is used. Nothing is deleted
+except by the keep policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from typing import Any, Callable
+
+import jax
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def make_manager(workdir: str, keep: int = 2, best_metric: str = "") -> ocp.CheckpointManager:
+  """A manager over ``workdir/checkpoints`` keeping the last ``keep`` (+ best) checkpoints."""
+  policies = [ocp.checkpoint_managers.LatestN(keep)]
+  if best_metric:
+    policies.append(ocp.checkpoint_managers.BestN(
+        get_metric_fn=lambda m: m[best_metric], reverse=False, n=1,
+        keep_checkpoints_without_metrics=False))
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+      enable_async_checkpointing=True, create=True)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+                               options=options, item_names=("state", "meta"))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
+         metrics: dict | None = None) -> None:
+  """Start saving ``state`` and ``meta`` at ``step`` (returns while orbax writes)."""
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                             meta=ocp.args.JsonSave(meta)),
+               metrics=metrics, force=True)
+
+
+def abstract_like(state: Any) -> Any:
+  """ShapeDtypeStructs with the shardings of ``state`` (an array or abstract tree)."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      state)
+
+
+@dataclasses.dataclass
+class Restored:
+  step: int
+  state: Any
+  meta: dict
+
+
+def restore_latest(manager: ocp.CheckpointManager, target: Any,
+                   check_meta: Callable[[dict], None] | None = None) -> Restored | None:
+  """Restore the newest checkpoint that reads back completely onto ``target``'s shardings.
+
+  ``check_meta`` sees each checkpoint's metadata before its state is read, and may raise to
+  refuse it (a different model, say); that error propagates. A checkpoint that fails to
+  restore (damaged or truncated files) is reported with a warning naming its folder, and
+  the next older one is tried. Returns None when there is no checkpoint at all; raises when
+  checkpoints exist but none can be restored.
+  """
+  manager.reload()
+  steps = sorted(manager.all_steps(), reverse=True)
+  errors = []
+  for step in steps:
+    try:
+      meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    except Exception as e:
+      meta, early = None, e
+    if meta is not None and check_meta is not None:
+      check_meta(dict(meta))
+    try:
+      if meta is None:
+        raise early
+      out = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax/tensorstore raise many types for damaged files.
+      path = os.path.join(str(manager.directory), str(step))
+      msg = f"checkpoint {path} could not be restored ({type(e).__name__}: {str(e)[:300]})"
+      errors.append(msg)
+      warnings.warn(msg + "; falling back to the previous checkpoint", RuntimeWarning)
+      continue
+    return Restored(step=step, state=out.state, meta=dict(out.meta))
+  if errors:
+    raise RuntimeError("no checkpoint could be restored:\n" + "\n".join(errors))
+  return None

@@ -1,0 +1,195 @@
+"""Checkpoint store: exact resume after SIGKILL, restore onto other device counts, damaged
+checkpoints, keep policy, and the exported model folder / Predictor / predict CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from mach_jax import checkpoint, data as data_lib, sharding, train
+from mach_jax.data import batching
+from mach_jax.predictor import Predictor
+from tests.conftest import shared_file
+from tests.test_train import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_FLAGS = [
+    "--config", "experiments/configs/synthetic.py",
+    "--config.data.synthetic.num_train=3000", "--config.data.synthetic.num_test=300",
+    "--config.data.synthetic.num_classes=400", "--config.data.synthetic.num_features=1000",
+    "--config.model.R=4", "--config.model.B=32", "--config.model.hidden=(64,)",
+    "--config.train.batch_size=64", "--config.train.num_epochs=8",
+    "--config.train.progress_bar=False", "--config.checkpoint.every_steps=10",
+    "--config.mesh=(('data', 1), ('rep', 1))", "--config.eval.estimators=('mean',)",
+]
+
+
+def _launch(workdir):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  return subprocess.Popen([sys.executable, "-m", "experiments.train", *TINY_FLAGS,
+                           "--workdir", str(workdir)], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finalised_steps(workdir):
+  d = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
+def _params(workdir):
+  p = Predictor.load(os.path.join(workdir, "model"))
+  return {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(p.params)}
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
+  killed, clean = tmp_path / "killed", tmp_path / "clean"
+  proc = _launch(killed)
+  deadline = time.time() + 240
+  while not _finalised_steps(killed) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  assert proc.poll() is None, "training ended before a checkpoint could be interrupted"
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  assert not (killed / "results.json").exists()
+  first = _finalised_steps(killed)
+  assert first and first[-1] < 8 * 47
+
+  resumed = _launch(killed)
+  log = resumed.communicate(timeout=300)[0]
+  assert resumed.returncode == 0, log[-3000:]
+  assert "resumed from" in log
+  full = _launch(clean)
+  log2 = full.communicate(timeout=300)[0]
+  assert full.returncode == 0, log2[-3000:]
+  a, b = _params(killed), _params(clean)
+  for k in b:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)  # Bitwise on CPU.
+  ra = json.load(open(killed / "results.json"))
+  rb = json.load(open(clean / "results.json"))
+  for k in ("P@1", "P@3", "P@5", "nDCG@5"):
+    assert ra[k] == rb[k]
+  assert ra["steps"] == rb["steps"] == 8 * 47
+  assert ra["bundle_bytes"] < ra["checkpoint_bytes"]  # No optimizer state in the bundle.
+
+
+def _state_on(mesh_spec, R=8, steps=2):
+  c = tiny_config()
+  c.model.R = R
+  tr, _ = data_lib.load(c.data)
+  spec = train.hash_spec(c, tr.num_labels)
+  model = train.make_model(c, tr.num_features)
+  tx = train.make_optimizer(c.optimizer, 100)
+  mesh = sharding.make_mesh(mesh_spec, R, 64)
+  batches = list(batching.iterate_batches(tr.X, tr.Y, 64, shuffle=True))[:steps + 1]
+  state = train.init_state(model, tx, jax.random.key(0), batches[0], mesh)
+  step = train.make_train_step(model, tx, spec, c.model.loss, mesh, state, batches[0])
+  run = lambda s, b: step(s, sharding.put(b, sharding.batch_shardings(mesh, b)))
+  for b in batches[:steps]:
+    state, _ = run(state, b)
+  return state, run, batches[steps], mesh
+
+
+@pytest.mark.parametrize("src, dst", [(8, 1), (1, 4), (8, 2)])
+def test_restore_onto_another_device_count_then_train(tmp_path, src, dst):
+  state, _, _, _ = _state_on((("data", 1), ("rep", src)))
+  manager = checkpoint.make_manager(str(tmp_path))
+  checkpoint.save(manager, 2, state, {"step": 2})
+  manager.wait_until_finished()
+  fresh, run, next_batch, mesh = _state_on((("data", 1), ("rep", dst)), steps=0)
+  restored = checkpoint.restore_latest(checkpoint.make_manager(str(tmp_path)),
+                                       checkpoint.abstract_like(fresh))
+  assert restored.step == 2 and restored.meta == {"step": 2}
+  assert jax.tree.structure(restored.state) == jax.tree.structure(fresh)
+  for x, y in zip(jax.tree.leaves(restored.state), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  for x, f in zip(jax.tree.leaves(restored.state), jax.tree.leaves(fresh)):
+    assert x.sharding.is_equivalent_to(f.sharding, x.ndim)
+  assert len(restored.state["params"]["reps"]["embedding"].sharding.device_set) == dst
+  after, metrics = run(restored.state, next_batch)
+  assert int(after["step"]) == 3 and np.isfinite(np.asarray(metrics["loss"])).all()
+
+
+def test_damaged_latest_checkpoint_falls_back_to_previous(tmp_path):
+  state, run, batch, _ = _state_on((("data", 1), ("rep", 1)), R=4, steps=1)
+  manager = checkpoint.make_manager(str(tmp_path), keep=5)
+  checkpoint.save(manager, 1, state, {"step": 1})
+  later, _ = run(jax.tree.map(lambda x: x.copy(), state), batch)
+  checkpoint.save(manager, 2, later, {"step": 2})
+  manager.wait_until_finished()
+  step2 = tmp_path / checkpoint.CHECKPOINT_DIR / "2"
+  files = [os.path.join(d, f) for d, _, fs in os.walk(step2 / "state") for f in fs]
+  for f in files:  # Truncate every data file of the newest checkpoint.
+    if os.path.getsize(f) > 1000:
+      with open(f, "r+b") as fh:
+        fh.truncate(os.path.getsize(f) // 3)
+  with pytest.warns(RuntimeWarning, match=r"checkpoints/2 could not be restored"):
+    restored = checkpoint.restore_latest(checkpoint.make_manager(str(tmp_path), keep=5),
+                                         checkpoint.abstract_like(state))
+  assert restored.step == 1
+  for x, y in zip(jax.tree.leaves(restored.state), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert step2.exists()  # Reported, not deleted.
+
+
+def test_keep_last_k_and_best(tmp_path):
+  state, _, _, _ = _state_on((("data", 1), ("rep", 1)), R=4, steps=0)
+  manager = checkpoint.make_manager(str(tmp_path), keep=2, best_metric="P@1")
+  for step, p1 in [(1, 0.1), (2, 0.5), (3, 0.3), (4, 0.2), (5, 0.25)]:
+    checkpoint.save(manager, step, state, {"step": step}, metrics={"P@1": p1})
+    manager.wait_until_finished()
+  assert sorted(manager.all_steps()) == [2, 4, 5]  # Best (0.5) and the last two.
+
+
+def test_changed_config_is_not_resumed(tmp_path):
+  c = tiny_config()
+  c.train.num_epochs = 1
+  train.train_and_evaluate(c, str(tmp_path))
+  c.model.B = 64
+  with pytest.raises(ValueError, match="hash spec"):
+    train.train_and_evaluate(c, str(tmp_path))
+
+
+def test_predictor_checks_feature_dimension(tmp_path):
+  c = tiny_config()
+  c.train.num_epochs = 1
+  train.train_and_evaluate(c, str(tmp_path))
+  p = Predictor.load(str(tmp_path / "model"))
+  import scipy.sparse as sp
+  with pytest.raises(ValueError, match="expects 1000"):
+    p.predict_topk(sp.csr_matrix((2, 999), dtype=np.float32))
+  with pytest.raises(FileNotFoundError, match="not a model folder"):
+    Predictor.load(str(tmp_path))
+
+
+def test_predict_cli_reproduces_results_on_bibtex(tmp_path):
+  from experiments.configs import bibtex
+  c = bibtex.get_config()
+  c.data.train, test = shared_file("bibtex", "train"), shared_file("bibtex", "test")
+  c.data.test = test
+  c.model.R = 4
+  c.mesh = (("data", 1), ("rep", 1))
+  c.train.update(num_epochs=2, progress_bar=False)
+  c.eval.estimators = ("mean",)
+  results = train.train_and_evaluate(c, str(tmp_path))
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, "-m", "experiments.predict", "--workdir", str(tmp_path),
+                        "--input", test, "--k", "5", "--output", str(tmp_path / "preds.txt")],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  line = [l for l in out.stdout.splitlines() if l.startswith("P@1")][0]
+  got = dict(zip(line.split()[::2], map(float, line.split()[1::2])))
+  for k in ("P@1", "P@3", "P@5", "nDCG@5"):
+    assert got[k] == pytest.approx(results[k], abs=5e-5)
+  lines = (tmp_path / "preds.txt").read_text().splitlines()
+  assert len(lines) == 2515
+  first = [tuple(t.split(":")) for t in lines[0].split()]
+  assert len(first) == 5 and all(0 <= int(l) < 159 for l, _ in first)
+  scores = [float(s) for _, s in first]
+  assert scores == sorted(scores, reverse=True)
