@@ -23,6 +23,9 @@ _INPUT = flags.DEFINE_string("input", None, "XC-format file (plain or .gz).")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the predictions.")
 _K = flags.DEFINE_integer("k", 5, "Predictions per point.")
 _ESTIMATOR = flags.DEFINE_string("estimator", None, "Merge estimator (default: the model's).")
+_DECODE = flags.DEFINE_enum("decode", None, ["exact", "candidates"],
+                            "Decoder (default: the model's config.eval.decode).")
+_M = flags.DEFINE_integer("m", None, "Buckets probed per repetition by --decode=candidates.")
 flags.mark_flags_as_required(["input", "output"])
 
 
@@ -38,7 +41,8 @@ def main(argv):
   if data.num_labels != predictor.spec.K and data.Y.nnz:
     raise SystemExit(f"{_INPUT.value}: header has L={data.num_labels} labels, the model has "
                      f"K={predictor.spec.K}")
-  scores, classes = predictor.predict_topk(data.X, _K.value, _ESTIMATOR.value)
+  scores, classes = predictor.predict_topk(data.X, _K.value, _ESTIMATOR.value,
+                                           method=_DECODE.value, m=_M.value)
   with open(_OUTPUT.value, "w") as f:
     for s_row, c_row in zip(scores, classes):
       f.write(" ".join(f"{c}:{s:.6g}" for c, s in zip(c_row, s_row)) + "\n")

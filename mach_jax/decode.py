@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mach_jax import losses
-from mach_jax.hashing import HashSpec
+from mach_jax.hashing import HashSpec, build_padded_index
 
 ESTIMATORS = ("mean", "unbiased", "logit_sum", "min", "median", "log_mean")
 
@@ -120,34 +120,40 @@ def class_major_table(spec: HashSpec, chunk_size: int) -> np.ndarray:
   return table
 
 
-@functools.partial(jax.jit, static_argnames=("estimator", "k", "num_classes"))
-def topk_chunked(values: jax.Array, table: jax.Array, *, estimator: str, k: int,
-                 num_classes: int):
-  """Top-k classes over all K, chunk by chunk.
+@functools.partial(jax.jit, static_argnames=("estimator", "k", "spec", "chunk_size"))
+def topk_chunked(values: jax.Array, table: jax.Array | None, *, estimator: str, k: int,
+                 spec: HashSpec, chunk_size: int):
+  """Exact top-k classes over all K, chunk by chunk.
 
   Args:
     values: [R, b, B] per-repetition values.
-    table: int32 [num_chunks, C, R] class-major bucket table (see ``class_major_table``).
+    table: int32 [num_chunks, C, R] class-major bucket table (see ``class_major_table``), or
+      None to hash each chunk's classes on device (no O(R*K) memory at all, for any K).
     estimator: merge over repetitions.
     k: how many classes to return.
-    num_classes: K; padded classes (ids >= K) never enter the top-k.
+    spec: the hash spec; padded classes (ids >= K) never enter the top-k.
+    chunk_size: C.
 
   Returns:
     (scores [b, k] float32, classes [b, k] int32), best first.
   """
-  num_chunks, C, _ = table.shape
-  if k > num_classes:
-    raise ValueError(f"k={k} > K={num_classes}")
+  C = chunk_size
+  num_chunks = -(-spec.K // C)
+  if k > spec.K:
+    raise ValueError(f"k={k} > K={spec.K}")
   b = values.shape[1]
   kc = min(k, C)
   rows = jnp.swapaxes(values, 1, 2)  # Materialised once, outside the loop.
 
-  def body(carry, chunk):
+  def body(carry, i):
     best_s, best_i = carry
-    i, buckets = chunk
     ids = i * C + jnp.arange(C, dtype=jnp.int32)
+    if table is None:
+      buckets = spec.buckets(jnp.minimum(ids, spec.K - 1), jnp).T  # [C, R]
+    else:
+      buckets = table[i]
     s = _scores_from_rows(rows, buckets, estimator).T
-    s = jnp.where(ids[None] < num_classes, s, -jnp.inf)
+    s = jnp.where(ids[None] < spec.K, s, -jnp.inf)
     top_s, pos = jax.lax.top_k(s, kc)
     cat_s = jnp.concatenate([best_s, top_s], axis=1)
     cat_i = jnp.concatenate([best_i, ids[pos]], axis=1)
@@ -155,35 +161,130 @@ def topk_chunked(values: jax.Array, table: jax.Array, *, estimator: str, k: int,
     return (new_s, jnp.take_along_axis(cat_i, sel, axis=1)), None
 
   init = (jnp.full((b, k), -jnp.inf, values.dtype), jnp.zeros((b, k), jnp.int32))
-  (scores, classes), _ = jax.lax.scan(body, init, (jnp.arange(num_chunks), table))
+  (scores, classes), _ = jax.lax.scan(body, init, jnp.arange(num_chunks))
   return scores, classes
 
 
+DECODE_METHODS = ("exact", "candidates")
+
+
 class Decoder:
-  """Bounded-memory exact top-k over all K classes for one hash spec.
+  """Top-k classes for one hash spec: exact over all K, or from candidate buckets.
 
   Args:
     spec: the model's hash spec.
     loss: the training loss (decides sigmoid vs softmax probabilities).
-    batch_size: the largest batch that will be decoded (sizes the chunks).
-    memory_budget_bytes: bound on the gathered [b, R, C] block per chunk.
+    batch_size: the largest batch that will be decoded (sizes the exact path's chunks).
+    memory_budget_bytes: bound on the exact path's [b, R, C] working block per chunk.
+    method: 'exact' (every class scored, in chunks) or 'candidates' (the classes of each
+      repetition's top-m buckets, scored exactly).
+    m: buckets probed per repetition (candidates).
+    min_count: keep candidates found in at least this many repetitions (candidates).
+    table_budget_bytes: the exact path keeps a class-major [K, R] int32 table when it fits
+      in this many bytes, and hashes each chunk on device otherwise.
+    index: a prebuilt ``PaddedIndex.classes`` to share between decoders (candidates).
   """
 
   def __init__(self, spec: HashSpec, loss: str, batch_size: int,
-               memory_budget_bytes: int = 16 << 20):
-    self.spec = spec
-    self.loss = loss
+               memory_budget_bytes: int = 16 << 20, method: str = "exact", m: int = 2,
+               min_count: int = 1, table_budget_bytes: int = 1 << 30, index=None):
+    if method not in DECODE_METHODS:
+      raise ValueError(f"decode method={method!r}: expected one of {DECODE_METHODS}")
+    if not 1 <= m <= spec.B:
+      raise ValueError(f"m={m}: expected 1 <= m <= B={spec.B}")
+    if not 1 <= min_count <= spec.R:
+      raise ValueError(f"min_count={min_count}: expected 1 <= min_count <= R={spec.R}")
+    self.spec, self.loss, self.method = spec, loss, method
+    self.m, self.min_count = m, min_count
     self.chunk_size = min(chunk_size_for_budget(batch_size, spec.R, memory_budget_bytes),
                           -(-spec.K // 128) * 128)
-    table = class_major_table(spec, self.chunk_size)
-    self.num_chunks = table.shape[0] // self.chunk_size
-    self.table = jnp.asarray(table.reshape(self.num_chunks, self.chunk_size, spec.R))
+    self.num_chunks = -(-spec.K // self.chunk_size)
+    self.table = self.index = None
+    if method == "exact" and self.num_chunks * self.chunk_size * spec.R * 4 <= table_budget_bytes:
+      table = class_major_table(spec, self.chunk_size)
+      self.table = jnp.asarray(table.reshape(self.num_chunks, self.chunk_size, spec.R))
+    if method == "candidates":
+      self.index = jnp.asarray(build_padded_index(spec).classes if index is None else index)
+
+  @property
+  def nbytes(self) -> int:
+    """Device memory held for decoding (class-major table or inverted index)."""
+    arr = self.table if self.table is not None else self.index
+    return 0 if arr is None else int(arr.size * arr.dtype.itemsize)
 
   def topk(self, logits: jax.Array, k: int, estimator: str = "mean"):
     """logits [R, b, B] -> (scores [b, k], classes [b, k])."""
     values = _rep_values_jit(estimator, self.loss, logits)
-    return topk_chunked(values, self.table, estimator=estimator, k=k,
-                        num_classes=self.spec.K)
+    if self.method == "candidates":
+      return topk_candidates(values, logits, self.index, spec=self.spec, estimator=estimator,
+                             k=k, m=self.m, min_count=self.min_count)
+    return topk_chunked(values, self.table, estimator=estimator, k=k, spec=self.spec,
+                        chunk_size=self.chunk_size)
 
 
 _rep_values_jit = jax.jit(rep_values, static_argnums=(0, 1))
+
+
+# ---------------------------------------------------------------------------------------
+# Candidate decoding: score only the classes in each repetition's top-m buckets.
+
+
+def _dedupe_topk(scores: jax.Array, ids: jax.Array, k: int):
+  """Top-k distinct ids from [n] candidates sorted by score (duplicates score the same)."""
+  n = ids.shape[0]
+  earlier = jnp.tril(ids[None, :] == ids[:, None], k=-1).any(axis=1)  # [n]: seen before?
+  scores = jnp.where(earlier, -jnp.inf, scores)
+  s, pos = jax.lax.top_k(scores, k)
+  return s, ids[pos]
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "estimator", "k", "m", "min_count",
+                                             "query_batch"))
+def topk_candidates(values: jax.Array, ranking: jax.Array, index: jax.Array, *,
+                    spec: HashSpec, estimator: str, k: int, m: int, min_count: int = 1,
+                    query_batch: int = 8):
+  """Approximate top-k: exact scores for the classes of each repetition's top-m buckets.
+
+  For each query, the m best buckets of every repetition (by ``ranking``) give up to R*m*S
+  candidate classes through the padded inverted index; each candidate is hashed on device
+  into all R repetitions and scored exactly with ``estimator``. A class can appear once per
+  repetition, so the top k*R candidate slots hold at least k distinct classes; duplicates
+  are removed among those. ``min_count`` > 1 keeps only classes found in at least that many
+  repetitions' top-m lists (the official MACH approximate evaluator's filter). With m = B
+  every class is a candidate and the result equals the exact top-k.
+
+  Args:
+    values: [R, b, B] per-repetition values for ``estimator`` (see ``rep_values``).
+    ranking: [R, b, B] what orders buckets within a repetition (logits will do).
+    index: int32 [R, B, S] classes per bucket, -1 padded (``hashing.build_padded_index``).
+    spec: the hash spec (hashes candidates on device).
+    query_batch: queries processed together; bounds memory to about
+      query_batch * R * (R*m*S) int32.
+
+  Returns:
+    (scores [b, k], classes [b, k]); slots without a candidate score -inf.
+  """
+  R, b, B = values.shape
+  S = index.shape[2]
+  n = R * m * S
+  kk = min(n, k * R)
+  params = jnp.asarray(spec.params())
+
+  def one(args):
+    v, rank = args  # [R, B] each
+    _, top = jax.lax.top_k(rank, m)  # [R, m]
+    cands = jnp.take_along_axis(index, top[:, :, None], axis=1).reshape(-1)  # [n]
+    valid = cands >= 0
+    buckets = spec.buckets(cands, jnp, params=params)  # [R, n]
+    gathered = jnp.take_along_axis(v, buckets, axis=1)  # [R, n]
+    s = merge(estimator, gathered, B)
+    if min_count > 1:
+      in_top = jnp.zeros((R, B), bool).at[jnp.arange(R)[:, None], top].set(True)
+      count = jnp.take_along_axis(in_top, buckets, axis=1).sum(axis=0)
+      valid &= count >= min_count
+    s = jnp.where(valid, s, -jnp.inf)
+    top_s, pos = jax.lax.top_k(s, kk)
+    return _dedupe_topk(top_s, cands[pos], k)
+
+  per_query = (jnp.swapaxes(values, 0, 1), jnp.swapaxes(ranking, 0, 1))  # [b, R, B]
+  return jax.lax.map(one, per_query, batch_size=min(query_batch, b))

@@ -57,7 +57,7 @@ class Predictor:
     self.mesh = sharding.make_mesh((("data", 1), ("rep", 1)), self.spec.R, 1,
                                    devices=jax.devices()[:1])
     self._model = train_lib.make_model(self.config, self.num_features)
-    self._decoders: dict[int, decode.Decoder] = {}
+    self._decoders: dict[tuple, decode.Decoder] = {}
 
   @classmethod
   def load(cls, path: str) -> "Predictor":
@@ -77,20 +77,28 @@ class Predictor:
     return cls(path, info, params)
 
   def predict_topk(self, X: sp.csr_matrix, k: int = 5, estimator: str | None = None,
-                   batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(scores [n, k], class ids [n, k]), best first, for CSR features X [n, D]."""
+                   batch_size: int | None = None, method: str | None = None,
+                   m: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [n, k], class ids [n, k]), best first, for CSR features X [n, D].
+
+    ``estimator``, ``batch_size``, ``method`` ('exact' | 'candidates') and ``m`` default to
+    the model's evaluation config.
+    """
     X = sp.csr_matrix(X, dtype=np.float32)
     if X.shape[1] != self.num_features:
       raise ValueError(f"X has {X.shape[1]} features; the model at {self.path} expects "
                        f"{self.num_features}")
     estimator = estimator or self.config.eval.estimator
     batch_size = batch_size or self.config.eval.batch_size
-    if batch_size not in self._decoders:
-      self._decoders[batch_size] = decode.Decoder(
-          self.spec, self.config.model.loss, batch_size,
-          memory_budget_bytes=int(self.config.eval.memory_budget_mb) << 20)
+    method = method or self.config.eval.get("decode", "exact")
+    m = m or self.config.eval.get("candidates_m", 2)
+    key = (batch_size, method, m)
+    if key not in self._decoders:
+      config = ml_collections.ConfigDict(self.config.to_dict())
+      config.eval.update(batch_size=batch_size, decode=method, candidates_m=m)
+      self._decoders[key] = train_lib.make_decoder(config, self.spec)
     Y = sp.csr_matrix((X.shape[0], self.spec.K), dtype=np.float32)
-    out = train_lib.predict_topk(self.params, self._logits_fn(), self._decoders[batch_size],
+    out = train_lib.predict_topk(self.params, self._logits_fn(), self._decoders[key],
                                  X, Y, batch_size=batch_size, k=k, estimators=(estimator,),
                                  mesh=self.mesh, dense=self.config.model.dense_input)
     return out[estimator]

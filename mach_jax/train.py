@@ -70,6 +70,14 @@ def make_optimizer(opt, total_steps: int) -> optax.GradientTransformation:
   return optax.chain(*parts, core)
 
 
+def make_decoder(config, spec: HashSpec) -> decode.Decoder:
+  ev = config.eval
+  return decode.Decoder(spec, config.model.loss, ev.batch_size,
+                        memory_budget_bytes=int(ev.memory_budget_mb) << 20,
+                        method=ev.get("decode", "exact"), m=ev.get("candidates_m", 2),
+                        min_count=ev.get("min_count", 1))
+
+
 def model_input(batch: dict[str, Any], sparse: bool):
   return batch if sparse else batch["dense"]
 
@@ -353,8 +361,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logits_fn = make_logits_fn(model, spec, mesh, state["params"], first)
   batch_shardings = sharding.batch_shardings(mesh, first)
   sync_each_step = must_sync_each_step(mesh)
-  decoder = decode.Decoder(spec, config.model.loss, ev.batch_size,
-                           memory_budget_bytes=int(ev.memory_budget_mb) << 20)
+  decoder = make_decoder(config, spec)
   subset = None
   if ev.subset and ev.subset < test.num_points:
     subset = np.random.default_rng(config.seed).choice(test.num_points, ev.subset, replace=False)

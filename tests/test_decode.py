@@ -47,11 +47,12 @@ def test_chunked_topk_equals_brute_force(estimator):
   logits = jax.random.normal(jax.random.key(0), (4, 6, 16))
   values = decode.rep_values(estimator, "softmax", logits)
   full = decode.class_scores(values, jnp.asarray(spec.bucket_table().T), estimator)
-  for chunk in (128, 384, 1024):  # 1000 is not a multiple of any of these but 1024 > K.
-    table = decode.class_major_table(spec, chunk)
-    table = jnp.asarray(table.reshape(-1, chunk, spec.R))
-    scores, classes = decode.topk_chunked(values, table, estimator=estimator, k=7,
-                                          num_classes=spec.K)
+  for chunk, hashed in ((128, False), (384, True), (1024, False)):  # K=1000: ragged chunks.
+    table = None
+    if not hashed:  # Otherwise each chunk's classes are hashed on device.
+      table = jnp.asarray(decode.class_major_table(spec, chunk).reshape(-1, chunk, spec.R))
+    scores, classes = decode.topk_chunked(values, table, estimator=estimator, k=7, spec=spec,
+                                          chunk_size=chunk)
     ref_scores, _ = jax.lax.top_k(full, 7)
     np.testing.assert_allclose(np.asarray(scores), np.asarray(ref_scores), rtol=1e-6)
     gathered = np.take_along_axis(np.asarray(full), np.asarray(classes), axis=1)
@@ -82,3 +83,80 @@ def test_probabilities_follow_the_loss():
   logits = jnp.array([[[0.0, 1.0]]])
   np.testing.assert_allclose(losses.bucket_probabilities("bce", logits), jax.nn.sigmoid(logits))
   np.testing.assert_allclose(losses.bucket_probabilities("softmax_hist", logits).sum(-1), 1.0)
+
+
+def _planted(spec, b=16, seed=0, true_per_query=3, signal=4.0):
+  """Logits of a model that has learned a few true classes per query (plus noise)."""
+  rng = np.random.default_rng(seed)
+  logits = rng.normal(size=(spec.R, b, spec.B)).astype(np.float32)
+  table = spec.bucket_table()
+  for i in range(b):
+    for c in rng.choice(spec.K, true_per_query, replace=False):
+      logits[np.arange(spec.R), i, table[:, c]] += signal
+  return jnp.asarray(logits)
+
+
+@pytest.mark.parametrize("estimator", decode.ESTIMATORS)
+def test_candidates_with_all_buckets_equal_exact(estimator):
+  spec = HashSpec("murmur", K=3000, B=32, R=4)
+  logits = _planted(spec)
+  exact = decode.Decoder(spec, "bce", 16)
+  every = decode.Decoder(spec, "bce", 16, method="candidates", m=spec.B)
+  se, ce = exact.topk(logits, 5, estimator)
+  sc, cc = every.topk(logits, 5, estimator)
+  np.testing.assert_allclose(np.asarray(sc), np.asarray(se), rtol=1e-6)
+  # Classes agree wherever scores are not tied (min and median tie often).
+  full = np.asarray(decode.class_scores(decode.rep_values(estimator, "bce", logits),
+                                        jnp.asarray(spec.bucket_table().T), estimator))
+  got = np.take_along_axis(full, np.asarray(cc), axis=1)
+  np.testing.assert_allclose(got, np.asarray(se), rtol=1e-6)
+  assert all(len(set(row)) == 5 for row in np.asarray(cc))  # Distinct classes.
+
+
+def test_candidate_recall_grows_with_m():
+  spec = HashSpec("murmur", K=20_000, B=256, R=8)
+  logits = _planted(spec, b=32, signal=2.0)
+  _, exact = decode.Decoder(spec, "softmax_hist", 32).topk(logits, 5, "mean")
+  recalls = []
+  for m in (1, 2, 8, 64):
+    _, cand = decode.Decoder(spec, "softmax_hist", 32, method="candidates", m=m).topk(
+        logits, 5, "mean")
+    recalls.append(np.mean([len(set(a) & set(b)) / 5
+                            for a, b in zip(np.asarray(exact), np.asarray(cand))]))
+  assert recalls == sorted(recalls) and recalls[-1] > recalls[0]
+  assert recalls[-1] >= 0.99
+
+
+def test_min_count_filter_keeps_only_classes_seen_in_enough_repetitions():
+  spec = HashSpec("universal", K=2000, B=32, R=4, seed=1)
+  logits = _planted(spec, b=4, true_per_query=1, signal=6.0)
+  dec = decode.Decoder(spec, "bce", 4, method="candidates", m=1, min_count=4)
+  scores, classes = dec.topk(logits, 3, "mean")
+  table = spec.bucket_table()
+  top1 = np.asarray(jnp.argmax(logits, axis=-1))  # [R, b]
+  for i in range(4):
+    for s, c in zip(np.asarray(scores[i]), np.asarray(classes[i])):
+      if np.isfinite(s):  # A kept class sits in the top bucket of all 4 repetitions.
+        assert (table[:, c] == top1[:, i]).all()
+  assert np.isfinite(np.asarray(scores[:, 0])).all()  # The planted class survives.
+
+
+def test_decoder_arguments_are_checked():
+  spec = HashSpec("murmur", K=100, B=8, R=2)
+  with pytest.raises(ValueError, match="decode method"):
+    decode.Decoder(spec, "bce", 4, method="beam")
+  with pytest.raises(ValueError, match="m=9"):
+    decode.Decoder(spec, "bce", 4, method="candidates", m=9)
+  with pytest.raises(ValueError, match="min_count=3"):
+    decode.Decoder(spec, "bce", 4, method="candidates", min_count=3)
+
+
+def test_exact_decoder_hashes_on_device_when_the_table_is_over_budget():
+  spec = HashSpec("balanced", K=5000, B=64, R=4, seed=2)
+  logits = _planted(spec, b=8)
+  with_table = decode.Decoder(spec, "bce", 8)
+  hashed = decode.Decoder(spec, "bce", 8, table_budget_bytes=0)
+  assert with_table.table is not None and hashed.table is None and hashed.nbytes == 0
+  for est in ("mean", "log_mean"):
+    a, b = with_table.topk(logits, 5, est), hashed.topk(logits, 5, est)
+    np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))

@@ -113,3 +113,18 @@ def test_inverted_index_lists_every_class_once():
 def test_bad_spec_is_rejected(kwargs, match):
   with pytest.raises(ValueError, match=match):
     HashSpec(**kwargs)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_padded_index_matches_csr_index(family):
+  spec = HashSpec(family, K=5003, B=61, R=3, seed=4)
+  padded = hashing.build_padded_index(spec)
+  csr = hashing.build_inverted_index(spec)
+  assert padded.classes.shape == (3, 61, padded.sizes.max())
+  for r in range(3):
+    for j in range(61):
+      n = padded.sizes[r, j]
+      np.testing.assert_array_equal(padded.classes[r, j, :n], csr.bucket(r, j))
+      assert (padded.classes[r, j, n:] == -1).all()
+  if family == "balanced":
+    assert padded.classes.shape[2] == -(-spec.K // spec.B)  # No padding beyond ceil(K/B).

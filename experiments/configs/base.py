@@ -62,6 +62,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.every_epochs = 0  # 0: evaluate only at the end.
   c.eval.subset = 0  # Points of the test set used by periodic evaluations; 0: all.
   c.eval.memory_budget_mb = 16  # Bounds the [b, chunk] blocks; small chunks stay in cache.
+  c.eval.decode = "exact"  # exact (all K classes) | candidates (top-m buckets per rep).
+  c.eval.candidates_m = 2  # Buckets probed per repetition by the candidates decoder.
+  c.eval.min_count = 1  # Candidates must sit in the top-m of at least this many reps.
   c.eval.propensity_A = 0.55
   c.eval.propensity_B = 1.5
   return c
