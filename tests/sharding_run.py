@@ -13,11 +13,15 @@ import os
 import sys
 
 
-def run_steps(mesh_spec, num_steps: int = 3, R: int = 8):
-  """Train ``num_steps`` steps of a tiny model on ``mesh_spec``; returns params as NumPy."""
+def tiny_setup(mesh_spec, R: int = 8, num_batches: int = 1):
+  """A tiny model, its optimizer and initial state on ``mesh_spec``, and a step runner.
+
+  Returns a namespace with ``config, spec, model, tx, mesh, batches`` (host batches, in
+  training order), ``state`` and ``run(state, host_batch) -> (state, metrics)``.
+  """
+  import types
+
   import jax
-  import numpy as np
-  from jax.experimental import multihost_utils
 
   from mach_jax import data as data_lib, sharding, train
   from mach_jax.data import batching
@@ -30,15 +34,32 @@ def run_steps(mesh_spec, num_steps: int = 3, R: int = 8):
   model = train.make_model(c, tr.num_features)
   tx = train.make_optimizer(c.optimizer, 100)
   mesh = sharding.make_mesh(mesh_spec, R, c.train.batch_size)
-  shards = mesh.shape[sharding.DATA_AXIS]
   batches = list(batching.iterate_batches(tr.X, tr.Y, c.train.batch_size, shuffle=True,
-                                          num_shards=shards))[:num_steps]
+                                          num_shards=mesh.shape[sharding.DATA_AXIS]))
+  batches = batches[:num_batches]
   state = train.init_state(model, tx, jax.random.key(0), batches[0], mesh)
   step = train.make_train_step(model, tx, spec, c.model.loss, mesh, state, batches[0])
-  for b in batches:
-    state, m = step(state, sharding.put(b, sharding.batch_shardings(mesh, b)))
+
+  def run(state, batch):
+    state, m = step(state, sharding.put(batch, sharding.batch_shardings(mesh, batch)))
     if train.must_sync_each_step(mesh):
       jax.block_until_ready(m)
+    return state, m
+
+  return types.SimpleNamespace(config=c, spec=spec, model=model, tx=tx, mesh=mesh,
+                               batches=batches, state=state, step=step, run=run)
+
+
+def run_steps(mesh_spec, num_steps: int = 3, R: int = 8):
+  """Train ``num_steps`` steps of a tiny model on ``mesh_spec``; returns params as NumPy."""
+  import jax
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  t = tiny_setup(mesh_spec, R, num_steps)
+  state = t.state
+  for b in t.batches:
+    state, _ = t.run(state, b)
   return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)),
                       state["params"])
 

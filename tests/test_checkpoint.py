@@ -12,10 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from mach_jax import checkpoint, data as data_lib, sharding, train
-from mach_jax.data import batching
+from mach_jax import checkpoint, train
 from mach_jax.predictor import Predictor
 from tests.conftest import shared_file
+from tests.sharding_run import tiny_setup
 from tests.test_train import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,20 +80,11 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
 
 
 def _state_on(mesh_spec, R=8, steps=2):
-  c = tiny_config()
-  c.model.R = R
-  tr, _ = data_lib.load(c.data)
-  spec = train.hash_spec(c, tr.num_labels)
-  model = train.make_model(c, tr.num_features)
-  tx = train.make_optimizer(c.optimizer, 100)
-  mesh = sharding.make_mesh(mesh_spec, R, 64)
-  batches = list(batching.iterate_batches(tr.X, tr.Y, 64, shuffle=True))[:steps + 1]
-  state = train.init_state(model, tx, jax.random.key(0), batches[0], mesh)
-  step = train.make_train_step(model, tx, spec, c.model.loss, mesh, state, batches[0])
-  run = lambda s, b: step(s, sharding.put(b, sharding.batch_shardings(mesh, b)))
-  for b in batches[:steps]:
-    state, _ = run(state, b)
-  return state, run, batches[steps], mesh
+  t = tiny_setup(mesh_spec, R, steps + 1)
+  state = t.state
+  for b in t.batches[:steps]:
+    state, _ = t.run(state, b)
+  return state, t.run, t.batches[steps], t.mesh
 
 
 @pytest.mark.parametrize("src, dst", [(8, 1), (1, 4), (8, 2)])

@@ -14,35 +14,24 @@ import numpy as np
 import optax
 import pytest
 
-from mach_jax import data as data_lib, sharding, train
-from mach_jax.data import batching
+from mach_jax import sharding, train
 from tests.conftest import shared_file
-from tests.sharding_run import run_steps
-from tests.test_train import tiny_config
+from tests.sharding_run import run_steps, tiny_setup
 
 R = 8
 
 
 def _compiled_step(mesh_spec, clip_global=False):
-  c = tiny_config()
-  c.model.R = R
-  tr, _ = data_lib.load(c.data)
-  spec = train.hash_spec(c, tr.num_labels)
-  model = train.make_model(c, tr.num_features)
-  tx = train.make_optimizer(c.optimizer, 100)
-  mesh = sharding.make_mesh(mesh_spec, R, 64)
-  batch = batching.make_batch(tr.X, tr.Y, np.arange(64), 64,
-                              num_shards=mesh.shape[sharding.DATA_AXIS])
-  state = train.init_state(model, tx, jax.random.key(0), batch, mesh)
+  t = tiny_setup(mesh_spec, R)
+  state, batch, mesh = t.state, t.batches[0], t.mesh
   gbatch = sharding.put(batch, sharding.batch_shardings(mesh, batch))
   if clip_global:
     # The variant the design forbids: one clip over ALL parameters couples the repetitions.
     clip = optax.clip_by_global_norm(1.0)
     fn = jax.jit(lambda g: clip.update(g, clip.init(g))[0])
     return fn.lower(state["params"]).compile().as_text(), mesh
-  step = train.make_train_step(model, tx, spec, c.model.loss, mesh, state, batch)
-  logits_fn = train.make_logits_fn(model, spec, mesh, state["params"], batch)
-  return (step.lower(state, gbatch).compile().as_text(),
+  logits_fn = train.make_logits_fn(t.model, t.spec, mesh, state["params"], batch)
+  return (t.step.lower(state, gbatch).compile().as_text(),
           logits_fn.lower(state["params"], gbatch).compile().as_text(), mesh)
 
 
@@ -117,13 +106,8 @@ def test_bad_mesh_configs_fail_at_start_up(mesh_spec, R, batch, match):
 
 
 def test_start_up_check_reports_per_device_repetitions():
-  c = tiny_config()
-  c.model.R = R
-  tr, _ = data_lib.load(c.data)
-  model, tx = train.make_model(c, tr.num_features), train.make_optimizer(c.optimizer, 10)
-  mesh = sharding.make_mesh((("data", 1), ("rep", 4)), R, 64)
-  batch = batching.make_batch(tr.X, tr.Y, np.arange(64), 64)
-  state = train.init_state(model, tx, jax.random.key(0), batch, mesh)
+  t = tiny_setup((("data", 1), ("rep", 4)), R)
+  mesh, state = t.mesh, t.state
   line = sharding.check_state_sharding(mesh, state, sharding.state_shardings(mesh, state))
   assert "each device holds 2 repetitions" in line
   replicated = jax.tree.map(lambda x: jax.device_put(x, jax.sharding.NamedSharding(

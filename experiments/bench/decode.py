@@ -17,9 +17,9 @@ import json
 import os
 import platform
 import resource
-import subprocess
-import sys
 import time
+
+from experiments.bench import workers
 
 
 def _timed(fn, *args, repeat=3):
@@ -159,22 +159,17 @@ def main():
     return
   if args.worker:
     args.K = int(args.K)
-    print("RESULT " + json.dumps(worker(args)), flush=True)
+    workers.emit(worker(args))
     return
   os.makedirs(args.out, exist_ok=True)
   rows = []
   for K in [int(k) for k in args.K.split(",")]:
-    cmd = [sys.executable, "-m", "experiments.bench.decode", "--worker", "--out", args.out,
-           "--K", str(K), "--R", str(args.R), "--B", str(args.B), "--family", args.family,
-           "--estimator", args.estimator, "--m", ",".join(map(str, args.m)),
-           "--batches", ",".join(map(str, args.batches)), "--recall_queries",
-           str(args.recall_queries), "--signal", str(args.signal), "--budget_mb",
-           str(args.budget_mb), "--repeat", str(args.repeat)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-    if out.returncode or not line:
-      raise SystemExit(f"worker for K={K} failed:\n{out.stderr[-3000:]}")
-    rows.append(json.loads(line[0][7:]))
+    argv = ["--out", args.out, "--K", str(K), "--R", str(args.R), "--B", str(args.B),
+            "--family", args.family, "--estimator", args.estimator,
+            "--m", ",".join(map(str, args.m)), "--batches", ",".join(map(str, args.batches)),
+            "--recall_queries", str(args.recall_queries), "--signal", str(args.signal),
+            "--budget_mb", str(args.budget_mb), "--repeat", str(args.repeat)]
+    rows.append(workers.run("experiments.bench.decode", argv, f"K={K}"))
     print(rows[-1], flush=True)
   meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} "
           f"({os.cpu_count()} cores)", "args": vars(args)}

@@ -17,8 +17,9 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
+
+from experiments.bench import workers
 
 
 def worker(args) -> dict:
@@ -86,7 +87,7 @@ def main():
   args = p.parse_args()
   if args.worker:
     args.R = int(args.R)
-    print("RESULT " + json.dumps(worker(args)), flush=True)
+    workers.emit(worker(args))
     return
   os.makedirs(args.out, exist_ok=True)
   rows = []
@@ -98,15 +99,10 @@ def main():
       else:  # n simulated CPU devices sharing the machine's cores.
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n}"
         env["JAX_PLATFORMS"] = "cpu"
-      cmd = [sys.executable, "-m", "experiments.bench.scaling", "--worker", "--out", args.out,
-             "--R", str(R), "--data", str(args.data), "--batch_size", str(args.batch_size),
-             "--K", str(args.K), "--D", str(args.D), "--H", str(args.H), "--B", str(args.B),
-             "--steps", str(args.steps)]
-      out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-      line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-      if out.returncode or not line:
-        raise SystemExit(f"worker for {n} devices, R={R} failed:\n{out.stderr[-3000:]}")
-      rows.append(json.loads(line[0][7:]))
+      argv = ["--out", args.out, "--R", str(R), "--data", str(args.data),
+              "--batch_size", str(args.batch_size), "--K", str(args.K), "--D", str(args.D),
+              "--H", str(args.H), "--B", str(args.B), "--steps", str(args.steps)]
+      rows.append(workers.run("experiments.bench.scaling", argv, f"{n} devices, R={R}", env))
       print(rows[-1], flush=True)
   base = {r["R"]: r["steps_per_s"] for r in rows if r["devices"] == 1}
   meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} "
