@@ -382,8 +382,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state, meta = restored.state, restored.meta
       step, start_epoch, start_batch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
       train_seconds, examples = meta["train_seconds"], meta["examples"]
-      print(f"resumed from {manager.directory}/{restored.step}: epoch {start_epoch + 1}, "
-            f"batch {start_batch} of {steps_per_epoch}", flush=True)
+      where = (f"epoch {start_epoch + 1}, batch {start_batch} of {steps_per_epoch}"
+               if start_epoch < tc.num_epochs else "training already complete, evaluating")
+      print(f"resumed from {manager.directory}/{restored.step}: {where}", flush=True)
 
   def save_checkpoint(epoch: int, batch_in_epoch: int, elapsed: float, metrics=None):
     if batch_in_epoch == steps_per_epoch:
