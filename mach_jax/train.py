@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mach_jax import data as data_lib
 from mach_jax import checkpoint as checkpoint_lib
-from mach_jax import decode, losses, metrics, model as model_lib, sharding
+from mach_jax import decode, losses, metrics, model as model_lib, sharding, sparse_adam
 from mach_jax.data import batching
 from mach_jax.hashing import HashSpec
 from mach_jax.model import REP_AXIS
@@ -49,15 +49,38 @@ def make_model(config, num_features: int) -> model_lib.MACH:
                         embedding_bag=m.embedding_bag, dtype=jnp.dtype(m.dtype))
 
 
-def make_optimizer(opt, total_steps: int) -> optax.GradientTransformation:
-  """The optimizer of ONE repetition; the train step vmaps it over 'rep'."""
+def learning_rate(opt, total_steps: int) -> float | optax.Schedule:
   if opt.schedule == "constant":
-    lr = opt.learning_rate
-  elif opt.schedule == "cosine":
-    lr = optax.warmup_cosine_decay_schedule(0.0, opt.learning_rate, opt.warmup_steps,
-                                            max(total_steps, opt.warmup_steps + 1))
-  else:
-    raise ValueError(f"config.optimizer.schedule={opt.schedule!r}: expected constant|cosine")
+    return opt.learning_rate
+  if opt.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, opt.learning_rate, opt.warmup_steps,
+                                              max(total_steps, opt.warmup_steps + 1))
+  raise ValueError(f"config.optimizer.schedule={opt.schedule!r}: expected constant|cosine")
+
+
+def make_row_sparse(config, total_steps: int):
+  """(init, update) of row-sparse Adam for the input table, or None when not configured."""
+  opt = config.optimizer
+  if not opt.get("row_sparse", False):
+    return None
+  problems = [f"config.optimizer.name={opt.name!r} (needs 'adam')" if opt.name != "adam" else "",
+              f"config.optimizer.clip_norm={opt.clip_norm} (needs 0)" if opt.clip_norm else "",
+              "config.model.dense_input=True (needs sparse input)"
+              if config.model.dense_input else ""]
+  problems = [p for p in problems if p]
+  if problems:
+    raise ValueError("config.optimizer.row_sparse=True is not supported with "
+                     + ", ".join(problems))
+  return sparse_adam.make(learning_rate(opt, total_steps))
+
+
+def make_optimizer(opt, total_steps: int) -> optax.GradientTransformation:
+  """The optimizer of ONE repetition; the train step vmaps it over 'rep'.
+
+  With ``row_sparse`` it updates every parameter but the input table (see
+  ``make_row_sparse``).
+  """
+  lr = learning_rate(opt, total_steps)
   if opt.name == "adam":
     core = optax.adam(lr)
   elif opt.name == "adamw":
@@ -82,19 +105,37 @@ def model_input(batch: dict[str, Any], sparse: bool):
   return batch if sparse else batch["dense"]
 
 
+def split_table(params) -> tuple[jax.Array, dict]:
+  """(input table [R, D, H], every other parameter)."""
+  reps = dict(params["reps"])
+  table = reps.pop("embedding")
+  return table, {"reps": reps}
+
+
+def join_table(table: jax.Array, rest: dict) -> dict:
+  return {"reps": {**rest["reps"], "embedding": table}}
+
+
 def init_state(model: model_lib.MACH, tx: optax.GradientTransformation, rng: jax.Array,
-               batch: dict[str, Any], mesh: Mesh | None = None) -> dict[str, Any]:
+               batch: dict[str, Any], mesh: Mesh | None = None,
+               row_sparse=None) -> dict[str, Any]:
   """Parameters from ``rng``; optimizer state initialised per repetition.
 
   With a ``mesh``, the state is created directly in its sharded layout (split on 'rep');
-  the values do not depend on the mesh (JAX's partitionable threefry RNG).
+  the values do not depend on the mesh (JAX's partitionable threefry RNG). With
+  ``row_sparse`` (see ``make_row_sparse``) the optimizer state is
+  ``{'rest': optax state, 'embedding': row-sparse Adam state}``.
   """
   x = model_input(jax.tree.map(np.asarray, batch), model.sparse_input)
 
   def init(rng):
     params = model.init(rng, x)["params"]
-    return {"params": params, "opt_state": jax.vmap(tx.init)(params),
-            "step": jnp.zeros((), jnp.int32)}
+    if row_sparse is None:
+      opt_state = jax.vmap(tx.init)(params)
+    else:
+      table, rest = split_table(params)
+      opt_state = {"rest": jax.vmap(tx.init)(rest), "embedding": jax.vmap(row_sparse[0])(table)}
+    return {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
 
   if mesh is None:
     return jax.jit(init)(rng)
@@ -108,7 +149,8 @@ def init_state(model: model_lib.MACH, tx: optax.GradientTransformation, rng: jax
 
 def train_step(state: dict[str, Any], batch: dict[str, Any], *, model: model_lib.MACH,
                tx: optax.GradientTransformation, spec: HashSpec, loss: str,
-               hash_params: jax.Array | None = None, data_axis: str | None = None):
+               hash_params: jax.Array | None = None, data_axis: str | None = None,
+               row_sparse=None):
   """One update of the repetitions in ``state``. Returns (new state, metrics).
 
   Labels are hashed here, on device, per repetition (``hash_params``: the rows of
@@ -121,10 +163,25 @@ def train_step(state: dict[str, Any], batch: dict[str, Any], *, model: model_lib
   parameters (invariant over 'data') is summed over it by JAX itself (check_vma) -- the only
   collective of the step.
 
+  With ``row_sparse`` the step differentiates with respect to the input-table rows the
+  batch touches (one unique over the batch's feature ids) instead of the whole table, and
+  updates only those rows with row-sparse Adam.
+
   Metrics: ``loss`` [R] and ``grad_norm`` [R], per repetition.
   """
   label_mask = batch["labels"] >= 0
   buckets = spec.buckets(batch["labels"], jnp, params=hash_params)  # [R, b, L]
+  params = state["params"]
+  if row_sparse is not None:
+    table, rest = split_table(params)
+    D = table.shape[1]
+    # Entries with value 0 (padding) touch nothing; they map to the zero row of id D.
+    ids = jnp.where(batch["values"] != 0, batch["indices"], D)
+    touched, local_ids = jnp.unique(ids, size=ids.shape[0], fill_value=D, return_inverse=True)
+    params = join_table(jnp.take(table, touched, axis=1, mode="fill", fill_value=0), rest)
+    batch = {**batch, "indices": local_ids.reshape(-1).astype(jnp.int32)}
+    # The same module over the gathered rows: a table of T rows, looked up by gather.
+    model = model.clone(num_features=ids.shape[0], embedding_bag="gather")
   x = model_input(batch, model.sparse_input)
 
   def loss_fn(params):
@@ -134,12 +191,20 @@ def train_step(state: dict[str, Any], batch: dict[str, Any], *, model: model_lib
       count = jax.lax.psum(count, data_axis)
     return sums / jnp.maximum(count, 1.0)
 
-  per_rep_loss, pullback = jax.vjp(loss_fn, state["params"])
+  per_rep_loss, pullback = jax.vjp(loss_fn, params)
   (grads,) = pullback(jnp.ones_like(per_rep_loss))
   if data_axis is not None:
     per_rep_loss = jax.lax.psum(per_rep_loss, data_axis)
-  updates, opt_state = jax.vmap(tx.update)(grads, state["opt_state"], state["params"])
-  params = optax.apply_updates(state["params"], updates)
+  if row_sparse is None:
+    updates, opt_state = jax.vmap(tx.update)(grads, state["opt_state"], params)
+    params = optax.apply_updates(params, updates)
+  else:
+    row_grads, rest_grads = split_table(grads)
+    updates, rest_state = jax.vmap(tx.update)(rest_grads, state["opt_state"]["rest"], rest)
+    table, table_state = jax.vmap(row_sparse[1], in_axes=(0, None, 0, 0))(
+        table, touched, row_grads, state["opt_state"]["embedding"])
+    params = join_table(table, optax.apply_updates(rest, updates))
+    opt_state = {"rest": rest_state, "embedding": table_state}
   grad_norm = jnp.sqrt(sum(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1)
                            for g in jax.tree.leaves(grads)))
   new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
@@ -173,7 +238,8 @@ def _batch_layout(mesh: Mesh, batch):
   return DATA_AXIS, {k: sharding.BATCH_SPEC for k in batch}
 
 
-def make_train_step(model, tx, spec, loss, mesh: Mesh, state, batch) -> Callable:
+def make_train_step(model, tx, spec, loss, mesh: Mesh, state, batch,
+                    row_sparse=None) -> Callable:
   """``train_step`` for ``mesh``: each device runs it on its own repetitions and rows.
 
   Jitted with the state donated and explicit in/out shardings; ``state`` and ``batch`` are
@@ -184,7 +250,7 @@ def make_train_step(model, tx, spec, loss, mesh: Mesh, state, batch) -> Callable
 
   def local_step(state, batch):
     return train_step(state, batch, model=local_model, tx=tx, spec=spec, loss=loss,
-                      hash_params=hash_params(), data_axis=data_axis)
+                      hash_params=hash_params(), data_axis=data_axis, row_sparse=row_sparse)
 
   state_specs = _specs(state)
   metric_specs = {"loss": P(REP_AXIS), "grad_norm": P(REP_AXIS)}
@@ -344,6 +410,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   steps_per_epoch = -(-train.num_points // tc.batch_size)
   total_steps = steps_per_epoch * tc.num_epochs
   tx = make_optimizer(config.optimizer, total_steps)
+  row_sparse = make_row_sparse(config, total_steps)
   dense = config.model.dense_input
 
   # ---- Mesh & sharded state -------------------------------------------------------------
@@ -352,12 +419,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   widths = batching.Widths.for_data(train.X, train.Y, tc.batch_size // shards)
   first = batching.make_batch(train.X, train.Y, np.arange(min(tc.batch_size, train.num_points)),
                               tc.batch_size, widths, dense=dense, num_shards=shards)
-  state = init_state(model, tx, jax.random.key(config.seed), first, mesh)
+  state = init_state(model, tx, jax.random.key(config.seed), first, mesh, row_sparse)
   print(sharding.check_state_sharding(mesh, state, sharding.state_shardings(mesh, state)),
         flush=True)
   num_params = model_lib.count_params(state["params"])
   num_params_full = model_lib.num_params_full_softmax(D, tuple(config.model.hidden), K)
-  step_fn = make_train_step(model, tx, spec, config.model.loss, mesh, state, first)
+  step_fn = make_train_step(model, tx, spec, config.model.loss, mesh, state, first, row_sparse)
   logits_fn = make_logits_fn(model, spec, mesh, state["params"], first)
   batch_shardings = sharding.batch_shardings(mesh, first)
   sync_each_step = must_sync_each_step(mesh)

@@ -34,19 +34,21 @@ def worker(args) -> dict:
   c = base_config()
   c.model.update(R=args.R, B=args.B, hidden=(args.H,), loss="softmax_hist")
   c.mesh = (("data", args.data), ("rep", -1))
+  c.optimizer.row_sparse = bool(args.row_sparse)
   data, _ = make_catalogue(num_train=args.batch_size * 8, num_test=1, num_classes=args.K,
                            num_features=args.D, seed=0)
   spec = train.hash_spec(c, data.num_labels)
   model = train.make_model(c, data.num_features)
   tx = train.make_optimizer(c.optimizer, 1000)
+  row_sparse = train.make_row_sparse(c, 1000)
   mesh = sharding.make_mesh(c.mesh, args.R, args.batch_size)
   shards = mesh.shape[sharding.DATA_AXIS]
   widths = batching.Widths.for_data(data.X, data.Y, args.batch_size // shards)
   host = list(batching.iterate_batches(data.X, data.Y, args.batch_size, shuffle=True,
                                        widths=widths, num_shards=shards))
   batches = [sharding.put(b, sharding.batch_shardings(mesh, b)) for b in host]
-  state = train.init_state(model, tx, jax.random.key(0), host[0], mesh)
-  step = train.make_train_step(model, tx, spec, c.model.loss, mesh, state, host[0])
+  state = train.init_state(model, tx, jax.random.key(0), host[0], mesh, row_sparse)
+  step = train.make_train_step(model, tx, spec, c.model.loss, mesh, state, host[0], row_sparse)
   hlo = step.lower(state, batches[0]).compile().as_text()
   sync = train.must_sync_each_step(mesh)
   t0 = time.perf_counter()
@@ -63,7 +65,7 @@ def worker(args) -> dict:
       jax.block_until_ready(m)
   jax.block_until_ready(m)
   elapsed = time.perf_counter() - t0
-  return {"devices": mesh.size, "data": shards, "rep": mesh.shape["rep"], "R": args.R,
+  return {"row_sparse": bool(args.row_sparse), "devices": mesh.size, "data": shards, "rep": mesh.shape["rep"], "R": args.R,
           "reps_per_device": args.R // mesh.shape["rep"], "batch_size": args.batch_size,
           "steps_per_s": args.steps / elapsed, "examples_per_s": args.steps * args.batch_size
           / elapsed, "first_step_s": compile_s, "collectives": sharding.collectives(hlo),
@@ -83,6 +85,8 @@ def main():
   p.add_argument("--H", type=int, default=128)
   p.add_argument("--B", type=int, default=1024)
   p.add_argument("--steps", type=int, default=20)
+  p.add_argument("--row_sparse", type=int, default=0,
+                 help="1: row-sparse Adam for the input table")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.worker:
@@ -101,7 +105,8 @@ def main():
         env["JAX_PLATFORMS"] = "cpu"
       argv = ["--out", args.out, "--R", str(R), "--data", str(args.data),
               "--batch_size", str(args.batch_size), "--K", str(args.K), "--D", str(args.D),
-              "--H", str(args.H), "--B", str(args.B), "--steps", str(args.steps)]
+              "--H", str(args.H), "--B", str(args.B), "--steps", str(args.steps),
+              "--row_sparse", str(args.row_sparse)]
       rows.append(workers.run("experiments.bench.scaling", argv, f"{n} devices, R={R}", env))
       print(rows[-1], flush=True)
   base = {r["R"]: r["steps_per_s"] for r in rows if r["devices"] == 1}
@@ -111,7 +116,7 @@ def main():
     json.dump({"meta": meta, "rows": rows}, f, indent=2)
   lines = [f"Measured {meta['date']} on {meta['machine']}, {rows[0]['platform']} "
            f"({rows[0]['device_kind']}); batch {args.batch_size}, D={args.D}, H={args.H}, "
-           f"B={args.B}.", "",
+           f"B={args.B}, {'row-sparse' if args.row_sparse else 'dense'} Adam.", "",
            "| R | devices (data x rep) | reps/device | steps/s | examples/s | vs 1 device "
            "| collectives in step |", "|---|---|---|---|---|---|---|"]
   for r in rows:

@@ -41,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.warmup_steps = 0
   c.optimizer.clip_norm = 0.0  # Per-repetition gradient-norm clip; 0 disables it.
   c.optimizer.weight_decay = 0.0
+  # Row-sparse (lazy) Adam for the input table: update only the rows a batch touches.
+  # Pays off when D is much larger than a batch's distinct features; needs adam, no clip.
+  c.optimizer.row_sparse = False
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128
