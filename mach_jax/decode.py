@@ -231,7 +231,6 @@ _rep_values_jit = jax.jit(rep_values, static_argnums=(0, 1))
 
 def _dedupe_topk(scores: jax.Array, ids: jax.Array, k: int):
   """Top-k distinct ids from [n] candidates sorted by score (duplicates score the same)."""
-  n = ids.shape[0]
   earlier = jnp.tril(ids[None, :] == ids[:, None], k=-1).any(axis=1)  # [n]: seen before?
   scores = jnp.where(earlier, -jnp.inf, scores)
   s, pos = jax.lax.top_k(scores, k)
@@ -267,6 +266,9 @@ def topk_candidates(values: jax.Array, ranking: jax.Array, index: jax.Array, *,
   R, b, B = values.shape
   S = index.shape[2]
   n = R * m * S
+  if n < k:
+    raise ValueError(f"m={m} buckets of at most S={S} classes in R={R} repetitions give "
+                     f"{n} candidates, fewer than k={k}; raise m")
   kk = min(n, k * R)
   params = jnp.asarray(spec.params())
 

@@ -8,7 +8,6 @@ clip over all parameters would couple the repetitions and need a collective).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import platform

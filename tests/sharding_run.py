@@ -13,7 +13,7 @@ import os
 import sys
 
 
-def tiny_setup(mesh_spec, R: int = 8, num_batches: int = 1):
+def tiny_setup(mesh_spec, R: int = 8, num_batches: int = 1, clip_norm: float = 0.0):
   """A tiny model, its optimizer and initial state on ``mesh_spec``, and a step runner.
 
   Returns a namespace with ``config, spec, model, tx, mesh, batches`` (host batches, in
@@ -29,6 +29,7 @@ def tiny_setup(mesh_spec, R: int = 8, num_batches: int = 1):
 
   c = tiny_config()
   c.model.R = R
+  c.optimizer.clip_norm = clip_norm
   tr, _ = data_lib.load(c.data)
   spec = train.hash_spec(c, tr.num_labels)
   model = train.make_model(c, tr.num_features)

@@ -160,3 +160,10 @@ def test_exact_decoder_hashes_on_device_when_the_table_is_over_budget():
   for est in ("mean", "log_mean"):
     a, b = with_table.topk(logits, 5, est), hashed.topk(logits, 5, est)
     np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))
+
+
+def test_too_few_candidates_for_k_is_an_error():
+  spec = HashSpec("balanced", K=16, B=8, R=1)
+  dec = decode.Decoder(spec, "bce", 2, method="candidates", m=1)  # 1 bucket of 2 classes.
+  with pytest.raises(ValueError, match="2 candidates, fewer than k=5"):
+    dec.topk(jnp.zeros((1, 2, 8)), 5)

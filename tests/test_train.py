@@ -9,7 +9,6 @@ import pytest
 from experiments.configs import bibtex, synthetic
 from mach_jax import data as data_lib
 from mach_jax import metrics, sharding, train
-from mach_jax.data import batching
 from tests.conftest import shared_file
 
 
@@ -69,15 +68,9 @@ def test_same_config_and_seed_give_same_numbers(tiny_run, tmp_path):
 
 
 def _step_setup(clip_norm=0.0):
-  c = tiny_config()
-  c.optimizer.clip_norm = clip_norm
-  tr, _ = data_lib.load(c.data)
-  spec = train.hash_spec(c, tr.num_labels)
-  model = train.make_model(c, tr.num_features)
-  tx = train.make_optimizer(c.optimizer, 100)
-  batch = batching.make_batch(tr.X, tr.Y, np.arange(64), 64)
-  state = train.init_state(model, tx, jax.random.key(0), batch)
-  return model, tx, spec, batch, state
+  from tests.sharding_run import tiny_setup
+  t = tiny_setup((("data", 1), ("rep", 1)), R=4, clip_norm=clip_norm)
+  return t.model, t.tx, t.spec, jax.tree.map(jnp.asarray, t.batches[0]), t.state
 
 
 @pytest.mark.parametrize("clip_norm", [0.0, 0.01])
@@ -99,6 +92,7 @@ def test_train_step_is_donated_and_pure():
   model, tx, spec, batch, state = _step_setup()
   mesh = sharding.make_mesh(tiny_config().mesh, spec.R, 64)
   step = train.make_train_step(model, tx, spec, "bce", mesh, state, batch)
+  batch = sharding.put(batch, sharding.batch_shardings(mesh, batch))
   copy = jax.tree.map(jnp.copy, state)
   s1, m1 = step(copy, batch)
   s2, m2 = step(jax.tree.map(jnp.copy, state), batch)

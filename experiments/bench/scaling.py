@@ -24,7 +24,6 @@ from experiments.bench import workers
 
 def worker(args) -> dict:
   import jax
-  import numpy as np
 
   from mach_jax import model as model_lib, sharding, train
   from mach_jax.data import batching
