@@ -35,6 +35,10 @@ from typing import Any
 import numpy as np
 
 FAMILIES = ("universal", "murmur", "balanced")
+# Not a hash: h(k) = k with R = 1 and B = K. MACH's code path then trains and decodes an
+# ordinary K-way output layer -- the full-softmax (or one-vs-all, with BCE) baseline that
+# isolates what the hashed output layer changes.
+IDENTITY = "identity"
 MERSENNE_P = (1 << 31) - 1
 _FEISTEL_ROUNDS = 4
 _U32 = 0xFFFFFFFF
@@ -60,8 +64,12 @@ class HashSpec:
   seed: int = 0
 
   def __post_init__(self):
-    if self.family not in FAMILIES:
-      raise ValueError(f"HashSpec.family={self.family!r}: expected one of {FAMILIES}")
+    if self.family not in FAMILIES + (IDENTITY,):
+      raise ValueError(f"HashSpec.family={self.family!r}: expected one of "
+                       f"{FAMILIES + (IDENTITY,)}")
+    if self.family == IDENTITY and (self.R != 1 or self.B != self.K):
+      raise ValueError(f"HashSpec.family='identity' (the full-softmax baseline) needs R=1 and "
+                       f"B=K={self.K}, got R={self.R}, B={self.B}")
     for name in ("K", "B", "R"):
       value = getattr(self, name)
       if not isinstance(value, (int, np.integer)) or value < 1:
@@ -92,6 +100,8 @@ class HashSpec:
     murmur: (murmur seed, -, -, -).
     balanced: four Feistel round keys.
     """
+    if self.family == IDENTITY:
+      return np.zeros((self.R, 4), np.uint32)
     if self.family == "murmur" and self.seed == 0:
       # Matches the official MACH code: repetition r hashes with murmur seed r.
       p = np.zeros((self.R, 4), np.uint32)
@@ -131,7 +141,9 @@ class HashSpec:
     shape = (params.shape[0],) + (1,) * k.ndim
     cols = [params[:, i].reshape(shape) for i in range(4)]
     k = k[None]
-    if self.family == "universal" and xp is np:
+    if self.family == IDENTITY:
+      h = xp.broadcast_to(k, (params.shape[0],) + k.shape[1:])
+    elif self.family == "universal" and xp is np:
       # NumPy has uint64: a*k < 2^62 is exact, and much faster than double-and-add.
       a, b = cols[0].astype(np.uint64), cols[1].astype(np.uint64)
       h = (a * k.astype(np.uint64) + b) % np.uint64(MERSENNE_P)

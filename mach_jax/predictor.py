@@ -56,7 +56,7 @@ class Predictor:
     self.params = params
     self.mesh = sharding.make_mesh((("data", 1), ("rep", 1)), self.spec.R, 1,
                                    devices=jax.devices()[:1])
-    self._model = train_lib.make_model(self.config, self.num_features)
+    self._model = train_lib.make_model(self.config, self.num_features, self.spec)
     self._decoders: dict[tuple, decode.Decoder] = {}
 
   @classmethod

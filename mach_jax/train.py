@@ -28,7 +28,7 @@ from mach_jax import data as data_lib
 from mach_jax import checkpoint as checkpoint_lib
 from mach_jax import decode, losses, metrics, model as model_lib, sharding, sparse_adam
 from mach_jax.data import batching
-from mach_jax.hashing import HashSpec
+from mach_jax.hashing import IDENTITY, HashSpec
 from mach_jax.model import REP_AXIS
 from mach_jax.sharding import DATA_AXIS
 
@@ -37,13 +37,16 @@ from mach_jax.sharding import DATA_AXIS
 
 
 def hash_spec(config, num_classes: int) -> HashSpec:
+  """The model's hash spec; ``hash_family='identity'`` is the full-softmax baseline (B = K)."""
   m = config.model
+  if m.hash_family == IDENTITY:
+    return HashSpec(family=IDENTITY, K=num_classes, B=num_classes, R=1, seed=0)
   return HashSpec(family=m.hash_family, K=num_classes, B=m.B, R=m.R, seed=m.hash_seed)
 
 
-def make_model(config, num_features: int) -> model_lib.MACH:
+def make_model(config, num_features: int, spec: HashSpec) -> model_lib.MACH:
   m = config.model
-  return model_lib.MACH(num_repetitions=m.R, num_features=num_features, num_buckets=m.B,
+  return model_lib.MACH(num_repetitions=spec.R, num_features=num_features, num_buckets=spec.B,
                         hidden=tuple(m.hidden), sparse_input=not m.dense_input,
                         embedding_bag=m.embedding_bag, dtype=jnp.dtype(m.dtype))
 
@@ -405,7 +408,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ---- Model & optimizer ---------------------------------------------------------------
   spec = hash_spec(config, K)
-  model = make_model(config, D)
+  model = make_model(config, D, spec)
   steps_per_epoch = -(-train.num_points // tc.batch_size)
   total_steps = steps_per_epoch * tc.num_epochs
   tx = make_optimizer(config.optimizer, total_steps)
@@ -413,7 +416,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   dense = config.model.dense_input
 
   # ---- Mesh & sharded state -------------------------------------------------------------
-  mesh = sharding.make_mesh(config.mesh, spec.R, tc.batch_size)
+  mesh_spec = config.mesh if spec.family != IDENTITY else (("data", 1), ("rep", 1))
+  mesh = sharding.make_mesh(mesh_spec, spec.R, tc.batch_size)
   shards = mesh.shape[DATA_AXIS]
   widths = batching.Widths.for_data(train.X, train.Y, tc.batch_size // shards)
   first = batching.make_batch(train.X, train.Y, np.arange(min(tc.batch_size, train.num_points)),

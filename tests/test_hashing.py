@@ -128,3 +128,11 @@ def test_padded_index_matches_csr_index(family):
       assert (padded.classes[r, j, n:] == -1).all()
   if family == "balanced":
     assert padded.classes.shape[2] == -(-spec.K // spec.B)  # No padding beyond ceil(K/B).
+
+
+def test_identity_family_maps_each_class_to_itself():
+  spec = HashSpec("identity", K=50, B=50, R=1)
+  np.testing.assert_array_equal(spec.bucket_table(), np.arange(50)[None])
+  np.testing.assert_array_equal(np.asarray(spec.buckets(jnp.arange(50), jnp)), np.arange(50)[None])
+  with pytest.raises(ValueError, match="needs R=1 and B=K=50"):
+    HashSpec("identity", K=50, B=10, R=1)

@@ -123,3 +123,15 @@ def test_bibtex_short_run_beats_popularity(tmp_path):
   base = popular_baseline(tr.Y, te.Y)
   assert results["P@1"] > base["P@1"] + 0.2
   assert results["P@5"] > base["P@5"] + 0.05
+
+
+def test_identity_hash_is_the_full_softmax_baseline(tmp_path):
+  c = tiny_config()
+  c.model.hash_family = "identity"
+  c.train.num_epochs = 2
+  c.eval.every_epochs = 0
+  results = train.train_and_evaluate(c, str(tmp_path))
+  assert results["hash_spec"] == {"family": "identity", "K": 400, "B": 400, "R": 1, "seed": 0}
+  assert results["num_params"] == results["num_params_full_softmax"]  # Same network.
+  tr, te = data_lib.load(c.data)
+  assert results["P@1"] > popular_baseline(tr.Y, te.Y)["P@1"] + 0.1
