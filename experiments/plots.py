@@ -1,0 +1,92 @@
+"""Plots of a sweep directory (``experiments.sweep``'s results.jsonl) as PNGs.
+
+    python -m experiments.plots runs/sweep_bibtex [--estimator mean] [--peers peers.csv]
+
+Draws OUT/p_vs_r.png (P@1 and P@5 against R, one line per B: the paper's figure) and
+OUT/frontier.png (P@1 against parameter count; the full softmax -- hash_family=identity --
+as a star, and peers from an optional CSV with columns system,P@1,num_params as crosses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def load(out: str) -> list[dict]:
+  path = os.path.join(out, "results.jsonl")
+  if not os.path.exists(path):
+    raise SystemExit(f"{path}: not found (run experiments.sweep with --out {out})")
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot(out: str, estimator: str | None = None, peers: str | None = None) -> list[str]:
+  records = load(out)
+  est = estimator or records[0]["estimator"]
+  mach = [r for r in records if r["hash_spec"]["family"] != "identity"]
+  full = [r for r in records if r["hash_spec"]["family"] == "identity"]
+  name = os.path.basename(os.path.normpath(out))
+
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+  for metric, ax in zip(("P@1", "P@5"), axes):
+    for B in sorted({r["hash_spec"]["B"] for r in mach}):
+      pts = sorted((r["hash_spec"]["R"], r["by_estimator"][est][metric])
+                   for r in mach if r["hash_spec"]["B"] == B)
+      ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"B={B}")
+    for r in full:
+      ax.axhline(r["by_estimator"][est][metric], color="k", ls="--", label="full softmax")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("R (repetitions)")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.suptitle(f"{name}: {metric.split('@')[0]}@k against R ({est} estimator)")
+  fig.tight_layout()
+  p1 = os.path.join(out, "p_vs_r.png")
+  fig.savefig(p1, dpi=120)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  ax.scatter([r["num_params"] for r in mach], [r["by_estimator"][est]["P@1"] for r in mach],
+             label="MACH (R, B grid)")
+  for r in full:
+    ax.scatter([r["num_params"]], [r["by_estimator"][est]["P@1"]], marker="*", s=200,
+               color="k", label="full softmax")
+  if peers:
+    with open(peers) as f:
+      for row in csv.DictReader(f):
+        ax.scatter([float(row["num_params"])], [float(row["P@1"])], marker="x", s=80)
+        ax.annotate(row["system"], (float(row["num_params"]), float(row["P@1"])), fontsize=8)
+  ax.set_xscale("log")
+  ax.set_xlabel("parameters")
+  ax.set_ylabel("P@1")
+  ax.set_title(f"{name}: memory-accuracy frontier ({est} estimator)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  p2 = os.path.join(out, "frontier.png")
+  fig.savefig(p2, dpi=120)
+  plt.close(fig)
+  return [p1, p2]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("out")
+  parser.add_argument("--estimator", default=None)
+  parser.add_argument("--peers", default=None)
+  args = parser.parse_args()
+  for path in plot(args.out, args.estimator, args.peers):
+    print(path)
+
+
+if __name__ == "__main__":
+  main()
