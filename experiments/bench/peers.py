@@ -1,0 +1,186 @@
+"""mach-jax against napkinXC, omikuji and PECOS on the same files, measured the same way.
+
+    python -m experiments.bench.peers --datasets bibtex,delicious,corel5k --out runs/peers
+
+Systems, each trained and timed in its own process on 2 cores:
+  mach          mach-jax with the set's tuned config (experiments/configs/<set>.py)
+  full_softmax  the same network with a K-way output layer (model.hash_family=identity)
+  napkinxc      napkinXC PLT, loss="l2"
+  omikuji       omikuji (Parabel-style trees), default hyper-parameters
+  pecos         PECOS XR-Linear, PIFA label embedding + hierarchical k-means
+
+The peers run in their own venv (default .venv-peers, created on first use: libpecos needs
+numpy<2 and scipy<1.14 and is installed with --no-deps to avoid pulling torch); mach_jax
+never imports them. Every system returns top-5 label ids for the test file and all metrics
+are computed here by mach_jax.metrics. Data: ../shared/data/<set>/{train,test}.txt.gz, or
+--data_root. Writes OUT/results.csv and OUT/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+from experiments.bench import workers
+
+SYSTEMS = ("mach", "full_softmax", "napkinxc", "omikuji", "pecos")
+PEER_PACKAGES = ["numpy<2", "scipy<1.14", "scikit-learn", "napkinxc==0.7.2", "omikuji==0.5.2"]
+PECOS = "libpecos==1.2.8"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SINGLE_QUERIES = 200
+
+
+def ensure_peers_venv(path: str) -> str:
+  """The peers' python, creating the venv on first use."""
+  python = os.path.join(path, "bin", "python")
+  probe = "import napkinxc, omikuji, pecos.xmc.xlinear.model"
+  if os.path.exists(python) and subprocess.run([python, "-c", probe],
+                                               capture_output=True).returncode == 0:
+    return python
+  subprocess.run([sys.executable, "-m", "venv", path], check=True)
+  pip = [python, "-m", "pip", "install", "--quiet"]
+  subprocess.run(pip + PEER_PACKAGES, check=True)
+  subprocess.run(pip + ["--no-deps", PECOS], check=True)
+  return python
+
+
+def data_paths(root: str, name: str) -> tuple[str, str]:
+  paths = tuple(os.path.join(root, name, f"{split}.txt.gz") for split in ("train", "test"))
+  for p in paths:
+    if not os.path.exists(p):
+      raise SystemExit(f"{p}: not found (set --data_root)")
+  return paths
+
+
+def mach_worker(args) -> dict:
+  """Train mach-jax (or its full softmax) on one set, then time prediction; own process."""
+  import numpy as np
+  from absl import logging
+
+  from mach_jax import train
+  from mach_jax.data.xc import read_xc
+  from mach_jax.predictor import Predictor
+
+  logging.set_verbosity(logging.WARNING)
+  spec = __import__(f"experiments.configs.{args.dataset}", fromlist=["get_config"])
+  config = spec.get_config()
+  config.data.train, config.data.test = args.train, args.test
+  config.train.progress_bar = False
+  config.eval.estimators = (config.eval.estimator,)
+  if args.system == "full_softmax":
+    config.model.hash_family = "identity"
+  workdir = os.path.join(args.out, "run")
+  results = train.train_and_evaluate(config, workdir)
+  predictor = Predictor.load(os.path.join(workdir, "model"))
+  X = read_xc(args.test).X
+  predictor.predict_topk(X[:1], 5)  # Compile both batch shapes before timing.
+  predictor.predict_topk(X[:1], 5, batch_size=1)
+  t0 = time.perf_counter()
+  _, preds = predictor.predict_topk(X, 5)
+  batch_ms = 1e3 * (time.perf_counter() - t0) / X.shape[0]
+  n = min(SINGLE_QUERIES, X.shape[0])
+  t0 = time.perf_counter()
+  for i in range(n):
+    predictor.predict_topk(X[i:i + 1], 5, batch_size=1)
+  single_ms = 1e3 * (time.perf_counter() - t0) / n
+  np.save(os.path.join(args.out, "preds.npy"), preds)
+  return {"train_s": results["train_seconds"], "predict_ms_per_query_batch": batch_ms,
+          "predict_ms_per_query_single": single_ms, "model_mb": results["bundle_bytes"] / 2**20,
+          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          "num_params": results["num_params"]}
+
+
+def run_system(system: str, dataset: str, train: str, test: str, out: str,
+               peers_python: str) -> dict:
+  env = {**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2",
+         "MKL_NUM_THREADS": "2"}
+  env.pop("XLA_FLAGS", None)
+  argv = ["--system", system, "--train", train, "--test", test, "--out", out]
+  if system in ("mach", "full_softmax"):
+    return workers.run("experiments.bench.peers", argv + ["--dataset", dataset],
+                       f"{system} on {dataset}", env)
+  cmd = [peers_python, os.path.join(ROOT, "experiments", "bench", "peer_worker.py"), *argv]
+  out_ = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+  lines = [l for l in out_.stdout.splitlines() if l.startswith("RESULT ")]
+  if out_.returncode or not lines:
+    raise SystemExit(f"{system} on {dataset} failed:\n{out_.stderr[-3000:]}")
+  return json.loads(lines[-1][len("RESULT "):])
+
+
+COLUMNS = ["dataset", "system", "P@1", "P@3", "P@5", "nDCG@5", "PSP@5", "train_s",
+           "predict_ms_per_query_batch", "predict_ms_per_query_single", "peak_rss_mb",
+           "model_mb", "num_params"]
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--datasets", default="bibtex,delicious,corel5k")
+  p.add_argument("--systems", default=",".join(SYSTEMS))
+  p.add_argument("--out", required=True)
+  p.add_argument("--data_root", default=os.path.join(ROOT, "..", "shared", "data"))
+  p.add_argument("--peers_venv", default=os.path.join(ROOT, ".venv-peers"))
+  p.add_argument("--setup_only", action="store_true", help="only create the peers' venv")
+  p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--system", help=argparse.SUPPRESS)
+  p.add_argument("--dataset", help=argparse.SUPPRESS)
+  p.add_argument("--train", help=argparse.SUPPRESS)
+  p.add_argument("--test", help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args.worker:
+    workers.emit(mach_worker(args))
+    return
+  systems = args.systems.split(",")
+  unknown = set(systems) - set(SYSTEMS)
+  if unknown:
+    raise SystemExit(f"--systems: unknown {sorted(unknown)}; choose from {SYSTEMS}")
+  peers_python = None
+  if args.setup_only or set(systems) - {"mach", "full_softmax"}:
+    peers_python = ensure_peers_venv(args.peers_venv)
+  if args.setup_only:
+    print(peers_python)
+    return
+
+  import numpy as np
+
+  from mach_jax import metrics
+  from mach_jax.data.xc import read_xc
+
+  os.makedirs(args.out, exist_ok=True)
+  rows = []
+  for dataset in args.datasets.split(","):
+    train_path, test_path = data_paths(args.data_root, dataset)
+    train_Y, test_Y = read_xc(train_path).Y, read_xc(test_path).Y
+    inv_p = 1.0 / metrics.propensities(train_Y)
+    for system in systems:
+      out = os.path.join(args.out, dataset, system)
+      res = run_system(system, dataset, train_path, test_path, out, peers_python)
+      m = metrics.evaluate(np.load(os.path.join(out, "preds.npy")), test_Y, inv_p)
+      rows.append({"dataset": dataset, "system": system, **m, **res})
+      print({k: rows[-1].get(k) for k in COLUMNS}, flush=True)
+  with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+  head = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.node()} ({os.cpu_count()} cores), "
+          "each system in its own process with 2 threads, one run each.\n\n")
+  lines = ["| set | system | P@1 | P@3 | P@5 | nDCG@5 | PSP@5 | train s | predict ms/query "
+           "(batch / single) | peak RSS MB | model MB |", "|" + "---|" * 11]
+  for r in rows:
+    lines.append(f"| {r['dataset']} | {r['system']} | {r['P@1']:.3f} | {r['P@3']:.3f} | "
+                 f"{r['P@5']:.3f} | {r['nDCG@5']:.3f} | {r['PSP@5']:.3f} | {r['train_s']:.1f} | "
+                 f"{r['predict_ms_per_query_batch']:.3f} / {r['predict_ms_per_query_single']:.2f} "
+                 f"| {r['peak_rss_mb']:.0f} | {r['model_mb']:.1f} |")
+  with open(os.path.join(args.out, "results.md"), "w") as f:
+    f.write(head + "\n".join(lines) + "\n")
+  print(head + "\n".join(lines))
+
+
+if __name__ == "__main__":
+  main()
