@@ -70,3 +70,16 @@ def test_real_sets(name, N, D, L, empty):
   d = read_xc(shared_file(name, "train"))
   assert d.X.shape == (N, D) and d.Y.shape == (N, L)
   assert int((np.diff(d.Y.indptr) == 0).sum()) == empty
+
+
+def test_write_sorts_unsorted_rows(tmp_path):
+  # CSR rows with unsorted indices (as TfidfVectorizer returns) are written sorted, as
+  # scikit-learn's svmlight reader requires; the caller's matrix is left as it was.
+  X = sp.csr_matrix((np.array([2., 1., 3.], np.float32), np.array([4, 1, 0]),
+                     np.array([0, 2, 3])), shape=(2, 5))
+  Y = sp.csr_matrix((np.ones(2, np.float32), np.array([2, 0]), np.array([0, 2, 2])),
+                    shape=(2, 3))
+  path = tmp_path / "u.txt"
+  write_xc(str(path), X, Y)
+  assert path.read_text().splitlines()[1:] == ["0,2 1:1 4:2", " 0:3"]
+  assert X.indices.tolist() == [4, 1, 0]

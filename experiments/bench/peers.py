@@ -51,8 +51,16 @@ def ensure_peers_venv(path: str) -> str:
   return python
 
 
-def data_paths(root: str, name: str) -> tuple[str, str]:
-  paths = tuple(os.path.join(root, name, f"{split}.txt.gz") for split in ("train", "test"))
+BUILT = {"wordnet": "experiments.datasets.wordnet"}  # Sets the repository builds itself.
+
+
+def data_paths(root: str, built_root: str, name: str) -> tuple[str, str]:
+  """(train, test) of a set: ``root/<name>`` or, for a built set, ``built_root/<name>``
+  (built there first when missing)."""
+  folder = os.path.join(built_root if name in BUILT else root, name)
+  paths = tuple(os.path.join(folder, f"{split}.txt.gz") for split in ("train", "test"))
+  if name in BUILT and not all(map(os.path.exists, paths)):
+    subprocess.run([sys.executable, "-m", BUILT[name], "--out", folder], check=True, cwd=ROOT)
   for p in paths:
     if not os.path.exists(p):
       raise SystemExit(f"{p}: not found (set --data_root)")
@@ -125,6 +133,8 @@ def main():
   p.add_argument("--systems", default=",".join(SYSTEMS))
   p.add_argument("--out", required=True)
   p.add_argument("--data_root", default=os.path.join(ROOT, "..", "shared", "data"))
+  p.add_argument("--built_root", default=os.path.join(ROOT, "runs", "data"),
+                 help="where sets the repository builds (wordnet) are read or built")
   p.add_argument("--peers_venv", default=os.path.join(ROOT, ".venv-peers"))
   p.add_argument("--setup_only", action="store_true", help="only create the peers' venv")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -155,7 +165,7 @@ def main():
   os.makedirs(args.out, exist_ok=True)
   rows = []
   for dataset in args.datasets.split(","):
-    train_path, test_path = data_paths(args.data_root, dataset)
+    train_path, test_path = data_paths(args.data_root, args.built_root, dataset)
     train_Y, test_Y = read_xc(train_path).Y, read_xc(test_path).Y
     inv_p = 1.0 / metrics.propensities(train_Y)
     for system in systems:

@@ -78,3 +78,11 @@ def shared_data(name: str, split: str) -> str:
   import os
   root = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
   return os.path.normpath(os.path.join(root, name, f"{split}.txt.gz"))
+
+
+def built_data(name: str, split: str) -> str:
+  """Path of runs/data/<name>/<split>.txt.gz in the repository: sets the repo builds itself
+  (``python -m experiments.datasets.<name> --out runs/data/<name>``)."""
+  import os
+  root = os.path.join(os.path.dirname(__file__), "..", "..", "runs", "data")
+  return os.path.normpath(os.path.join(root, name, f"{split}.txt.gz"))

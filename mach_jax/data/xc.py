@@ -119,8 +119,13 @@ def read_xc(path: str) -> XCData:
 
 
 def write_xc(path: str, X: sp.csr_matrix, Y: sp.csr_matrix) -> None:
-  """Write CSR X, Y as an XC file (gzip if the name ends in .gz)."""
-  X, Y = sp.csr_matrix(X), sp.csr_matrix(Y)
+  """Write CSR X, Y as an XC file (gzip if the name ends in .gz), indices sorted per row.
+
+  Readers such as scikit-learn's svmlight loader (used by peers) reject unsorted rows.
+  """
+  X, Y = sp.csr_matrix(X, copy=True), sp.csr_matrix(Y, copy=True)
+  X.sort_indices()
+  Y.sort_indices()
   opener = gzip.open if str(path).endswith(".gz") else open
   with opener(path, "wt", encoding="utf-8") as f:
     f.write(f"{X.shape[0]} {X.shape[1]} {Y.shape[1]}\n")
