@@ -4,7 +4,10 @@
 
 Draws OUT/p_vs_r.png (P@1 and P@5 against R, one line per B: the paper's figure) and
 OUT/frontier.png (P@1 against parameter count; the full softmax -- hash_family=identity --
-as a star, and peers from an optional CSV with columns system,P@1,num_params as crosses).
+as a star, and peers as crosses from an optional CSV: experiments.bench.peers' results.csv,
+or any CSV with columns system, P@1 and num_params or model_mb). Peers without a parameter
+count (the tree models) are placed at their saved model size / 4 bytes, float32-equivalent
+parameters; ``--dataset`` keeps the CSV rows of one set.
 """
 
 from __future__ import annotations
@@ -28,7 +31,27 @@ def load(out: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def plot(out: str, estimator: str | None = None, peers: str | None = None) -> list[str]:
+def peer_points(path: str, dataset: str | None = None) -> list[tuple[str, float, float]]:
+  """(system, parameters, P@1) of each CSV row (of ``dataset`` only, when given)."""
+  points = []
+  with open(path) as f:
+    for line, row in enumerate(csv.DictReader(f), start=2):
+      if dataset and row.get("dataset", dataset) != dataset:
+        continue
+      if row.get("num_params"):
+        n = float(row["num_params"])
+      elif row.get("model_mb"):
+        n = float(row["model_mb"]) * 2**20 / 4
+      else:
+        raise ValueError(f"{path}:{line}: needs num_params or model_mb")
+      points.append((row["system"], n, float(row["P@1"])))
+  if not points:
+    raise ValueError(f"{path}: no rows" + (f" for dataset {dataset!r}" if dataset else ""))
+  return points
+
+
+def plot(out: str, estimator: str | None = None, peers: str | None = None,
+         dataset: str | None = None) -> list[str]:
   records = load(out)
   est = estimator or records[0]["estimator"]
   mach = [r for r in records if r["hash_spec"]["family"] != "identity"]
@@ -61,10 +84,9 @@ def plot(out: str, estimator: str | None = None, peers: str | None = None) -> li
     ax.scatter([r["num_params"]], [r["by_estimator"][est]["P@1"]], marker="*", s=200,
                color="k", label="full softmax")
   if peers:
-    with open(peers) as f:
-      for row in csv.DictReader(f):
-        ax.scatter([float(row["num_params"])], [float(row["P@1"])], marker="x", s=80)
-        ax.annotate(row["system"], (float(row["num_params"]), float(row["P@1"])), fontsize=8)
+    for system, n, p1 in peer_points(peers, dataset):
+      ax.scatter([n], [p1], marker="x", s=80)
+      ax.annotate(system, (n, p1), fontsize=8)
   ax.set_xscale("log")
   ax.set_xlabel("parameters")
   ax.set_ylabel("P@1")
@@ -82,9 +104,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("out")
   parser.add_argument("--estimator", default=None)
-  parser.add_argument("--peers", default=None)
+  parser.add_argument("--peers", default=None, help="peers' results.csv to mark")
+  parser.add_argument("--dataset", default=None, help="rows of --peers to keep")
   args = parser.parse_args()
-  for path in plot(args.out, args.estimator, args.peers):
+  for path in plot(args.out, args.estimator, args.peers, args.dataset):
     print(path)
 
 

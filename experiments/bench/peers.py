@@ -72,6 +72,7 @@ def mach_worker(args) -> dict:
   import numpy as np
   from absl import logging
 
+  from mach_jax import model as model_lib
   from mach_jax import train
   from mach_jax.data.xc import read_xc
   from mach_jax.predictor import Predictor
@@ -99,7 +100,15 @@ def mach_worker(args) -> dict:
     predictor.predict_topk(X[i:i + 1], 5, batch_size=1)
   single_ms = 1e3 * (time.perf_counter() - t0) / n
   np.save(os.path.join(args.out, "preds.npy"), preds)
-  return {"train_s": results["train_seconds"], "predict_ms_per_query_batch": batch_ms,
+  # The memory arithmetic, R·(D·H + H + H·B + B) with one hidden layer, against the count of
+  # the trained parameters (the full softmax is R = 1, B = K).
+  spec, hidden = results["hash_spec"], tuple(config.model.hidden)
+  formula = model_lib.num_params_formula(X.shape[1], hidden, spec["B"], spec["R"])
+  if formula != results["num_params"]:
+    raise SystemExit(f"{args.system} on {args.dataset}: {results['num_params']} parameters "
+                     f"counted, {formula} by the formula")
+  widths = "·".join(str(w) for w in (X.shape[1], *hidden, spec["B"]))
+  return {"train_s": results["train_seconds"], "params_formula": f"{spec['R']}x({widths})", "predict_ms_per_query_batch": batch_ms,
           "predict_ms_per_query_single": single_ms, "model_mb": results["bundle_bytes"] / 2**20,
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
           "num_params": results["num_params"]}
@@ -122,9 +131,15 @@ def run_system(system: str, dataset: str, train: str, test: str, out: str,
   return json.loads(lines[-1][len("RESULT "):])
 
 
+def params_cell(row: dict) -> str:
+  if not row.get("num_params"):
+    return "–"
+  return f"{row['num_params'] / 1e6:.1f}M = {row['params_formula']}"
+
+
 COLUMNS = ["dataset", "system", "P@1", "P@3", "P@5", "nDCG@5", "PSP@5", "train_s",
            "predict_ms_per_query_batch", "predict_ms_per_query_single", "peak_rss_mb",
-           "model_mb", "num_params"]
+           "model_mb", "num_params", "params_formula"]
 
 
 def main():
@@ -181,12 +196,12 @@ def main():
   head = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.node()} ({os.cpu_count()} cores), "
           "each system in its own process with 2 threads, one run each.\n\n")
   lines = ["| set | system | P@1 | P@3 | P@5 | nDCG@5 | PSP@5 | train s | predict ms/query "
-           "(batch / single) | peak RSS MB | model MB |", "|" + "---|" * 11]
+           "(batch / single) | peak RSS MB | model MB | parameters (R x widths) |", "|" + "---|" * 12]
   for r in rows:
     lines.append(f"| {r['dataset']} | {r['system']} | {r['P@1']:.3f} | {r['P@3']:.3f} | "
                  f"{r['P@5']:.3f} | {r['nDCG@5']:.3f} | {r['PSP@5']:.3f} | {r['train_s']:.1f} | "
                  f"{r['predict_ms_per_query_batch']:.3f} / {r['predict_ms_per_query_single']:.2f} "
-                 f"| {r['peak_rss_mb']:.0f} | {r['model_mb']:.1f} |")
+                 f"| {r['peak_rss_mb']:.0f} | {r['model_mb']:.1f} | {params_cell(r)} |")
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(head + "\n".join(lines) + "\n")
   print(head + "\n".join(lines))

@@ -17,4 +17,7 @@ def get_config():
   c.model.hidden = (512,)
   c.model.loss = "bce"
   c.train.num_epochs = 10
+  # The mean of log-probabilities: a label must score in every repetition (count-min
+  # style); never worse at P@5 than the mean on these sets (README table).
+  c.eval.estimator = "log_mean"
   return c
