@@ -2,7 +2,7 @@
 
     python -m experiments.plots runs/sweep_bibtex [--estimator mean] [--peers peers.csv]
 
-Draws OUT/p_vs_r.png (P@1 and P@5 against R, one line per B: the paper's figure) and
+Writes OUT/summary.md (a table of every point) and draws OUT/p_vs_r.png (P@1 and P@5 against R, one line per B: the paper's figure) and
 OUT/frontier.png (P@1 against parameter count; the full softmax -- hash_family=identity --
 as a star, and peers as crosses from an optional CSV: experiments.bench.peers' results.csv,
 or any CSV with columns system, P@1 and num_params or model_mb). Peers without a parameter
@@ -84,9 +84,9 @@ def plot(out: str, estimator: str | None = None, peers: str | None = None,
     ax.scatter([r["num_params"]], [r["by_estimator"][est]["P@1"]], marker="*", s=200,
                color="k", label="full softmax")
   if peers:
-    for system, n, p1 in peer_points(peers, dataset):
-      ax.scatter([n], [p1], marker="x", s=80)
-      ax.annotate(system, (n, p1), fontsize=8)
+    for system, n, top1 in peer_points(peers, dataset):
+      ax.scatter([n], [top1], marker="x", s=80)
+      ax.annotate(system, (n, top1), fontsize=8)
   ax.set_xscale("log")
   ax.set_xlabel("parameters")
   ax.set_ylabel("P@1")
@@ -100,6 +100,24 @@ def plot(out: str, estimator: str | None = None, peers: str | None = None,
   return [p1, p2]
 
 
+def summary(out: str) -> str:
+  """OUT/summary.md: one row per point, P@1 / P@5 of every estimator it evaluated."""
+  records = load(out)
+  ests = list(records[0]["by_estimator"])
+  lines = ["| overrides | params | train s | " + " | ".join(f"{e} P@1 / P@5" for e in ests)
+           + " |", "|" + "---|" * (3 + len(ests))]
+  for r in records:
+    cells = [f"{r['by_estimator'][e]['P@1']:.3f} / {r['by_estimator'][e]['P@5']:.3f}"
+             for e in ests]
+    over = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r["overrides"].items())
+    lines.append(f"| {over} | {r['num_params'] / 1e6:.2f}M | {r['train_seconds']:.0f} | "
+                 + " | ".join(cells) + " |")
+  path = os.path.join(out, "summary.md")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return path
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("out")
@@ -107,7 +125,7 @@ def main():
   parser.add_argument("--peers", default=None, help="peers' results.csv to mark")
   parser.add_argument("--dataset", default=None, help="rows of --peers to keep")
   args = parser.parse_args()
-  for path in plot(args.out, args.estimator, args.peers, args.dataset):
+  for path in [*plot(args.out, args.estimator, args.peers, args.dataset), summary(args.out)]:
     print(path)
 
 

@@ -64,6 +64,9 @@ def make_row_sparse(config, total_steps: int):
   """(init, update) of row-sparse Adam for the input table, or None when not configured."""
   opt = config.optimizer
   if not opt.get("row_sparse", False):
+    if opt.get("table_lr_scale", 1.0) != 1.0:
+      raise ValueError(f"config.optimizer.table_lr_scale={opt.table_lr_scale} needs "
+                       "config.optimizer.row_sparse=True")
     return None
   problems = [f"config.optimizer.name={opt.name!r} (needs 'adam')" if opt.name != "adam" else "",
               f"config.optimizer.clip_norm={opt.clip_norm} (needs 0)" if opt.clip_norm else "",
@@ -73,7 +76,13 @@ def make_row_sparse(config, total_steps: int):
   if problems:
     raise ValueError("config.optimizer.row_sparse=True is not supported with "
                      + ", ".join(problems))
-  return sparse_adam.make(learning_rate(opt, total_steps))
+  lr, scale = learning_rate(opt, total_steps), opt.get("table_lr_scale", 1.0)
+  if scale != 1.0:
+    # A row moves only in the steps whose batch holds its feature: rare features of a large
+    # vocabulary get few updates, and a larger step for the table alone lets them catch up.
+    base = lr
+    lr = (lambda count: scale * base(count)) if callable(base) else scale * base
+  return sparse_adam.make(lr)
 
 
 def make_optimizer(opt, total_steps: int) -> optax.GradientTransformation:

@@ -103,3 +103,29 @@ def test_unsupported_combinations_are_rejected(field, value, match):
   c.optimizer[field] = value
   with pytest.raises(ValueError, match=match):
     train.make_row_sparse(c, 10)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_table_lr_scale_scales_only_the_table_step(schedule):
+  c = tiny_config()
+  c.optimizer.update(row_sparse=True, schedule=schedule, warmup_steps=2, learning_rate=1e-2)
+  rows, grads = jnp.asarray([0, 2], jnp.int32), jnp.ones((2, 3), jnp.float32)
+  table = jnp.zeros((4, 3), jnp.float32)
+
+  def moved(scale):
+    c.optimizer.table_lr_scale = scale
+    init, update = train.make_row_sparse(c, 100)
+    state = init(table)
+    for _ in range(3):  # Past the warm-up, so the cosine rate is not zero.
+      new, state = update(table, rows, grads, state)
+    return np.asarray(new - table)
+
+  np.testing.assert_allclose(moved(4.0), 4.0 * moved(1.0), rtol=1e-6)
+  assert np.abs(moved(1.0)[[0, 2]]).min() > 0 and not moved(4.0)[[1, 3]].any()
+
+
+def test_table_lr_scale_without_row_sparse_is_an_error():
+  c = tiny_config()
+  c.optimizer.table_lr_scale = 3.0
+  with pytest.raises(ValueError, match="table_lr_scale=3.0 needs"):
+    train.make_row_sparse(c, 10)

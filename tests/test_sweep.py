@@ -36,6 +36,10 @@ def test_sweep_runs_each_point_once_and_plots(tmp_path):
   for p in paths:
     with open(p, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  rows = open(plots.summary(out)).read().splitlines()
+  assert len(rows) == 2 + 3 and rows[2].startswith("| R=1, B=16 |")
+  p1 = records[0]["by_estimator"]["log_mean"]["P@1"]
+  assert f"{p1:.3f} / " in rows[2].split("|")[-2]
 
 
 def test_unknown_sweep_field_is_an_error():

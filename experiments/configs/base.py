@@ -44,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Row-sparse (lazy) Adam for the input table: update only the rows a batch touches.
   # Pays off when D is much larger than a batch's distinct features; needs adam, no clip.
   c.optimizer.row_sparse = False
+  c.optimizer.table_lr_scale = 1.0  # Input-table learning rate / the rest's (row_sparse only).
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128
