@@ -5,6 +5,12 @@
     python -m experiments.train --config experiments/configs/wordnet.py --workdir /tmp/wordnet
 
 Result: see the README table (P@1 / P@5 and the machine it was measured on).
+
+Tuned on 2 CPU cores, 2026-11-28 (4 epochs each, log-mean merge; README "Tuning on WordNet"):
+BCE at a learning rate of 1e-3 reached P@1 .858 / P@5 .491 after one epoch; 1e-2 with a
+cosine schedule .874 / .750 after four; a 5x larger step for the row-sparse input table
+(rare n-grams of a 150K vocabulary get few updates) .888 / .771; R = 16 instead of 8 added
+nothing (.889 / .772); the softmax on the bucket histogram .893 / .780.
 """
 
 from experiments.configs.base import base_config, built_data
@@ -17,9 +23,15 @@ def get_config():
   c.model.R = 8
   c.model.B = 1024
   c.model.hidden = (256,)
-  c.model.loss = "bce"
+  c.model.loss = "softmax_hist"
+  # D = 150K: a dense Adam step over the 8 x 150K x 256 input tables dominates; update only
+  # the rows a batch touches, with a larger step for them.
   c.optimizer.row_sparse = True
+  c.optimizer.table_lr_scale = 5.0
+  c.optimizer.learning_rate = 1e-2
+  c.optimizer.schedule = "cosine"
+  c.optimizer.warmup_steps = 300
   c.train.batch_size = 256
-  c.train.num_epochs = 5
+  c.train.num_epochs = 4
   c.eval.estimator = "log_mean"
   return c
