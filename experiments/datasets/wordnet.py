@@ -7,7 +7,7 @@ One point per noun or verb synset (WordNet 3.0: 82,115 nouns + 13,767 verbs = 95
 text is its lemmas (underscores read as spaces) followed by its gloss; its labels are all of
 its hypernym ancestors, following hypernym (``@``) and instance-hypernym (``@i``) pointers
 transitively -- the shape of the ODP directory task of the MACH paper (a document labelled
-with every category on its path to the root). Root synsets ("entity", and the ~560 verbs
+with every category on its path to the root). Root synsets ("entity", and the 559 verbs
 without a hypernym) have no label and are kept, as the XC format allows.
 
 Split: a synset goes to test when crc32("<pos><offset>") % 5 == 0 (about 20%), so the split
