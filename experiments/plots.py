@@ -31,12 +31,15 @@ def load(out: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+OWN_SYSTEMS = ("mach", "full_softmax")  # The peers benchmark's own rows: the sweep has them.
+
+
 def peer_points(path: str, dataset: str | None = None) -> list[tuple[str, float, float]]:
-  """(system, parameters, P@1) of each CSV row (of ``dataset`` only, when given)."""
+  """(system, parameters, P@1) of each CSV row of another system (of ``dataset`` only)."""
   points = []
   with open(path) as f:
     for line, row in enumerate(csv.DictReader(f), start=2):
-      if dataset and row.get("dataset", dataset) != dataset:
+      if dataset and row.get("dataset", dataset) != dataset or row["system"] in OWN_SYSTEMS:
         continue
       if row.get("num_params"):
         n = float(row["num_params"])

@@ -28,8 +28,8 @@ def test_sweep_runs_each_point_once_and_plots(tmp_path):
   assert set(records[0]["by_estimator"]) == {"mean", "log_mean"}
   peers = tmp_path / "peers.csv"
   peers.write_text("dataset,system,P@1,num_params,model_mb\nx,omikuji,0.3,,1.0\n"
-                   "x,mach,0.4,5000,\ny,pecos,0.2,,2.0\n")
-  assert plots.peer_points(str(peers), "x") == [("omikuji", 2**18, 0.3), ("mach", 5000, 0.4)]
+                   "x,other,0.4,5000,\nx,mach,0.5,6000,\ny,pecos,0.2,,2.0\n")
+  assert plots.peer_points(str(peers), "x") == [("omikuji", 2**18, 0.3), ("other", 5000, 0.4)]
   with pytest.raises(ValueError, match="no rows for dataset 'z'"):
     plots.peer_points(str(peers), "z")
   paths = plots.plot(out, peers=str(peers), dataset="x")
