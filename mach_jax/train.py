@@ -408,6 +408,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   os.makedirs(workdir, exist_ok=True)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   tc, ev = config.train, config.eval
+  if ev.estimator not in ev.estimators:
+    raise ValueError(f"config.eval.estimator={ev.estimator!r} is not among "
+                     f"config.eval.estimators={tuple(ev.estimators)}: add it there")
 
   # ---- Input ---------------------------------------------------------------------------
   train, test = data_lib.load(config.data)

@@ -167,7 +167,7 @@ def test_predict_cli_reproduces_results_on_bibtex(tmp_path):
   c.model.R = 4
   c.mesh = (("data", 1), ("rep", 1))
   c.train.update(num_epochs=2, progress_bar=False)
-  c.eval.estimators = ("mean",)
+  c.eval.update(estimator="mean", estimators=("mean",))
   results = train.train_and_evaluate(c, str(tmp_path))
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   out = subprocess.run([sys.executable, "-m", "experiments.predict", "--workdir", str(tmp_path),

@@ -135,3 +135,10 @@ def test_identity_hash_is_the_full_softmax_baseline(tmp_path):
   assert results["num_params"] == results["num_params_full_softmax"]  # Same network.
   tr, te = data_lib.load(c.data)
   assert results["P@1"] > popular_baseline(tr.Y, te.Y)["P@1"] + 0.1
+
+
+def test_reported_estimator_must_be_evaluated(tmp_path):
+  c = tiny_config()
+  c.eval.update(estimator="min", estimators=("mean", "log_mean"))
+  with pytest.raises(ValueError, match="estimator='min' is not among"):
+    train.train_and_evaluate(c, str(tmp_path))
