@@ -477,10 +477,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "versions": library_versions()}
     checkpoint_lib.save(manager, step, state, meta, metrics)
 
+  # ---- Periodic evaluation and the stop-at-target rule -----------------------------------
+  target_metric, target_value = tc.get("target_metric", ""), tc.get("target_value", 0.0)
+  target = {"metric": target_metric, "value": target_value, "reached": False}
+  periodic = {"seconds": 0.0, "count": 0}
+
+  def periodic_eval(epoch: int, batch_in_epoch: int, elapsed: float, record: dict) -> bool:
+    """Evaluate (on ``subset``), log, checkpoint; True when the target has been reached.
+
+    ``elapsed`` is the training time so far, periodic evaluations excluded.
+    """
+    t0 = time.time()
+    res = evaluate(state["params"], logits_fn, decoder, test, inv_prop, config, mesh, subset)
+    main = res[ev.estimator]
+    periodic["seconds"] += time.time() - t0
+    periodic["count"] += 1
+    _append_jsonl(metrics_path, {"step": step, "epoch": epoch + 1, "eval_points":
+                                 len(subset) if subset is not None else test.num_points,
+                                 **{f"eval/{k}": v for k, v in main.items()}})
+    print(f"step {step} (epoch {epoch + 1}): loss {record.get('loss', float('nan')):.4f}  "
+          f"P@1 {main['P@1']:.4f}  P@5 {main['P@5']:.4f}", flush=True)
+    if manager is not None:
+      save_checkpoint(epoch, batch_in_epoch, elapsed, main)
+    if target_metric and main[target_metric] >= target_value and not target["reached"]:
+      target.update(reached=True, step=step, epoch=epoch + 1, achieved=main[target_metric],
+                    train_seconds=elapsed, periodic_eval_seconds=periodic["seconds"],
+                    unix_time=time.time())
+      return True
+    return False
+
   # ---- Loop ----------------------------------------------------------------------------
-  record = {}
+  if target_metric and not (ev.every_epochs or ev.get("every_steps", 0)):
+    raise ValueError(f"config.train.target_metric={target_metric!r} needs periodic "
+                     "evaluations: set config.eval.every_epochs or config.eval.every_steps")
+  record, stop = {}, False
+  first_step_seconds = None
   for epoch in range(start_epoch, tc.num_epochs):
-    t_epoch = time.time()
+    t_epoch, eval_in_epoch = time.time(), 0.0
     skip = start_batch if epoch == start_epoch else 0
     pending: list[tuple[int, jax.Array]] = []
     batches = batching.prefetch(batching.iterate_batches(
@@ -493,13 +526,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state, m = step_fn(state, sharding.put(batch, batch_shardings))
       if sync_each_step:
         jax.block_until_ready(m)
+      if first_step_seconds is None:  # The first batch, compilation and one step.
+        jax.block_until_ready(m)
+        first_step_seconds = time.time() - t_epoch
       step += 1
       examples += int(batch["mask"].sum())
       pending.append((step, m["loss"]))
       if step % tc.log_every_steps == 0 or i + 1 == steps_per_epoch:
         values = _check_finite(pending)
         pending = []
-        elapsed = train_seconds + time.time() - t_epoch
+        elapsed = train_seconds + time.time() - t_epoch - eval_in_epoch
         record = {"step": step, "epoch": epoch + 1, "loss": float(values[-1].mean()),
                   "loss_per_rep": values[-1].tolist(), "examples_per_second": examples / elapsed}
         _append_jsonl(metrics_path, record)
@@ -507,22 +543,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if manager is not None and ck.every_steps and step % ck.every_steps == 0:
         _check_finite(pending)  # Never save a state that has gone non-finite.
         pending = []
-        save_checkpoint(epoch, i + 1, train_seconds + time.time() - t_epoch)
+        save_checkpoint(epoch, i + 1, train_seconds + time.time() - t_epoch - eval_in_epoch)
+      if ev.get("every_steps", 0) and step % ev.every_steps == 0 and i + 1 < steps_per_epoch:
+        _check_finite(pending)
+        pending = []
+        jax.block_until_ready(state)
+        t0 = time.time()
+        stop = periodic_eval(epoch, i + 1, train_seconds + t0 - t_epoch - eval_in_epoch, record)
+        eval_in_epoch += time.time() - t0
+        if stop:
+          break
     if pending:
       _check_finite(pending)
     jax.block_until_ready(state)
-    train_seconds += time.time() - t_epoch
-    if ev.every_epochs and (epoch + 1) % ev.every_epochs == 0 and epoch + 1 < tc.num_epochs:
-      res = evaluate(state["params"], logits_fn, decoder, test, inv_prop, config, mesh, subset)
-      main = res[ev.estimator]
-      _append_jsonl(metrics_path, {"step": step, "epoch": epoch + 1, "eval_points":
-                                   len(subset) if subset is not None else test.num_points,
-                                   **{f"eval/{k}": v for k, v in main.items()}})
-      print(f"epoch {epoch + 1}: loss {record.get('loss', float('nan')):.4f}  "
-            f"P@1 {main['P@1']:.4f}  P@5 {main['P@5']:.4f}  "
-            f"({examples / max(train_seconds, 1e-9):.0f} train examples/s)", flush=True)
-      if manager is not None:
-        save_checkpoint(epoch, steps_per_epoch, train_seconds, main)
+    train_seconds += time.time() - t_epoch - eval_in_epoch
+    if stop:
+      break
+    at_epoch_end = ev.every_epochs and (epoch + 1) % ev.every_epochs == 0
+    at_step = ev.get("every_steps", 0) and step % ev.every_steps == 0
+    if (at_epoch_end or at_step) and (epoch + 1 < tc.num_epochs or target_metric):
+      if periodic_eval(epoch, steps_per_epoch, train_seconds, record):
+        break
   if manager is not None:
     if manager.latest_step() != step:
       save_checkpoint(tc.num_epochs - 1, steps_per_epoch, train_seconds)
@@ -540,6 +581,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "train_seconds": train_seconds,
       "examples_per_second": examples / max(train_seconds, 1e-9),
       "eval_seconds": eval_seconds,
+      "periodic_eval_seconds": periodic["seconds"],
+      "periodic_evals": periodic["count"],
+      "first_step_seconds": first_step_seconds,
+      "target": target,
       "data_seconds": t_data,
       "total_seconds": time.time() - t_start,
       "steps": step,

@@ -142,3 +142,28 @@ def test_reported_estimator_must_be_evaluated(tmp_path):
   c.eval.update(estimator="min", estimators=("mean", "log_mean"))
   with pytest.raises(ValueError, match="estimator='min' is not among"):
     train.train_and_evaluate(c, str(tmp_path))
+
+
+def test_stops_when_a_periodic_evaluation_reaches_the_target(tmp_path):
+  c = tiny_config()
+  c.checkpoint.enabled = False
+  c.eval.update(every_epochs=0, every_steps=10)
+  c.train.update(target_metric="P@1", target_value=0.01)
+  res = train.train_and_evaluate(c, str(tmp_path / "easy"))
+  t = res["target"]
+  assert t["reached"] and t["step"] == 10 and res["steps"] == 10 and t["achieved"] >= 0.01
+  assert res["periodic_evals"] == 1 and t["periodic_eval_seconds"] > 0
+  assert 0 < res["first_step_seconds"] <= t["train_seconds"] <= res["train_seconds"]
+  c.train.target_value = 1.01  # Unreachable: trains every epoch, evaluating every 10 steps.
+  res = train.train_and_evaluate(c, str(tmp_path / "hard"))
+  steps = 3 * -(-3000 // 64)
+  assert not res["target"]["reached"] and res["steps"] == steps
+  assert res["periodic_evals"] == steps // 10
+
+
+def test_target_without_periodic_evaluations_is_an_error(tmp_path):
+  c = tiny_config()
+  c.eval.every_epochs = 0
+  c.train.update(target_metric="P@1", target_value=0.5)
+  with pytest.raises(ValueError, match="needs periodic evaluations"):
+    train.train_and_evaluate(c, str(tmp_path))

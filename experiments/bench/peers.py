@@ -114,11 +114,17 @@ def mach_worker(args) -> dict:
           "num_params": results["num_params"]}
 
 
-def run_system(system: str, dataset: str, train: str, test: str, out: str,
-               peers_python: str) -> dict:
+def worker_env() -> dict:
+  """The environment of every worker process: 2 threads, no simulated devices."""
   env = {**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2",
          "MKL_NUM_THREADS": "2"}
   env.pop("XLA_FLAGS", None)
+  return env
+
+
+def run_system(system: str, dataset: str, train: str, test: str, out: str,
+               peers_python: str) -> dict:
+  env = worker_env()
   argv = ["--system", system, "--train", train, "--test", test, "--out", out]
   if system in ("mach", "full_softmax"):
     return workers.run("experiments.bench.peers", argv + ["--dataset", dataset],

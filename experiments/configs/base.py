@@ -51,6 +51,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.num_epochs = 10
   c.train.log_every_steps = 50
   c.train.progress_bar = True
+  # Stop once a periodic evaluation (eval.every_epochs / every_steps) of eval.estimator
+  # reaches target_value on target_metric (e.g. "P@1"); "" trains all epochs.
+  c.train.target_metric = ""
+  c.train.target_value = 0.0
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.enabled = True  # Rerunning the same command with the same workdir resumes.
@@ -64,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.estimators = ("mean", "unbiased", "logit_sum", "min", "median", "log_mean")
   c.eval.batch_size = 256
   c.eval.every_epochs = 0  # 0: evaluate only at the end.
+  c.eval.every_steps = 0  # Also evaluate every this many steps; 0: off.
   c.eval.subset = 0  # Points of the test set used by periodic evaluations; 0: all.
   c.eval.memory_budget_mb = 16  # Bounds the [b, chunk] blocks; small chunks stay in cache.
   c.eval.decode = "exact"  # exact (all K classes) | candidates (top-m buckets per rep).

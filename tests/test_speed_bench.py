@@ -1,0 +1,46 @@
+"""The time-to-target benchmark's bookkeeping (the runs themselves are benchmarks, not tests)."""
+
+import pytest
+
+from experiments.bench import speed
+
+
+def _row(system, repeat, t, **kw):
+  return {"dataset": "bibtex", "system": system, "repeat": repeat, "target": 0.632,
+          "reached": t is not None, "time_to_target_s": t, **kw}
+
+
+def test_table_reports_medians_ratio_and_unreached_runs():
+  profile = dict(startup_s=0.1, import_s=2.0, data_s=1.0, setup_s=0.5, compile_s=1.5,
+                 steps_s=10.0, eval_s=3.0)
+  rows = [_row("mach", 0, 30.0, **profile), _row("omikuji", 0, 2.0),
+          _row("mach", 1, None), _row("omikuji", 1, 3.0),
+          _row("mach", 2, 20.0, **profile), _row("omikuji", 2, 4.0)]
+  line = speed.table(rows, 3).splitlines()[-1]
+  cells = [c.strip() for c in line.split("|")[1:-1]]
+  # Median of the runs that reached the target (30, 20 -> 25) over omikuji's (3).
+  assert cells[:6] == ["bibtex", "0.632", "25.0", "3.0", "8.3", "2/3"]
+  assert cells[6] == "0.1 / 2.0 / 1.0 / 0.5 / 1.5 / 10.0 / 3.0"
+  rows = [_row("mach", 0, None), _row("omikuji", 0, 2.0)]
+  cells = [c.strip() for c in speed.table(rows, 1).splitlines()[-1].split("|")[1:-1]]
+  assert cells[2:6] == ["not reached", "2.0", "–", "0/1"]
+
+
+def test_targets_default_and_override():
+  assert speed.parse_targets("") == {"bibtex": 0.632, "delicious": 0.655}
+  assert speed.parse_targets("bibtex=0.6,corel5k=0.3")["corel5k"] == 0.3
+  with pytest.raises(SystemExit, match="expected name=value"):
+    speed.parse_targets("bibtex")
+
+
+def test_mach_only_rows_and_config_overrides():
+  rows = [_row("mach", 0, 12.0)]
+  md = speed.table(rows, 1, ["model.R=8"])
+  assert "mach-jax config with model.R=8" in md
+  cells = [c.strip() for c in md.splitlines()[-1].split("|")[1:-1]]
+  assert cells[2:6] == ["12.0", "–", "–", "1/1"]
+  assert speed.parse_set("optimizer.learning_rate=3e-3") == ("optimizer.learning_rate", 0.003)
+  assert speed.parse_set("model.hash_family=balanced") == ("model.hash_family", "balanced")
+  assert speed.parse_set("model.hidden=(256,)") == ("model.hidden", (256,))
+  with pytest.raises(SystemExit, match="expected field=value"):
+    speed.parse_set("model.R")
