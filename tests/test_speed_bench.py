@@ -44,3 +44,14 @@ def test_mach_only_rows_and_config_overrides():
   assert speed.parse_set("model.hidden=(256,)") == ("model.hidden", (256,))
   with pytest.raises(SystemExit, match="expected field=value"):
     speed.parse_set("model.R")
+
+
+@pytest.mark.parametrize("name, lr", [("bibtex", 3e-3), ("delicious", 5e-3)])
+def test_fast_variants(name, lr):
+  import importlib
+  module = importlib.import_module(f"experiments.configs.{name}")
+  base, fast = module.get_config(), module.get_config("fast")
+  assert (fast.model.R, fast.optimizer.learning_rate) == (8, lr)
+  assert base.model.R == 16 and base.optimizer.learning_rate == 1e-3
+  with pytest.raises(ValueError, match="unknown variant 'quick'"):
+    module.get_config("quick")

@@ -16,7 +16,8 @@ Targets are the best peer's P@1 in DESIGN.md less 0.01 (bibtex .632, delicious .
            process until its model is trained and saved; it reaches the target if the P@1
            of its predictions (our metric code) does.
 
-Both include interpreter start, imports and data loading. The mach profile splits its time
+mach-jax uses the ``fast`` variant of each set's config by default (``--variant ''`` for the
+accuracy configs of the peers table). Both include interpreter start, imports and data loading. The mach profile splits its time
 into startup (spawn until the worker runs), imports (jax, flax, mach_jax), data (reading
 the XC files), setup (model, optimizer and sharded state), compile (the first batch,
 compilation and one step) and steps; eval is the periodic evaluations. Writes
@@ -49,7 +50,8 @@ def mach_worker(args) -> dict:
   from mach_jax import train
   t_imported = time.time()
   logging.set_verbosity(logging.WARNING)
-  config = __import__(f"experiments.configs.{args.dataset}", fromlist=["get_config"]).get_config()
+  module = __import__(f"experiments.configs.{args.dataset}", fromlist=["get_config"])
+  config = module.get_config(*([args.variant] if args.variant else []))
   config = sweep.apply(config, dict(parse_set(item) for item in args.set))
   config.data.train, config.data.test = args.train, args.test
   config.train.update(progress_bar=False, target_metric="P@1", target_value=args.target)
@@ -84,11 +86,11 @@ def parse_set(item: str) -> tuple[str, object]:
     return field, value  # A bare string such as murmur.
 
 
-def run_mach(dataset, train, test, target, out, eval_every, sets=()) -> dict:
+def run_mach(dataset, train, test, target, out, eval_every, sets=(), variant="") -> dict:
   spawn = time.time()
   argv = ["--dataset", dataset, "--train", train, "--test", test, "--out", out,
           "--target", str(target), "--eval_every", str(eval_every), "--spawn", repr(spawn)]
-  argv += [f"--set={item}" for item in sets]
+  argv += [f"--set={item}" for item in sets] + [f"--variant={variant}"]
   return workers.run("experiments.bench.speed", argv, f"mach on {dataset}", peers.worker_env())
 
 
@@ -160,6 +162,8 @@ def main():
   p.add_argument("--set", action="append", default=[],
                  help="override a field of mach-jax's config, e.g. --set model.R=8 (repeatable)")
   p.add_argument("--systems", default="mach,omikuji", help="mach, omikuji or both")
+  p.add_argument("--variant", default="fast",
+                 help="config variant (get_config(variant)); '' for the accuracy configs")
   p.add_argument("--data_root", default=os.path.join(peers.ROOT, "..", "shared", "data"))
   p.add_argument("--built_root", default=os.path.join(peers.ROOT, "runs", "data"))
   p.add_argument("--peers_venv", default=os.path.join(peers.ROOT, ".venv-peers"))
@@ -197,7 +201,8 @@ def main():
       for system in systems:
         out = os.path.join(args.out, dataset, f"{system}_{repeat}")
         if system == "mach":
-          res = run_mach(dataset, train, test, target, out, args.eval_every, args.set)
+          res = run_mach(dataset, train, test, target, out, args.eval_every, args.set,
+                         args.variant)
         else:
           res = run_omikuji(dataset, train, test, target, out, peers_python, test_Y)
         rows.append({"dataset": dataset, "system": system, "repeat": repeat, "target": target,
@@ -207,7 +212,7 @@ def main():
     w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
-  md = table(rows, args.repeats, args.set)
+  md = table(rows, args.repeats, [f"variant {args.variant or 'default'}", *args.set])
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(md)
   print(md)
