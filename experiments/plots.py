@@ -1,12 +1,14 @@
 """Plots of a sweep directory (``experiments.sweep``'s results.jsonl) as PNGs.
 
-    python -m experiments.plots runs/sweep_bibtex [--estimator mean] [--peers peers.csv]
+    python -m experiments.plots runs/sweep_bibtex [--estimator mean] [--peers results.csv \
+        --dataset bibtex]
 
-Writes OUT/summary.md (a table of every point) and draws OUT/p_vs_r.png (P@1 and P@5 against R, one line per B: the paper's figure) and
-OUT/frontier.png (P@1 against parameter count; the full softmax -- hash_family=identity --
-as a star, and peers as crosses from an optional CSV: experiments.bench.peers' results.csv,
-or any CSV with columns system, P@1 and num_params or model_mb). Peers without a parameter
-count (the tree models) are placed at their saved model size / 4 bytes, float32-equivalent
+Writes OUT/summary.md (a table of every point) and draws OUT/p_vs_r.png (P@1 and P@5
+against R, one line per B: the paper's figure) and OUT/frontier.png (P@1 against
+parameter count; the full softmax -- hash_family=identity -- as a star, and peers as
+crosses from an optional CSV: experiments.bench.peers' results.csv, or any CSV with
+columns system, P@1 and num_params or model_mb). Peers without a parameter count (the tree
+models) are placed at their saved model size / 4 bytes, float32-equivalent
 parameters; ``--dataset`` keeps the CSV rows of one set.
 """
 

@@ -1,6 +1,6 @@
 """mach-jax against napkinXC, omikuji and PECOS on the same files, measured the same way.
 
-    python -m experiments.bench.peers --datasets bibtex,delicious,corel5k --out runs/peers
+    python -m experiments.bench.peers --datasets bibtex,delicious,corel5k,wordnet --out runs/peers
 
 Systems, each trained and timed in its own process on 2 cores:
   mach          mach-jax with the set's tuned config (experiments/configs/<set>.py)
@@ -13,7 +13,9 @@ The peers run in their own venv (default .venv-peers, created on first use: libp
 numpy<2 and scipy<1.14 and is installed with --no-deps to avoid pulling torch); mach_jax
 never imports them. Every system returns top-5 label ids for the test file and all metrics
 are computed here by mach_jax.metrics. Data: ../shared/data/<set>/{train,test}.txt.gz, or
---data_root. Writes OUT/results.csv and OUT/results.md.
+--data_root; wordnet from runs/data/wordnet (--built_root), built there first when missing
+(needs Debian's wordnet-base). Writes OUT/results.csv and OUT/results.md, whose parameter
+column is checked against the formula R·(D·H + H + H·B + B).
 """
 
 from __future__ import annotations
@@ -108,8 +110,9 @@ def mach_worker(args) -> dict:
     raise SystemExit(f"{args.system} on {args.dataset}: {results['num_params']} parameters "
                      f"counted, {formula} by the formula")
   widths = "·".join(str(w) for w in (X.shape[1], *hidden, spec["B"]))
-  return {"train_s": results["train_seconds"], "params_formula": f"{spec['R']}x({widths})", "predict_ms_per_query_batch": batch_ms,
-          "predict_ms_per_query_single": single_ms, "model_mb": results["bundle_bytes"] / 2**20,
+  return {"train_s": results["train_seconds"], "params_formula": f"{spec['R']}x({widths})",
+          "predict_ms_per_query_batch": batch_ms, "predict_ms_per_query_single": single_ms,
+          "model_mb": results["bundle_bytes"] / 2**20,
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
           "num_params": results["num_params"]}
 
@@ -202,7 +205,8 @@ def main():
   head = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.node()} ({os.cpu_count()} cores), "
           "each system in its own process with 2 threads, one run each.\n\n")
   lines = ["| set | system | P@1 | P@3 | P@5 | nDCG@5 | PSP@5 | train s | predict ms/query "
-           "(batch / single) | peak RSS MB | model MB | parameters (R x widths) |", "|" + "---|" * 12]
+           "(batch / single) | peak RSS MB | model MB | parameters (R x widths) |",
+           "|" + "---|" * 12]
   for r in rows:
     lines.append(f"| {r['dataset']} | {r['system']} | {r['P@1']:.3f} | {r['P@3']:.3f} | "
                  f"{r['P@5']:.3f} | {r['nDCG@5']:.3f} | {r['PSP@5']:.3f} | {r['train_s']:.1f} | "

@@ -1,6 +1,7 @@
 """Time to target: wall-clock from process start until test P@1 reaches a target, vs omikuji.
 
-    python -m experiments.bench.speed --datasets bibtex,delicious --out runs/speed [--repeats 3]
+    python -m experiments.bench.speed --datasets bibtex,delicious --out runs/speed_fast
+    python -m experiments.bench.speed --datasets bibtex,delicious --out runs/speed --variant ''
 
 Targets are the best peer's P@1 in DESIGN.md less 0.01 (bibtex .632, delicious .655;
 ``--targets name=value,...`` overrides). For every set, ``--repeats`` times, alternating:
@@ -17,13 +18,14 @@ Targets are the best peer's P@1 in DESIGN.md less 0.01 (bibtex .632, delicious .
            of its predictions (our metric code) does.
 
 mach-jax uses the ``fast`` variant of each set's config by default (``--variant ''`` for the
-accuracy configs of the peers table). Both include interpreter start, imports and data loading. The mach profile splits its time
-into startup (spawn until the worker runs), imports (jax, flax, mach_jax), data (reading
-the XC files), setup (model, optimizer and sharded state), compile (the first batch,
-compilation and one step) and steps; eval is the periodic evaluations. Writes
-OUT/results.csv (one row per run) and OUT/results.md (medians, and the ratio mach /
-omikuji of the medians). ``--set field=value`` (repeatable) changes mach-jax's config, to
-measure a lever against the same target; ``--systems mach`` skips omikuji.
+accuracy configs of the peers table). Both include interpreter start, imports and data
+loading. The mach profile splits its time into startup (spawn until the worker runs),
+imports (jax, flax, mach_jax), data (reading the XC files), setup (model, optimizer and
+sharded state), compile (the first batch, compilation and one step) and steps; eval is the
+periodic evaluations. Writes OUT/results.csv (one row per run) and OUT/results.md (medians,
+and the ratio mach / omikuji of the medians). ``--set field=value`` (repeatable) changes
+mach-jax's config, to measure a lever against the same target; ``--systems mach`` skips
+omikuji.
 """
 
 from __future__ import annotations
