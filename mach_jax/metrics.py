@@ -28,8 +28,15 @@ def propensities(Y: sp.csr_matrix, A: float = 0.55, B: float = 1.5) -> np.ndarra
     A, B: the data-set constants (0.55 / 1.5 is the usual default; Jain et al. use 0.6 / 2.6
       for Amazon and 0.5 / 0.4 for Wikipedia).
   """
-  N = Y.shape[0]
-  freqs = np.asarray((Y > 0).sum(axis=0)).ravel().astype(np.float64)
+  freqs = np.asarray((Y > 0).sum(axis=0)).ravel()
+  return propensities_from_counts(freqs, Y.shape[0], A, B)
+
+
+def propensities_from_counts(freqs: np.ndarray, N: int, A: float = 0.55,
+                             B: float = 1.5) -> np.ndarray:
+  """``propensities`` from the training points per label and the training set size N
+  (for a training set streamed from disk, never held as a matrix)."""
+  freqs = np.asarray(freqs, np.float64)
   C = (np.log(N) - 1.0) * (B + 1.0) ** A
   return 1.0 / (1.0 + C * np.exp(-A * np.log(freqs + B)))
 

@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import scipy.sparse as sp
 
-from mach_jax import decode, sharding, train as train_lib
+from mach_jax import data as data_lib, decode, sharding, train as train_lib
 from mach_jax.hashing import HashSpec
 
 BUNDLE_DIR = "model"
@@ -36,8 +36,10 @@ def export_bundle(path: str, params: Any, spec: HashSpec, config, num_features: 
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(path, "params"), params, force=True)
   if jax.process_index() == 0:
+    featurizer = (data_lib.featurizer(config).to_dict() if config.data.name == "queries"
+                  else None)
     info = {"hash_spec": spec.to_dict(), "num_features": num_features, "num_classes": spec.K,
-            "config": json.loads(config.to_json()), "featurizer": config.get("featurizer"),
+            "config": json.loads(config.to_json()), "featurizer": featurizer,
             "versions": train_lib.library_versions()}
     with open(os.path.join(path, "model.json"), "w") as f:
       json.dump(info, f, indent=2)

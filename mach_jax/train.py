@@ -329,7 +329,9 @@ def evaluate(params, logits_fn, decoder, test: data_lib.XCData, inv_propensity, 
   preds = predict_topk(params, logits_fn, decoder, X, Y, batch_size=ev.batch_size, k=ev.k,
                        estimators=tuple(ev.estimators), mesh=mesh,
                        dense=config.model.dense_input)
-  return {e: metrics.evaluate(classes, Y, inv_propensity) for e, (_, classes) in preds.items()}
+  ks = tuple(sorted({k for k in (1, 3, 5) if k <= ev.k} | {ev.k}))  # k=10: R@10 too.
+  return {e: metrics.evaluate(classes, Y, inv_propensity, ks=ks)
+          for e, (_, classes) in preds.items()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -413,9 +415,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      f"config.eval.estimators={tuple(ev.estimators)}: add it there")
 
   # ---- Input ---------------------------------------------------------------------------
-  train, test = data_lib.load(config.data)
+  if config.data.name == "queries":  # Text, streamed from disk; test held in memory.
+    train, test = data_lib.load_queries(config)
+  else:
+    train, test = data_lib.load(config.data)
   K, D = train.num_labels, train.num_features
-  inv_prop = 1.0 / metrics.propensities(train.Y, ev.propensity_A, ev.propensity_B)
+  inv_prop = 1.0 / metrics.propensities_from_counts(train.label_counts(), train.num_points,
+                                                    ev.propensity_A, ev.propensity_B)
   t_data = time.time() - t_start
 
   # ---- Model & optimizer ---------------------------------------------------------------
@@ -431,9 +437,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh_spec = config.mesh if spec.family != IDENTITY else (("data", 1), ("rep", 1))
   mesh = sharding.make_mesh(mesh_spec, spec.R, tc.batch_size)
   shards = mesh.shape[DATA_AXIS]
-  widths = batching.Widths.for_data(train.X, train.Y, tc.batch_size // shards)
-  first = batching.make_batch(train.X, train.Y, np.arange(min(tc.batch_size, train.num_points)),
-                              tc.batch_size, widths, dense=dense, num_shards=shards)
+  widths = train.widths(tc.batch_size // shards)
+  first = train.first_batch(tc.batch_size, widths, dense=dense, num_shards=shards)
   state = init_state(model, tx, jax.random.key(config.seed), first, mesh, row_sparse)
   print(sharding.check_state_sharding(mesh, state, sharding.state_shardings(mesh, state)),
         flush=True)
@@ -516,9 +521,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     t_epoch, eval_in_epoch = time.time(), 0.0
     skip = start_batch if epoch == start_epoch else 0
     pending: list[tuple[int, jax.Array]] = []
-    batches = batching.prefetch(batching.iterate_batches(
-        train.X, train.Y, tc.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
-        widths=widths, dense=dense, num_shards=shards, start=skip))
+    batches = batching.prefetch(train.batches(
+        tc.batch_size, shuffle=True, seed=config.seed, epoch=epoch, widths=widths,
+        dense=dense, num_shards=shards, start=skip))
     bar = tqdm(batches, total=steps_per_epoch, initial=skip,
                desc=f"epoch {epoch + 1}/{tc.num_epochs}", leave=False, mininterval=1.0,
                disable=not tc.progress_bar)

@@ -1,15 +1,60 @@
-"""Data: XC-format reader, synthetic catalogue generator, fixed-shape batching."""
+"""Data: XC-format reader, query logs of text, synthetic catalogue, fixed-shape batching.
+
+A training source is an ``XCData`` (in memory) or a ``QueryLog`` (streamed from disk); both
+offer ``num_points``, ``num_features``, ``num_labels``, ``label_counts()``,
+``widths(batch_size)``, ``first_batch(...)`` and ``batches(...)``, which is all the
+training loop uses.
+"""
 
 from __future__ import annotations
 
 import os
 
+from mach_jax.data.query_log import QueryLog
 from mach_jax.data.synthetic import make_catalogue
+from mach_jax.data.text import TextFeaturizer
 from mach_jax.data.xc import XCData, read_xc
 
 
+def count_lines(path: str) -> int:
+  with open(path, "rb") as f:
+    return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def featurizer(config) -> TextFeaturizer:
+  """The text featurizer of ``config.featurizer`` (data.name == 'queries')."""
+  f = config.featurizer
+  return TextFeaturizer(num_features=f.num_features, word_ngrams=tuple(f.word_ngrams),
+                        char_ngrams=tuple(f.char_ngrams), weighting=f.weighting,
+                        char_weight=f.char_weight, max_chars=f.max_chars)
+
+
+def load_queries(config) -> tuple[QueryLog, XCData]:
+  """(streamed training log, held-out queries in memory) for ``data.name == 'queries'``.
+
+  K is ``config.data.num_labels``, or the line count of ``config.data.catalogue``
+  (one product per line) when that is 0.
+  """
+  d = config.data
+  for key in ("train", "test"):
+    if not d.get(key):
+      raise ValueError(f"config.data.{key} is empty: pass --config.data.{key}=PATH")
+  K = d.get("num_labels", 0)
+  if not K:
+    if not d.get("catalogue"):
+      raise ValueError("config.data.num_labels=0 needs config.data.catalogue (products.tsv)")
+    if not os.path.exists(d.catalogue):
+      raise FileNotFoundError(f"config.data.catalogue={d.catalogue}: no such file")
+    K = count_lines(d.catalogue)
+  f = featurizer(config)
+  train = QueryLog(d.train, f, K, buffer_size=d.get("buffer_size", 100_000))
+  test = QueryLog(d.test, f, K).to_xc()
+  return train, test
+
+
 def load(data_config) -> tuple[XCData, XCData]:
-  """(train, test) for ``config.data``: the synthetic catalogue or an XC-format pair.
+  """(train, test) for ``config.data``: the synthetic catalogue or an XC-format pair
+  (query logs: ``load_queries``, which needs the whole config for the featurizer).
 
   ``data_config.name == 'synthetic'`` uses ``data_config.synthetic`` as keyword arguments of
   ``make_catalogue``; anything else reads ``data_config.train`` and ``data_config.test``.

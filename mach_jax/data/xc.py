@@ -20,6 +20,8 @@ import os
 import numpy as np
 import scipy.sparse as sp
 
+from mach_jax.data import batching
+
 
 @dataclasses.dataclass
 class XCData:
@@ -39,6 +41,23 @@ class XCData:
   @property
   def num_labels(self) -> int:
     return self.Y.shape[1]
+
+  # The training loop's source interface (shared with data.query_log.QueryLog).
+
+  def label_counts(self) -> np.ndarray:
+    """Training points per label."""
+    return np.bincount(self.Y.indices, minlength=self.num_labels)
+
+  def widths(self, batch_size: int):
+    return batching.Widths.for_data(self.X, self.Y, batch_size)
+
+  def first_batch(self, batch_size: int, widths, dense: bool = False, num_shards: int = 1):
+    return batching.make_batch(self.X, self.Y, np.arange(min(batch_size, self.num_points)),
+                               batch_size, widths, dense=dense, num_shards=num_shards)
+
+  def batches(self, batch_size: int, **kwargs):
+    """``batching.iterate_batches`` over this set (same keyword arguments)."""
+    return batching.iterate_batches(self.X, self.Y, batch_size, **kwargs)
 
 
 class XCFormatError(ValueError):

@@ -1,0 +1,69 @@
+"""MACH product search on the synthetic catalogue: query text in, product ids out.
+
+Build the data (deterministic; 1M products, 10M queries, written in chunks), then train by
+streaming the query log from disk, then search::
+
+    python -m experiments.datasets.products --products 1000000 --queries 10000000 \
+        --test_every 1000 --out runs/data/products
+    python -m experiments.train --config experiments/configs/products.py \
+        --workdir runs/products
+    python -m experiments.search --workdir runs/products "usb c charger 65w"
+
+``products.py:small`` reads ``runs/data/products_small`` (20K products, 200K queries) for a
+run of a minute. Result of the 1M run: the README section "Product search".
+"""
+
+import os
+
+import ml_collections
+
+from experiments.configs.base import base_config
+
+
+def data_root(name: str) -> str:
+  root = os.path.join(os.path.dirname(__file__), "..", "..", "runs", "data", name)
+  return os.path.normpath(root)
+
+
+def get_config(arg=None):
+  if arg not in (None, "small"):
+    raise ValueError(f"{__name__}: unknown variant {arg!r}; expected none or 'small'")
+  c = base_config()
+  root = data_root("products_small" if arg == "small" else "products")
+  c.data.name = "queries"  # query<TAB>ids text files, featurized while streaming.
+  c.data.train = os.path.join(root, "train.tsv")
+  c.data.test = os.path.join(root, "test.tsv")
+  c.data.catalogue = os.path.join(root, "products.tsv")  # id<TAB>title...; K = its lines.
+  c.data.num_labels = 0  # 0: count the catalogue's lines.
+  c.data.buffer_size = 100_000  # Shuffle window, in queries (bounds memory).
+
+  # Saved with the model (model.json); serving rebuilds exactly this function.
+  c.featurizer = ml_collections.ConfigDict(dict(
+      num_features=1 << 18, word_ngrams=(1, 2), char_ngrams=(3, 3), weighting="log",
+      char_weight=1.0, max_chars=10_000))
+
+  c.model.R = 4
+  c.model.B = 4096
+  c.model.hidden = (64,)
+  c.model.loss = "softmax_hist"  # One product per query mostly: a softmax over buckets.
+  c.optimizer.learning_rate = 1e-2
+  c.optimizer.schedule = "cosine"
+  c.optimizer.warmup_steps = 200
+  c.optimizer.row_sparse = True  # Only the rows of the hashed n-grams a batch holds.
+  c.train.batch_size = 1024
+  c.train.num_epochs = 1
+  c.train.log_every_steps = 200
+  c.checkpoint.every_steps = 2000
+
+  c.eval.k = 10  # P@1 .. P@10 and R@10.
+  c.eval.estimator = "log_mean"
+  c.eval.estimators = ("log_mean", "mean")
+  c.eval.batch_size = 512
+  c.eval.decode = "candidates"  # Top-2 buckets per repetition: K = 1M is too many to score.
+  c.eval.candidates_m = 2
+  if arg == "small":
+    c.model.B = 1024
+    c.train.num_epochs = 2
+    c.train.batch_size = 512
+    c.checkpoint.every_steps = 500
+  return c

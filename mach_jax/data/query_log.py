@@ -1,0 +1,197 @@
+"""Training straight from a query log on disk: ``query<TAB>id1,id2,...`` per line.
+
+A log of tens of millions of queries never has to fit in memory. ``QueryLog`` makes one
+cheap pass at start-up (line count, label counts for propensities, the widest label list;
+every line is validated there, so a bad line fails before training, naming file and line),
+then each epoch streams the file again: it reads ``read_chunk`` lines, featurizes them
+with the model's ``TextFeaturizer``, and shuffles within a window of ``buffer_size``
+queries (a bounded shuffle buffer, as in tf.data: queries far apart in the file never meet
+in a batch, so a log sorted by time should be pre-shuffled once or given a large buffer).
+The rows left over at the end of a window are carried into the next one, so an epoch yields
+exactly ceil(N / batch_size) batches and no query is dropped.
+
+Memory is bounded by the window: about ``buffer_size`` x (nonzeros per query) x 8 bytes
+plus the query strings of one chunk.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+
+from mach_jax.data import batching
+from mach_jax.data.text import TextFeaturizer
+from mach_jax.data.xc import XCData
+
+
+class QueryLogError(ValueError):
+  """A malformed query log; the message names the file and the 1-based line."""
+
+
+def _parse_ids(field: str, where: str, num_labels: int) -> list[int]:
+  if not field:
+    return []
+  try:
+    ids = [int(x) for x in field.split(",")]
+  except ValueError:
+    raise QueryLogError(f"{where}: product ids {field[:80]!r} are not comma-separated "
+                        "integers") from None
+  bad = [i for i in ids if not 0 <= i < num_labels]
+  if bad:
+    raise QueryLogError(f"{where}: product id {bad[0]} is outside [0, {num_labels})")
+  return ids
+
+
+def _split(line: str, where: str) -> tuple[str, str]:
+  parts = line.rstrip("\r\n").split("\t")
+  if len(parts) != 2:
+    raise QueryLogError(f"{where}: expected 'query<TAB>ids', found {len(parts)} tab-separated "
+                        f"fields in {line[:80]!r}")
+  return parts[0], parts[1]
+
+
+def read_lines(path: str, num_labels: int, read_chunk: int
+               ) -> Iterator[tuple[list[str], list[list[int]], int]]:
+  """(queries, label lists, line number of the first) per chunk of ``read_chunk`` lines."""
+  with open(path, encoding="utf-8") as f:
+    queries, labels, first = [], [], 1
+    for lineno, line in enumerate(f, start=1):
+      query, ids = _split(line, f"{path}:{lineno}")
+      queries.append(query)
+      labels.append(_parse_ids(ids, f"{path}:{lineno}", num_labels))
+      if len(queries) == read_chunk:
+        yield queries, labels, first
+        queries, labels, first = [], [], lineno + 1
+    if queries:
+      yield queries, labels, first
+
+
+def label_matrix(labels: list[list[int]], num_labels: int) -> sp.csr_matrix:
+  """CSR [n, K] with a 1 per (query, product); duplicate ids in a line count once."""
+  lengths = np.fromiter((len(l) for l in labels), np.int64, len(labels))
+  indptr = np.concatenate([[0], np.cumsum(lengths)])
+  cols = np.fromiter((i for l in labels for i in l), np.int64, int(indptr[-1]))
+  Y = sp.csr_matrix((np.ones(cols.size, np.float32), cols, indptr),
+                    shape=(len(labels), num_labels))
+  Y.sum_duplicates()
+  Y.data[:] = 1.0
+  return Y
+
+
+class QueryLog:
+  """A TSV query log read in chunks: the training source for text data.
+
+  It offers the same methods as ``XCData`` for the training loop (``label_counts``,
+  ``widths``, ``first_batch``, ``batches``) and ``to_xc`` for a split small enough to hold
+  (the held-out queries).
+  """
+
+  def __init__(self, path: str, featurizer: TextFeaturizer, num_labels: int, *,
+               buffer_size: int = 100_000, read_chunk: int = 8192):
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path}: no such query log")
+    if buffer_size < 1 or read_chunk < 1:
+      raise ValueError(f"buffer_size={buffer_size} and read_chunk={read_chunk} must be >= 1")
+    self.path, self.featurizer, self.num_labels = path, featurizer, int(num_labels)
+    self.buffer_size, self.read_chunk = int(buffer_size), int(read_chunk)
+    counts = np.zeros(self.num_labels, np.int64)
+    n, widest = 0, 0
+    for _, labels, _ in read_lines(path, self.num_labels, 1 << 16):
+      flat = np.fromiter((i for l in labels for i in l), np.int64)
+      counts += np.bincount(flat, minlength=self.num_labels)
+      widest = max(widest, max(len(l) for l in labels))
+      n += len(labels)
+    if n == 0:
+      raise QueryLogError(f"{path}: no queries")
+    self.num_points, self._counts, self.max_labels = n, counts, widest
+
+  @property
+  def num_features(self) -> int:
+    return self.featurizer.num_features
+
+  def label_counts(self) -> np.ndarray:
+    return self._counts
+
+  def chunks(self) -> Iterator[tuple[sp.csr_matrix, sp.csr_matrix]]:
+    """(X, Y) per chunk of lines, in file order, featurized."""
+    for queries, labels, first in read_lines(self.path, self.num_labels, self.read_chunk):
+      where = [f"{self.path}:{first + i}" for i in range(len(queries))]
+      yield self.featurizer.transform(queries, where), label_matrix(labels, self.num_labels)
+
+  def to_xc(self) -> XCData:
+    """All of it in memory (for a held-out split)."""
+    parts = list(self.chunks())
+    return XCData(X=sp.vstack([p[0] for p in parts], format="csr"),
+                  Y=sp.vstack([p[1] for p in parts], format="csr"))
+
+  def _head(self) -> XCData:
+    parts, n = [], 0
+    for X, Y in self.chunks():
+      parts.append((X, Y))
+      n += X.shape[0]
+      if n >= min(self.buffer_size, 65_536):
+        break
+    return XCData(X=sp.vstack([p[0] for p in parts], format="csr"),
+                  Y=sp.vstack([p[1] for p in parts], format="csr"))
+
+  def widths(self, batch_size: int) -> batching.Widths:
+    """Widths from the first window; a rarer, wider batch later gets the next width."""
+    head = self._head()
+    w = batching.Widths.for_data(head.X, head.Y, batch_size)
+    return batching.Widths(nnz=w.nnz, labels=batching.next_pow2(max(self.max_labels, 1)))
+
+  def first_batch(self, batch_size: int, widths: batching.Widths, dense: bool = False,
+                  num_shards: int = 1) -> dict[str, np.ndarray]:
+    head = self._head()
+    rows = np.arange(min(batch_size, head.num_points))
+    return batching.make_batch(head.X, head.Y, rows, batch_size, widths, dense=dense,
+                               num_shards=num_shards)
+
+  def batches(self, batch_size: int, *, shuffle: bool = True, seed: int = 0, epoch: int = 0,
+              widths: batching.Widths | None = None, dense: bool = False,
+              num_shards: int = 1, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """The ceil(N / batch_size) batches of one epoch, from the ``start``-th on.
+
+    The order depends only on (seed, epoch, buffer_size, read_chunk), so resuming at
+    ``start`` replays the same batches (the skipped ones are read and featurized again,
+    not trained on).
+    """
+    widths = widths or self.widths(batch_size // num_shards)
+    emitted = 0
+    carry: XCData | None = None
+    window: list[tuple[sp.csr_matrix, sp.csr_matrix]] = []
+    count, index = 0, 0
+
+    def flush(parts, carry, index, last):
+      Xs = ([carry.X] if carry is not None else []) + [p[0] for p in parts]
+      Ys = ([carry.Y] if carry is not None else []) + [p[1] for p in parts]
+      X, Y = sp.vstack(Xs, format="csr"), sp.vstack(Ys, format="csr")
+      n = X.shape[0]
+      order = (np.random.default_rng([seed, epoch, index]).permutation(n) if shuffle
+               else np.arange(n))
+      full = n if last else n // batch_size * batch_size
+      batches = [order[i:i + batch_size] for i in range(0, full, batch_size)]
+      rest = order[full:]
+      return X, Y, batches, (XCData(X=X[rest], Y=Y[rest]) if rest.size else None)
+
+    def windows():
+      nonlocal carry, window, count, index
+      for X, Y in self.chunks():
+        window.append((X, Y))
+        count += X.shape[0]
+        if count >= self.buffer_size:
+          out = flush(window, carry, index, last=False)
+          carry, window, count, index = out[3], [], 0, index + 1
+          yield out[:3]
+      if window or carry is not None:
+        yield flush(window, carry, index, last=True)[:3]
+
+    for X, Y, rows_list in windows():
+      for rows in rows_list:
+        if emitted >= start:
+          yield batching.make_batch(X, Y, rows, batch_size, widths, dense=dense,
+                                    num_shards=num_shards)
+        emitted += 1

@@ -1,0 +1,95 @@
+"""Query text in, top products out: the serving side of a model trained on a query log.
+
+    searcher = Searcher.load("runs/products/model")          # or the workdir
+    for hit in searcher.search("usb c charger 65w", k=10)[0]:
+      print(hit.id, hit.score, hit.title)
+
+The featurizer is rebuilt from the settings saved in ``model.json`` (the very function the
+model was trained with), and the titles come from the catalogue the training config named
+(``config.data.catalogue``: one ``id<TAB>title...`` line per product) or from the
+``catalogue`` argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import numpy as np
+
+from mach_jax.data.text import TextFeaturizer
+from mach_jax.predictor import BUNDLE_DIR, Predictor
+
+
+@dataclasses.dataclass(frozen=True)
+class Hit:
+  id: int
+  score: float
+  title: str
+
+
+def read_titles(path: str, num_products: int) -> list[str]:
+  """Title of each product id from ``id<TAB>title[<TAB>...]`` lines; ids must be 0..K-1."""
+  titles: list[str | None] = [None] * num_products
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, start=1):
+      parts = line.rstrip("\r\n").split("\t")
+      try:
+        i = int(parts[0])
+      except ValueError:
+        raise ValueError(f"{path}:{lineno}: expected 'id<TAB>title', found {line[:80]!r}") \
+            from None
+      if not 0 <= i < num_products or len(parts) < 2:
+        raise ValueError(f"{path}:{lineno}: id {i} outside [0, {num_products}) or no title")
+      titles[i] = parts[1]
+  missing = [i for i, t in enumerate(titles) if t is None]
+  if missing:
+    raise ValueError(f"{path}: {len(missing)} product ids have no line (first: {missing[0]})")
+  return titles  # type: ignore[return-value]
+
+
+class Searcher:
+  """A model folder plus its featurizer and product titles."""
+
+  def __init__(self, predictor: Predictor, featurizer: TextFeaturizer,
+               titles: Sequence[str] | None):
+    self.predictor, self.featurizer, self.titles = predictor, featurizer, titles
+
+  @classmethod
+  def load(cls, path: str, catalogue: str | None = None) -> "Searcher":
+    """``path``: a model folder, or a workdir holding one (``workdir/model``)."""
+    if not os.path.exists(os.path.join(path, "model.json")) and \
+        os.path.exists(os.path.join(path, BUNDLE_DIR, "model.json")):
+      path = os.path.join(path, BUNDLE_DIR)
+    predictor = Predictor.load(path)
+    if not predictor.info.get("featurizer"):
+      raise ValueError(f"{path}: the model was not trained on text (no featurizer in "
+                       "model.json); use Predictor.predict_topk on feature vectors")
+    featurizer = TextFeaturizer.from_dict(predictor.info["featurizer"])
+    catalogue = catalogue or predictor.config.data.get("catalogue", "")
+    titles = None
+    if catalogue:
+      if not os.path.exists(catalogue):
+        raise FileNotFoundError(f"catalogue {catalogue}: no such file (pass catalogue=...)")
+      titles = read_titles(catalogue, predictor.spec.K)
+    return cls(predictor, featurizer, titles)
+
+  def search(self, queries: str | Sequence[str], k: int = 10, **predict_kwargs
+             ) -> list[list[Hit]]:
+    """The top-``k`` products of each query, best first (one list per query).
+
+    An empty query, or one with no known n-gram, still gets an answer: the model's
+    bias-only scores, i.e. the products it learned to be popular. A query longer than the
+    featurizer's ``max_chars`` raises ValueError naming it (``query N``, 1-based).
+    ``predict_kwargs`` go to ``Predictor.predict_topk`` (estimator, method, m, batch_size).
+    """
+    if isinstance(queries, str):
+      queries = [queries]
+    if k < 1 or k > self.predictor.spec.K:
+      raise ValueError(f"k={k}: expected 1 <= k <= {self.predictor.spec.K} (the products)")
+    X = self.featurizer.transform(queries, where=[f"query {i + 1}" for i in range(len(queries))])
+    scores, ids = self.predictor.predict_topk(X, k=k, **predict_kwargs)
+    return [[Hit(int(i), float(s), self.titles[int(i)] if self.titles is not None else "")
+             for s, i in zip(srow, irow)] for srow, irow in zip(np.asarray(scores),
+                                                                np.asarray(ids))]

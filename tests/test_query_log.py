@@ -1,0 +1,116 @@
+"""Streaming a query log from disk: every query once per epoch, bounded shuffle, clear errors."""
+
+import numpy as np
+import pytest
+
+from mach_jax.data import batching
+from mach_jax.data.query_log import QueryLog, QueryLogError
+from mach_jax.data.text import TextFeaturizer
+
+F = TextFeaturizer(num_features=1 << 12)
+
+
+def write_log(path, n, K=50, seed=0):
+  rng = np.random.default_rng(seed)
+  words = ["usb", "charger", "red", "sofa", "kids", "bike", "lamp", "mug"]
+  with open(path, "w") as f:
+    for i in range(n):
+      ids = sorted(set(rng.integers(0, K, size=1 + (i % 7 == 0)).tolist()))
+      query = " ".join(rng.choice(words, size=1 + i % 3)) + f" q{i}"
+      f.write(f"{query}\t{','.join(map(str, ids))}\n")
+  return path
+
+
+def test_scan_counts_and_epoch_covers_every_query_once(tmp_path):
+  path = write_log(tmp_path / "q.tsv", 1000)
+  log = QueryLog(str(path), F, 50, buffer_size=300, read_chunk=64)
+  assert log.num_points == 1000 and log.max_labels == 2
+  assert log.label_counts().sum() == sum(len(l.split("\t")[1].split(","))
+                                         for l in open(path))
+  widths = log.widths(128)
+  batches = list(log.batches(128, seed=1, epoch=0, widths=widths))
+  assert len(batches) == -(-1000 // 128)
+  assert sum(int(b["mask"].sum()) for b in batches) == 1000
+  # Every (query, label) pair appears exactly once: compare label multisets.
+  labels = np.concatenate([b["labels"][b["mask"] > 0].ravel() for b in batches])
+  assert np.array_equal(np.bincount(labels[labels >= 0], minlength=50), log.label_counts())
+  # Feature mass too: every real row is a unit vector, padding adds nothing.
+  for b in batches:
+    mass = np.zeros(128)
+    np.add.at(mass, b["segments"], b["values"] ** 2)
+    np.testing.assert_allclose(mass, b["mask"], atol=1e-5)
+
+
+def test_order_is_seeded_shuffled_and_resumable(tmp_path):
+  log = QueryLog(str(write_log(tmp_path / "q.tsv", 700)), F, 50, buffer_size=200,
+                 read_chunk=50)
+  w = log.widths(64)
+  a = list(log.batches(64, seed=3, epoch=0, widths=w))
+  b = list(log.batches(64, seed=3, epoch=0, widths=w))
+  c = list(log.batches(64, seed=3, epoch=1, widths=w))
+  plain = list(log.batches(64, shuffle=False, widths=w))
+  assert all(np.array_equal(x["labels"], y["labels"]) for x, y in zip(a, b))
+  assert not all(np.array_equal(x["labels"], y["labels"]) for x, y in zip(a, c))
+  assert not all(np.array_equal(x["labels"], y["labels"]) for x, y in zip(a, plain))
+  resumed = list(log.batches(64, seed=3, epoch=0, widths=w, start=4))
+  assert len(resumed) == len(a) - 4
+  assert all(np.array_equal(x["indices"], y["indices"]) for x, y in zip(a[4:], resumed))
+
+
+def test_shuffle_stays_within_the_buffer(tmp_path):
+  """A bounded buffer: the first batch only holds queries from the first window."""
+  path = tmp_path / "q.tsv"
+  with open(path, "w") as f:
+    for i in range(600):
+      f.write(f"query {i}\t{i // 100}\n")  # label = which block of 100 lines
+  log = QueryLog(str(path), F, 6, buffer_size=100, read_chunk=100)
+  first = next(iter(log.batches(50, seed=0, widths=log.widths(50))))
+  assert set(first["labels"][:, 0].tolist()) == {0}
+
+
+def test_to_xc_matches_streamed_rows(tmp_path):
+  log = QueryLog(str(write_log(tmp_path / "q.tsv", 200)), F, 50, read_chunk=33)
+  data = log.to_xc()
+  assert data.X.shape == (200, F.num_features) and data.Y.shape == (200, 50)
+  assert data.Y.nnz == log.label_counts().sum()
+
+
+@pytest.mark.parametrize("line, match", [
+    ("usb charger\t3,x\n", r"q.tsv:2: product ids '3,x' are not comma-separated integers"),
+    ("usb charger\t50\n", r"q.tsv:2: product id 50 is outside \[0, 50\)"),
+    ("usb charger 3\n", r"q.tsv:2: expected 'query<TAB>ids', found 1 tab-separated"),
+    ("a\tb\tc\n", r"q.tsv:2: expected 'query<TAB>ids', found 3")])
+def test_bad_lines_name_file_and_line(tmp_path, line, match):
+  path = tmp_path / "q.tsv"
+  path.write_text("fine query\t1\n" + line)
+  with pytest.raises(QueryLogError, match=match):
+    QueryLog(str(path), F, 50)
+
+
+def test_too_long_query_names_file_and_line(tmp_path):
+  path = tmp_path / "q.tsv"
+  path.write_text("ok\t1\n" + "x" * 30 + "\t2\n")
+  log = QueryLog(str(path), TextFeaturizer(num_features=64, max_chars=20), 50)
+  with pytest.raises(ValueError, match=r"q.tsv:2: text of 30 characters"):
+    log.to_xc()
+
+
+def test_missing_and_empty_logs(tmp_path):
+  with pytest.raises(FileNotFoundError, match="nope.tsv"):
+    QueryLog(str(tmp_path / "nope.tsv"), F, 5)
+  (tmp_path / "e.tsv").write_text("")
+  with pytest.raises(QueryLogError, match="e.tsv: no queries"):
+    QueryLog(str(tmp_path / "e.tsv"), F, 5)
+
+
+def test_wide_batch_gets_a_wider_width_not_truncated(tmp_path):
+  path = tmp_path / "q.tsv"
+  with open(path, "w") as f:
+    for i in range(300):
+      f.write(("a" if i < 299 else " ".join(f"w{j}" for j in range(400))) + f"\t{i % 5}\n")
+  log = QueryLog(str(path), F, 5, buffer_size=1000)
+  widths = batching.Widths(nnz=64, labels=1)
+  batches = list(log.batches(100, shuffle=False, widths=widths))
+  last = batches[-1]
+  assert last["indices"].size > 64
+  assert (last["values"] != 0).sum() == sum(int(x.nnz) for x in [log.to_xc().X[200:]])

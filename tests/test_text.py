@@ -1,0 +1,72 @@
+"""The text featurizer: what training and serving share."""
+
+import numpy as np
+import pytest
+
+from mach_jax.data.text import TextFeaturizer
+
+
+def test_rows_are_unit_norm_sorted_and_deterministic():
+  f = TextFeaturizer(num_features=1 << 16)
+  texts = ["usb c charger 65w", "USB C charger 65W", "red sofa", "a"]
+  X = f.transform(texts)
+  assert X.shape == (4, 1 << 16) and X.dtype == np.float32
+  np.testing.assert_allclose(np.asarray(X.multiply(X).sum(axis=1)).ravel(), 1.0, rtol=1e-5)
+  assert X.has_sorted_indices
+  assert (X[0] != X[1]).nnz == 0  # Lower-cased.
+  assert (f.transform(texts) != X).nnz == 0
+  assert X[3].nnz > 0  # Single characters are words ("usb c", "pro 3").
+
+
+def test_word_and_char_features_both_count():
+  f = TextFeaturizer(num_features=1 << 18)
+  words = TextFeaturizer(num_features=1 << 18, char_ngrams=(0, 0)).transform(["usb charger"])
+  chars = TextFeaturizer(num_features=1 << 18, word_ngrams=(0, 0)).transform(["usb charger"])
+  both = f.transform(["usb charger"])
+  assert words.nnz == 3  # usb, charger, "usb charger".
+  assert chars.nnz > words.nnz
+  assert set(both.indices) == set(words.indices) | set(chars.indices)
+
+
+def test_misspelling_keeps_trigram_overlap():
+  f = TextFeaturizer(num_features=1 << 18)
+  X = f.transform(["bluetooth headphones", "bluetoth headphnes", "garden hose"])
+  sim = (X @ X.T).toarray()
+  assert sim[0, 1] > 0.5 > sim[0, 2]
+
+
+def test_log_weighting_damps_repeats():
+  X_log = TextFeaturizer(weighting="log", char_ngrams=(0, 0)).transform(["usb usb usb c"])
+  X_tf = TextFeaturizer(weighting="tf", char_ngrams=(0, 0)).transform(["usb usb usb c"])
+  assert X_log.data.max() < X_tf.data.max()
+
+
+def test_empty_and_symbol_only_texts_give_empty_or_valid_rows():
+  X = TextFeaturizer().transform(["", "   ", "!!"])
+  assert X.getnnz(axis=1)[:2].tolist() == [0, 0]
+  assert np.isfinite(X.data).all()
+
+
+def test_roundtrip_through_dict():
+  f = TextFeaturizer(num_features=1000, word_ngrams=(1, 1), char_ngrams=(2, 4),
+                     weighting="tf", char_weight=0.5, max_chars=50)
+  g = TextFeaturizer.from_dict(f.to_dict())
+  assert g == f
+  assert (g.transform(["abc def"]) != f.transform(["abc def"])).nnz == 0
+
+
+def test_too_long_text_and_non_string_raise_with_origin():
+  f = TextFeaturizer(max_chars=20)
+  with pytest.raises(ValueError, match=r"q.tsv:7: text of 21 characters exceeds"):
+    f.transform(["x" * 21], where=["q.tsv:7"])
+  with pytest.raises(TypeError, match=r"texts\[1\]: expected a str"):
+    f.transform(["ok", None])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_features=0), "num_features"), (dict(weighting="idf"), "weighting"),
+    (dict(word_ngrams=(2, 1)), "word_ngrams"), (dict(word_ngrams=(0, 0), char_ngrams=(0, 0)),
+                                                "both disabled")])
+def test_bad_settings_name_the_setting(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    TextFeaturizer(**kwargs)
