@@ -27,7 +27,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  print("test " + "  ".join(f"{k} {results[k]:.4f}" for k in _SUMMARY)
+  summary = _SUMMARY + tuple(k for k in ("P@10", "R@10") if k in results)
+  print("test " + "  ".join(f"{k} {results[k]:.4f}" for k in summary)
         + f"  (estimator: {results['estimator']})")
   for name, res in results["by_estimator"].items():
     print(f"  {name:>9}: P@1 {res['P@1']:.4f}  P@3 {res['P@3']:.4f}  P@5 {res['P@5']:.4f}")
@@ -35,7 +36,8 @@ def main(argv):
   print(f"parameters: {results['num_params']:,} (MACH) vs {results['num_params_full_softmax']:,} "
         f"(full softmax): the full softmax needs {ratio:.3g}x MACH's; "
         f"{results['examples_per_second']:.0f} train examples/s, "
-        f"{results['train_seconds']:.1f} s training")
+        f"{results['train_seconds']:.1f} s training; peak RSS "
+        f"{results['peak_rss_bytes'] / 2**30:.2f} GiB")
   print(json.dumps({"results": f"{_WORKDIR.value}/results.json"}))
 
 

@@ -364,6 +364,16 @@ def _to_host(x) -> np.ndarray:
   return np.asarray(x)
 
 
+def peak_rss_bytes() -> int:
+  """This process's peak resident memory so far (0 where the OS does not say)."""
+  try:
+    import resource
+  except ImportError:  # Not on POSIX.
+    return 0
+  kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return int(kib) * (1 if platform.system() == "Darwin" else 1024)  # macOS: bytes.
+
+
 def library_versions() -> dict[str, str]:
   import importlib.metadata as md
   out = {"python": platform.python_version()}
@@ -602,6 +612,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "config": json.loads(config.to_json()),
       "versions": library_versions(),
       "devices": [str(d) for d in jax.devices()],
+      "peak_rss_bytes": peak_rss_bytes(),
   }
   # ---- Inference bundle: params + hash spec + config, no optimizer state ---------------
   from mach_jax import predictor  # Imports this module: keep the import local.
