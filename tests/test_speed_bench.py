@@ -55,3 +55,10 @@ def test_fast_variants(name, lr):
   assert base.model.R == 16 and base.optimizer.learning_rate == 1e-3
   with pytest.raises(ValueError, match="unknown variant 'quick'"):
     module.get_config("quick")
+
+
+def test_cache_env_sets_jax_persistent_cache_only_when_asked(tmp_path):
+  assert speed.cache_env("") == {}
+  env = speed.cache_env(str(tmp_path / "cache"))
+  assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "cache")
+  assert env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
