@@ -2,10 +2,13 @@
 
     python -m experiments.search --workdir runs/products "usb c charger 65w" --k 10
     python -m experiments.search --workdir runs/products --k 5 "red sofa" "kids bike"
+    python -m experiments.search --workdir runs/products --input queries.tsv --output top.txt
 
-Prints, per query, the top-k products (id, score, title) and the time it took. The
-featurizer is the one saved with the model; the titles come from the catalogue named in the
-training config (``--catalogue`` overrides it). The same in Python:
+Prints, per query, the top-k products (id, score, title) and the time it took. With
+``--input`` (one query per line; a TSV's first column) it writes one line per query,
+``id:score id:score ...`` best first, to ``--output`` and prints queries/s. The featurizer
+is the one saved with the model; the titles come from the catalogue named in the training
+config (``--catalogue`` overrides it). The same in Python:
 ``mach_jax.search.Searcher.load(workdir).search(query, k)``.
 """
 
@@ -21,29 +24,48 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (or a model fo
 _CATALOGUE = flags.DEFINE_string("catalogue", None, "products.tsv (default: the config's).")
 _K = flags.DEFINE_integer("k", 10, "Products per query.")
 _ESTIMATOR = flags.DEFINE_string("estimator", None, "Merge estimator (default: the model's).")
+_INPUT = flags.DEFINE_string("input", None, "File of queries, one per line (TSV: column 1).")
+_OUTPUT = flags.DEFINE_string("output", None, "With --input: where to write the top-k ids.")
 flags.mark_flags_as_required(["workdir"])
+
+
+def read_queries(path: str) -> list[str]:
+  with open(path, encoding="utf-8") as f:
+    return [line.rstrip("\r\n").split("\t")[0] for line in f]
 
 
 def main(argv):
   logging.set_verbosity(logging.WARNING)
   queries = argv[1:]
-  if not queries:
-    raise app.UsageError("give at least one query, e.g. \"usb c charger 65w\" (\"\" is allowed)")
+  if bool(queries) == bool(_INPUT.value):
+    raise app.UsageError("give queries as arguments, e.g. \"usb c charger 65w\" (\"\" is "
+                         "allowed), or --input FILE, not both")
+  if _INPUT.value and not _OUTPUT.value:
+    raise app.UsageError("--input needs --output")
   t0 = time.time()
   searcher = Searcher.load(_WORKDIR.value, _CATALOGUE.value)
+  if _INPUT.value:
+    queries = read_queries(_INPUT.value)
   t1 = time.time()
   try:
     results = searcher.search(queries, k=_K.value, estimator=_ESTIMATOR.value)
   except ValueError as e:  # Too long a query, a bad --k: say so, no traceback.
     raise SystemExit(f"error: {e}") from None
   t2 = time.time()
-  for query, hits in zip(queries, results):
-    shown = query if len(query) <= 100 else f"{query[:100]}... ({len(query)} characters)"
-    print(f"query: {shown!r}")
-    for rank, hit in enumerate(hits, start=1):
-      print(f"  {rank:>2}. {hit.id:>9}  {hit.score:9.4f}  {hit.title}")
-  print(f"(model loaded in {t1 - t0:.1f} s; {len(queries)} queries in {t2 - t1:.2f} s, "
-        "compilation included)")
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, "w") as f:
+      for hits in results:
+        f.write(" ".join(f"{h.id}:{h.score:.6g}" for h in hits) + "\n")
+    print(f"wrote {len(results)} lines to {_OUTPUT.value}")
+  else:
+    for query, hits in zip(queries, results):
+      shown = query if len(query) <= 100 else f"{query[:100]}... ({len(query)} characters)"
+      print(f"query: {shown!r}")
+      for rank, hit in enumerate(hits, start=1):
+        print(f"  {rank:>2}. {hit.id:>9}  {hit.score:9.4f}  {hit.title}")
+  rate = f" = {len(queries) / max(t2 - t1, 1e-9):.0f} queries/s" if _INPUT.value else ""
+  print(f"(model and catalogue loaded in {t1 - t0:.1f} s; {len(queries)} queries in "
+        f"{t2 - t1:.2f} s{rate}, featurizing and compilation included)")
 
 
 if __name__ == "__main__":

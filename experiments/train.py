@@ -32,6 +32,9 @@ def main(argv):
         + f"  (estimator: {results['estimator']})")
   for name, res in results["by_estimator"].items():
     print(f"  {name:>9}: P@1 {res['P@1']:.4f}  P@3 {res['P@3']:.4f}  P@5 {res['P@5']:.4f}")
+  base = results["popularity_baseline"]
+  print("  the most frequent training labels for every point: "
+        + "  ".join(f"{k} {base[k]:.4f}" for k in summary if k in base))
   ratio = results["num_params_full_softmax"] / results["num_params"]
   print(f"parameters: {results['num_params']:,} (MACH) vs {results['num_params_full_softmax']:,} "
         f"(full softmax): the full softmax needs {ratio:.3g}x MACH's; "

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from mach_jax import train
 from mach_jax.search import Searcher
 
 NUM_PRODUCTS = 20_000
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_config(root):
@@ -51,6 +54,7 @@ def test_learns_far_beyond_the_popularity_prior(run):
   top = int(np.argmax(counts))
   test_lines = open(os.path.join(root, "test.tsv")).read().splitlines()
   prior_p1 = np.mean([str(top) in l.split("\t")[1].split(",") for l in test_lines])
+  assert results["popularity_baseline"]["P@1"] == pytest.approx(prior_p1)
   assert results["P@1"] > prior_p1 + 0.1, (results["P@1"], prior_p1)
   assert results["R@10"] >= results["P@1"] * 0.9
   assert results["peak_rss_bytes"] > 0
@@ -99,3 +103,19 @@ def test_empty_unseen_and_long_queries(run):
     searcher.search(["ok", "x" * 20_000])
   with pytest.raises(ValueError, match="k=0"):
     searcher.search("ok", k=0)
+
+
+def test_search_cli(run):
+  _, _, workdir, _ = run
+  cmd = [sys.executable, "-m", "experiments.search", "--workdir", workdir, "--k", "3"]
+  env = {**os.environ, "XLA_FLAGS": ""}
+  out = subprocess.run(cmd + ["usb c charger 65w", ""], capture_output=True, text=True,
+                       env=env, cwd=REPO, timeout=300)
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.splitlines()
+  assert lines[0] == "query: 'usb c charger 65w'" and lines[4] == "query: ''"
+  assert sum(line.startswith("   1. ") for line in lines) == 2
+  long = subprocess.run(cmd + ["x" * 20_000], capture_output=True, text=True, env=env,
+                        cwd=REPO, timeout=300)
+  assert long.returncode != 0
+  assert "error: query 1: text of 20000 characters exceeds featurizer.max_chars" in long.stderr

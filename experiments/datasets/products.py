@@ -39,7 +39,7 @@ import numpy as np
 # Popularity of the product at rank r (0-based): (r + 1 + ZIPF_OFFSET) ** -ZIPF_EXPONENT, a
 # Zipf-Mandelbrot law. Without the offset the top product of 1M took 9.5% of all queries
 # (no real store is that concentrated); with it the top one takes about 0.13% and the top
-# 1% of products about 40% of the queries (see stats.json), a long tail as in search logs.
+# 1% of products about 56% of the queries (by the formula), a long tail as in search logs.
 ZIPF_EXPONENT = 1.05
 ZIPF_OFFSET = 100
 VOCAB_SEED = 20240611  # Brand assignment: fixed, so --seed never changes the vocabulary.
