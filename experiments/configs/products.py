@@ -6,11 +6,15 @@ streaming the query log from disk, then search::
     python -m experiments.datasets.products --products 1000000 --queries 10000000 \
         --test_every 1000 --out runs/data/products
     python -m experiments.train --config experiments/configs/products.py \
-        --workdir runs/products
-    python -m experiments.search --workdir runs/products "usb c charger 65w"
+        --workdir runs/products_1m
+    python -m experiments.search --workdir runs/products_1m "usb c charger 65w"
 
-``products.py:small`` reads ``runs/data/products_small`` (20K products, 200K queries) for a
-run of a minute. Result of the 1M run: the README section "Product search".
+Result (2-core CPU VM, 2026-11-28; one pass over 9.99M queries, 35 min, 4,814 queries/s,
+peak RSS 3.0 GiB): test P@1 .299, P@5 .077, R@10 .364 with the log-mean merge; README
+section "Product search".
+
+``products.py:small`` reads ``runs/data/products_small`` (``--products 20000 --queries
+200000``) for a run of a minute.
 """
 
 import os
