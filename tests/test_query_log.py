@@ -87,12 +87,12 @@ def test_bad_lines_name_file_and_line(tmp_path, line, match):
     QueryLog(str(path), F, 50)
 
 
-def test_too_long_query_names_file_and_line(tmp_path):
+def test_too_long_query_fails_at_start_up_naming_file_and_line(tmp_path):
   path = tmp_path / "q.tsv"
   path.write_text("ok\t1\n" + "x" * 30 + "\t2\n")
-  log = QueryLog(str(path), TextFeaturizer(num_features=64, max_chars=20), 50)
-  with pytest.raises(ValueError, match=r"q.tsv:2: text of 30 characters"):
-    log.to_xc()
+  with pytest.raises(QueryLogError, match=r"q.tsv:2: query of 30 characters exceeds "
+                     r"featurizer.max_chars=20"):
+    QueryLog(str(path), TextFeaturizer(num_features=64, max_chars=20), 50)
 
 
 def test_missing_and_empty_logs(tmp_path):

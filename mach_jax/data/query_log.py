@@ -2,7 +2,8 @@
 
 A log of tens of millions of queries never has to fit in memory. ``QueryLog`` makes one
 cheap pass at start-up (line count, label counts for propensities, the widest label list;
-every line is validated there, so a bad line fails before training, naming file and line),
+every line is validated there, ids and query length included, so a bad line fails before
+training, naming file and line),
 then each epoch streams the file again: it reads ``read_chunk`` lines, featurizes them
 with the model's ``TextFeaturizer``, and shuffles within a window of ``buffer_size``
 queries (a bounded shuffle buffer, as in tf.data: queries far apart in the file never meet
@@ -99,7 +100,12 @@ class QueryLog:
     self.buffer_size, self.read_chunk = int(buffer_size), int(read_chunk)
     counts = np.zeros(self.num_labels, np.int64)
     n, widest = 0, 0
-    for _, labels, _ in read_lines(path, self.num_labels, 1 << 16):
+    for queries, labels, first in read_lines(path, self.num_labels, 1 << 16):
+      lengths = np.fromiter(map(len, queries), np.int64, len(queries))
+      if lengths.max() > featurizer.max_chars:  # Fail now, not hours into training.
+        i = int(np.argmax(lengths > featurizer.max_chars))
+        raise QueryLogError(f"{path}:{first + i}: query of {lengths[i]} characters exceeds "
+                            f"featurizer.max_chars={featurizer.max_chars}")
       flat = np.fromiter((i for l in labels for i in l), np.int64)
       counts += np.bincount(flat, minlength=self.num_labels)
       widest = max(widest, max(len(l) for l in labels))

@@ -35,9 +35,11 @@ class TextFeaturizer:
     word_ngrams: (min, max) word n-gram lengths; (0, 0) disables word features.
     char_ngrams: (min, max) character n-gram lengths inside word boundaries; (0, 0)
       disables them.
-    weighting: 'tf' (raw counts) or 'log' (log(1 + count)), before L2 normalisation.
-    char_weight: scale of the character block against the word block before
-      normalisation (1.0: equal footing per n-gram).
+    weighting: 'tf' (raw counts) or 'log' (log(1 + count)), before L2 normalisation; the
+      count of a hashed dimension is its word count plus ``char_weight`` times its trigram
+      count (a word and a trigram may collide in one dimension).
+    char_weight: scale of the character counts against the word counts (1.0: equal footing
+      per n-gram).
     max_chars: longer texts are refused with an error that says where they came from
       (a query of 100K characters is a bug upstream, not a query).
   """
@@ -112,14 +114,14 @@ class TextFeaturizer:
         raise ValueError(f"{where[i] if where else f'texts[{i}]'}: text of {len(t)} characters "
                          f"exceeds featurizer.max_chars={self.max_chars}")
     X = None
-    for weight, vectorizer in self._vectorizers:
+    for weight, vectorizer in self._vectorizers:  # Counts: words + char_weight * trigrams.
       block = vectorizer.transform(texts)
       if weight != 1.0:
         block = block * np.float32(weight)
       X = block if X is None else X + block
     X = sp.csr_matrix(X, dtype=np.float32)
     X.sum_duplicates()
-    if self.weighting == "log":
+    if self.weighting == "log":  # Of the summed counts (a word and a trigram may collide).
       X.data = np.log1p(X.data)
     norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=1), np.float64).ravel())
     X.data /= np.repeat(np.where(norms > 0, norms, 1.0), np.diff(X.indptr)).astype(np.float32)
