@@ -114,3 +114,11 @@ def test_wide_batch_gets_a_wider_width_not_truncated(tmp_path):
   last = batches[-1]
   assert last["indices"].size > 64
   assert (last["values"] != 0).sum() == sum(int(x.nnz) for x in [log.to_xc().X[200:]])
+
+
+def test_count_lines_counts_a_last_line_without_newline(tmp_path):
+  from mach_jax.data import count_lines
+  (tmp_path / "a.tsv").write_text("0\ta\n1\tb\n")
+  (tmp_path / "b.tsv").write_text("0\ta\n1\tb")
+  (tmp_path / "c.tsv").write_text("")
+  assert [count_lines(str(tmp_path / f)) for f in ("a.tsv", "b.tsv", "c.tsv")] == [2, 2, 0]

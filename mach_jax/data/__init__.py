@@ -17,8 +17,12 @@ from mach_jax.data.xc import XCData, read_xc
 
 
 def count_lines(path: str) -> int:
+  """Lines of a text file, a last line without its newline included."""
+  n, last = 0, b"\n"
   with open(path, "rb") as f:
-    return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      n, last = n + chunk.count(b"\n"), chunk[-1:]
+  return n + (last != b"\n")
 
 
 def featurizer(config) -> TextFeaturizer:

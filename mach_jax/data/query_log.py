@@ -134,14 +134,19 @@ class QueryLog:
                   Y=sp.vstack([p[1] for p in parts], format="csr"))
 
   def _head(self) -> XCData:
+    """The first window's queries (at most 65,536), featurized once for widths and the
+    first batch."""
+    if getattr(self, "_head_data", None) is not None:
+      return self._head_data
     parts, n = [], 0
     for X, Y in self.chunks():
       parts.append((X, Y))
       n += X.shape[0]
       if n >= min(self.buffer_size, 65_536):
         break
-    return XCData(X=sp.vstack([p[0] for p in parts], format="csr"),
-                  Y=sp.vstack([p[1] for p in parts], format="csr"))
+    self._head_data = XCData(X=sp.vstack([p[0] for p in parts], format="csr"),
+                             Y=sp.vstack([p[1] for p in parts], format="csr"))
+    return self._head_data
 
   def widths(self, batch_size: int) -> batching.Widths:
     """Widths from the first window; a rarer, wider batch later gets the next width."""
