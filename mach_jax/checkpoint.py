@@ -23,16 +23,26 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
-import orbax.checkpoint as ocp
+
+if TYPE_CHECKING:
+  import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = "checkpoints"
 
 
+def _orbax():
+  """orbax.checkpoint, imported on first use: 0.2 s of every process start otherwise (2-core
+  CPU VM), paid by runs that never checkpoint (sweeps, the speed benchmark)."""
+  import orbax.checkpoint as ocp
+  return ocp
+
+
 def make_manager(workdir: str, keep: int = 2, best_metric: str = "") -> ocp.CheckpointManager:
   """A manager over ``workdir/checkpoints`` keeping the last ``keep`` (+ best) checkpoints."""
+  ocp = _orbax()
   policies = [ocp.checkpoint_managers.LatestN(keep)]
   if best_metric:
     policies.append(ocp.checkpoint_managers.BestN(
@@ -48,6 +58,7 @@ def make_manager(workdir: str, keep: int = 2, best_metric: str = "") -> ocp.Chec
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
          metrics: dict | None = None) -> None:
   """Start saving ``state`` and ``meta`` at ``step`` (returns while orbax writes)."""
+  ocp = _orbax()
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                              meta=ocp.args.JsonSave(meta)),
                metrics=metrics, force=True)
@@ -76,6 +87,7 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
   the next older one is tried. Returns None when there is no checkpoint at all; raises when
   checkpoints exist but none can be restored.
   """
+  ocp = _orbax()
   manager.reload()
   steps = sorted(manager.all_steps(), reverse=True)
   errors = []
