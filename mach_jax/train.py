@@ -407,6 +407,8 @@ def _check_resumable(meta: dict, spec: HashSpec, config, workdir: str) -> None:
                      f"this run's {spec.to_dict()}; use a new --workdir")
   saved = meta["config"]
   now = json.loads(config.to_json())
+  for c in (saved, now):  # Where parsed files are cached does not change the data.
+    c.get("data", {}).pop("cache_dir", None)
   for key in ("model", "data", "optimizer", "seed"):  # The mesh may change.
     if key in now and saved.get(key) != now.get(key):
       raise ValueError(f"{workdir}: config.{key} differs from the checkpoint's "

@@ -1,4 +1,5 @@
 import gzip
+import warnings
 
 import numpy as np
 import pytest
@@ -111,3 +112,58 @@ def test_fast_and_line_readers_agree(tmp_path):
   lines = ["1,1,3 0:1\n"]
   assert xc._read_fast(lines, 1, 5, 4).Y.indices.tolist() == [1, 3]
   assert xc._read_lines("x", lines, 1, 5, 4).Y.indices.tolist() == [1, 3]
+
+
+def _same(a, b):
+  assert a.X.shape == b.X.shape and a.Y.shape == b.Y.shape
+  for m, n in ((a.X, b.X), (a.Y, b.Y)):
+    np.testing.assert_array_equal(m.indptr, n.indptr)
+    np.testing.assert_array_equal(m.indices, n.indices)
+    np.testing.assert_array_equal(m.data, n.data)
+    assert m.dtype == n.dtype and m.indices.dtype == n.indices.dtype
+
+
+def test_cache_returns_the_parsed_matrices_and_follows_file_changes(tmp_path):
+  path, cache = _write(tmp_path, GOOD), tmp_path / "cache"
+  first = read_xc(path, cache_dir=str(cache))
+  (entry,) = cache.iterdir()
+  _same(first, read_xc(path))
+  _same(read_xc(path, cache_dir=str(cache)), first)  # Now from the entry.
+  assert list(cache.iterdir()) == [entry]
+  # A changed file gets a new entry, never the stale one.
+  changed = _write(tmp_path, GOOD.replace("0:1.5", "0:7"))
+  assert changed == path
+  assert read_xc(path, cache_dir=str(cache)).X[0, 0] == 7
+  assert len(list(cache.iterdir())) == 2
+
+
+def test_damaged_cache_entry_is_reported_and_replaced(tmp_path):
+  path, cache = _write(tmp_path, GOOD), tmp_path / "cache"
+  read_xc(path, cache_dir=str(cache))
+  (entry,) = cache.iterdir()
+  entry.write_bytes(entry.read_bytes()[:100])
+  with pytest.warns(RuntimeWarning, match="unreadable cache entry"):
+    again = read_xc(path, cache_dir=str(cache))
+  _same(again, read_xc(path))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # Rewritten: it reads back without a warning.
+    _same(read_xc(path, cache_dir=str(cache)), again)
+
+
+def test_cache_does_not_hide_format_errors(tmp_path):
+  path = _write(tmp_path, "2 6 4\n0 1:1\n0 6:1\n")
+  with pytest.raises(XCFormatError, match=r"d.txt:3: feature 6"):
+    read_xc(path, cache_dir=str(tmp_path / "cache"))
+  assert not (tmp_path / "cache").exists()
+
+
+def test_config_cache_dir_reaches_the_reader(tmp_path):
+  import ml_collections
+
+  from mach_jax import data as data_lib
+  cfg = ml_collections.ConfigDict(dict(name="xc", train=_write(tmp_path, GOOD, "train.txt"),
+                                       test=_write(tmp_path, GOOD, "test.txt"),
+                                       cache_dir=str(tmp_path / "cache")))
+  train, _ = data_lib.load(cfg)
+  _same(train, read_xc(cfg.train))
+  assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == ["test", "train"]

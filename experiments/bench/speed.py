@@ -26,7 +26,8 @@ periodic evaluations. Writes OUT/results.csv (one row per run) and OUT/results.m
 and the ratio mach / omikuji of the medians). ``--set field=value`` (repeatable) changes
 mach-jax's config, to measure a lever against the same target; ``--systems mach`` skips
 omikuji; ``--compilation_cache DIR`` gives mach-jax a warm JAX persistent compilation cache
-(filled by one untimed run per set), the state of every run after the first in a sweep.
+and ``--data_cache DIR`` its parsed-data cache (``config.data.cache_dir``), both filled by one
+untimed run per set: the state of every run after the first in a sweep.
 """
 
 from __future__ import annotations
@@ -104,7 +105,9 @@ def cache_env(cache_dir: str) -> dict:
 
 
 def run_mach(dataset, train, test, target, out, eval_every, sets=(), variant="",
-             cache_dir="") -> dict:
+             cache_dir="", data_cache="") -> dict:
+  if data_cache:
+    sets = [*sets, f"data.cache_dir={os.path.abspath(data_cache)}"]
   spawn = time.time()
   argv = ["--dataset", dataset, "--train", train, "--test", test, "--out", out,
           "--target", str(target), "--eval_every", str(eval_every), "--spawn", repr(spawn)]
@@ -186,6 +189,9 @@ def main():
   p.add_argument("--compilation_cache", default="",
                  help="JAX persistent compilation cache dir for mach-jax; one untimed run "
                  "per set fills it first, so the timed runs start warm, as in a sweep")
+  p.add_argument("--data_cache", default="",
+                 help="parsed-data cache dir for mach-jax (config.data.cache_dir), filled "
+                 "by the same untimed run")
   p.add_argument("--data_root", default=os.path.join(peers.ROOT, "..", "shared", "data"))
   p.add_argument("--built_root", default=os.path.join(peers.ROOT, "runs", "data"))
   p.add_argument("--peers_venv", default=os.path.join(peers.ROOT, ".venv-peers"))
@@ -219,15 +225,15 @@ def main():
   for dataset in datasets:
     train, test = peers.data_paths(args.data_root, args.built_root, dataset)
     test_Y, target = read_xc(test).Y, targets[dataset]
-    if args.compilation_cache and "mach" in systems:  # Fill the cache; not timed.
+    if (args.compilation_cache or args.data_cache) and "mach" in systems:  # Not timed.
       run_mach(dataset, train, test, target, os.path.join(args.out, dataset, "mach_warmup"),
-               args.eval_every, args.set, args.variant, args.compilation_cache)
+               args.eval_every, args.set, args.variant, args.compilation_cache, args.data_cache)
     for repeat in range(args.repeats):
       for system in systems:
         out = os.path.join(args.out, dataset, f"{system}_{repeat}")
         if system == "mach":
           res = run_mach(dataset, train, test, target, out, args.eval_every, args.set,
-                         args.variant, args.compilation_cache)
+                         args.variant, args.compilation_cache, args.data_cache)
         else:
           res = run_omikuji(dataset, train, test, target, out, peers_python, test_Y)
         rows.append({"dataset": dataset, "system": system, "repeat": repeat, "target": target,
@@ -240,6 +246,8 @@ def main():
   notes = [f"variant {args.variant or 'default'}", *args.set]
   if args.compilation_cache:
     notes.append("warm persistent compilation cache")
+  if args.data_cache:
+    notes.append("parsed-data cache")
   md = table(rows, args.repeats, notes)
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(md)

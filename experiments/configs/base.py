@@ -20,6 +20,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.name = "xc"  # 'synthetic' or 'xc' (train/test XC-format files).
   c.data.train = ""
   c.data.test = ""
+  # Keep parsed XC files here as .npz (read_xc): a sweep parses each file once. '' = never.
+  c.data.cache_dir = ""
   c.data.synthetic = ml_collections.ConfigDict(dict(
       num_train=50_000, num_test=5_000, num_classes=10_000, num_features=20_000, seed=0))
 

@@ -61,7 +61,8 @@ def load(data_config) -> tuple[XCData, XCData]:
   (query logs: ``load_queries``, which needs the whole config for the featurizer).
 
   ``data_config.name == 'synthetic'`` uses ``data_config.synthetic`` as keyword arguments of
-  ``make_catalogue``; anything else reads ``data_config.train`` and ``data_config.test``.
+  ``make_catalogue``; anything else reads ``data_config.train`` and ``data_config.test``
+  (parsed once and kept in ``data_config.cache_dir`` when that is set; see ``read_xc``).
   """
   if data_config.name == "synthetic":
     return make_catalogue(**dict(data_config.synthetic))
@@ -71,7 +72,9 @@ def load(data_config) -> tuple[XCData, XCData]:
       raise ValueError(f"config.data.{key} is empty: pass --config.data.{key}=PATH")
     if not os.path.exists(path):
       raise FileNotFoundError(f"config.data.{key}={path}: no such file")
-  train, test = read_xc(data_config.train), read_xc(data_config.test)
+  cache_dir = data_config.get("cache_dir") or None
+  train = read_xc(data_config.train, cache_dir=cache_dir)
+  test = read_xc(data_config.test, cache_dir=cache_dir)
   if (train.num_features, train.num_labels) != (test.num_features, test.num_labels):
     raise ValueError(f"{data_config.train} has D={train.num_features}, L={train.num_labels} "
                      f"but {data_config.test} has D={test.num_features}, L={test.num_labels}")
