@@ -88,6 +88,33 @@ def test_repetitions_train_independently(clip_norm):
   assert ma["loss"].shape == (spec.R,)
 
 
+@pytest.mark.parametrize("hidden, row_sparse", [((64,), False), ((512,), False),
+                                                ((64, 32), True)])
+def test_init_compiled_for_compile_time_gives_the_same_values(hidden, row_sparse):
+  """init_state compiles at LLVM level 1 on CPU; the state must be bit-identical to the plain
+  jit's (level 2), or runs would depend on where their initial state was compiled."""
+  c = tiny_config()
+  c.model.hidden = hidden
+  c.optimizer.row_sparse = row_sparse
+  train_set, _ = data_lib.load(c.data)
+  spec = train.hash_spec(c, train_set.num_labels)
+  model = train.make_model(c, train_set.num_features, spec)
+  tx, rs = train.make_optimizer(c.optimizer, 100), train.make_row_sparse(c, 100)
+  widths = train_set.widths(64)
+  batch = train_set.first_batch(64, widths)
+  mesh = sharding.make_mesh(c.mesh, spec.R, 64)
+  fast = train.init_state(model, tx, jax.random.key(7), batch, mesh, rs)
+  plain_init = train.INIT_CPU_COMPILER_OPTIONS
+  try:
+    train.INIT_CPU_COMPILER_OPTIONS = None  # The default pipeline.
+    plain = train.init_state(model, tx, jax.random.key(7), batch, mesh, rs)
+  finally:
+    train.INIT_CPU_COMPILER_OPTIONS = plain_init
+  assert plain_init == {"xla_backend_optimization_level": 1}
+  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_train_step_is_donated_and_pure():
   model, tx, spec, batch, state = _step_setup()
   mesh = sharding.make_mesh(tiny_config().mesh, spec.R, 64)
