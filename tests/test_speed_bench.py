@@ -64,3 +64,17 @@ def test_cache_env_sets_jax_persistent_cache_only_when_asked(tmp_path):
   env = speed.cache_env(str(tmp_path / "cache"))
   assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "cache")
   assert env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+
+
+def test_step_profile_times_the_step_and_names_its_ops():
+  from experiments.bench import step_profile
+  from tests.test_train import tiny_config
+  c = tiny_config()
+  c.data.synthetic.update(num_train=256)
+  res = step_profile.profile(c, epochs=1, trace_steps=3)
+  assert res["steps_timed"] == 4 and res["ms_per_step"] > 0
+  ops = res["ops"]
+  assert ops and all(o["ms_per_step"] > 0 for o in ops)
+  assert [o["ms_per_step"] for o in ops] == sorted((o["ms_per_step"] for o in ops), reverse=True)
+  # XLA's op names, not the executor's or Python's events.
+  assert not any(o["op"].startswith(("ThunkExecutor", "$")) for o in ops)

@@ -1,0 +1,147 @@
+"""Where one train step's time goes: ms/step and the XLA ops that take it.
+
+    python -m experiments.bench.step_profile --config experiments/configs/bibtex.py:fast
+    python -m experiments.bench.step_profile --config experiments/configs/bibtex.py:fast \
+        --config.model.hidden="(512,)" --steps 50
+
+Builds the config's data, model, optimizer, mesh and jitted train step exactly as
+``train_and_evaluate`` does, runs one epoch's batches (already on the device) ``--epochs``
+times, and reports the mean wall-clock per step; then records ``--trace_steps`` more steps
+with the JAX profiler and lists the ops by total time per step (from the trace's
+``ThunkExecutor`` events on CPU, the kernels on GPU). The op names are XLA's fusion names:
+``--dump DIR`` (XLA_FLAGS=--xla_dump_to) writes the optimised HLO that defines them. This is
+the tool behind the step rows of experiments/bench/NOTES.md. Writes OUT/step_profile.json
+when ``--out`` is given.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_EPOCHS = flags.DEFINE_integer("epochs", 3, "timed passes over one epoch's batches")
+_TRACE_STEPS = flags.DEFINE_integer("trace_steps", 30, "steps recorded by the profiler")
+_TOP = flags.DEFINE_integer("top", 15, "ops listed")
+_OUT = flags.DEFINE_string("out", "", "folder for step_profile.json (optional)")
+_DUMP = flags.DEFINE_string("dump", "", "write XLA's optimised HLO here (names the ops)")
+flags.mark_flags_as_required(["config"])
+
+# Events of the trace that are not ops: the executor, waits, Python frames, the profiler.
+_NOT_OPS = ("ThunkExecutor", "SlinkyThreadPool", "PjitFunction", "Execute", "$")
+
+
+def op_times(trace_dir: str, steps: int) -> list[tuple[str, float, float]]:
+  """(op name, ms per step, calls per step) from the newest perfetto trace in trace_dir."""
+  paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True),
+                 key=os.path.getmtime)
+  if not paths:
+    raise SystemExit(f"{trace_dir}: the profiler wrote no *.trace.json.gz")
+  with gzip.open(paths[-1]) as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  total, calls = collections.Counter(), collections.Counter()
+  for e in events:
+    name = e.get("name", "")
+    if e.get("ph") == "X" and not name.startswith(_NOT_OPS) and "::" not in name:
+      total[name] += e.get("dur", 0)
+      calls[name] += 1
+  return [(n, us / steps / 1e3, calls[n] / steps) for n, us in total.most_common()]
+
+
+def profile(config, epochs: int, trace_steps: int) -> dict:
+  import jax
+  import numpy as np
+
+  from mach_jax import data as data_lib, sharding, train
+
+  t0 = time.perf_counter()
+  train_set, _ = data_lib.load(config.data)
+  t_data = time.perf_counter() - t0
+  tc = config.train
+  spec = train.hash_spec(config, train_set.num_labels)
+  model = train.make_model(config, train_set.num_features, spec)
+  steps_per_epoch = -(-train_set.num_points // tc.batch_size)
+  tx = train.make_optimizer(config.optimizer, steps_per_epoch * tc.num_epochs)
+  row_sparse = train.make_row_sparse(config, steps_per_epoch * tc.num_epochs)
+  mesh = sharding.make_mesh(config.mesh, spec.R, tc.batch_size)
+  shards = mesh.shape[sharding.DATA_AXIS]
+  dense = config.model.dense_input
+  widths = train_set.widths(tc.batch_size // shards)
+  first = train_set.first_batch(tc.batch_size, widths, dense=dense, num_shards=shards)
+  state = train.init_state(model, tx, jax.random.key(config.seed), first, mesh, row_sparse)
+  step = train.make_train_step(model, tx, spec, config.model.loss, mesh, state, first,
+                               row_sparse)
+  shardings = sharding.batch_shardings(mesh, first)
+  batches = [sharding.put(b, shardings) for b in train_set.batches(
+      tc.batch_size, shuffle=True, seed=config.seed, epoch=0, widths=widths, dense=dense,
+      num_shards=shards)]
+  sync = train.must_sync_each_step(mesh)
+  t0 = time.perf_counter()
+  state, m = step(state, batches[0])
+  jax.block_until_ready(m)
+  first_s = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  for _ in range(epochs):
+    for b in batches:
+      state, m = step(state, b)
+      if sync:
+        jax.block_until_ready(m)
+  jax.block_until_ready(state)
+  ms_per_step = (time.perf_counter() - t0) / (epochs * len(batches)) * 1e3
+  if not np.isfinite(np.asarray(m["loss"])).all():
+    raise SystemExit("the loss went non-finite while profiling")
+
+  trace_dir = tempfile.mkdtemp(prefix="step_profile_")
+  todo = [batches[i % len(batches)] for i in range(trace_steps)]
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    for b in todo:
+      state, m = step(state, b)
+      if sync:
+        jax.block_until_ready(m)
+    jax.block_until_ready(state)
+  ops = op_times(trace_dir, trace_steps)
+  return {"ms_per_step": ms_per_step, "first_step_s": first_s, "data_s": t_data,
+          "steps_timed": epochs * len(batches), "batch_size": tc.batch_size,
+          "R": spec.R, "B": spec.B, "D": train_set.num_features,
+          "hidden": list(config.model.hidden), "mesh": dict(mesh.shape),
+          "device": str(jax.devices()[0].device_kind), "host": platform.node(),
+          "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
+          "ops": [{"op": n, "ms_per_step": ms, "calls_per_step": c} for n, ms, c in ops]}
+
+
+def main(argv):
+  del argv
+  if _DUMP.value:  # Read by XLA when jax starts, which is below.
+    os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_dump_to="
+                                        + os.path.abspath(_DUMP.value), "--xla_dump_hlo_as_text"])
+  res = profile(_CONFIG.value, _EPOCHS.value, _TRACE_STEPS.value)
+  print(f"{res['ms_per_step']:.2f} ms/step over {res['steps_timed']} steps (batch "
+        f"{res['batch_size']}, R={res['R']}, B={res['B']}, D={res['D']}, hidden "
+        f"{res['hidden']}, mesh {res['mesh']}, {res['device']}, {res['cores']} cores); "
+        f"first step {res['first_step_s']:.2f} s")
+  listed = res["ops"][:_TOP.value]
+  print(f"ops by time, {sum(o['ms_per_step'] for o in res['ops']):.2f} ms/step in all "
+        f"(ops may overlap on several threads):")
+  for o in listed:
+    print(f"  {o['ms_per_step']:7.3f} ms  x{o['calls_per_step']:.0f}  {o['op']}")
+  if _OUT.value:
+    os.makedirs(_OUT.value, exist_ok=True)
+    with open(os.path.join(_OUT.value, "step_profile.json"), "w") as f:
+      json.dump(res, f, indent=2)
+
+
+if __name__ == "__main__":
+  sys.exit(app.run(main))
