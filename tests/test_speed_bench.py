@@ -52,7 +52,7 @@ def test_fast_variants(name):
   module = importlib.import_module(f"experiments.configs.{name}")
   base, fast = module.get_config(), module.get_config("fast")
   assert (fast.model.R, tuple(fast.model.hidden), fast.optimizer.learning_rate) == \
-      (8, (64,), 5e-3)
+      ({"bibtex": 12, "delicious": 8}[name], (64,), 5e-3)
   assert base.model.R == 16 and tuple(base.model.hidden) == (512,)
   assert base.optimizer.learning_rate == 1e-3
   with pytest.raises(ValueError, match="unknown variant 'quick'"):
