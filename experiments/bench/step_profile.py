@@ -29,14 +29,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
-_EPOCHS = flags.DEFINE_integer("epochs", 3, "timed passes over one epoch's batches")
-_TRACE_STEPS = flags.DEFINE_integer("trace_steps", 30, "steps recorded by the profiler")
-_TOP = flags.DEFINE_integer("top", 15, "ops listed")
-_OUT = flags.DEFINE_string("out", "", "folder for step_profile.json (optional)")
-_DUMP = flags.DEFINE_string("dump", "", "write XLA's optimised HLO here (names the ops)")
-flags.mark_flags_as_required(["config"])
+_CONFIG = _EPOCHS = _TRACE_STEPS = _TOP = _OUT = _DUMP = None  # Flags: see _flags().
 
 # Events of the trace that are not ops: the executor, waits, Python frames, the profiler.
 _NOT_OPS = ("ThunkExecutor", "SlinkyThreadPool", "PjitFunction", "Execute", "$")
@@ -122,6 +115,20 @@ def profile(config, epochs: int, trace_steps: int) -> dict:
           "ops": [{"op": n, "ms_per_step": ms, "calls_per_step": c} for n, ms, c in ops]}
 
 
+def _flags():
+  """Defined only when run as a script: importing ``profile`` (tests) defines no flags, so
+  it cannot clash with another module's --config."""
+  global _CONFIG, _EPOCHS, _TRACE_STEPS, _TOP, _OUT, _DUMP
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                            lock_config=True)
+  _EPOCHS = flags.DEFINE_integer("epochs", 3, "timed passes over one epoch's batches")
+  _TRACE_STEPS = flags.DEFINE_integer("trace_steps", 30, "steps recorded by the profiler")
+  _TOP = flags.DEFINE_integer("top", 15, "ops listed")
+  _OUT = flags.DEFINE_string("out", "", "folder for step_profile.json (optional)")
+  _DUMP = flags.DEFINE_string("dump", "", "write XLA's optimised HLO here (names the ops)")
+  flags.mark_flags_as_required(["config"])
+
+
 def main(argv):
   del argv
   if _DUMP.value:  # Read by XLA when jax starts, which is below.
@@ -144,4 +151,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _flags()
   sys.exit(app.run(main))
