@@ -9,9 +9,10 @@ Targets are the best peer's P@1 in DESIGN.md less 0.01 (bibtex .632, delicious .
   mach     a fresh process trains the set's config (experiments/configs/<set>.py), run r
            with seed config.seed + r (initialisation and shuffling: the runs are different
            trajectories, so "runs reaching target" says how robust the target is, and the
-           median is over seeds, not over one trajectory timed thrice), and evaluates P@1 of the config's estimator on the *whole* test set every
-           ``--eval_every`` steps (and at each epoch end), stopping at the first evaluation
-           that reaches the target. Time to target = the end of that evaluation - the
+           median is over seeds, not over one trajectory timed thrice), and evaluates P@1
+           of the config's estimator on the *whole* test set every ``--eval_every`` steps
+           (and at each epoch end), stopping at the first evaluation that reaches the
+           target. Time to target = the end of that evaluation - the
            spawn of the process - the time spent in periodic evaluations (reported apart, so
            how often one evaluates does not change the headline figure beyond the
            granularity of ``--eval_every`` steps).
