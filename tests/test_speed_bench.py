@@ -78,3 +78,39 @@ def test_step_profile_times_the_step_and_names_its_ops():
   assert [o["ms_per_step"] for o in ops] == sorted((o["ms_per_step"] for o in ops), reverse=True)
   # XLA's op names, not the executor's or Python's events.
   assert not any(o["op"].startswith(("ThunkExecutor", "$")) for o in ops)
+
+
+def test_throughput_worker_counts_flops_and_extrapolates_the_epoch():
+  import argparse
+
+  from experiments.bench import throughput
+  args = argparse.Namespace(D=2_000, H=16, B=64, reps=2, batch=32, nnz=10, dtype="float32",
+                            steps=3, warmup=1, num_batches=2, peak_n=256)
+  row = throughput.worker(args)
+  assert row["T"] >= 32 * 10 and row["steps_per_s"] > 0
+  assert row["examples_per_s"] == row["steps_per_s"] * 32
+  assert row["formula_flops_per_step"] == 2 * (6 * 32 * 16 * 64 + 4 * row["T"] * 16)
+  assert row["xla_flops_per_step"] > 0 and row["matmul_peak_flops"] > 0
+  # 1,000 queries at batch 32 = 32 steps; R = 8 over 2 devices = 4 reps each, twice the
+  # measured 2 per device.
+  hours = throughput.epoch_hours(row, 1_000, 8, 2)
+  assert abs(hours - 32 / row["steps_per_s"] * 2 / 3600) < 1e-12
+  md = throughput.table([row], argparse.Namespace(nnz=10, peak_n=256, queries=1_000,
+                                                  total_R=8, gpus=2))
+  cells = [c.strip() for c in md.splitlines()[-1].split("|")[1:-1]]
+  assert cells[:5] == ["2,000", "16", "64", "2", "32"]
+  assert cells[9] == ("–" if row["peak_bytes_in_use"] is None else cells[9])
+
+
+def test_throughput_synthetic_queries():
+  import numpy as np
+
+  from experiments.bench import throughput
+  widths, batches = throughput.synthetic_batches(D=1_000, K=10**6, batch_size=16, nnz=8,
+                                                 count=3)
+  assert len(batches) == 3 and widths.nnz >= 8 * 16
+  for b in batches:
+    real = b["values"] != 0
+    assert 16 <= real.sum() <= 16 * 8  # Repeated draws merged: at most nnz per query.
+    assert (b["indices"][real] < 1_000).all() and (b["labels"] < 10**6).all()
+    assert np.all(b["mask"] == 1)
