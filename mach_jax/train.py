@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -102,6 +102,22 @@ def make_optimizer(opt, total_steps: int) -> optax.GradientTransformation:
     raise ValueError(f"config.optimizer.name={opt.name!r}: expected adam|adamw|sgd")
   parts = [optax.clip_by_global_norm(opt.clip_norm)] if opt.clip_norm > 0 else []
   return optax.chain(*parts, core)
+
+
+class Parts(NamedTuple):
+  spec: HashSpec
+  model: model_lib.MACH
+  tx: optax.GradientTransformation
+  row_sparse: Any  # (init, update) of row-sparse Adam for the input table, or None.
+
+
+def make_parts(config, num_features: int, num_classes: int, total_steps: int) -> Parts:
+  """The hash spec, model and optimizer(s) of ``config``, as ``train_and_evaluate`` builds
+  them (the benchmarks build theirs here too, so they time the same step)."""
+  spec = hash_spec(config, num_classes)
+  return Parts(spec, make_model(config, num_features, spec),
+               make_optimizer(config.optimizer, total_steps),
+               make_row_sparse(config, total_steps))
 
 
 def make_decoder(config, spec: HashSpec) -> decode.Decoder:
@@ -462,12 +478,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   t_data = time.time() - t_start
 
   # ---- Model & optimizer ---------------------------------------------------------------
-  spec = hash_spec(config, K)
-  model = make_model(config, D, spec)
   steps_per_epoch = -(-train.num_points // tc.batch_size)
-  total_steps = steps_per_epoch * tc.num_epochs
-  tx = make_optimizer(config.optimizer, total_steps)
-  row_sparse = make_row_sparse(config, total_steps)
+  spec, model, tx, row_sparse = make_parts(config, D, K, steps_per_epoch * tc.num_epochs)
   dense = config.model.dense_input
 
   # ---- Mesh & sharded state -------------------------------------------------------------

@@ -31,9 +31,7 @@ def tiny_setup(mesh_spec, R: int = 8, num_batches: int = 1, clip_norm: float = 0
   c.model.R = R
   c.optimizer.clip_norm = clip_norm
   tr, _ = data_lib.load(c.data)
-  spec = train.hash_spec(c, tr.num_labels)
-  model = train.make_model(c, tr.num_features, spec)
-  tx = train.make_optimizer(c.optimizer, 100)
+  spec, model, tx, _ = train.make_parts(c, tr.num_features, tr.num_labels, 100)
   mesh = sharding.make_mesh(mesh_spec, R, c.train.batch_size)
   batches = list(batching.iterate_batches(tr.X, tr.Y, c.train.batch_size, shuffle=True,
                                           num_shards=mesh.shape[sharding.DATA_AXIS]))

@@ -97,9 +97,7 @@ def test_init_compiled_for_compile_time_gives_the_same_values(hidden, row_sparse
   c.model.hidden = hidden
   c.optimizer.row_sparse = row_sparse
   train_set, _ = data_lib.load(c.data)
-  spec = train.hash_spec(c, train_set.num_labels)
-  model = train.make_model(c, train_set.num_features, spec)
-  tx, rs = train.make_optimizer(c.optimizer, 100), train.make_row_sparse(c, 100)
+  spec, model, tx, rs = train.make_parts(c, train_set.num_features, train_set.num_labels, 100)
   widths = train_set.widths(64)
   batch = train_set.first_batch(64, widths)
   mesh = sharding.make_mesh(c.mesh, spec.R, 64)

@@ -36,10 +36,7 @@ def worker(args) -> dict:
   c.optimizer.row_sparse = bool(args.row_sparse)
   data, _ = make_catalogue(num_train=args.batch_size * 8, num_test=1, num_classes=args.K,
                            num_features=args.D, seed=0)
-  spec = train.hash_spec(c, data.num_labels)
-  model = train.make_model(c, data.num_features, spec)
-  tx = train.make_optimizer(c.optimizer, 1000)
-  row_sparse = train.make_row_sparse(c, 1000)
+  spec, model, tx, row_sparse = train.make_parts(c, data.num_features, data.num_labels, 1000)
   mesh = sharding.make_mesh(c.mesh, args.R, args.batch_size)
   shards = mesh.shape[sharding.DATA_AXIS]
   widths = batching.Widths.for_data(data.X, data.Y, args.batch_size // shards)

@@ -63,11 +63,10 @@ def profile(config, epochs: int, trace_steps: int) -> dict:
   train_set, _ = data_lib.load(config.data)
   t_data = time.perf_counter() - t0
   tc = config.train
-  spec = train.hash_spec(config, train_set.num_labels)
-  model = train.make_model(config, train_set.num_features, spec)
   steps_per_epoch = -(-train_set.num_points // tc.batch_size)
-  tx = train.make_optimizer(config.optimizer, steps_per_epoch * tc.num_epochs)
-  row_sparse = train.make_row_sparse(config, steps_per_epoch * tc.num_epochs)
+  spec, model, tx, row_sparse = train.make_parts(config, train_set.num_features,
+                                                 train_set.num_labels,
+                                                 steps_per_epoch * tc.num_epochs)
   mesh = sharding.make_mesh(config.mesh, spec.R, tc.batch_size)
   shards = mesh.shape[sharding.DATA_AXIS]
   dense = config.model.dense_input

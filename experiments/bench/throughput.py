@@ -112,9 +112,7 @@ def worker(args) -> dict:
   c.model.update(R=args.reps, B=args.B, hidden=(args.H,), loss="softmax_hist", dtype=args.dtype)
   c.mesh = (("data", 1), ("rep", 1))
   c.optimizer.row_sparse = True
-  spec = train.hash_spec(c, K_AMAZON)
-  model = train.make_model(c, args.D, spec)
-  tx, row_sparse = train.make_optimizer(c.optimizer, 10_000), train.make_row_sparse(c, 10_000)
+  spec, model, tx, row_sparse = train.make_parts(c, args.D, K_AMAZON, 10_000)
   mesh = sharding.make_mesh(c.mesh, args.reps, args.batch)
   widths, host = synthetic_batches(args.D, K_AMAZON, args.batch, args.nnz, args.num_batches)
   shardings = sharding.batch_shardings(mesh, host[0])
