@@ -14,8 +14,9 @@ import os
 from absl import app, flags, logging
 
 from mach_jax import metrics
+from mach_jax.bundle import BUNDLE_DIR
 from mach_jax.data.xc import read_xc
-from mach_jax.predictor import BUNDLE_DIR, Predictor
+from mach_jax.predictor import Predictor
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (uses WORKDIR/model).")
 _MODEL = flags.DEFINE_string("model", None, "A model folder (instead of --workdir).")

@@ -1,4 +1,4 @@
-"""Launch one experiment: parse flags, call ``mach_jax.train.train_and_evaluate``.
+"""Launch one experiment: parse flags, call ``mach_jax.train.train_and_evaluate``, print.
 
     python -m experiments.train --config experiments/configs/synthetic.py --workdir /tmp/mach
     python -m experiments.train --config experiments/configs/bibtex.py --workdir /tmp/b \
@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import logging as py_logging
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -22,8 +23,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 _SUMMARY = ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5")
 
 
+def _library_info_only(record: py_logging.LogRecord) -> bool:
+  """mach_jax's INFO lines, and everyone's warnings (orbax and jax log every save at INFO)."""
+  return record.levelno >= py_logging.WARNING or "/mach_jax/" in record.pathname
+
+
 def main(argv):
-  logging.set_verbosity(logging.WARNING)  # orbax and jax log every save at INFO.
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_library_info_only)
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

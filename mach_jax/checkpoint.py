@@ -21,14 +21,19 @@ except by the keep policy.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 
+from mach_jax import provenance
+
 if TYPE_CHECKING:
   import orbax.checkpoint as ocp
+
+  from mach_jax.hashing import HashSpec
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -113,3 +118,44 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
   if errors:
     raise RuntimeError("no checkpoint could be restored:\n" + "\n".join(errors))
   return None
+
+
+# ---------------------------------------------------------------------------------------
+# The resume policy: what a checkpoint records, and which checkpoints a run may continue.
+
+
+def run_meta(*, step: int, epoch: int, batch_in_epoch: int, steps_per_epoch: int,
+             train_seconds: float, examples: int, spec: HashSpec, config) -> dict:
+  """The ``meta`` item of a checkpoint: where in the data the run stands, and what it is.
+
+  A position at the end of an epoch is recorded as the start of the next one.
+  """
+  if batch_in_epoch == steps_per_epoch:
+    epoch, batch_in_epoch = epoch + 1, 0
+  return {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+          "shuffle_seed": config.seed, "train_seconds": train_seconds, "examples": examples,
+          "hash_spec": spec.to_dict(), "config": json.loads(config.to_json()),
+          "versions": provenance.library_versions()}
+
+
+def check_resumable(meta: dict, spec: HashSpec, config, workdir: str) -> None:
+  """Refuse to resume a checkpoint written by a different model or data setup.
+
+  The mesh, the evaluation and the checkpoint settings may change between runs; the model,
+  data, optimizer, seed, batch size and epoch count may not.
+  """
+  if meta["hash_spec"] != spec.to_dict():
+    raise ValueError(f"{workdir}: the checkpoint's hash spec {meta['hash_spec']} differs from "
+                     f"this run's {spec.to_dict()}; use a new --workdir")
+  saved = meta["config"]
+  now = json.loads(config.to_json())
+  for c in (saved, now):  # Where parsed files are cached does not change the data.
+    c.get("data", {}).pop("cache_dir", None)
+  for key in ("model", "data", "optimizer", "seed"):
+    if saved.get(key) != now.get(key):
+      raise ValueError(f"{workdir}: config.{key} differs from the checkpoint's "
+                       f"({saved.get(key)} vs {now.get(key)}); use a new --workdir")
+  for key in ("batch_size", "num_epochs"):
+    if saved["train"][key] != now["train"][key]:
+      raise ValueError(f"{workdir}: config.train.{key} differs from the checkpoint's "
+                       f"({saved['train'][key]} vs {now['train'][key]}); use a new --workdir")

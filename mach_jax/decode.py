@@ -14,7 +14,7 @@ top-k, so memory is O(b * R * C) whatever K is. The bucket ids of a chunk come f
 class-major table [K, R] (one row gather serves all repetitions) built once on the host.
 
 The forward pass and this merge are jitted separately: on XLA:CPU one fused function was
-about 7x slower (DESIGN.md).
+about 7x slower (docs/design.md).
 """
 
 from __future__ import annotations
@@ -58,25 +58,11 @@ def merge(estimator: str, gathered: jax.Array, num_buckets: int) -> jax.Array:
   raise ValueError(f"estimator={estimator!r}: expected one of {ESTIMATORS}")
 
 
-def class_scores(values: jax.Array, class_buckets: jax.Array, estimator: str) -> jax.Array:
-  """Scores of the classes whose buckets are given.
-
-  Args:
-    values: [R, b, B] per-repetition values (see ``rep_values``).
-    class_buckets: int32 [C, R], the bucket of each class in each repetition.
-    estimator: one of ``ESTIMATORS``.
-
-  Returns:
-    [b, C] class scores.
-  """
-  return _scores_from_rows(jnp.swapaxes(values, 1, 2), class_buckets, estimator).T
-
-
 def _scores_from_rows(rows: jax.Array, class_buckets: jax.Array, estimator: str) -> jax.Array:
   """Bucket-major values [R, B, b], buckets [C, R] -> class-major scores [C, b].
 
   Gathering whole rows of the [R, B, b] layout is about 8x faster on XLA:CPU than gathering
-  columns of [R, b, B] (0.40 s against 3.3 s for b=256, R=4, K=300K, measured 2026-11-24).
+  columns of [R, b, B] (experiments/bench/NOTES.md).
   """
   # One plain gather per repetition, folded as it goes: a vmapped (batched) gather into an
   # [R, C, b] block was 4x slower on XLA:CPU. Only the median needs the whole block.

@@ -29,7 +29,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 import numpy as np
@@ -41,7 +40,6 @@ FAMILIES = ("universal", "murmur", "balanced")
 IDENTITY = "identity"
 MERSENNE_P = (1 << 31) - 1
 _FEISTEL_ROUNDS = 4
-_U32 = 0xFFFFFFFF
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,9 +86,6 @@ class HashSpec:
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "HashSpec":
     return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
-
-  def to_json(self) -> str:
-    return json.dumps(self.to_dict(), sort_keys=True)
 
   # -- per-repetition parameters -------------------------------------------------------
   def params(self) -> np.ndarray:
@@ -255,35 +250,6 @@ def feistel_permute(k, keys, K: int, half_bits: int, xp):
 
 
 @dataclasses.dataclass(frozen=True)
-class InvertedIndex:
-  """Classes of each bucket, per repetition, in CSR layout.
-
-  ``classes[r, offsets[r, j]:offsets[r, j + 1]]`` are the classes in bucket j of
-  repetition r, in increasing order. Memory is R*K int32 + R*(B+1) int64.
-  """
-
-  classes: np.ndarray  # int32 [R, K]
-  offsets: np.ndarray  # int64 [R, B + 1]
-
-  def bucket(self, r: int, j: int) -> np.ndarray:
-    return self.classes[r, self.offsets[r, j]:self.offsets[r, j + 1]]
-
-  @property
-  def nbytes(self) -> int:
-    return self.classes.nbytes + self.offsets.nbytes
-
-
-def build_inverted_index(spec: HashSpec, table: np.ndarray | None = None) -> InvertedIndex:
-  """Vectorised build: one stable argsort and one bincount per repetition."""
-  table = spec.bucket_table() if table is None else table
-  classes = np.argsort(table, axis=1, kind="stable").astype(np.int32)
-  counts = np.stack([np.bincount(t, minlength=spec.B) for t in table])
-  offsets = np.zeros((spec.R, spec.B + 1), np.int64)
-  np.cumsum(counts, axis=1, out=offsets[:, 1:])
-  return InvertedIndex(classes=classes, offsets=offsets)
-
-
-@dataclasses.dataclass(frozen=True)
 class PaddedIndex:
   """Classes of each bucket as a dense int32 [R, B, S] block, padded with -1.
 
@@ -327,25 +293,3 @@ def build_padded_index(spec: HashSpec, table: np.ndarray | None = None) -> Padde
     slots = np.arange(spec.K, dtype=np.int64) + shift[sorted_buckets]
     classes[r].reshape(-1)[slots] = order
   return PaddedIndex(classes=classes, sizes=sizes)
-
-
-def load_statistics(spec: HashSpec, table: np.ndarray | None = None) -> dict[str, float]:
-  """Bucket-load statistics over all repetitions.
-
-  Returns min/max/mean/std of classes per bucket, the max load relative to K/B, the
-  fraction of empty buckets, and the fraction of class pairs that share a bucket in a
-  repetition (ideal 1/B for a random hash, slightly below for the balanced family).
-  """
-  table = spec.bucket_table() if table is None else table
-  counts = np.stack([np.bincount(t, minlength=spec.B) for t in table]).astype(np.float64)
-  pairs = (counts * (counts - 1) / 2).sum(axis=1) / max(spec.K * (spec.K - 1) / 2, 1)
-  return {
-      "min_load": float(counts.min()),
-      "max_load": float(counts.max()),
-      "mean_load": float(counts.mean()),
-      "std_load": float(counts.std()),
-      "max_over_mean": float(counts.max() / (spec.K / spec.B)),
-      "empty_bucket_fraction": float((counts == 0).mean()),
-      "pair_collision_rate": float(pairs.mean()),
-      "ideal_pair_collision_rate": 1.0 / spec.B,
-  }

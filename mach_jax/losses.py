@@ -62,13 +62,6 @@ def mach_loss_sums(name: str, logits: jax.Array, buckets: jax.Array, label_mask:
   return (per_row * weight[None]).sum(axis=1), weight.sum()
 
 
-def mach_loss(name: str, logits: jax.Array, buckets: jax.Array, label_mask: jax.Array,
-              row_mask: jax.Array) -> jax.Array:
-  """Per-repetition mean loss [R] of the named kind (see module docstring)."""
-  sums, count = mach_loss_sums(name, logits, buckets, label_mask, row_mask)
-  return sums / jnp.maximum(count, 1.0)
-
-
 def bucket_probabilities(name: str, logits: jax.Array) -> jax.Array:
   """P_r(bucket | x) as the loss defines it: sigmoid for 'bce', softmax otherwise."""
   if name == "bce":

@@ -1,7 +1,9 @@
 """Flax modules: one MACH repetition, and R of them as one vmapped model.
 
-Only modules live here. A repetition is an ordinary B-way classifier; MACH stacks R of them
-with ``nn.vmap`` so every parameter carries a leading axis of size R named ``'rep'``
+Modules live here, with the few facts about their parameters that other modules need
+(the input table's name, parameter counts). A repetition is an ordinary B-way classifier;
+MACH stacks R of them with ``nn.vmap`` so every parameter carries a leading axis of size R
+named ``'rep'``
 (``REP_AXIS``). Repetitions never see each other's parameters, which is what lets a device
 that owns whole repetitions train without any collective.
 
@@ -21,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 REP_AXIS = "rep"
+TABLE = "embedding"  # The input table's parameter name: [R, D, H] under params['reps'].
 
 
 def embedding_bag(table: jax.Array, indices: jax.Array, values: jax.Array,
@@ -90,7 +93,7 @@ class Repetition(nn.Module):
       raise ValueError("model.hidden must name at least the input layer's width H")
     H = self.hidden[0]
     if self.sparse_input:
-      table = self.param("embedding", nn.initializers.normal(stddev=0.01),
+      table = self.param(TABLE, nn.initializers.normal(stddev=0.01),
                          (self.num_features, H))
       bias = self.param("embedding_bias", nn.initializers.zeros, (H,))
       b, T = x["mask"].shape[0], x["indices"].shape[0]
@@ -140,6 +143,18 @@ class MACH(nn.Module):
     return stacked(num_features=self.num_features, num_buckets=self.num_buckets,
                    hidden=tuple(self.hidden), sparse_input=self.sparse_input,
                    embedding_bag=self.embedding_bag, dtype=self.dtype, name="reps")(x)
+
+
+def split_table(params) -> tuple[jax.Array, dict]:
+  """(input table [R, D, H], every other parameter) of MACH's ``params``."""
+  reps = dict(params["reps"])
+  table = reps.pop(TABLE)
+  return table, {"reps": reps}
+
+
+def join_table(table: jax.Array, rest: dict) -> dict:
+  """The inverse of ``split_table``."""
+  return {"reps": {**rest["reps"], TABLE: table}}
 
 
 def count_params(params) -> int:

@@ -18,8 +18,9 @@ from typing import Sequence
 
 import numpy as np
 
+from mach_jax.bundle import BUNDLE_DIR
 from mach_jax.data.text import TextFeaturizer
-from mach_jax.predictor import BUNDLE_DIR, Predictor
+from mach_jax.predictor import Predictor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,11 +64,11 @@ class Searcher:
         os.path.exists(os.path.join(path, BUNDLE_DIR, "model.json")):
       path = os.path.join(path, BUNDLE_DIR)
     predictor = Predictor.load(path)
-    if not predictor.info.get("featurizer"):
+    if not predictor.info["featurizer"]:
       raise ValueError(f"{path}: the model was not trained on text (no featurizer in "
                        "model.json); use Predictor.predict_topk on feature vectors")
     featurizer = TextFeaturizer.from_dict(predictor.info["featurizer"])
-    catalogue = catalogue or predictor.config.data.get("catalogue", "")
+    catalogue = catalogue or predictor.config.data.catalogue
     titles = None
     if catalogue:
       if not os.path.exists(catalogue):

@@ -4,22 +4,32 @@ MACH's repetitions share nothing but the input batch, so the natural layout is a
 two axes: ``'rep'`` (each device owns whole repetitions: parameters and optimizer state are
 split on their leading repetition axis) and ``'data'`` (devices in one 'rep' column see
 different rows of the batch). The config declares the mesh as data, for example
-``config.mesh = (('data', 1), ('rep', -1))``; -1 takes all remaining devices.
+``config.mesh = (('data', 1), ('rep', -1))``; -1 takes all remaining devices. How the
+training state is laid out on it is data too (``STATE_PARTITION_RULES``).
 
 With data = 1 the train step has no collective at all. With data > 1 the only collective is
 the all-reduce of each repetition's gradient across its 'data' group.
+
+The jitted, sharded steps are made here from the pure ones of ``mach_jax.steps``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+import re
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mach_jax import steps
 from mach_jax.model import REP_AXIS
+
+if TYPE_CHECKING:
+  from mach_jax.config import Parts
 
 DATA_AXIS = "data"
 AXES = (DATA_AXIS, REP_AXIS)
@@ -89,13 +99,30 @@ def initialize_distributed(cfg) -> None:
   jax.distributed.initialize(**kwargs)
 
 
-def rep_sharding(mesh: Mesh, x) -> NamedSharding:
-  """Leaves with a leading repetition axis are split on 'rep'; scalars are replicated."""
-  return NamedSharding(mesh, P(REP_AXIS) if getattr(x, "ndim", 0) >= 1 else P())
+# (regex over a leaf's key path, its PartitionSpec); the first match wins. Every leaf of the
+# parameters and of the (vmapped) optimizer states has the repetition axis first; only the
+# global step counter is a scalar.
+STATE_PARTITION_RULES = (
+    (r"^\.step$", P()),
+    (r".*", P(REP_AXIS)),
+)
+
+
+def partition_specs(tree: Any, rules=STATE_PARTITION_RULES) -> Any:
+  """The PartitionSpec of every leaf of ``tree`` by ``rules``."""
+  def one(path, _):
+    key = jax.tree_util.keystr(path)
+    for pattern, spec in rules:
+      if re.search(pattern, key):
+        return spec
+    raise ValueError(f"no partition rule matches {key}; add one to STATE_PARTITION_RULES")
+  return jax.tree_util.tree_map_with_path(one, tree)
 
 
 def state_shardings(mesh: Mesh, state: Any) -> Any:
-  return jax.tree.map(lambda x: rep_sharding(mesh, x), state)
+  """NamedShardings of a training state (or parameter tree) on ``mesh``, by the rules."""
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), partition_specs(state),
+                      is_leaf=lambda x: isinstance(x, P))
 
 
 BATCH_SPEC = P(DATA_AXIS)  # Every batch array is split on its leading axis over 'data'.
@@ -117,18 +144,38 @@ def put(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(one, tree, shardings)
 
 
-def check_state_sharding(mesh: Mesh, state: Any, expected: Any) -> str:
-  """Assert every leaf is sharded as ``expected``; return a one-line per-device summary."""
-  def check(path, x, want):
-    if not x.sharding.is_equivalent_to(want, x.ndim):
-      raise AssertionError(f"{jax.tree_util.keystr(path)} is sharded as {x.sharding}, "
-                           f"expected {want}")
-  jax.tree_util.tree_map_with_path(check, state, expected)
+def check_state_sharding(mesh: Mesh, state: Any, num_repetitions: int) -> str:
+  """Assert each device holds whole repetitions; return a one-line per-device summary.
+
+  The expected layout is derived here from the shapes alone, not from the partition rules:
+  a leaf whose leading axis has size R must be split on 'rep' (each device holding
+  R / rep of it); a scalar must be replicated; any other leaf is an error.
+  """
   rep = mesh.shape[REP_AXIS]
+
+  def check(path, x):
+    key = jax.tree_util.keystr(path)
+    if x.ndim == 0:
+      want = NamedSharding(mesh, P())
+    elif x.shape[0] == num_repetitions:
+      want = NamedSharding(mesh, P(REP_AXIS))
+    else:
+      raise AssertionError(f"{key} has shape {x.shape}: no leading repetition axis of size "
+                           f"R={num_repetitions}")
+    if not x.sharding.is_equivalent_to(want, x.ndim):
+      raise AssertionError(f"{key} is sharded as {x.sharding}, expected {want}")
+  jax.tree_util.tree_map_with_path(check, state)
   per_device = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state))
   return (f"mesh data={mesh.shape[DATA_AXIS]} x rep={rep} over {mesh.size} devices; "
-          f"each device holds {jax.tree.leaves(state)[0].shape[0] // rep} repetitions "
+          f"each device holds {num_repetitions // rep} repetitions "
           f"({per_device / 2**20:.1f} MiB of parameters and optimizer state)")
+
+
+def to_host(x) -> np.ndarray:
+  """A global array as NumPy on every process (gathers across hosts when needed)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
 
 
 def collectives(hlo_text: str) -> dict[str, int]:
@@ -141,3 +188,77 @@ def collectives(hlo_text: str) -> dict[str, int]:
     if n:
       out[name] = n
   return out
+
+
+# ---------------------------------------------------------------------------------------
+# The pure steps of mach_jax.steps, run by each device on its own repetitions.
+
+
+def _local_parts(parts: Parts, mesh: Mesh):
+  """The model of one device's repetitions, and that device's rows of the hash parameters."""
+  r_local = parts.spec.R // mesh.shape[REP_AXIS]
+  local_model = parts.model.clone(num_repetitions=r_local)
+  all_params = jnp.asarray(parts.spec.params())
+
+  def hash_params():
+    start = jax.lax.axis_index(REP_AXIS) * r_local
+    return jax.lax.dynamic_slice_in_dim(all_params, start, r_local)
+  return local_model, hash_params
+
+
+def _batch_layout(mesh: Mesh, batch):
+  """(axis to sum over, shard_map in_specs of the batch).
+
+  With one 'data' shard the batch is declared replicated (the same layout), so the step
+  has no psum at all: a psum over a size-1 axis still compiles to an all-reduce.
+  """
+  if mesh.shape[DATA_AXIS] == 1:
+    return None, {k: P() for k in batch}
+  return DATA_AXIS, {k: BATCH_SPEC for k in batch}
+
+
+def make_train_step(parts: Parts, mesh: Mesh, state, batch) -> Callable:
+  """``steps.train_step`` for ``mesh``: each device runs it on its own repetitions and rows.
+
+  Jitted with the state donated and explicit in/out shardings; ``state`` and ``batch`` are
+  examples that fix the tree structures.
+  """
+  local_model, hash_params = _local_parts(parts, mesh)
+  data_axis, batch_specs = _batch_layout(mesh, batch)
+
+  def local_step(state, batch):
+    return steps.train_step(state, batch, model=local_model, tx=parts.tx, spec=parts.spec,
+                            loss=parts.config.model.loss, table_tx=parts.table_tx,
+                            hash_params=hash_params(), data_axis=data_axis)
+
+  state_specs = partition_specs(state)
+  metric_specs = {"loss": P(REP_AXIS)}
+  step = jax.shard_map(local_step, mesh=mesh, in_specs=(state_specs, batch_specs),
+                       out_specs=(state_specs, metric_specs))
+  shardings = state_shardings(mesh, state)
+  return jax.jit(step, donate_argnums=0,
+                 in_shardings=(shardings, batch_shardings(mesh, batch)),
+                 out_shardings=(shardings, jax.tree.map(
+                     lambda s: NamedSharding(mesh, s), metric_specs)))
+
+
+def make_logits_fn(parts: Parts, mesh: Mesh, params, batch) -> Callable:
+  """jit(params, batch) -> logits [R, b, B], each device computing its own repetitions."""
+  local_model, _ = _local_parts(parts, mesh)
+  data_axis, batch_specs = _batch_layout(mesh, batch)
+  fn = jax.shard_map(lambda p, b: steps.logits_step(p, b, model=local_model), mesh=mesh,
+                     in_specs=(partition_specs(params), batch_specs),
+                     out_specs=P(REP_AXIS, data_axis))
+  return jax.jit(fn, in_shardings=(state_shardings(mesh, params),
+                                   batch_shardings(mesh, batch)))
+
+
+def must_sync_each_step(mesh: Mesh) -> bool:
+  """Whether to wait for each step before dispatching the next.
+
+  XLA:CPU's in-process collectives can deadlock when several steps with an all-reduce are
+  queued at once on few cores (seen with 2-8 simulated devices on 2 cores: a rendezvous
+  times out after 40 s and aborts the process). Only data-parallel CPU meshes have
+  collectives, so only they pay for the wait.
+  """
+  return mesh.shape[DATA_AXIS] > 1 and mesh.devices.flat[0].platform == "cpu"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up .venv (CPU jax) if needed and run the test suite on 8 simulated CPU devices.
+# Set up .venv (CPU jax) if needed, lint with ruff, and run the test suite on 8 simulated
+# CPU devices (tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+.venv/bin/python -m ruff check .
 exec .venv/bin/python -m pytest -q "$@"

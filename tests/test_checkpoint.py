@@ -14,9 +14,7 @@ import pytest
 
 from mach_jax import checkpoint, train
 from mach_jax.predictor import Predictor
-from tests.conftest import shared_file
-from tests.sharding_run import tiny_setup
-from tests.test_train import tiny_config
+from tests.helpers import shared_file, tiny_config, tiny_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FLAGS = [
@@ -80,11 +78,11 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
 
 
 def _state_on(mesh_spec, R=8, steps=2):
-  t = tiny_setup(mesh_spec, R, steps + 1)
-  state = t.state
-  for b in t.batches[:steps]:
-    state, _ = t.run(state, b)
-  return state, t.run, t.batches[steps], t.mesh
+  setup, batches = tiny_setup(mesh_spec, R, steps + 1)
+  state = setup.state
+  for b in batches[:steps]:
+    state, _ = setup.run(state, b)
+  return state, setup.run, batches[steps], setup.mesh
 
 
 @pytest.mark.parametrize("src, dst", [(8, 1), (1, 4), (8, 2)])
@@ -102,9 +100,9 @@ def test_restore_onto_another_device_count_then_train(tmp_path, src, dst):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   for x, f in zip(jax.tree.leaves(restored.state), jax.tree.leaves(fresh)):
     assert x.sharding.is_equivalent_to(f.sharding, x.ndim)
-  assert len(restored.state["params"]["reps"]["embedding"].sharding.device_set) == dst
+  assert len(restored.state.params["reps"]["embedding"].sharding.device_set) == dst
   after, metrics = run(restored.state, next_batch)
-  assert int(after["step"]) == 3 and np.isfinite(np.asarray(metrics["loss"])).all()
+  assert int(after.step) == 3 and np.isfinite(np.asarray(metrics["loss"])).all()
 
 
 def test_damaged_latest_checkpoint_falls_back_to_previous(tmp_path):

@@ -7,6 +7,20 @@ from mach_jax import decode, losses
 from mach_jax.hashing import HashSpec
 
 
+def class_scores(values: jax.Array, class_buckets: jax.Array, estimator: str) -> jax.Array:
+  """Scores of the classes whose buckets are given.
+
+  Args:
+    values: [R, b, B] per-repetition values (see ``rep_values``).
+    class_buckets: int32 [C, R], the bucket of each class in each repetition.
+    estimator: one of ``ESTIMATORS``.
+
+  Returns:
+    [b, C] class scores.
+  """
+  return decode._scores_from_rows(jnp.swapaxes(values, 1, 2), class_buckets, estimator).T
+
+
 def test_estimators_on_a_known_case():
   # R=3 repetitions, one point, B=4; class 0 sits in buckets (1, 2, 0).
   probs = jnp.array([[[0.1, 0.6, 0.2, 0.1]],
@@ -15,13 +29,13 @@ def test_estimators_on_a_known_case():
   buckets = jnp.array([[1, 2, 0]])  # [C=1, R]
   v = {"mean": (0.6 + 0.5 + 0.4) / 3, "min": 0.4, "median": 0.5}
   for name, expected in v.items():
-    got = decode.class_scores(probs, buckets, name)
+    got = class_scores(probs, buckets, name)
     assert got.shape == (1, 1)
     assert float(got[0, 0]) == pytest.approx(expected, rel=1e-6)
   # Unbiased: B/(B-1) * (mean - 1/B) = 4/3 * (0.5 - 0.25).
-  assert float(decode.class_scores(probs, buckets, "unbiased")[0, 0]) == pytest.approx(1 / 3)
+  assert float(class_scores(probs, buckets, "unbiased")[0, 0]) == pytest.approx(1 / 3)
   logp = jnp.log(probs)
-  got = decode.class_scores(logp, buckets, "log_mean")
+  got = class_scores(logp, buckets, "log_mean")
   assert float(got[0, 0]) == pytest.approx(np.log([0.6, 0.5, 0.4]).mean(), rel=1e-6)
 
 
@@ -33,10 +47,10 @@ def test_unbiased_estimator_recovers_true_probability():
   spec = HashSpec("murmur", K=K, B=B, R=R, seed=3)
   table = spec.bucket_table()  # [R, K]
   bucket_p = np.stack([np.bincount(table[r], weights=p, minlength=B) for r in range(R)])
-  est = decode.class_scores(jnp.asarray(bucket_p[:, None, :], jnp.float32),
+  est = class_scores(jnp.asarray(bucket_p[:, None, :], jnp.float32),
                             jnp.asarray(table.T), "unbiased")[0]
   np.testing.assert_allclose(np.asarray(est), p, atol=0.012)
-  naive = decode.class_scores(jnp.asarray(bucket_p[:, None, :], jnp.float32),
+  naive = class_scores(jnp.asarray(bucket_p[:, None, :], jnp.float32),
                               jnp.asarray(table.T), "mean")[0]
   assert np.abs(np.asarray(naive) - p).mean() > 0.1  # The plain mean is biased by ~1/B.
 
@@ -46,7 +60,7 @@ def test_chunked_topk_equals_brute_force(estimator):
   spec = HashSpec("universal", K=1000, B=16, R=4, seed=0)
   logits = jax.random.normal(jax.random.key(0), (4, 6, 16))
   values = decode.rep_values(estimator, "softmax", logits)
-  full = decode.class_scores(values, jnp.asarray(spec.bucket_table().T), estimator)
+  full = class_scores(values, jnp.asarray(spec.bucket_table().T), estimator)
   for chunk, hashed in ((128, False), (384, True), (1024, False)):  # K=1000: ragged chunks.
     table = None
     if not hashed:  # Otherwise each chunk's classes are hashed on device.
@@ -106,7 +120,7 @@ def test_candidates_with_all_buckets_equal_exact(estimator):
   sc, cc = every.topk(logits, 5, estimator)
   np.testing.assert_allclose(np.asarray(sc), np.asarray(se), rtol=1e-6)
   # Classes agree wherever scores are not tied (min and median tie often).
-  full = np.asarray(decode.class_scores(decode.rep_values(estimator, "bce", logits),
+  full = np.asarray(class_scores(decode.rep_values(estimator, "bce", logits),
                                         jnp.asarray(spec.bucket_table().T), estimator))
   got = np.take_along_axis(full, np.asarray(cc), axis=1)
   np.testing.assert_allclose(got, np.asarray(se), rtol=1e-6)

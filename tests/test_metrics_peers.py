@@ -53,8 +53,8 @@ def test_metrics_agree_with_napkinxc(tmp_path):
   inv = 1.0 / metrics.propensities(Y, 0.55, 1.5)
   np.testing.assert_allclose(inv, theirs["inv"], rtol=1e-6)
   ours = metrics.evaluate(pred, Y, inv, ks=(1, 2, 3, 4, 5))
-  for k in range(1, 6):
-    assert ours[f"P@{k}"] == pytest.approx(theirs["P"][k - 1], abs=1e-6)  # napkinXC computes in float32 in places.
-    assert ours[f"nDCG@{k}"] == pytest.approx(theirs["nDCG"][k - 1], abs=1e-6)  # napkinXC computes in float32 in places.
-    assert ours[f"PSP@{k}"] == pytest.approx(theirs["PSP"][k - 1], abs=1e-6)  # napkinXC computes in float32 in places.
-    assert ours[f"R@{k}"] == pytest.approx(theirs["R"][k - 1], abs=1e-6)  # napkinXC computes in float32 in places.
+  for k in range(1, 6):  # abs=1e-6: napkinXC computes in float32 in places.
+    assert ours[f"P@{k}"] == pytest.approx(theirs["P"][k - 1], abs=1e-6)
+    assert ours[f"nDCG@{k}"] == pytest.approx(theirs["nDCG"][k - 1], abs=1e-6)
+    assert ours[f"PSP@{k}"] == pytest.approx(theirs["PSP"][k - 1], abs=1e-6)
+    assert ours[f"R@{k}"] == pytest.approx(theirs["R"][k - 1], abs=1e-6)

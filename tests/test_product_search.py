@@ -23,7 +23,7 @@ def small_config(root):
   c.data.test = os.path.join(root, "test.tsv")
   c.data.catalogue = os.path.join(root, "products.tsv")
   c.data.buffer_size = 20_000
-  c.featurizer.num_features = 1 << 16
+  c.data.featurizer.num_features = 1 << 16
   c.model.R, c.model.B, c.model.hidden = 4, 1024, (64,)
   c.mesh = (("data", 1), ("rep", 4))  # One device per repetition, as in production.
   c.train.num_epochs = 1

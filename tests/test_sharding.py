@@ -15,24 +15,22 @@ import optax
 import pytest
 
 from mach_jax import sharding, train
-from tests.conftest import shared_file
-from tests.sharding_run import run_steps, tiny_setup
+from tests.helpers import flat as _flat, run_steps, shared_file, tiny_setup
 
 R = 8
 
 
 def _compiled_step(mesh_spec, clip_global=False):
-  t = tiny_setup(mesh_spec, R)
-  state, batch, mesh = t.state, t.batches[0], t.mesh
-  gbatch = sharding.put(batch, sharding.batch_shardings(mesh, batch))
+  setup, batches = tiny_setup(mesh_spec, R)
+  state, mesh = setup.state, setup.mesh
+  gbatch = setup.put(batches[0])
   if clip_global:
     # The variant the design forbids: one clip over ALL parameters couples the repetitions.
     clip = optax.clip_by_global_norm(1.0)
     fn = jax.jit(lambda g: clip.update(g, clip.init(g))[0])
-    return fn.lower(state["params"]).compile().as_text(), mesh
-  logits_fn = train.make_logits_fn(t.model, t.spec, mesh, state["params"], batch)
-  return (t.step.lower(state, gbatch).compile().as_text(),
-          logits_fn.lower(state["params"], gbatch).compile().as_text(), mesh)
+    return fn.lower(state.params).compile().as_text(), mesh
+  return (setup.train_step.lower(state, gbatch).compile().as_text(),
+          setup.logits_fn.lower(state.params, gbatch).compile().as_text(), mesh)
 
 
 def assert_no_collectives(hlo: str):
@@ -69,10 +67,6 @@ def test_collectives_on_data_rep_mesh_are_all_reduces_within_data_groups():
   assert_no_collectives(eval_hlo)  # Logits stay sharded; only [R, b, B] is gathered later.
 
 
-def _flat(tree):
-  return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(tree)}
-
-
 def test_rep_sharded_steps_match_single_device():
   single = _flat(run_steps((("data", 1), ("rep", 1))))
   sharded = _flat(run_steps((("data", 1), ("rep", 8))))
@@ -106,14 +100,37 @@ def test_bad_mesh_configs_fail_at_start_up(mesh_spec, R, batch, match):
 
 
 def test_start_up_check_reports_per_device_repetitions():
-  t = tiny_setup((("data", 1), ("rep", 4)), R)
-  mesh, state = t.mesh, t.state
-  line = sharding.check_state_sharding(mesh, state, sharding.state_shardings(mesh, state))
+  setup, _ = tiny_setup((("data", 1), ("rep", 4)), R)
+  mesh, state = setup.mesh, setup.state
+  line = sharding.check_state_sharding(mesh, state, R)
   assert "each device holds 2 repetitions" in line
   replicated = jax.tree.map(lambda x: jax.device_put(x, jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec())), state)
   with pytest.raises(AssertionError, match="expected"):
-    sharding.check_state_sharding(mesh, replicated, sharding.state_shardings(mesh, state))
+    sharding.check_state_sharding(mesh, replicated, R)
+
+
+def test_start_up_check_is_independent_of_the_partition_rules():
+  """Rules that replicate everything produce a state the check refuses: it derives the
+  expected layout from the shapes (leading axis = R), not from the rules."""
+  setup, _ = tiny_setup((("data", 1), ("rep", 4)), R)
+  wrong_rules = ((r".*", jax.sharding.PartitionSpec()),)
+  specs = sharding.partition_specs(setup.state, wrong_rules)
+  placed = jax.tree.map(lambda x, s: jax.device_put(x, jax.sharding.NamedSharding(setup.mesh, s)),
+                        setup.state, specs, is_leaf=lambda x: isinstance(x, jax.Array))
+  with pytest.raises(AssertionError, match="expected"):
+    sharding.check_state_sharding(setup.mesh, placed, R)
+  with pytest.raises(AssertionError, match="no leading repetition axis"):
+    sharding.check_state_sharding(setup.mesh, setup.state, R + 1)
+
+
+def test_partition_rules_split_every_leaf_but_the_step_on_rep():
+  setup, _ = tiny_setup((("data", 1), ("rep", 4)), R, row_sparse=True)
+  specs = sharding.partition_specs(setup.state)
+  assert specs.step == jax.sharding.PartitionSpec()
+  others = jax.tree.leaves((specs.params, specs.opt_state, specs.table_opt_state),
+                           is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  assert others and all(s == jax.sharding.PartitionSpec("rep") for s in others)
 
 
 def test_two_processes_equal_one(tmp_path):

@@ -68,7 +68,7 @@ def test_cache_env_sets_jax_persistent_cache_only_when_asked(tmp_path):
 
 def test_step_profile_times_the_step_and_names_its_ops():
   from experiments.bench import step_profile
-  from tests.test_train import tiny_config
+  from tests.helpers import tiny_config
   c = tiny_config()
   c.data.synthetic.update(num_train=256)
   res = step_profile.profile(c, epochs=1, trace_steps=3)
@@ -106,8 +106,9 @@ def test_throughput_synthetic_queries():
   import numpy as np
 
   from experiments.bench import throughput
-  widths, batches = throughput.synthetic_batches(D=1_000, K=10**6, batch_size=16, nnz=8,
-                                                 count=3)
+  data = throughput.synthetic_queries(D=1_000, K=10**6, batch_size=16, nnz=8, count=3)
+  widths = data.widths(16)
+  batches = list(data.batches(16, shuffle=False, widths=widths))
   assert len(batches) == 3 and widths.nnz >= 8 * 16
   for b in batches:
     real = b["values"] != 0

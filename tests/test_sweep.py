@@ -6,7 +6,7 @@ import os
 import pytest
 
 from experiments import plots, sweep
-from tests.test_train import tiny_config
+from tests.helpers import tiny_config
 
 
 def test_sweep_runs_each_point_once_and_plots(tmp_path):

@@ -6,26 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import bibtex, synthetic
-from mach_jax import data as data_lib
-from mach_jax import metrics, sharding, train
-from tests.conftest import shared_file
-
-
-def tiny_config():
-  c = synthetic.get_config()
-  c.data.synthetic.update(num_train=3000, num_test=500, num_classes=400, num_features=1000)
-  c.model.update(R=4, B=32, hidden=(64,), loss="softmax_hist")
-  c.mesh = (("data", 1), ("rep", 1))  # One device; tests/test_sharding.py covers the rest.
-  c.eval.estimators = ("mean", "log_mean")
-  c.train.update(batch_size=64, num_epochs=3, log_every_steps=10, progress_bar=False)
-  c.eval.update(batch_size=128, every_epochs=1, subset=200)
-  return c
-
-
-def popular_baseline(train_Y, test_Y):
-  top = np.argsort(-np.asarray(train_Y.sum(axis=0)).ravel(), kind="stable")[:5]
-  return metrics.evaluate(np.tile(top, (test_Y.shape[0], 1)), test_Y)
+from experiments.configs import bibtex
+from mach_jax import data as data_lib, loop, state as state_lib, steps, train
+from tests.helpers import popular_baseline, shared_file, tiny_config, tiny_setup
 
 
 def _losses(workdir):
@@ -67,21 +50,17 @@ def test_same_config_and_seed_give_same_numbers(tiny_run, tmp_path):
     assert again[k] == results[k]
 
 
-def _step_setup(clip_norm=0.0):
-  from tests.sharding_run import tiny_setup
-  t = tiny_setup((("data", 1), ("rep", 1)), R=4, clip_norm=clip_norm)
-  return t.model, t.tx, t.spec, jax.tree.map(jnp.asarray, t.batches[0]), t.state
-
-
 @pytest.mark.parametrize("clip_norm", [0.0, 0.01])
 def test_repetitions_train_independently(clip_norm):
-  model, tx, spec, batch, state = _step_setup(clip_norm)
-  step = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, spec=spec, loss="bce"))
-  perturbed = jax.tree.map(lambda x: x, state)
-  perturbed["params"] = jax.tree.map(lambda x: x.at[0].multiply(3.0), state["params"])
+  setup, batches = tiny_setup((("data", 1), ("rep", 1)), R=4, clip_norm=clip_norm)
+  p, state, batch = setup.parts, setup.state, jax.tree.map(jnp.asarray, batches[0])
+  spec = p.spec
+  step = jax.jit(lambda s, b: steps.train_step(s, b, model=p.model, tx=p.tx, spec=spec,
+                                               loss="bce"))
+  perturbed = state._replace(params=jax.tree.map(lambda x: x.at[0].multiply(3.0), state.params))
   a, ma = step(state, batch)
   b, mb = step(perturbed, batch)
-  for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_array_equal(x[1:], y[1:])  # Repetitions 1..R-1 never saw rep 0.
   assert not np.allclose(ma["loss"][0], mb["loss"][0])
   np.testing.assert_array_equal(ma["loss"][1:], mb["loss"][1:])
@@ -97,43 +76,40 @@ def test_init_compiled_for_compile_time_gives_the_same_values(hidden, row_sparse
   c.model.hidden = hidden
   c.optimizer.row_sparse = row_sparse
   train_set, _ = data_lib.load(c.data)
-  spec, model, tx, rs = train.make_parts(c, train_set.num_features, train_set.num_labels, 100)
-  widths = train_set.widths(64)
-  batch = train_set.first_batch(64, widths)
-  mesh = sharding.make_mesh(c.mesh, spec.R, 64)
-  fast = train.init_state(model, tx, jax.random.key(7), batch, mesh, rs)
-  plain_init = train.INIT_CPU_COMPILER_OPTIONS
+  setup = state_lib.create_train_state(c, train_set, total_steps=100)
+  p, batch, mesh = setup.parts, setup.first_batch, setup.mesh
+  fast = state_lib.init_state(p.model, p.tx, p.table_tx, jax.random.key(7), batch, mesh)
+  plain_init = state_lib.INIT_CPU_COMPILER_OPTIONS
   try:
-    train.INIT_CPU_COMPILER_OPTIONS = None  # The default pipeline.
-    plain = train.init_state(model, tx, jax.random.key(7), batch, mesh, rs)
+    state_lib.INIT_CPU_COMPILER_OPTIONS = None  # The default pipeline.
+    plain = state_lib.init_state(p.model, p.tx, p.table_tx, jax.random.key(7), batch, mesh)
   finally:
-    train.INIT_CPU_COMPILER_OPTIONS = plain_init
+    state_lib.INIT_CPU_COMPILER_OPTIONS = plain_init
   assert plain_init == {"xla_backend_optimization_level": 1}
   for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_train_step_is_donated_and_pure():
-  model, tx, spec, batch, state = _step_setup()
-  mesh = sharding.make_mesh(tiny_config().mesh, spec.R, 64)
-  step = train.make_train_step(model, tx, spec, "bce", mesh, state, batch)
-  batch = sharding.put(batch, sharding.batch_shardings(mesh, batch))
+  setup, batches = tiny_setup((("data", 1), ("rep", 1)), R=4)
+  state, step = setup.state, setup.train_step
+  batch = setup.put(batches[0])
   copy = jax.tree.map(jnp.copy, state)
   s1, m1 = step(copy, batch)
   s2, m2 = step(jax.tree.map(jnp.copy, state), batch)
   np.testing.assert_array_equal(m1["loss"], m2["loss"])
-  assert int(s1["step"]) == 1
-  assert all(x.is_deleted() for x in jax.tree.leaves(copy["params"]))
+  assert int(s1.step) == 1
+  assert all(x.is_deleted() for x in jax.tree.leaves(copy.params))
 
 
 def test_non_finite_loss_names_the_step(tmp_path):
   pending = [(7, np.ones(4)), (8, np.array([1.0, np.nan, 1.0, np.inf])), (9, np.full(4, np.nan))]
-  with pytest.raises(train.NonFiniteLossError, match=r"at step 8 in repetitions \[1, 3\]"):
-    train._check_finite(pending)
+  with pytest.raises(loop.NonFiniteLossError, match=r"at step 8 in repetitions \[1, 3\]"):
+    loop.check_finite(pending)
   c = tiny_config()
   c.optimizer.learning_rate = 1e30
   c.eval.every_epochs = 0
-  with pytest.raises(train.NonFiniteLossError, match=r"non-finite loss at step \d+"):
+  with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss at step \d+"):
     train.train_and_evaluate(c, str(tmp_path))
 
 

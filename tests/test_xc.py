@@ -6,7 +6,7 @@ import pytest
 import scipy.sparse as sp
 
 from mach_jax.data.xc import XCFormatError, read_xc, write_xc
-from tests.conftest import shared_file
+from tests.helpers import shared_file
 
 GOOD = "3 6 4\n0,2 0:1.5 5:2\n 1:0.5\n3 4:1 2:-1\n"
 

@@ -74,8 +74,7 @@ def mach_worker(args) -> dict:
   import numpy as np
   from absl import logging
 
-  from mach_jax import model as model_lib
-  from mach_jax import train
+  from mach_jax import model as model_lib, train
   from mach_jax.data.xc import read_xc
   from mach_jax.predictor import Predictor
 

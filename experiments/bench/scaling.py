@@ -25,47 +25,33 @@ from experiments.bench import workers
 def worker(args) -> dict:
   import jax
 
-  from mach_jax import model as model_lib, sharding, train
-  from mach_jax.data import batching
+  from experiments.bench.timing import timed_steps
+  from mach_jax import config as config_lib, model as model_lib, sharding, state as state_lib
   from mach_jax.data.synthetic import make_catalogue
-  from experiments.configs.base import base_config
 
-  c = base_config()
+  c = config_lib.default_config()
   c.model.update(R=args.R, B=args.B, hidden=(args.H,), loss="softmax_hist")
   c.mesh = (("data", args.data), ("rep", -1))
   c.optimizer.row_sparse = bool(args.row_sparse)
+  c.train.batch_size = args.batch_size
   data, _ = make_catalogue(num_train=args.batch_size * 8, num_test=1, num_classes=args.K,
                            num_features=args.D, seed=0)
-  spec, model, tx, row_sparse = train.make_parts(c, data.num_features, data.num_labels, 1000)
-  mesh = sharding.make_mesh(c.mesh, args.R, args.batch_size)
-  shards = mesh.shape[sharding.DATA_AXIS]
-  widths = batching.Widths.for_data(data.X, data.Y, args.batch_size // shards)
-  host = list(batching.iterate_batches(data.X, data.Y, args.batch_size, shuffle=True,
-                                       widths=widths, num_shards=shards))
-  batches = [sharding.put(b, sharding.batch_shardings(mesh, b)) for b in host]
-  state = train.init_state(model, tx, jax.random.key(0), host[0], mesh, row_sparse)
-  step = train.make_train_step(model, tx, spec, c.model.loss, mesh, state, host[0], row_sparse)
-  hlo = step.lower(state, batches[0]).compile().as_text()
-  sync = train.must_sync_each_step(mesh)
-  t0 = time.perf_counter()
-  state, m = step(state, batches[0])
-  jax.block_until_ready(m)
-  compile_s = time.perf_counter() - t0
-  for b in batches[1:3]:
-    state, m = step(state, b)
-  jax.block_until_ready(m)
-  t0 = time.perf_counter()
-  for i in range(args.steps):
-    state, m = step(state, batches[i % len(batches)])
-    if sync:
-      jax.block_until_ready(m)
-  jax.block_until_ready(m)
-  elapsed = time.perf_counter() - t0
-  return {"row_sparse": bool(args.row_sparse), "devices": mesh.size, "data": shards, "rep": mesh.shape["rep"], "R": args.R,
+  setup = state_lib.create_train_state(c, data, total_steps=1000)
+  mesh = setup.mesh
+  batches = [setup.put(b) for b in data.batches(args.batch_size, shuffle=True,
+                                                 widths=setup.widths,
+                                                 num_shards=mesh.shape[sharding.DATA_AXIS])]
+  state = setup.state
+  hlo = setup.train_step.lower(state, batches[0]).compile().as_text()
+  state, compile_s, _ = timed_steps(setup, state, batches, 1)
+  state, _, _ = timed_steps(setup, state, batches[1:3], 2)
+  state, elapsed, _ = timed_steps(setup, state, batches, args.steps)
+  return {"row_sparse": bool(args.row_sparse), "devices": mesh.size,
+          "data": mesh.shape[sharding.DATA_AXIS], "rep": mesh.shape["rep"], "R": args.R,
           "reps_per_device": args.R // mesh.shape["rep"], "batch_size": args.batch_size,
           "steps_per_s": args.steps / elapsed, "examples_per_s": args.steps * args.batch_size
           / elapsed, "first_step_s": compile_s, "collectives": sharding.collectives(hlo),
-          "params": model_lib.count_params(state["params"]),
+          "params": model_lib.count_params(state.params),
           "device_kind": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform}
 
 

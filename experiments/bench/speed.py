@@ -3,7 +3,7 @@
     python -m experiments.bench.speed --datasets bibtex,delicious --out runs/speed_fast
     python -m experiments.bench.speed --datasets bibtex,delicious --out runs/speed --variant ''
 
-Targets are the best peer's P@1 in DESIGN.md less 0.01 (bibtex .632, delicious .655;
+Targets are the best peer's P@1 in docs/design.md less 0.01 (bibtex .632, delicious .655;
 ``--targets name=value,...`` overrides). For every set, ``--repeats`` times, alternating:
 
   mach     a fresh process trains the set's config (experiments/configs/<set>.py), run r
@@ -45,7 +45,7 @@ import time
 
 from experiments.bench import peers, workers
 
-TARGETS = {"bibtex": 0.632, "delicious": 0.655}  # DESIGN.md's best peer P@1 - 0.01.
+TARGETS = {"bibtex": 0.632, "delicious": 0.655}  # docs/design.md: best peer P@1 - 0.01.
 
 
 def mach_worker(args) -> dict:

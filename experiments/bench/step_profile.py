@@ -57,53 +57,27 @@ def profile(config, epochs: int, trace_steps: int) -> dict:
   import jax
   import numpy as np
 
-  from mach_jax import data as data_lib, sharding, train
+  from experiments.bench.timing import timed_steps
+  from mach_jax import data as data_lib, sharding, state as state_lib
 
   t0 = time.perf_counter()
   train_set, _ = data_lib.load(config.data)
   t_data = time.perf_counter() - t0
   tc = config.train
-  steps_per_epoch = -(-train_set.num_points // tc.batch_size)
-  spec, model, tx, row_sparse = train.make_parts(config, train_set.num_features,
-                                                 train_set.num_labels,
-                                                 steps_per_epoch * tc.num_epochs)
-  mesh = sharding.make_mesh(config.mesh, spec.R, tc.batch_size)
-  shards = mesh.shape[sharding.DATA_AXIS]
-  dense = config.model.dense_input
-  widths = train_set.widths(tc.batch_size // shards)
-  first = train_set.first_batch(tc.batch_size, widths, dense=dense, num_shards=shards)
-  state = train.init_state(model, tx, jax.random.key(config.seed), first, mesh, row_sparse)
-  step = train.make_train_step(model, tx, spec, config.model.loss, mesh, state, first,
-                               row_sparse)
-  shardings = sharding.batch_shardings(mesh, first)
-  batches = [sharding.put(b, shardings) for b in train_set.batches(
-      tc.batch_size, shuffle=True, seed=config.seed, epoch=0, widths=widths, dense=dense,
-      num_shards=shards)]
-  sync = train.must_sync_each_step(mesh)
-  t0 = time.perf_counter()
-  state, m = step(state, batches[0])
-  jax.block_until_ready(m)
-  first_s = time.perf_counter() - t0
-
-  t0 = time.perf_counter()
-  for _ in range(epochs):
-    for b in batches:
-      state, m = step(state, b)
-      if sync:
-        jax.block_until_ready(m)
-  jax.block_until_ready(state)
-  ms_per_step = (time.perf_counter() - t0) / (epochs * len(batches)) * 1e3
+  setup = state_lib.create_train_state(config, train_set)
+  spec, mesh, state = setup.parts.spec, setup.mesh, setup.state
+  batches = [setup.put(b) for b in train_set.batches(
+      tc.batch_size, shuffle=True, seed=config.seed, epoch=0, widths=setup.widths,
+      dense=config.model.dense_input, num_shards=mesh.shape[sharding.DATA_AXIS])]
+  state, first_s, _ = timed_steps(setup, state, batches, 1)
+  state, seconds, m = timed_steps(setup, state, batches, epochs * len(batches))
+  ms_per_step = seconds / (epochs * len(batches)) * 1e3
   if not np.isfinite(np.asarray(m["loss"])).all():
     raise SystemExit("the loss went non-finite while profiling")
 
   trace_dir = tempfile.mkdtemp(prefix="step_profile_")
-  todo = [batches[i % len(batches)] for i in range(trace_steps)]
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-    for b in todo:
-      state, m = step(state, b)
-      if sync:
-        jax.block_until_ready(m)
-    jax.block_until_ready(state)
+    state, _, _ = timed_steps(setup, state, batches, trace_steps)
   ops = op_times(trace_dir, trace_steps)
   return {"ms_per_step": ms_per_step, "first_step_s": first_s, "data_s": t_data,
           "steps_timed": epochs * len(batches), "batch_size": tc.batch_size,

@@ -48,8 +48,8 @@ PRESETS = {
 }
 
 
-def synthetic_batches(D: int, K: int, batch_size: int, nnz: int, count: int, seed: int = 0):
-  """``count`` batches of queries: ``nnz`` Zipf-popular feature draws each (repeats merged,
+def synthetic_queries(D: int, K: int, batch_size: int, nnz: int, count: int, seed: int = 0):
+  """``count`` batches' worth of queries: ``nnz`` Zipf-popular feature draws each (repeats merged,
   so a query has at most ``nnz`` distinct features), one label each out of K."""
   import numpy as np
   import scipy.sparse as sp
@@ -68,9 +68,7 @@ def synthetic_batches(D: int, K: int, batch_size: int, nnz: int, count: int, see
   X.indptr = X.indptr.astype(np.int64)
   Y = sp.csr_matrix((np.ones(n, np.float32), rng.integers(0, K, n).astype(np.int32),
                      np.arange(n + 1)), shape=(n, K))
-  data = XCData(X=X, Y=Y)
-  widths = data.widths(batch_size)
-  return widths, list(data.batches(batch_size, shuffle=False, widths=widths))
+  return XCData(X=X, Y=Y)
 
 
 def matmul_peak(dtype: str, n: int, repeats: int = 10) -> float:
@@ -105,43 +103,36 @@ def xla_flops(compiled) -> float | None:
 def worker(args) -> dict:
   import jax
 
-  from experiments.configs.base import base_config
-  from mach_jax import model as model_lib, sharding, train
+  from experiments.bench.timing import timed_steps
+  from mach_jax import config as config_lib, model as model_lib, state as state_lib
 
-  c = base_config()
+  c = config_lib.default_config()
   c.model.update(R=args.reps, B=args.B, hidden=(args.H,), loss="softmax_hist", dtype=args.dtype)
   c.mesh = (("data", 1), ("rep", 1))
   c.optimizer.row_sparse = True
-  spec, model, tx, row_sparse = train.make_parts(c, args.D, K_AMAZON, 10_000)
-  mesh = sharding.make_mesh(c.mesh, args.reps, args.batch)
-  widths, host = synthetic_batches(args.D, K_AMAZON, args.batch, args.nnz, args.num_batches)
-  shardings = sharding.batch_shardings(mesh, host[0])
-  batches = [sharding.put(b, shardings) for b in host]
-  state = train.init_state(model, tx, jax.random.key(0), host[0], mesh, row_sparse)
-  step = train.make_train_step(model, tx, spec, c.model.loss, mesh, state, host[0], row_sparse)
-  compiled = step.lower(state, batches[0]).compile()
-  for i in range(args.warmup):
-    state, m = step(state, batches[i % len(batches)])
-  jax.block_until_ready(m)
-  t0 = time.perf_counter()
-  for i in range(args.steps):
-    state, m = step(state, batches[i % len(batches)])
-  jax.block_until_ready(m)
-  elapsed = time.perf_counter() - t0
+  c.train.batch_size = args.batch
+  data = synthetic_queries(args.D, K_AMAZON, args.batch, args.nnz, args.num_batches)
+  setup = state_lib.create_train_state(c, data, total_steps=10_000)
+  batches = [setup.put(b) for b in data.batches(args.batch, shuffle=False, widths=setup.widths)]
+  state = setup.state
+  compiled = setup.train_step.lower(state, batches[0]).compile()
+  state, _, _ = timed_steps(setup, state, batches, args.warmup)
+  state, elapsed, _ = timed_steps(setup, state, batches, args.steps)
   device = jax.devices()[0]
   stats = device.memory_stats() or {}
   steps_per_s = args.steps / elapsed
   flops_xla = xla_flops(compiled)
-  flops_formula = formula_flops(args.reps, args.batch, args.H, args.B, widths.nnz)
+  flops_formula = formula_flops(args.reps, args.batch, args.H, args.B, setup.widths.nnz)
   peak = matmul_peak(args.dtype, args.peak_n)
   return {"D": args.D, "H": args.H, "B": args.B, "reps_per_device": args.reps,
-          "batch": args.batch, "nnz_per_query": args.nnz, "T": widths.nnz, "dtype": args.dtype,
+          "batch": args.batch, "nnz_per_query": args.nnz, "T": setup.widths.nnz,
+          "dtype": args.dtype,
           "steps_per_s": steps_per_s, "examples_per_s": steps_per_s * args.batch,
           "xla_flops_per_step": flops_xla, "formula_flops_per_step": flops_formula,
           "achieved_flops_xla": flops_xla * steps_per_s if flops_xla else None,
           "achieved_flops_formula": flops_formula * steps_per_s,
           "matmul_peak_flops": peak, "peak_n": args.peak_n,
-          "params": model_lib.count_params(state["params"]),
+          "params": model_lib.count_params(state.params),
           "peak_bytes_in_use": stats.get("peak_bytes_in_use"),
           "bytes_limit": stats.get("bytes_limit"),
           "device_kind": device.device_kind, "platform": device.platform}

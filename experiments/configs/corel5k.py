@@ -5,11 +5,12 @@
 Result: see the README table (P@1 / P@5 and the machine it was measured on).
 """
 
-from experiments.configs.base import base_config, shared_data
+from experiments.configs.paths import shared_data
+from mach_jax.config import default_config
 
 
 def get_config():
-  c = base_config()
+  c = default_config()
   c.data.train = shared_data("corel5k", "train")
   c.data.test = shared_data("corel5k", "test")
   c.model.R = 16

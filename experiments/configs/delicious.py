@@ -11,13 +11,14 @@ learning rate. Trained all 10 epochs it gives P@1 .680 / P@5 .575 (2026-11-28), 
 Result: see the README table (P@1 / P@5 and the machine it was measured on).
 """
 
-from experiments.configs.base import base_config, shared_data
+from experiments.configs.paths import shared_data
+from mach_jax.config import default_config
 
 
 def get_config(arg=None):
   if arg not in (None, "fast"):
     raise ValueError(f"{__name__}: unknown variant {arg!r}; expected none or 'fast'")
-  c = base_config()
+  c = default_config()
   c.data.train = shared_data("delicious", "train")
   c.data.test = shared_data("delicious", "test")
   c.model.R = 16

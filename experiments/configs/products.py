@@ -19,32 +19,21 @@ section "Product search".
 
 import os
 
-import ml_collections
-
-from experiments.configs.base import base_config
-
-
-def data_root(name: str) -> str:
-  root = os.path.join(os.path.dirname(__file__), "..", "..", "runs", "data", name)
-  return os.path.normpath(root)
+from experiments.configs.paths import built_root
+from mach_jax.config import default_config
 
 
 def get_config(arg=None):
   if arg not in (None, "small"):
     raise ValueError(f"{__name__}: unknown variant {arg!r}; expected none or 'small'")
-  c = base_config()
-  root = data_root("products_small" if arg == "small" else "products")
+  c = default_config()
+  root = built_root("products_small" if arg == "small" else "products")
   c.data.name = "queries"  # query<TAB>ids text files, featurized while streaming.
   c.data.train = os.path.join(root, "train.tsv")
   c.data.test = os.path.join(root, "test.tsv")
   c.data.catalogue = os.path.join(root, "products.tsv")  # id<TAB>title...; K = its lines.
-  c.data.num_labels = 0  # 0: count the catalogue's lines.
-  c.data.buffer_size = 100_000  # Shuffle window, in queries (bounds memory).
-
-  # Saved with the model (model.json); serving rebuilds exactly this function.
-  c.featurizer = ml_collections.ConfigDict(dict(
-      num_features=1 << 18, word_ngrams=(1, 2), char_ngrams=(3, 3), weighting="log",
-      char_weight=1.0, max_chars=10_000))
+  # K = the catalogue's lines (data.num_labels = 0); the featurizer is the default's,
+  # 2^18 hashed word 1-2-grams and character trigrams (config.data.featurizer).
 
   c.model.R = 4
   c.model.B = 4096

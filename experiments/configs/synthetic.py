@@ -8,11 +8,11 @@ power-law product popularity (see mach_jax/data/synthetic.py). R=4 repetitions o
 300,000-way softmax. Expected result: see the README's Quick start.
 """
 
-from experiments.configs.base import base_config
+from mach_jax.config import default_config
 
 
 def get_config():
-  c = base_config()
+  c = default_config()
   c.data.name = "synthetic"
   c.data.synthetic.update(num_train=250_000, num_test=5_000, num_classes=300_000,
                           num_features=8192, words_per_label=5, noise_words=8, seed=0)

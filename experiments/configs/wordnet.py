@@ -13,11 +13,12 @@ cosine schedule .874 / .750 after four; a 5x larger step for the row-sparse inpu
 nothing (.889 / .772); the softmax on the bucket histogram .893 / .780.
 """
 
-from experiments.configs.base import base_config, built_data
+from experiments.configs.paths import built_data
+from mach_jax.config import default_config
 
 
 def get_config():
-  c = base_config()
+  c = default_config()
   c.data.train = built_data("wordnet", "train")
   c.data.test = built_data("wordnet", "test")
   c.model.R = 8

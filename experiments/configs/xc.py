@@ -8,8 +8,8 @@ The defaults (R=16, B=32, H=512, BCE) suit a few hundred labels; raise B with K
 (B around K/8 to K/4 for small sets, thousands for large ones).
 """
 
-from experiments.configs.base import base_config
+from mach_jax.config import default_config
 
 
 def get_config():
-  return base_config()
+  return default_config()

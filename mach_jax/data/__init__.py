@@ -25,57 +25,49 @@ def count_lines(path: str) -> int:
   return n + (last != b"\n")
 
 
-def featurizer(config) -> TextFeaturizer:
-  """The text featurizer of ``config.featurizer`` (data.name == 'queries')."""
-  f = config.featurizer
+def featurizer(data_config) -> TextFeaturizer:
+  """The text featurizer of ``config.data.featurizer``."""
+  f = data_config.featurizer
   return TextFeaturizer(num_features=f.num_features, word_ngrams=tuple(f.word_ngrams),
                         char_ngrams=tuple(f.char_ngrams), weighting=f.weighting,
                         char_weight=f.char_weight, max_chars=f.max_chars)
 
 
-def load_queries(config) -> tuple[QueryLog, XCData]:
-  """(streamed training log, held-out queries in memory) for ``data.name == 'queries'``.
+def _require(data_config, key: str) -> str:
+  path = data_config[key]
+  if not path:
+    raise ValueError(f"config.data.{key} is empty: pass --config.data.{key}=PATH")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config.data.{key}={path}: no such file")
+  return path
 
-  K is ``config.data.num_labels``, or the line count of ``config.data.catalogue``
-  (one product per line) when that is 0.
+
+def load(data_config) -> tuple[XCData | QueryLog, XCData]:
+  """(train, test) for ``config.data``, by ``data_config.name``:
+
+  * ``'synthetic'``: ``make_catalogue(**data_config.synthetic)``;
+  * ``'xc'``: the XC-format files ``train`` and ``test`` (parsed once and kept in
+    ``cache_dir`` when that is set; see ``read_xc``);
+  * ``'queries'``: ``query<TAB>ids`` logs; the training log is streamed from disk
+    (``QueryLog``), the test log held in memory. K is ``num_labels``, or the line count of
+    ``catalogue`` (one product per line) when that is 0.
   """
-  d = config.data
-  for key in ("train", "test"):
-    if not d.get(key):
-      raise ValueError(f"config.data.{key} is empty: pass --config.data.{key}=PATH")
-  K = d.get("num_labels", 0)
-  if not K:
-    if not d.get("catalogue"):
-      raise ValueError("config.data.num_labels=0 needs config.data.catalogue (products.tsv)")
-    if not os.path.exists(d.catalogue):
-      raise FileNotFoundError(f"config.data.catalogue={d.catalogue}: no such file")
-    K = count_lines(d.catalogue)
-  f = featurizer(config)
-  train = QueryLog(d.train, f, K, buffer_size=d.get("buffer_size", 100_000))
-  test = QueryLog(d.test, f, K).to_xc()
-  return train, test
-
-
-def load(data_config) -> tuple[XCData, XCData]:
-  """(train, test) for ``config.data``: the synthetic catalogue or an XC-format pair
-  (query logs: ``load_queries``, which needs the whole config for the featurizer).
-
-  ``data_config.name == 'synthetic'`` uses ``data_config.synthetic`` as keyword arguments of
-  ``make_catalogue``; anything else reads ``data_config.train`` and ``data_config.test``
-  (parsed once and kept in ``data_config.cache_dir`` when that is set; see ``read_xc``).
-  """
-  if data_config.name == "synthetic":
-    return make_catalogue(**dict(data_config.synthetic))
-  for key in ("train", "test"):
-    path = data_config.get(key)
-    if not path:
-      raise ValueError(f"config.data.{key} is empty: pass --config.data.{key}=PATH")
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"config.data.{key}={path}: no such file")
-  cache_dir = data_config.get("cache_dir") or None
-  train = read_xc(data_config.train, cache_dir=cache_dir)
-  test = read_xc(data_config.test, cache_dir=cache_dir)
+  d = data_config
+  if d.name == "synthetic":
+    return make_catalogue(**dict(d.synthetic))
+  if d.name == "queries":
+    train_path, test_path = _require(d, "train"), _require(d, "test")
+    K = d.num_labels or count_lines(_require(d, "catalogue"))
+    f = featurizer(d)
+    return QueryLog(train_path, f, K, buffer_size=d.buffer_size), QueryLog(test_path, f,
+                                                                           K).to_xc()
+  if d.name != "xc":
+    raise ValueError(f"config.data.name={d.name!r}: expected xc | queries | synthetic")
+  train_path, test_path = _require(d, "train"), _require(d, "test")
+  cache_dir = d.cache_dir or None
+  train = read_xc(train_path, cache_dir=cache_dir)
+  test = read_xc(test_path, cache_dir=cache_dir)
   if (train.num_features, train.num_labels) != (test.num_features, test.num_labels):
-    raise ValueError(f"{data_config.train} has D={train.num_features}, L={train.num_labels} "
-                     f"but {data_config.test} has D={test.num_features}, L={test.num_labels}")
+    raise ValueError(f"{train_path} has D={train.num_features}, L={train.num_labels} "
+                     f"but {test_path} has D={test.num_features}, L={test.num_labels}")
   return train, test

@@ -33,6 +33,7 @@ class XCData:
 
   X: sp.csr_matrix
   Y: sp.csr_matrix
+  featurizer = None  # Features come given, not computed from text (see QueryLog).
 
   @property
   def num_points(self) -> int:

@@ -1,13 +1,12 @@
-"""Row-sparse (lazy) Adam for the input table."""
+"""Optimizers: row-sparse (lazy) Adam for the input table, and its config checks."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mach_jax import sharding, sparse_adam, train
-from tests.sharding_run import tiny_setup
-from tests.test_train import tiny_config
+from mach_jax import optim, sharding, steps, train
+from tests.helpers import tiny_config, tiny_setup
 
 
 def _reference(table, mu, nu, count, rows, grads, lr=1e-2, b1=0.9, b2=0.999, eps=1e-8):
@@ -26,14 +25,14 @@ def test_update_matches_reference_and_leaves_other_rows_alone():
   rng = np.random.default_rng(0)
   D, H = 10, 3
   table = rng.normal(size=(D, H)).astype(np.float32)
-  state = sparse_adam.init(jnp.asarray(table))
+  adam = optim.row_sparse_adam(1e-2)
+  state = adam.init(jnp.asarray(table))
   ref = (table, np.zeros_like(table), np.zeros_like(table))
   t = jnp.asarray(table)
   for step, rows in enumerate([[1, 4, 7, D, D], [4, 2, D, D, D]]):
     grads = rng.normal(size=(5, H)).astype(np.float32)
     grads[np.asarray(rows) >= D] = 0
-    t, state = sparse_adam.update(t, jnp.asarray(rows, jnp.int32), jnp.asarray(grads), state,
-                                  1e-2)
+    t, state = adam.update(t, jnp.asarray(rows, jnp.int32), jnp.asarray(grads), state)
     ref = _reference(*ref, step, rows, grads)
     np.testing.assert_allclose(np.asarray(t), ref[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(state.mu), ref[1], rtol=1e-5, atol=1e-7)
@@ -43,33 +42,26 @@ def test_update_matches_reference_and_leaves_other_rows_alone():
   assert int(state.count) == 2
 
 
-def _setups():
-  dense = tiny_setup((("data", 1), ("rep", 1)), R=4, num_batches=2)
-  c = tiny_config()
-  c.optimizer.row_sparse = True
-  row_sparse = train.make_row_sparse(c, 100)
-  return dense, row_sparse
-
-
 def test_first_step_equals_dense_adam_then_untouched_rows_stay_put():
-  t, row_sparse = _setups()
-  model = t.model.clone(embedding_bag="gather")
-  batch = jax.tree.map(jnp.asarray, t.batches[0])
-  kw = dict(model=model, tx=t.tx, spec=t.spec, loss=t.config.model.loss)
-  dense_state, _ = jax.jit(lambda s, b: train.train_step(s, b, **kw))(t.state, batch)
-  sparse0 = train.init_state(t.model, t.tx, jax.random.key(0), t.batches[0], t.mesh, row_sparse)
-  step = jax.jit(lambda s, b: train.train_step(s, b, row_sparse=row_sparse, **kw))
-  sparse_state, m = step(sparse0, batch)
-  for a, b in zip(jax.tree.leaves(dense_state["params"]), jax.tree.leaves(sparse_state["params"])):
+  dense, batches = tiny_setup((("data", 1), ("rep", 1)), R=4, num_batches=2)
+  sparse, _ = tiny_setup((("data", 1), ("rep", 1)), R=4, row_sparse=True)
+  p = dense.parts
+  batch = jax.tree.map(jnp.asarray, batches[0])
+  kw = dict(model=p.model.clone(embedding_bag="gather"), tx=p.tx, spec=p.spec,
+            loss=p.config.model.loss)
+  dense_state, _ = jax.jit(lambda s, b: steps.train_step(s, b, **kw))(dense.state, batch)
+  step = jax.jit(lambda s, b: steps.train_step(s, b, table_tx=sparse.parts.table_tx, **kw))
+  sparse_state, m = step(sparse.state, batch)
+  for a, b in zip(jax.tree.leaves(dense_state.params), jax.tree.leaves(sparse_state.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
   # Second step: rows of features absent from batch 2 keep parameters and moments.
   before = sparse_state
-  after, _ = step(jax.tree.map(jnp.copy, before), jax.tree.map(jnp.asarray, t.batches[1]))
-  b2 = t.batches[1]
+  after, _ = step(jax.tree.map(jnp.copy, before), jax.tree.map(jnp.asarray, batches[1]))
+  b2 = batches[1]
   touched = np.unique(b2["indices"][b2["values"] != 0])
-  untouched = np.setdiff1d(np.arange(before["params"]["reps"]["embedding"].shape[1]), touched)
-  for get in (lambda s: s["params"]["reps"]["embedding"],
-              lambda s: s["opt_state"]["embedding"].mu, lambda s: s["opt_state"]["embedding"].nu):
+  untouched = np.setdiff1d(np.arange(before.params["reps"]["embedding"].shape[1]), touched)
+  for get in (lambda s: s.params["reps"]["embedding"],
+              lambda s: s.table_opt_state.mu, lambda s: s.table_opt_state.nu):
     np.testing.assert_array_equal(np.asarray(get(after))[:, untouched],
                                   np.asarray(get(before))[:, untouched])
     assert not np.array_equal(np.asarray(get(after))[:, touched],
@@ -77,15 +69,10 @@ def test_first_step_equals_dense_adam_then_untouched_rows_stay_put():
 
 
 def test_row_sparse_step_is_collective_free_on_a_rep_mesh():
-  t = tiny_setup((("data", 1), ("rep", 8)), R=8)
-  c = tiny_config()
-  c.optimizer.row_sparse = True
-  row_sparse = train.make_row_sparse(c, 100)
-  state = train.init_state(t.model, t.tx, jax.random.key(0), t.batches[0], t.mesh, row_sparse)
-  step = train.make_train_step(t.model, t.tx, t.spec, t.config.model.loss, t.mesh, state,
-                               t.batches[0], row_sparse)
-  batch = sharding.put(t.batches[0], sharding.batch_shardings(t.mesh, t.batches[0]))
-  assert sharding.collectives(step.lower(state, batch).compile().as_text()) == {}
+  setup, batches = tiny_setup((("data", 1), ("rep", 8)), R=8, row_sparse=True)
+  assert setup.parts.table_tx is not None
+  hlo = setup.train_step.lower(setup.state, setup.put(batches[0])).compile().as_text()
+  assert sharding.collectives(hlo) == {}
 
 
 def test_row_sparse_training_learns(tmp_path):
@@ -102,7 +89,7 @@ def test_unsupported_combinations_are_rejected(field, value, match):
   c.optimizer.row_sparse = True
   c.optimizer[field] = value
   with pytest.raises(ValueError, match=match):
-    train.make_row_sparse(c, 10)
+    optim.make_table_optimizer(c, 10)
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
@@ -114,7 +101,7 @@ def test_table_lr_scale_scales_only_the_table_step(schedule):
 
   def moved(scale):
     c.optimizer.table_lr_scale = scale
-    init, update = train.make_row_sparse(c, 100)
+    init, update = optim.make_table_optimizer(c, 100)
     state = init(table)
     for _ in range(3):  # Past the warm-up, so the cosine rate is not zero.
       new, state = update(table, rows, grads, state)
@@ -128,4 +115,4 @@ def test_table_lr_scale_without_row_sparse_is_an_error():
   c = tiny_config()
   c.optimizer.table_lr_scale = 3.0
   with pytest.raises(ValueError, match="table_lr_scale=3.0 needs"):
-    train.make_row_sparse(c, 10)
+    optim.make_table_optimizer(c, 10)

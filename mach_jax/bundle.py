@@ -1,0 +1,116 @@
+"""The model folder: what a trained model is on disk, and how it is read back.
+
+``export`` writes ``DIR/params`` (orbax; parameters only, no optimizer state) and
+``DIR/model.json``::
+
+    {"format_version": 2, "hash_spec": {...}, "num_features": D, "num_classes": K,
+     "config": {...}, "featurizer": {...} | null, "versions": {...}}
+
+so a folder explains itself and can be served on its own. ``read_info`` migrates the
+``model.json`` of older folders (format 1: no ``format_version``, the featurizer settings at
+``config.featurizer``) once, at load time, and fills fields added since from
+``default_config()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from mach_jax import config as config_lib, provenance
+from mach_jax.hashing import HashSpec
+
+BUNDLE_DIR = "model"  # A run's model folder: WORKDIR/model.
+FORMAT_VERSION = 2
+
+
+def folder_bytes(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def export(path: str, params: Any, spec: HashSpec, config, num_features: int,
+           featurizer: dict | None = None) -> int:
+  """Write the model folder to ``path``; returns its size in bytes.
+
+  Args:
+    params: the trained parameters (any sharding; orbax gathers them).
+    featurizer: the text featurizer's settings (``TextFeaturizer.to_dict()``) for models
+      trained on text, else None.
+  """
+  import orbax.checkpoint as ocp
+  path = os.path.abspath(path)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(path, "params"), params, force=True)
+  if jax.process_index() == 0:
+    info = {"format_version": FORMAT_VERSION, "hash_spec": spec.to_dict(),
+            "num_features": num_features, "num_classes": spec.K,
+            "config": json.loads(config.to_json()), "featurizer": featurizer,
+            "versions": provenance.library_versions()}
+    with open(os.path.join(path, "model.json"), "w") as f:
+      json.dump(info, f, indent=2)
+  return folder_bytes(path)
+
+
+def _merge(into: ml_collections.ConfigDict, saved: dict, where: str) -> None:
+  """Set ``into``'s fields from ``saved`` (JSON), refusing fields the library does not know."""
+  for key, value in saved.items():
+    if key not in into:
+      raise ValueError(f"{where}: unknown config field {key!r}; this model folder was not "
+                       "written by a compatible mach_jax")
+    if isinstance(into[key], ml_collections.ConfigDict):
+      _merge(into[key], value, f"{where}.{key}")
+    elif isinstance(into[key], tuple) and isinstance(value, list):
+      into[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    else:
+      into[key] = value
+
+
+def migrate(info: dict, where: str) -> dict:
+  """``model.json`` of any known format, as the current format (a new dict)."""
+  info = json.loads(json.dumps(info))
+  version = info.get("format_version", 1)
+  if version not in (1, FORMAT_VERSION):
+    raise ValueError(f"{where}: format_version {version}; this mach_jax reads 1 and "
+                     f"{FORMAT_VERSION}")
+  if version == 1 and "featurizer" in info["config"]:
+    info["config"].setdefault("data", {})["featurizer"] = info["config"].pop("featurizer")
+  config = config_lib.default_config()
+  _merge(config, info["config"], f"{where}: config")
+  info.update(format_version=FORMAT_VERSION, config=config.to_dict())
+  info.setdefault("featurizer", None)
+  return info
+
+
+def read_info(path: str) -> dict:
+  """The (migrated) ``model.json`` of the model folder ``path``."""
+  info_path = os.path.join(path, "model.json")
+  if not os.path.exists(info_path):
+    raise FileNotFoundError(f"{info_path}: not a model folder (bundle.export writes one)")
+  with open(info_path) as f:
+    try:
+      info = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{info_path}: not valid JSON ({e})") from None
+  for key in ("hash_spec", "num_features", "config"):
+    if key not in info:
+      raise ValueError(f"{info_path}: no {key!r} field")
+  return migrate(info, info_path)
+
+
+def load(path: str) -> tuple[dict, ml_collections.ConfigDict, Any]:
+  """(info, config, params on the first device) of the model folder ``path``."""
+  import orbax.checkpoint as ocp
+  path = os.path.abspath(path)
+  info = read_info(path)
+  with ocp.StandardCheckpointer() as ckptr:
+    meta = ckptr.metadata(os.path.join(path, "params"))
+    tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          tree)
+    params = ckptr.restore(os.path.join(path, "params"), target)
+  return info, ml_collections.ConfigDict(info["config"]), params

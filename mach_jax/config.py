@@ -1,0 +1,176 @@
+"""The library's defaults, and the one function that turns a config into objects.
+
+Every default lives in ``default_config()``; experiment configs (``experiments/configs``)
+start from it and override what they tune, and the library reads ``config.x`` directly.
+``build(config, D, K, total_steps)`` makes the hash spec, the model, the optimizers and the
+decoder; training, the benchmarks, the Predictor and the tests all build through it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from mach_jax import decode, model as model_lib, optim
+from mach_jax.hashing import IDENTITY, HashSpec
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every field the library reads, with its default."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # Device mesh: 'rep' splits the repetitions (each device owns whole ones, no collective),
+  # 'data' splits the batch rows (one all-reduce of the gradients per step). -1 = the rest.
+  c.mesh = (("data", 1), ("rep", -1))
+  c.distributed = ml_collections.ConfigDict(dict(
+      enabled=False,  # Call jax.distributed.initialize (multi-process / multi-host).
+      coordinator_address="",  # host:port of process 0; empty = auto-detect (e.g. SLURM).
+      num_processes=-1,  # -1 = auto-detect.
+      process_id=-1))  # -1 = auto-detect.
+
+  c.data = ml_collections.ConfigDict()
+  # 'xc' (train/test XC-format files), 'queries' (query<TAB>ids text files, featurized
+  # while streaming) or 'synthetic' (the embedded catalogue).
+  c.data.name = "xc"
+  c.data.train = ""
+  c.data.test = ""
+  # Keep parsed XC files here as .npz (read_xc): a sweep parses each file once. '' = never.
+  c.data.cache_dir = ""
+  c.data.synthetic = ml_collections.ConfigDict(dict(  # mach_jax.data.make_catalogue's args.
+      num_train=50_000, num_test=5_000, num_classes=10_000, num_features=20_000,
+      words_per_label=5, noise_words=8, seed=0))
+  # Query logs only: K is num_labels, or the line count of the catalogue (id<TAB>title...)
+  # when num_labels is 0; the training log is shuffled within windows of buffer_size queries.
+  c.data.catalogue = ""
+  c.data.num_labels = 0
+  c.data.buffer_size = 100_000
+  # Query logs only: the text featurizer (mach_jax.data.text), saved with the model so that
+  # serving rebuilds exactly the function it was trained with.
+  c.data.featurizer = ml_collections.ConfigDict(dict(
+      num_features=1 << 18, word_ngrams=(1, 2), char_ngrams=(3, 3), weighting="log",
+      char_weight=1.0, max_chars=10_000))
+
+  c.model = ml_collections.ConfigDict()
+  c.model.R = 16  # Repetitions.
+  c.model.B = 32  # Buckets per repetition.
+  c.model.hidden = (512,)  # hidden[0] = H, the input layer's width.
+  c.model.hash_family = "murmur"  # universal | murmur | balanced | identity (full softmax).
+  c.model.hash_seed = 0
+  c.model.loss = "bce"  # bce | softmax_hist | softmax.
+  c.model.dense_input = False  # Dense [b, D] input instead of sparse nonzeros.
+  c.model.embedding_bag = "auto"  # auto | dense | gather (sparse input only; same result).
+  c.model.dtype = "float32"
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adam"  # adam | adamw | sgd.
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.schedule = "constant"  # constant | cosine (with linear warm-up).
+  c.optimizer.warmup_steps = 0
+  c.optimizer.clip_norm = 0.0  # Per-repetition gradient-norm clip; 0 disables it.
+  c.optimizer.weight_decay = 0.0
+  # Row-sparse (lazy) Adam for the input table: update only the rows a batch touches.
+  # Pays off when D is much larger than a batch's distinct features; needs adam, no clip.
+  c.optimizer.row_sparse = False
+  c.optimizer.table_lr_scale = 1.0  # Input-table learning rate / the rest's (row_sparse only).
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 128
+  c.train.num_epochs = 10
+  c.train.log_every_steps = 50
+  c.train.progress_bar = True
+  # Stop once a periodic evaluation (eval.every_epochs / every_steps) of eval.estimator
+  # reaches target_value on target_metric (e.g. "P@1"); "" trains all epochs.
+  c.train.target_metric = ""
+  c.train.target_value = 0.0
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.enabled = True  # Rerunning the same command with the same workdir resumes.
+  c.checkpoint.every_steps = 500  # Also after every evaluation and at the end; 0: only those.
+  c.checkpoint.keep = 2  # Last checkpoints kept (plus the best by best_metric).
+  c.checkpoint.best_metric = "P@1"  # From periodic evaluations; "" keeps only the last ones.
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.k = 5
+  c.eval.estimator = "mean"  # Reported at the top level of results.json.
+  c.eval.estimators = ("mean", "unbiased", "logit_sum", "min", "median", "log_mean")
+  c.eval.batch_size = 256
+  c.eval.every_epochs = 0  # 0: evaluate only at the end.
+  c.eval.every_steps = 0  # Also evaluate every this many steps; 0: off.
+  c.eval.subset = 0  # Points of the test set used by periodic evaluations; 0: all.
+  c.eval.memory_budget_mb = 16  # Bounds the [b, chunk] blocks; small chunks stay in cache.
+  c.eval.decode = "exact"  # exact (all K classes) | candidates (top-m buckets per rep).
+  c.eval.candidates_m = 2  # Buckets probed per repetition by the candidates decoder.
+  c.eval.min_count = 1  # Candidates must sit in the top-m of at least this many reps.
+  c.eval.propensity_A = 0.55
+  c.eval.propensity_B = 1.5
+  return c
+
+
+def hash_spec(config, num_classes: int) -> HashSpec:
+  """The model's hash spec; ``hash_family='identity'`` is the full-softmax baseline (B = K)."""
+  m = config.model
+  if m.hash_family == IDENTITY:
+    return HashSpec(family=IDENTITY, K=num_classes, B=num_classes, R=1, seed=0)
+  return HashSpec(family=m.hash_family, K=num_classes, B=m.B, R=m.R, seed=m.hash_seed)
+
+
+def make_model(config, num_features: int, spec: HashSpec) -> model_lib.MACH:
+  m = config.model
+  return model_lib.MACH(num_repetitions=spec.R, num_features=num_features, num_buckets=spec.B,
+                        hidden=tuple(m.hidden), sparse_input=not m.dense_input,
+                        embedding_bag=m.embedding_bag, dtype=jnp.dtype(m.dtype))
+
+
+def make_decoder(config, spec: HashSpec) -> decode.Decoder:
+  ev = config.eval
+  return decode.Decoder(spec, config.model.loss, ev.batch_size,
+                        memory_budget_bytes=int(ev.memory_budget_mb) << 20,
+                        method=ev.decode, m=ev.candidates_m, min_count=ev.min_count)
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+  """What ``build`` makes of a config.
+
+  Attributes:
+    config: the config it was built from.
+    spec: the hash spec (K, B, R, family, seed).
+    model: the Flax model of all R repetitions.
+    tx: the optimizer of ONE repetition (vmapped over 'rep' by the step): every parameter,
+      or every parameter but the input table when ``table_tx`` is set.
+    table_tx: row-sparse Adam for the input table, or None.
+  """
+
+  config: ml_collections.ConfigDict
+  spec: HashSpec
+  model: model_lib.MACH
+  tx: optax.GradientTransformation
+  table_tx: optim.RowSparseTransform | None
+
+  @functools.cached_property
+  def decoder(self) -> decode.Decoder:
+    """The evaluation decoder (built on first use: its class table can be large)."""
+    return make_decoder(self.config, self.spec)
+
+
+def build(config, num_features: int, num_classes: int, total_steps: int) -> Parts:
+  """The hash spec, model, optimizers and decoder of ``config`` for D features, K classes.
+
+  Args:
+    config: a config shaped like ``default_config()``.
+    num_features: D.
+    num_classes: K.
+    total_steps: training steps in all (sizes the cosine schedule).
+
+  Returns:
+    ``Parts``.
+  """
+  spec = hash_spec(config, num_classes)
+  return Parts(config, spec, make_model(config, num_features, spec),
+               optim.make_optimizer(config, total_steps),
+               optim.make_table_optimizer(config, total_steps))

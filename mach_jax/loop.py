@@ -1,0 +1,103 @@
+"""Host-side helpers of the training loop: when to act, how long it took, whether the loss
+stayed finite, and where events are written."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+
+import jax
+import numpy as np
+
+from mach_jax import sharding
+
+
+def itstime(step: int, every: int, *, last: bool = False) -> bool:
+  """The one rule for every periodic action: each ``every`` steps (0: never), or at ``last``.
+
+  Args:
+    step: the count so far (steps, or epochs), 1-based.
+    every: the period; 0 turns the action off (``last`` still applies).
+    last: force the action (the end of an epoch, or of training).
+  """
+  return last or (every > 0 and step % every == 0)
+
+
+class Stopwatch:
+  """Training time: wall-clock time that pauses around evaluations and checkpoints' waits.
+
+  Args:
+    offset: seconds already trained (a resumed run's earlier time).
+  """
+
+  def __init__(self, offset: float = 0.0):
+    self._offset, self._paused = offset, 0.0
+    self._start = time.perf_counter()
+
+  @contextlib.contextmanager
+  def paused(self):
+    t0 = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._paused += time.perf_counter() - t0
+
+  def seconds(self) -> float:
+    return self._offset + time.perf_counter() - self._start - self._paused
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+class LossGuard:
+  """Per-step losses, fetched lazily; raises at the first step whose loss is not finite.
+
+  Steps are dispatched asynchronously; their [R] losses stay on device until ``check``,
+  which the loop calls before anything that must not see a broken state (a log line, a
+  checkpoint, an evaluation).
+  """
+
+  def __init__(self):
+    self._pending: list[tuple[int, jax.Array]] = []
+
+  def add(self, step: int, loss: jax.Array) -> None:
+    self._pending.append((step, loss))
+
+  def check(self) -> np.ndarray:
+    """[n, R] losses of the steps since the last check.
+
+    Raises:
+      NonFiniteLossError: naming the step and the repetitions.
+    """
+    pending, self._pending = self._pending, []
+    return check_finite(pending)
+
+
+def check_finite(pending: list[tuple[int, jax.Array]]) -> np.ndarray:
+  """Stack (step, loss [R]) pairs to [n, R]; raise at the first non-finite one."""
+  if not pending:
+    return np.zeros((0, 0), np.float32)
+  values = np.stack([sharding.to_host(l) for _, l in pending])  # [n, R]
+  bad = ~np.isfinite(values)
+  if bad.any():
+    i = int(np.argmax(bad.any(axis=1)))
+    reps = np.nonzero(bad[i])[0].tolist()
+    raise NonFiniteLossError(f"non-finite loss at step {pending[i][0]} in repetitions {reps} "
+                             f"(values {values[i][reps].tolist()}); lower "
+                             "config.optimizer.learning_rate or set config.optimizer.clip_norm")
+  return values
+
+
+class JsonlWriter:
+  """Appends one JSON object per line to ``path`` (process 0 only in multi-process runs)."""
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def write(self, record: dict) -> None:
+    if jax.process_index() != 0:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")

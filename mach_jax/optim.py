@@ -1,0 +1,142 @@
+"""Optimizers: the per-repetition optax chain, its schedule, and row-sparse Adam.
+
+Every transform here is the optimizer of ONE repetition; the train step vmaps it over the
+repetition axis, so clipping, schedules and moments are strictly per repetition (a
+global-norm clip over all parameters would couple the repetitions and need a collective).
+
+Row-sparse ("lazy") Adam is for the input table: a batch touches only the rows of the
+features it contains, yet a dense Adam step reads and writes every row of the [D, H] table
+and of both moment tables. ``row_sparse_adam`` gathers the touched rows, applies Adam to
+them and scatters them back; rows the batch did not touch keep their parameters *and* their
+moments (their moments do not decay), as in TensorFlow's LazyAdam. The bias correction uses
+the global step count. On the first step it equals dense Adam exactly (an untouched row has
+zero gradient and zero moments, so dense Adam does not move it either); afterwards the two
+differ on rows that go untouched.
+
+References:
+  Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = ["RowSparseAdamState", "RowSparseTransform", "learning_rate", "make_optimizer",
+           "make_table_optimizer", "row_sparse_adam"]
+
+
+def learning_rate(opt, total_steps: int) -> float | optax.Schedule:
+  """``config.optimizer``'s learning rate: a constant, or warm-up then cosine decay."""
+  if opt.schedule == "constant":
+    return opt.learning_rate
+  if opt.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, opt.learning_rate, opt.warmup_steps,
+                                              max(total_steps, opt.warmup_steps + 1))
+  raise ValueError(f"config.optimizer.schedule={opt.schedule!r}: expected constant|cosine")
+
+
+def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
+  """The optimizer of ONE repetition, from ``config.optimizer``.
+
+  With ``row_sparse`` it updates every parameter but the input table (see
+  ``make_table_optimizer``).
+  """
+  opt = config.optimizer
+  lr = learning_rate(opt, total_steps)
+  if opt.name == "adam":
+    core = optax.adam(lr)
+  elif opt.name == "adamw":
+    core = optax.adamw(lr, weight_decay=opt.weight_decay)
+  elif opt.name == "sgd":
+    core = optax.sgd(lr, momentum=0.9)
+  else:
+    raise ValueError(f"config.optimizer.name={opt.name!r}: expected adam|adamw|sgd")
+  parts = [optax.clip_by_global_norm(opt.clip_norm)] if opt.clip_norm > 0 else []
+  return optax.chain(*parts, core)
+
+
+class RowSparseAdamState(NamedTuple):
+  """State of row-sparse Adam for one repetition's [D, H] table."""
+  count: jax.Array  # int32 []
+  mu: jax.Array  # [D, H]
+  nu: jax.Array  # [D, H]
+
+
+class RowSparseTransform(NamedTuple):
+  """An optax-style pair for a table updated by rows.
+
+  Attributes:
+    init: ``table [D, H] -> state``.
+    update: ``(table [D, H], rows int32 [U], row_grads [U, H], state) -> (table, state)``;
+      row ids >= D are padding and change nothing.
+  """
+  init: Callable[[jax.Array], RowSparseAdamState]
+  update: Callable[[jax.Array, jax.Array, jax.Array, RowSparseAdamState],
+                   tuple[jax.Array, RowSparseAdamState]]
+
+
+def row_sparse_adam(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: float = 0.999,
+                    eps: float = 1e-8) -> RowSparseTransform:
+  """Adam on the rows a batch touches only.
+
+  Args:
+    learning_rate: a float or an optax schedule of the step count.
+    b1, b2, eps: Adam's hyper-parameters.
+
+  Returns:
+    A ``RowSparseTransform``.
+  """
+
+  def init(table: jax.Array) -> RowSparseAdamState:
+    return RowSparseAdamState(count=jnp.zeros((), jnp.int32), mu=jnp.zeros_like(table),
+                              nu=jnp.zeros_like(table))
+
+  def update(table, rows, row_grads, state):
+    count = state.count + 1
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    take = lambda x: jnp.take(x, rows, axis=0, mode="fill", fill_value=0)
+    mu = b1 * take(state.mu) + (1 - b1) * row_grads
+    nu = b2 * take(state.nu) + (1 - b2) * jnp.square(row_grads)
+    t = count.astype(table.dtype)
+    mu_hat = mu / (1 - b1 ** t)
+    nu_hat = nu / (1 - b2 ** t)
+    step = -lr * mu_hat / (jnp.sqrt(nu_hat) + eps)
+    put = lambda x, v: x.at[rows].set(v, mode="drop")  # Padding ids (>= D) are dropped.
+    new_table = put(table, take(table) + step)
+    return new_table, RowSparseAdamState(count=count, mu=put(state.mu, mu),
+                                         nu=put(state.nu, nu))
+
+  return RowSparseTransform(init, update)
+
+
+def make_table_optimizer(config, total_steps: int) -> RowSparseTransform | None:
+  """Row-sparse Adam for the input table, or None when ``config.optimizer.row_sparse`` is off.
+
+  Raises:
+    ValueError: naming the fields to change, for combinations it does not support.
+  """
+  opt = config.optimizer
+  if not opt.row_sparse:
+    if opt.table_lr_scale != 1.0:
+      raise ValueError(f"config.optimizer.table_lr_scale={opt.table_lr_scale} needs "
+                       "config.optimizer.row_sparse=True")
+    return None
+  problems = [f"config.optimizer.name={opt.name!r} (needs 'adam')" if opt.name != "adam" else "",
+              f"config.optimizer.clip_norm={opt.clip_norm} (needs 0)" if opt.clip_norm else "",
+              "config.model.dense_input=True (needs sparse input)"
+              if config.model.dense_input else ""]
+  problems = [p for p in problems if p]
+  if problems:
+    raise ValueError("config.optimizer.row_sparse=True is not supported with "
+                     + ", ".join(problems))
+  lr, scale = learning_rate(opt, total_steps), opt.table_lr_scale
+  if scale != 1.0:
+    # A row moves only in the steps whose batch holds its feature: rare features of a large
+    # vocabulary get few updates, and a larger step for the table alone lets them catch up.
+    base = lr
+    lr = (lambda count: scale * base(count)) if callable(base) else scale * base
+  return row_sparse_adam(lr)

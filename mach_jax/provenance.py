@@ -1,0 +1,27 @@
+"""What a result was produced with: library versions and the process's peak memory."""
+
+from __future__ import annotations
+
+import platform
+
+
+def library_versions() -> dict[str, str]:
+  """Versions of Python and the libraries whose changes can move a result."""
+  import importlib.metadata as md
+  out = {"python": platform.python_version()}
+  for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy"):
+    try:
+      out[name] = md.version(name)
+    except md.PackageNotFoundError:
+      out[name] = "missing"
+  return out
+
+
+def peak_rss_bytes() -> int:
+  """This process's peak resident memory so far (0 where the OS does not say)."""
+  try:
+    import resource
+  except ImportError:  # Not on POSIX.
+    return 0
+  kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return int(kib) * (1 if platform.system() == "Darwin" else 1024)  # macOS: bytes.

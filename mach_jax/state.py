@@ -1,0 +1,125 @@
+"""The training state, and the one path that sets a run up: config + data -> state + steps.
+
+``TrainState`` is a plain pytree with the same four fields for every config; every leaf but
+``step`` has the repetition axis first, so the state shards on 'rep' and checkpoints as one
+tree. ``create_train_state`` is what ``train_and_evaluate``, the benchmarks and the tests
+call to get the mesh, the initial state and the jitted steps of a config.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from mach_jax import config as config_lib, model as model_lib, optim, sharding, steps
+from mach_jax.hashing import IDENTITY
+
+
+class TrainState(NamedTuple):
+  """Everything a training run carries from step to step.
+
+  Attributes:
+    step: int32 [], steps taken.
+    params: the model's parameters, every leaf [R, ...].
+    opt_state: the optax state of ``Parts.tx`` (vmapped: every leaf [R, ...]), over every
+      parameter, or over every parameter but the input table when ``table_opt_state`` is set.
+    table_opt_state: row-sparse Adam's state of the input table ([R, D, H] moments), or None.
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  table_opt_state: optim.RowSparseAdamState | None
+
+
+# The initialisation program runs once, so on XLA:CPU it is compiled for compile time: LLVM
+# optimisation level 1 instead of 2 roughly halves its compile time and gives bit-identical
+# values (pinned in tests/test_train.py; figures in experiments/bench/NOTES.md).
+INIT_CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+def init_state(model: model_lib.MACH, tx: optax.GradientTransformation,
+               table_tx: optim.RowSparseTransform | None, rng: jax.Array,
+               batch: dict[str, Any], mesh: Mesh | None = None) -> TrainState:
+  """Parameters from ``rng``; optimizer states initialised per repetition.
+
+  With a ``mesh``, the state is created directly in its sharded layout (split on 'rep');
+  the values do not depend on the mesh (JAX's partitionable threefry RNG).
+  """
+  x = steps.model_input(jax.tree.map(np.asarray, batch), model.sparse_input)
+
+  def init(rng):
+    params = model.init(rng, x)["params"]
+    if table_tx is None:
+      return TrainState(jnp.zeros((), jnp.int32), params, jax.vmap(tx.init)(params), None)
+    table, rest = model_lib.split_table(params)
+    return TrainState(jnp.zeros((), jnp.int32), params, jax.vmap(tx.init)(rest),
+                      jax.vmap(table_tx.init)(table))
+
+  if mesh is None:
+    jitted, platform = jax.jit(init), jax.default_backend()
+  else:
+    shapes = jax.eval_shape(init, rng)
+    jitted = jax.jit(init, out_shardings=sharding.state_shardings(mesh, shapes))
+    platform = mesh.devices.flat[0].platform
+  options = INIT_CPU_COMPILER_OPTIONS if platform == "cpu" else None
+  return jitted.lower(rng).compile(compiler_options=options)(rng)
+
+
+class TrainSetup(NamedTuple):
+  """A config made ready to train: see ``create_train_state``."""
+  parts: config_lib.Parts
+  mesh: Mesh
+  widths: Any  # data.batching.Widths: the fixed batch shapes.
+  first_batch: dict[str, np.ndarray]
+  state: TrainState
+  train_step: Callable  # jit(state, batch) -> (state, {'loss': [R]}), state donated.
+  logits_fn: Callable  # jit(params, batch) -> [R, b, B].
+  batch_shardings: Any
+
+  def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """A host batch as global arrays in the step's layout."""
+    return sharding.put(batch, self.batch_shardings)
+
+  def run(self, state: TrainState, batch: dict[str, np.ndarray]):
+    """One step on a host batch; waits for it where the mesh needs that (see sharding)."""
+    state, metrics = self.train_step(state, self.put(batch))
+    if sharding.must_sync_each_step(self.mesh):
+      jax.block_until_ready(metrics)
+    return state, metrics
+
+
+def create_train_state(config, source, total_steps: int | None = None,
+                       mesh_devices=None) -> TrainSetup:
+  """Build, place and initialise everything a run of ``config`` on ``source`` needs.
+
+  Args:
+    config: shaped like ``default_config()``.
+    source: training data (``XCData`` or ``QueryLog``): ``num_points``, ``num_features``,
+      ``num_labels``, ``widths(b)``, ``first_batch(...)``.
+    total_steps: training steps in all (default: the config's epochs over ``source``).
+    mesh_devices: the devices of the mesh (default: all).
+
+  Returns:
+    A ``TrainSetup``.
+  """
+  tc = config.train
+  if total_steps is None:
+    total_steps = -(-source.num_points // tc.batch_size) * tc.num_epochs
+  parts = config_lib.build(config, source.num_features, source.num_labels, total_steps)
+  mesh_spec = config.mesh if parts.spec.family != IDENTITY else (("data", 1), ("rep", 1))
+  mesh = sharding.make_mesh(mesh_spec, parts.spec.R, tc.batch_size, devices=mesh_devices)
+  shards = mesh.shape[sharding.DATA_AXIS]
+  widths = source.widths(tc.batch_size // shards)
+  first = source.first_batch(tc.batch_size, widths, dense=config.model.dense_input,
+                             num_shards=shards)
+  state = init_state(parts.model, parts.tx, parts.table_tx, jax.random.key(config.seed),
+                     first, mesh)
+  return TrainSetup(parts, mesh, widths, first, state,
+                    sharding.make_train_step(parts, mesh, state, first),
+                    sharding.make_logits_fn(parts, mesh, state.params, first),
+                    sharding.batch_shardings(mesh, first))

@@ -1,0 +1,96 @@
+"""The pure steps: one training update of R repetitions, and their logits.
+
+Nothing here knows about meshes: ``mach_jax.sharding`` wraps these functions with
+``shard_map`` so that each device runs them on its own repetitions (and batch rows).
+To change the loss, edit ``mach_jax.losses``; the optimizer, ``mach_jax.optim``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mach_jax import losses, model as model_lib, optim
+from mach_jax.hashing import HashSpec
+
+if TYPE_CHECKING:  # state.py builds on the steps (through sharding.py); only the type here.
+  from mach_jax.state import TrainState
+
+
+def model_input(batch: dict[str, Any], sparse: bool):
+  """What the model is called on: the batch dict (sparse input) or its dense [b, D] matrix."""
+  return batch if sparse else batch["dense"]
+
+
+def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MACH,
+               tx: optax.GradientTransformation, spec: HashSpec, loss: str,
+               table_tx: optim.RowSparseTransform | None = None,
+               hash_params: jax.Array | None = None, data_axis: str | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update of the repetitions in ``state``. Returns (new state, metrics).
+
+  Labels are hashed here, on device, per repetition (``hash_params``: the rows of
+  ``spec.params()`` of the repetitions this call owns; default all). The gradient is pulled
+  back from the per-repetition loss vector with a cotangent of ones, so no scalar sum over
+  'rep' appears (that would be a cross-device reduction under sharding).
+
+  Under ``shard_map`` with ``data_axis`` set, ``batch`` is this device's block of rows: the
+  row count is summed over the axis so the loss is the global mean, and the gradient of the
+  parameters (invariant over 'data') is summed over it by JAX itself (check_vma) -- the only
+  collective of the step.
+
+  With ``table_tx`` the step differentiates with respect to the input-table rows the batch
+  touches (one unique over the batch's feature ids) instead of the whole table, and updates
+  only those rows with row-sparse Adam.
+
+  Metrics: ``loss`` [R], per repetition. (No gradient norm: it would cost a transpose of the
+  table's gradient that nothing reads.)
+  """
+  label_mask = batch["labels"] >= 0
+  buckets = spec.buckets(batch["labels"], jnp, params=hash_params)  # [R, b, L]
+  params = state.params
+  if table_tx is not None:
+    table, rest = model_lib.split_table(params)
+    D = table.shape[1]
+    # Entries with value 0 (padding) touch nothing; they map to the zero row of id D.
+    ids = jnp.where(batch["values"] != 0, batch["indices"], D)
+    touched, local_ids = jnp.unique(ids, size=ids.shape[0], fill_value=D, return_inverse=True)
+    params = model_lib.join_table(jnp.take(table, touched, axis=1, mode="fill", fill_value=0),
+                                  rest)
+    batch = {**batch, "indices": local_ids.reshape(-1).astype(jnp.int32)}
+    # The same module over the gathered rows: a table of T rows, looked up by gather.
+    model = model.clone(num_features=ids.shape[0], embedding_bag="gather")
+  x = model_input(batch, model.sparse_input)
+
+  def loss_fn(params):
+    logits = model.apply({"params": params}, x)
+    sums, count = losses.mach_loss_sums(loss, logits, buckets, label_mask, batch["mask"])
+    if data_axis is not None:
+      count = jax.lax.psum(count, data_axis)
+    return sums / jnp.maximum(count, 1.0)
+
+  per_rep_loss, pullback = jax.vjp(loss_fn, params)
+  (grads,) = pullback(jnp.ones_like(per_rep_loss))
+  if data_axis is not None:
+    per_rep_loss = jax.lax.psum(per_rep_loss, data_axis)
+  table_opt_state = state.table_opt_state
+  if table_tx is None:
+    updates, opt_state = jax.vmap(tx.update)(grads, state.opt_state, params)
+    params = optax.apply_updates(params, updates)
+  else:
+    row_grads, rest_grads = model_lib.split_table(grads)
+    updates, opt_state = jax.vmap(tx.update)(rest_grads, state.opt_state, rest)
+    table, table_opt_state = jax.vmap(table_tx.update, in_axes=(0, None, 0, 0))(
+        table, touched, row_grads, state.table_opt_state)
+    params = model_lib.join_table(table, optax.apply_updates(rest, updates))
+  new_state = state._replace(step=state.step + 1, params=params, opt_state=opt_state,
+                             table_opt_state=table_opt_state)
+  return new_state, {"loss": per_rep_loss}
+
+
+def logits_step(params, batch: dict[str, Any], *, model: model_lib.MACH) -> jax.Array:
+  """Bucket logits [R, b, B] of every repetition in ``params``."""
+  return model.apply({"params": params}, model_input(batch, model.sparse_input))

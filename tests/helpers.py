@@ -1,0 +1,79 @@
+"""Helpers shared by the tests: small configs, the tiny sharded setup, the shared data sets.
+
+tests/conftest.py sets up eight simulated CPU devices before jax is imported; this module
+may be imported by tests and by tests/sharding_run.py (after it set its own devices).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from jax.experimental import multihost_utils
+
+from mach_jax import config as config_lib, data as data_lib, metrics, sharding, state as state_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data"))
+
+
+def shared_file(name: str, split: str) -> str:
+  """../shared/data/<name>/<split>.txt.gz, or skip the test when it is absent."""
+  path = os.path.join(SHARED_DATA, name, f"{split}.txt.gz")
+  if not os.path.exists(path):
+    pytest.skip(f"{path} not found (../shared/data is absent)")
+  return path
+
+
+def tiny_config():
+  """A synthetic catalogue of 400 classes that trains in seconds on one device."""
+  c = config_lib.default_config()
+  c.data.name = "synthetic"
+  c.data.synthetic.update(num_train=3000, num_test=500, num_classes=400, num_features=1000,
+                          words_per_label=5, noise_words=8, seed=0)
+  c.model.update(R=4, B=32, hidden=(64,), loss="softmax_hist")
+  c.mesh = (("data", 1), ("rep", 1))  # One device; tests/test_sharding.py covers the rest.
+  c.eval.estimators = ("mean", "log_mean")
+  c.train.update(batch_size=64, num_epochs=3, log_every_steps=10, progress_bar=False)
+  c.eval.update(batch_size=128, every_epochs=1, subset=200)
+  return c
+
+
+def popular_baseline(train_Y, test_Y):
+  """Metrics of answering every point with the 5 most frequent training labels."""
+  top = np.argsort(-np.asarray(train_Y.sum(axis=0)).ravel(), kind="stable")[:5]
+  return metrics.evaluate(np.tile(top, (test_Y.shape[0], 1)), test_Y)
+
+
+def tiny_setup(mesh_spec, R: int = 8, num_batches: int = 1, clip_norm: float = 0.0,
+               row_sparse: bool = False):
+  """``create_train_state`` of the tiny config on ``mesh_spec``, and its first batches.
+
+  Returns (TrainSetup, host batches in training order).
+  """
+  c = tiny_config()
+  c.model.R = R
+  c.mesh = mesh_spec
+  c.optimizer.update(clip_norm=clip_norm, row_sparse=row_sparse)
+  tr, _ = data_lib.load(c.data)
+  setup = state_lib.create_train_state(c, tr, total_steps=100)
+  batches = list(tr.batches(c.train.batch_size, shuffle=True, widths=setup.widths,
+                            num_shards=setup.mesh.shape[sharding.DATA_AXIS]))
+  return setup, batches[:num_batches]
+
+
+def run_steps(mesh_spec, num_steps: int = 3, R: int = 8):
+  """Train ``num_steps`` steps of the tiny model on ``mesh_spec``; params as NumPy."""
+  setup, batches = tiny_setup(mesh_spec, R, num_steps)
+  state = setup.state
+  for b in batches:
+    state, _ = setup.run(state, b)
+  return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)),
+                      state.params)
+
+
+def flat(tree) -> dict:
+  """{key path: leaf} of a pytree."""
+  return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(tree)}
