@@ -3,12 +3,12 @@
     python -m experiments.train --config experiments/configs/bibtex.py --workdir /tmp/bibtex
     python -m experiments.train --config experiments/configs/bibtex.py:fast --workdir /tmp/f
 
-The ``fast`` variant is tuned for time to target (experiments.bench.speed, README "Time to
+The ``fast`` variant is tuned for time to target (experiments.bench.speed, docs/speed.md "Time to
 target against omikuji"): 12 repetitions instead of 16, H = 64 instead of 512 and a 5x
 larger learning rate. Trained all 10 epochs it gives P@1 .631 / P@5 .282 (2026-11-28; it passes
 .632 in an early epoch, then overfits), against .641 / .289 for the default.
 
-Result: see the README table (P@1 / P@5 and the machine it was measured on).
+Result: see docs/results.md (P@1 / P@5 and the machine it was measured on).
 """
 
 from experiments.configs.paths import shared_data
@@ -27,7 +27,7 @@ def get_config(arg=None):
   c.model.loss = "bce"
   c.train.num_epochs = 10
   # The mean of log-probabilities: a label must score in every repetition (count-min
-  # style); never worse at P@5 than the mean on these sets (README table).
+  # style); never worse at P@5 than the mean on these sets (docs/results.md).
   c.eval.estimator = "log_mean"
   if arg == "fast":
     # Time to P@1 .632 (warm compilation cache, one run each): H=512 lr 3e-3 8.8 s,

@@ -2,7 +2,7 @@
 
     python -m experiments.train --config experiments/configs/corel5k.py --workdir /tmp/corel5k
 
-Result: see the README table (P@1 / P@5 and the machine it was measured on).
+Result: see docs/results.md (P@1 / P@5 and the machine it was measured on).
 """
 
 from experiments.configs.paths import shared_data
@@ -19,6 +19,6 @@ def get_config():
   c.model.loss = "bce"
   c.train.num_epochs = 10
   # The mean of log-probabilities: a label must score in every repetition (count-min
-  # style); never worse at P@5 than the mean on these sets (README table).
+  # style); never worse at P@5 than the mean on these sets (docs/results.md).
   c.eval.estimator = "log_mean"
   return c

@@ -10,8 +10,8 @@ streaming the query log from disk, then search::
     python -m experiments.search --workdir runs/products_1m "usb c charger 65w"
 
 Result (2-core CPU VM, 2026-11-28; one pass over 9.99M queries, 35 min, 4,814 queries/s,
-peak RSS 3.0 GiB): test P@1 .299, P@5 .077, R@10 .364 with the log-mean merge; README
-section "Product search".
+peak RSS 3.0 GiB): test P@1 .299, P@5 .077, R@10 .364 with the log-mean merge
+(docs/product_search.md).
 
 ``products.py:small`` reads ``runs/data/products_small`` (``--products 20000 --queries
 200000``) for a run of a minute.

@@ -18,7 +18,7 @@ bigrams (scikit-learn's ``TfidfVectorizer``, sublinear tf, L2-normalised rows), 
 train only; n-grams seen in fewer than ``--min_df`` training synsets are left out.
 
 Writes OUT/train.txt.gz and OUT/test.txt.gz (XC repository format), OUT/labels.tsv (label id,
-synset key, its lemmas) and OUT/stats.json (the counts quoted in the README).
+synset key, its lemmas) and OUT/stats.json (the counts quoted in docs/results.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     python -m experiments.sweep --config experiments/configs/wordnet.py \
         --sweep experiments/sweeps/wordnet_tuning.py --out runs/tune_wordnet
-    python -m experiments.plots runs/tune_wordnet      # summary.md: the README table
+    python -m experiments.plots runs/tune_wordnet      # summary.md: docs/results.md's table
 
 Each point changes one thing from the one before (R = 8, B = 1,024, H = 256, batch 256,
 row-sparse Adam throughout): learning rate and schedule, a larger step for the input table,
