@@ -28,9 +28,19 @@ def _library_info_only(record: py_logging.LogRecord) -> bool:
   return record.levelno >= py_logging.WARNING or "/mach_jax/" in record.pathname
 
 
+class _PlainFormatter(py_logging.Formatter):
+  """The message alone for INFO lines (they read as the run's output), the level otherwise."""
+
+  def format(self, record: py_logging.LogRecord) -> str:
+    text = record.getMessage()
+    return text if record.levelno < py_logging.WARNING else f"{record.levelname}: {text}"
+
+
 def main(argv):
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_library_info_only)
+  handler = logging.get_absl_handler()
+  handler.addFilter(_library_info_only)
+  handler.setFormatter(_PlainFormatter())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
