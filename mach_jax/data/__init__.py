@@ -2,7 +2,8 @@
 
 A training source is an ``XCData`` (in memory) or a ``QueryLog`` (streamed from disk); both
 offer ``num_points``, ``num_features``, ``num_labels``, ``label_counts()``,
-``widths(batch_size)``, ``first_batch(...)`` and ``batches(...)``, which is all the
+``widths(batch_size)``, ``first_batch(...)``, ``batches(...)`` and ``featurizer`` (the
+text featurizer a model folder must keep, or None for given features), which is all the
 training loop uses.
 """
 
