@@ -83,8 +83,11 @@ class Restored:
 
 
 def restore_latest(manager: ocp.CheckpointManager, target: Any,
-                   check_meta: Callable[[dict], None] | None = None) -> Restored | None:
+                   check_meta: Callable[[dict], None] | None = None,
+                   only: int | None = None) -> Restored | None:
   """Restore the newest checkpoint that reads back completely onto ``target``'s shardings.
+
+  ``only``: consider that step alone (e.g. the best one a run recorded).
 
   ``check_meta`` sees each checkpoint's metadata before its state is read, and may raise to
   refuse it (a different model, say); that error propagates. A checkpoint that fails to
@@ -94,7 +97,7 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
   """
   ocp = _orbax()
   manager.reload()
-  steps = sorted(manager.all_steps(), reverse=True)
+  steps = sorted(manager.all_steps(), reverse=True) if only is None else [only]
   errors = []
   for step in steps:
     try:
@@ -125,17 +128,20 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
 
 
 def run_meta(*, step: int, epoch: int, batch_in_epoch: int, steps_per_epoch: int,
-             train_seconds: float, examples: int, spec: HashSpec, config) -> dict:
+             train_seconds: float, examples: int, spec: HashSpec, config,
+             best: dict | None = None) -> dict:
   """The ``meta`` item of a checkpoint: where in the data the run stands, and what it is.
 
-  A position at the end of an epoch is recorded as the start of the next one.
+  A position at the end of an epoch is recorded as the start of the next one. ``best`` is
+  the best validation evaluation so far (``loop.Best.record``), whose checkpoint the keep
+  policy preserves.
   """
   if batch_in_epoch == steps_per_epoch:
     epoch, batch_in_epoch = epoch + 1, 0
   return {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
           "shuffle_seed": config.seed, "train_seconds": train_seconds, "examples": examples,
           "hash_spec": spec.to_dict(), "config": json.loads(config.to_json()),
-          "versions": provenance.library_versions()}
+          "versions": provenance.library_versions(), "best": best}
 
 
 def check_resumable(meta: dict, spec: HashSpec, config, workdir: str) -> None:

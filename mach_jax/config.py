@@ -54,6 +54,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.featurizer = ml_collections.ConfigDict(dict(
       num_features=1 << 18, word_ngrams=(1, 2), char_ngrams=(3, 3), weighting="log",
       char_weight=1.0, max_chars=10_000))
+  # Training points held out to tune and select on (mach_jax.data.validation); with > 0,
+  # periodic evaluations run on them instead of the test split, and the model kept is the
+  # best of them by checkpoint.best_metric. The split depends on validation_seed only.
+  c.data.validation_fraction = 0.0
+  c.data.validation_seed = 0
 
   c.model = ml_collections.ConfigDict()
   c.model.R = 16  # Repetitions.
@@ -87,12 +92,17 @@ def default_config() -> ml_collections.ConfigDict:
   # reaches target_value on target_metric (e.g. "P@1"); "" trains all epochs.
   c.train.target_metric = ""
   c.train.target_value = 0.0
+  # With a validation slice: stop after this many periodic evaluations without a new best
+  # checkpoint.best_metric; 0 never stops early.
+  c.train.early_stopping_patience = 0
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.enabled = True  # Rerunning the same command with the same workdir resumes.
   c.checkpoint.every_steps = 500  # Also after every evaluation and at the end; 0: only those.
   c.checkpoint.keep = 2  # Last checkpoints kept (plus the best by best_metric).
-  c.checkpoint.best_metric = "P@1"  # From periodic evaluations; "" keeps only the last ones.
+  # From periodic evaluations; "" keeps only the last ones. With a validation slice it also
+  # picks the model a run ends with (the best evaluation's parameters, not the last).
+  c.checkpoint.best_metric = "P@1"
 
   c.eval = ml_collections.ConfigDict()
   c.eval.k = 5

@@ -8,6 +8,7 @@ import json
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mach_jax import sharding
@@ -101,3 +102,33 @@ class JsonlWriter:
       return
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
+
+
+class Best:
+  """The best periodic evaluation so far on ``metric`` (higher is better) and its parameters.
+
+  ``record`` is JSON (step, epoch, value, metrics, evaluations since) so that a checkpoint
+  can carry it; ``params`` is a device copy, or None until the first evaluation.
+  """
+
+  def __init__(self, metric: str, record: dict | None = None, params=None):
+    self.metric, self.record, self.params = metric, record, params
+
+  @property
+  def stale(self) -> int:
+    """Evaluations since the best one."""
+    return self.record["stale"] if self.record else 0
+
+  def exhausted(self, patience: int) -> bool:
+    """Whether ``patience`` (> 0) evaluations in a row have brought no new best."""
+    return patience > 0 and self.stale >= patience
+
+  def update(self, metrics: dict, step: int, epoch: int, params) -> bool:
+    """Take ``metrics`` of the state at ``step``; True when it is a new best."""
+    if self.record is not None and metrics[self.metric] <= self.record["value"]:
+      self.record["stale"] += 1
+      return False
+    self.record = {"step": step, "epoch": epoch, "value": metrics[self.metric],
+                   "metrics": dict(metrics), "stale": 0}
+    self.params = jax.tree.map(jnp.copy, params)
+    return True

@@ -42,6 +42,11 @@ def _check_config(config) -> None:
   if tc.target_metric and not (ev.every_epochs or ev.every_steps):
     raise ValueError(f"config.train.target_metric={tc.target_metric!r} needs periodic "
                      "evaluations: set config.eval.every_epochs or config.eval.every_steps")
+  if config.data.validation_fraction and not (
+      (ev.every_epochs or ev.every_steps) and config.checkpoint.best_metric):
+    raise ValueError("config.data.validation_fraction > 0 selects the model on periodic "
+                     "evaluations by config.checkpoint.best_metric: set eval.every_epochs or "
+                     "eval.every_steps, and best_metric (e.g. 'P@1')")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -50,6 +55,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Writes ``workdir/metrics.jsonl`` (one JSON object per log or evaluation event),
   ``workdir/checkpoints`` (resumed by rerunning the same command), the model folder
   ``workdir/model`` and ``workdir/results.json``; returns the results dict.
+
+  Periodic evaluations run on the validation slice when ``data.validation_fraction`` > 0
+  (and the run ends with the best of them), else on the test split.
   """
   t_start = time.time()
   _check_config(config)
@@ -59,7 +67,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tc, ev, ck = config.train, config.eval, config.checkpoint
 
   # ---- Input ---------------------------------------------------------------------------
-  train, test = data_lib.load(config.data)
+  train, validation, test = data_lib.load_splits(config.data)
+  held = validation if validation is not None else test  # What periodic evaluations read.
   inv_prop = 1.0 / metrics.propensities_from_counts(train.label_counts(), train.num_points,
                                                     ev.propensity_A, ev.propensity_B)
   t_data = time.time() - t_start
@@ -78,16 +87,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                num_params / num_params_full, f"{num_params_full:,}", train.num_points,
                test.num_points)
   subset = None
-  if ev.subset and ev.subset < test.num_points:
-    subset = np.random.default_rng(config.seed).choice(test.num_points, ev.subset, replace=False)
+  if ev.subset and ev.subset < held.num_points:
+    subset = np.random.default_rng(config.seed).choice(held.num_points, ev.subset, replace=False)
 
-  def evaluate(params, rows=None) -> dict[str, dict[str, float]]:
-    return inference.evaluate(params, setup.logits_fn, setup.parts.decoder, test, inv_prop,
+  def evaluate(params, data, rows=None) -> dict[str, dict[str, float]]:
+    return inference.evaluate(params, setup.logits_fn, setup.parts.decoder, data, inv_prop,
                               config, mesh, rows)
 
   # ---- Resume where a previous run of this workdir stopped -------------------------------
   manager = checkpoint_lib.make_manager(workdir, ck.keep, ck.best_metric) if ck.enabled else None
   step, start_epoch, start_batch, trained, examples = 0, 0, 0, 0.0, 0
+  best = loop.Best(ck.best_metric)
   if manager is not None:
     restored = checkpoint_lib.restore_latest(
         manager, checkpoint_lib.abstract_like(state),
@@ -96,6 +106,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state, meta = restored.state, restored.meta
       step, start_epoch, start_batch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
       trained, examples = meta["train_seconds"], meta["examples"]
+      if validation is not None and meta.get("best"):
+        best = loop.Best(ck.best_metric, meta["best"], checkpoint_lib.restore_latest(
+            manager, checkpoint_lib.abstract_like(state), only=meta["best"]["step"]).state.params)
       where = (f"epoch {start_epoch + 1}, batch {start_batch} of {steps_per_epoch}"
                if start_epoch < tc.num_epochs else "training already complete, evaluating")
       logging.info("resumed from %s/%d: %s", manager.directory, restored.step, where)
@@ -103,7 +116,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def save(epoch: int, batch_in_epoch: int, seconds: float, main=None) -> None:
     checkpoint_lib.save(manager, step, state, checkpoint_lib.run_meta(
         step=step, epoch=epoch, batch_in_epoch=batch_in_epoch, steps_per_epoch=steps_per_epoch,
-        train_seconds=seconds, examples=examples, spec=spec, config=config), main)
+        train_seconds=seconds, examples=examples, spec=spec, config=config, best=best.record),
+        main)
 
   # ---- Train, with periodic logs, checkpoints and evaluations ----------------------------
   watch, guard = loop.Stopwatch(offset=trained), loop.LossGuard()
@@ -138,16 +152,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       last = end_of_epoch and epoch + 1 == tc.num_epochs
       if ((loop.itstime(step, ev.every_steps)
            or end_of_epoch and loop.itstime(epoch + 1, ev.every_epochs))
-          and (not last or tc.target_metric)):
+          and (not last or tc.target_metric or validation is not None)):
         guard.check()
         jax.block_until_ready(state)
         seconds = watch.seconds()
         with watch.paused():
           t0 = time.time()
-          main = evaluate(state.params, subset)[ev.estimator]
+          main = evaluate(state.params, held, subset)[ev.estimator]
+          if validation is not None:
+            best.update(main, step, epoch + 1, state.params)
           periodic_seconds, periodic_evals = periodic_seconds + time.time() - t0, periodic_evals + 1
           writer.write({"step": step, "epoch": epoch + 1, "eval_points":
-                        len(subset) if subset is not None else test.num_points,
+                        len(subset) if subset is not None else held.num_points,
                         **{f"eval/{k}": v for k, v in main.items()}})
           logging.info("step %d (epoch %d): loss %.4f  P@1 %.4f  P@5 %.4f", step, epoch + 1,
                        record.get("loss", float("nan")), main["P@1"], main["P@5"])
@@ -157,10 +173,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           target.update(reached=True, step=step, epoch=epoch + 1, achieved=main[tc.target_metric],
                         train_seconds=seconds, periodic_eval_seconds=periodic_seconds,
                         unix_time=time.time())
+        if target["reached"] or best.exhausted(tc.early_stopping_patience):
           break
     guard.check()
     jax.block_until_ready(state)
-    if target["reached"]:
+    if target["reached"] or best.exhausted(tc.early_stopping_patience):
       break
   train_seconds = watch.seconds()
   if manager is not None:
@@ -169,8 +186,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     manager.wait_until_finished()
 
   # ---- Final evaluation, model folder and results ----------------------------------------
+  params = best.params if best.params is not None else state.params
   t_eval = time.time()
-  res = evaluate(state.params)
+  res = evaluate(params, test)
   eval_seconds = time.time() - t_eval
   main = res[ev.estimator]
   results = {
@@ -181,8 +199,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "periodic_evals": periodic_evals, "first_step_seconds": first_step_seconds,
       "target": target, "data_seconds": t_data, "total_seconds": time.time() - t_start,
       "steps": step, "num_params": num_params, "num_params_full_softmax": num_params_full,
-      "param_bytes": model_lib.param_bytes(state.params), "hash_spec": spec.to_dict(),
-      "num_train": train.num_points, "num_test": test.num_points,
+      "param_bytes": model_lib.param_bytes(params), "hash_spec": spec.to_dict(),
+      "selected": best.record, "num_train": train.num_points, "num_test": test.num_points,
+      "num_validation": validation.num_points if validation is not None else 0,
       "config": json.loads(config.to_json()), "versions": provenance.library_versions(),
       "devices": [str(d) for d in jax.devices()], "peak_rss_bytes": provenance.peak_rss_bytes(),
       "popularity_baseline": inference.popularity_baseline(train.label_counts(), test, inv_prop,
@@ -190,7 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   }
   featurizer = train.featurizer.to_dict() if train.featurizer is not None else None
   results["bundle_bytes"] = bundle.export(os.path.join(workdir, bundle.BUNDLE_DIR),
-                                          state.params, spec, config, D, featurizer)
+                                          params, spec, config, D, featurizer)
   if manager is not None:
     latest = os.path.join(str(manager.directory), str(manager.latest_step()))
     results["checkpoint_bytes"] = bundle.folder_bytes(latest)

@@ -77,3 +77,15 @@ def run_steps(mesh_spec, num_steps: int = 3, R: int = 8):
 def flat(tree) -> dict:
   """{key path: leaf} of a pytree."""
   return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def write_log(path, n, K=50, seed=0):
+  """A query log of ``n`` lines over K products at ``path``; returns the path."""
+  rng = np.random.default_rng(seed)
+  words = ["usb", "charger", "red", "sofa", "kids", "bike", "lamp", "mug"]
+  with open(path, "w") as f:
+    for i in range(n):
+      ids = sorted(set(rng.integers(0, K, size=1 + (i % 7 == 0)).tolist()))
+      query = " ".join(rng.choice(words, size=1 + i % 3)) + f" q{i}"
+      f.write(f"{query}\t{','.join(map(str, ids))}\n")
+  return path

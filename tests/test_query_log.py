@@ -6,19 +6,9 @@ import pytest
 from mach_jax.data import batching
 from mach_jax.data.query_log import QueryLog, QueryLogError
 from mach_jax.data.text import TextFeaturizer
+from tests.helpers import write_log
 
 F = TextFeaturizer(num_features=1 << 12)
-
-
-def write_log(path, n, K=50, seed=0):
-  rng = np.random.default_rng(seed)
-  words = ["usb", "charger", "red", "sofa", "kids", "bike", "lamp", "mug"]
-  with open(path, "w") as f:
-    for i in range(n):
-      ids = sorted(set(rng.integers(0, K, size=1 + (i % 7 == 0)).tolist()))
-      query = " ".join(rng.choice(words, size=1 + i % 3)) + f" q{i}"
-      f.write(f"{query}\t{','.join(map(str, ids))}\n")
-  return path
 
 
 def test_scan_counts_and_epoch_covers_every_query_once(tmp_path):

@@ -10,10 +10,14 @@ training loop uses.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
+
+import numpy as np
 
 from mach_jax.data.query_log import QueryLog
 from mach_jax.data.synthetic import make_catalogue
 from mach_jax.data.text import TextFeaturizer
+from mach_jax.data.validation import held_out
 from mach_jax.data.xc import XCData, read_xc
 
 
@@ -43,8 +47,21 @@ def _require(data_config, key: str) -> str:
   return path
 
 
+class Splits(NamedTuple):
+  """A run's data: what it trains on, what it tunes and selects on, what it reports."""
+  train: XCData | QueryLog
+  validation: XCData | None  # None when config.data.validation_fraction is 0.
+  test: XCData
+
+
 def load(data_config) -> tuple[XCData | QueryLog, XCData]:
-  """(train, test) for ``config.data``, by ``data_config.name``:
+  """(train, test) of ``load_splits``: the validation slice, if any, is left out of train."""
+  splits = load_splits(data_config)
+  return splits.train, splits.test
+
+
+def load_splits(data_config) -> Splits:
+  """Train, validation and test data for ``config.data``, by ``data_config.name``:
 
   * ``'synthetic'``: ``make_catalogue(**data_config.synthetic)``;
   * ``'xc'``: the XC-format files ``train`` and ``test`` (parsed once and kept in
@@ -52,23 +69,33 @@ def load(data_config) -> tuple[XCData | QueryLog, XCData]:
   * ``'queries'``: ``query<TAB>ids`` logs; the training log is streamed from disk
     (``QueryLog``), the test log held in memory. K is ``num_labels``, or the line count of
     ``catalogue`` (one product per line) when that is 0.
+
+  With ``validation_fraction`` > 0 the validation slice is carved out of the training data
+  (``mach_jax.data.validation``); the test split is never touched by it.
   """
   d = data_config
-  if d.name == "synthetic":
-    return make_catalogue(**dict(d.synthetic))
+  holdout = (d.validation_fraction, d.validation_seed)
   if d.name == "queries":
     train_path, test_path = _require(d, "train"), _require(d, "test")
     K = d.num_labels or count_lines(_require(d, "catalogue"))
     f = featurizer(d)
-    return QueryLog(train_path, f, K, buffer_size=d.buffer_size), QueryLog(test_path, f,
-                                                                           K).to_xc()
-  if d.name != "xc":
+    train = QueryLog(train_path, f, K, buffer_size=d.buffer_size, holdout=holdout)
+    held = (QueryLog(train_path, f, K, holdout=holdout, part="validation").to_xc()
+            if d.validation_fraction else None)
+    return Splits(train, held, QueryLog(test_path, f, K).to_xc())
+  if d.name == "synthetic":
+    train, test = make_catalogue(**dict(d.synthetic))
+  elif d.name == "xc":
+    train_path, test_path = _require(d, "train"), _require(d, "test")
+    cache_dir = d.cache_dir or None
+    train = read_xc(train_path, cache_dir=cache_dir)
+    test = read_xc(test_path, cache_dir=cache_dir)
+    if (train.num_features, train.num_labels) != (test.num_features, test.num_labels):
+      raise ValueError(f"{train_path} has D={train.num_features}, L={train.num_labels} "
+                       f"but {test_path} has D={test.num_features}, L={test.num_labels}")
+  else:
     raise ValueError(f"config.data.name={d.name!r}: expected xc | queries | synthetic")
-  train_path, test_path = _require(d, "train"), _require(d, "test")
-  cache_dir = d.cache_dir or None
-  train = read_xc(train_path, cache_dir=cache_dir)
-  test = read_xc(test_path, cache_dir=cache_dir)
-  if (train.num_features, train.num_labels) != (test.num_features, test.num_labels):
-    raise ValueError(f"{train_path} has D={train.num_features}, L={train.num_labels} "
-                     f"but {test_path} has D={test.num_features}, L={test.num_labels}")
-  return train, test
+  if not d.validation_fraction:
+    return Splits(train, None, test)
+  train, held = train.split(held_out(np.arange(train.num_points), *holdout))
+  return Splits(train, held, test)

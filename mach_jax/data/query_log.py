@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 import scipy.sparse as sp
 
-from mach_jax.data import batching
+from mach_jax.data import batching, validation
 from mach_jax.data.text import TextFeaturizer
 from mach_jax.data.xc import XCData
 
@@ -88,30 +88,37 @@ class QueryLog:
   It offers the same methods as ``XCData`` for the training loop (``label_counts``,
   ``widths``, ``first_batch``, ``batches``) and ``to_xc`` for a split small enough to hold
   (the held-out queries).
+
+  ``holdout=(fraction, seed)`` carves the validation slice (``data.validation``) out of the
+  file: ``part='train'`` reads every other line, ``part='validation'`` only the held-out ones.
   """
 
   def __init__(self, path: str, featurizer: TextFeaturizer, num_labels: int, *,
-               buffer_size: int = 100_000, read_chunk: int = 8192):
+               buffer_size: int = 100_000, read_chunk: int = 8192,
+               holdout: tuple[float, int] = (0.0, 0), part: str = "train"):
     if not os.path.exists(path):
       raise FileNotFoundError(f"{path}: no such query log")
     if buffer_size < 1 or read_chunk < 1:
       raise ValueError(f"buffer_size={buffer_size} and read_chunk={read_chunk} must be >= 1")
+    if part not in ("train", "validation"):
+      raise ValueError(f"part={part!r}: expected 'train' or 'validation'")
     self.path, self.featurizer, self.num_labels = path, featurizer, int(num_labels)
     self.buffer_size, self.read_chunk = int(buffer_size), int(read_chunk)
+    self.holdout, self.part = (float(holdout[0]), int(holdout[1])), part
     counts = np.zeros(self.num_labels, np.int64)
     n, widest = 0, 0
-    for queries, labels, first in read_lines(path, self.num_labels, 1 << 16):
+    for queries, labels, lines in self._lines(1 << 16):
       lengths = np.fromiter(map(len, queries), np.int64, len(queries))
       if lengths.max() > featurizer.max_chars:  # Fail now, not hours into training.
         i = int(np.argmax(lengths > featurizer.max_chars))
-        raise QueryLogError(f"{path}:{first + i}: query of {lengths[i]} characters exceeds "
+        raise QueryLogError(f"{path}:{lines[i]}: query of {lengths[i]} characters exceeds "
                             f"featurizer.max_chars={featurizer.max_chars}")
       flat = np.fromiter((i for l in labels for i in l), np.int64)
       counts += np.bincount(flat, minlength=self.num_labels)
       widest = max(widest, max(len(l) for l in labels))
       n += len(labels)
     if n == 0:
-      raise QueryLogError(f"{path}: no queries")
+      raise QueryLogError(f"{path}: no queries" + (f" in its {part} part" if holdout[0] else ""))
     self.num_points, self._counts, self.max_labels = n, counts, widest
 
   @property
@@ -121,10 +128,21 @@ class QueryLog:
   def label_counts(self) -> np.ndarray:
     return self._counts
 
+  def _lines(self, read_chunk: int) -> Iterator[tuple[list[str], list[list[int]], list[int]]]:
+    """(queries, label lists, their 1-based line numbers) of this part, per chunk of lines."""
+    for queries, labels, first in read_lines(self.path, self.num_labels, read_chunk):
+      lines = np.arange(first, first + len(queries))
+      held = validation.held_out(lines - 1, *self.holdout)
+      keep = np.flatnonzero(held if self.part == "validation" else ~held)
+      if keep.size == len(queries):
+        yield queries, labels, lines.tolist()
+      elif keep.size:
+        yield [queries[i] for i in keep], [labels[i] for i in keep], lines[keep].tolist()
+
   def chunks(self) -> Iterator[tuple[sp.csr_matrix, sp.csr_matrix]]:
     """(X, Y) per chunk of lines, in file order, featurized."""
-    for queries, labels, first in read_lines(self.path, self.num_labels, self.read_chunk):
-      where = [f"{self.path}:{first + i}" for i in range(len(queries))]
+    for queries, labels, lines in self._lines(self.read_chunk):
+      where = [f"{self.path}:{i}" for i in lines]
       yield self.featurizer.transform(queries, where), label_matrix(labels, self.num_labels)
 
   def to_xc(self) -> XCData:

@@ -64,6 +64,11 @@ class XCData:
     """``batching.iterate_batches`` over this set (same keyword arguments)."""
     return batching.iterate_batches(self.X, self.Y, batch_size, **kwargs)
 
+  def split(self, held: np.ndarray) -> tuple[XCData, XCData]:
+    """(the rows where ``held`` is False, the rows where it is True), in order."""
+    keep, out = np.flatnonzero(~held), np.flatnonzero(held)
+    return XCData(self.X[keep], self.Y[keep]), XCData(self.X[out], self.Y[out])
+
 
 class XCFormatError(ValueError):
   """A malformed XC file; the message names the file and line."""

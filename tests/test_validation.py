@@ -1,0 +1,101 @@
+"""The validation slice: carved from training data the same way in memory and on disk,
+never trained on, and the model a run ends with is the best validation evaluation."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mach_jax import loop, train
+from mach_jax.data import load_splits, validation
+from mach_jax.data.query_log import QueryLog
+from mach_jax.data.text import TextFeaturizer
+from tests.helpers import tiny_config, write_log
+
+
+def test_held_out_is_deterministic_and_about_the_fraction():
+  a = validation.held_out(np.arange(100_000), 0.05, 0)
+  assert np.array_equal(a, validation.held_out(np.arange(100_000), 0.05, 0))
+  assert abs(a.mean() - 0.05) < 0.005
+  b = validation.held_out(np.arange(100_000), 0.05, 1)
+  assert abs((a & b).mean() - 0.05 ** 2) < 0.002  # Another seed: an independent slice.
+  assert not validation.held_out(np.arange(10), 0.0, 0).any()
+  with pytest.raises(ValueError, match="validation_fraction=1.0"):
+    validation.held_out(np.arange(10), 1.0, 0)
+
+
+def test_query_log_parts_partition_the_file_like_the_in_memory_rule(tmp_path):
+  path = str(write_log(tmp_path / "q.tsv", 1000))
+  f = TextFeaturizer(num_features=1 << 12)
+  train_part = QueryLog(path, f, 50, holdout=(0.1, 3), read_chunk=64)
+  held_part = QueryLog(path, f, 50, holdout=(0.1, 3), part="validation", read_chunk=64)
+  whole = QueryLog(path, f, 50).to_xc()
+  rule = validation.held_out(np.arange(1000), 0.1, 3)
+  assert train_part.num_points + held_part.num_points == 1000
+  assert held_part.num_points == rule.sum() > 50
+  np.testing.assert_array_equal((held_part.to_xc().X != whole.X[rule]).nnz, 0)
+  np.testing.assert_array_equal(train_part.label_counts() + held_part.label_counts(),
+                                QueryLog(path, f, 50).label_counts())
+  rows = sum(int(b["mask"].sum()) for b in train_part.batches(128, seed=0))
+  assert rows == train_part.num_points
+
+
+def test_in_memory_split_never_trains_on_the_slice():
+  c = tiny_config()
+  c.data.validation_fraction = 0.1
+  splits = load_splits(c.data)
+  c.data.validation_fraction = 0.0
+  whole = load_splits(c.data)
+  rule = validation.held_out(np.arange(whole.train.num_points), 0.1, 0)
+  assert splits.validation.num_points == rule.sum()
+  assert splits.train.num_points == whole.train.num_points - rule.sum()
+  assert (splits.validation.X != whole.train.X[rule]).nnz == 0
+  assert (splits.train.X != whole.train.X[~rule]).nnz == 0
+  assert (splits.test.X != whole.test.X).nnz == 0  # The test split is untouched.
+
+
+def test_best_tracks_the_highest_value_and_patience():
+  best = loop.Best("P@1")
+  for step, value in enumerate([0.1, 0.3, 0.2, 0.25], start=1):
+    best.update({"P@1": value}, step, 1, {"w": np.zeros(2)})
+  assert best.record["step"] == 2 and best.record["value"] == 0.3 and best.stale == 2
+  assert best.exhausted(2) and not best.exhausted(3) and not best.exhausted(0)
+
+
+@pytest.fixture(scope="module")
+def validated_run(tmp_path_factory):
+  c = tiny_config()
+  c.data.validation_fraction = 0.1
+  c.train.num_epochs = 4
+  c.eval.update(every_epochs=1, subset=0)
+  workdir = str(tmp_path_factory.mktemp("validated"))
+  return c, workdir, train.train_and_evaluate(c, workdir)
+
+
+def test_run_evaluates_on_validation_and_keeps_the_best(validated_run):
+  c, workdir, res = validated_run
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    evals = [r for r in map(json.loads, f) if "eval/P@1" in r]
+  assert len(evals) == 4  # Every epoch, the last one included.
+  assert all(r["eval_points"] == res["num_validation"] > 0 for r in evals)
+  assert res["num_train"] + res["num_validation"] == c.data.synthetic.num_train
+  top = max(evals, key=lambda r: r["eval/P@1"])  # The first best on ties.
+  assert res["selected"]["step"] == top["step"]
+  assert res["selected"]["value"] == top["eval/P@1"]
+
+
+def test_rerun_of_a_finished_validated_run_restores_the_best(validated_run, tmp_path):
+  c, workdir, res = validated_run
+  again = train.train_and_evaluate(c, workdir)  # Resumes: training already complete.
+  assert again["selected"]["step"] == res["selected"]["step"]
+  for k in ("P@1", "P@3", "P@5"):
+    assert again[k] == res[k]
+
+
+def test_validation_needs_periodic_evaluations(tmp_path):
+  c = tiny_config()
+  c.data.validation_fraction = 0.1
+  c.eval.every_epochs = 0
+  with pytest.raises(ValueError, match="validation_fraction > 0 selects the model"):
+    train.train_and_evaluate(c, str(tmp_path))
