@@ -1,7 +1,7 @@
 """The model folder: what a trained model is on disk, and how it is read back.
 
-``export`` writes ``DIR/params`` (orbax; parameters only, no optimizer state) and
-``DIR/model.json``::
+``export`` writes ``DIR/params`` (orbax; parameters only, no optimizer state),
+``DIR/featurizer_idf.npy`` for text models with idf weights, and ``DIR/model.json``::
 
     {"format_version": 2, "hash_spec": {...}, "num_features": D, "num_classes": K,
      "config": {...}, "featurizer": {...} | null, "versions": {...}}
@@ -20,11 +20,14 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from mach_jax import config as config_lib, provenance
+from mach_jax.data.text import TextFeaturizer
 from mach_jax.hashing import HashSpec
 
 BUNDLE_DIR = "model"  # A run's model folder: WORKDIR/model.
+IDF_FILE = "featurizer_idf.npy"
 FORMAT_VERSION = 2
 
 
@@ -33,22 +36,24 @@ def folder_bytes(path: str) -> int:
 
 
 def export(path: str, params: Any, spec: HashSpec, config, num_features: int,
-           featurizer: dict | None = None) -> int:
+           featurizer: TextFeaturizer | None = None) -> int:
   """Write the model folder to ``path``; returns its size in bytes.
 
   Args:
     params: the trained parameters (any sharding; orbax gathers them).
-    featurizer: the text featurizer's settings (``TextFeaturizer.to_dict()``) for models
-      trained on text, else None.
+    featurizer: the text featurizer of models trained on text, else None.
   """
   import orbax.checkpoint as ocp
   path = os.path.abspath(path)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(path, "params"), params, force=True)
   if jax.process_index() == 0:
+    if featurizer is not None and featurizer.idf is not None:
+      np.save(os.path.join(path, IDF_FILE), featurizer.idf, allow_pickle=False)
     info = {"format_version": FORMAT_VERSION, "hash_spec": spec.to_dict(),
             "num_features": num_features, "num_classes": spec.K,
-            "config": json.loads(config.to_json()), "featurizer": featurizer,
+            "config": json.loads(config.to_json()),
+            "featurizer": featurizer.to_dict() if featurizer is not None else None,
             "versions": provenance.library_versions()}
     with open(os.path.join(path, "model.json"), "w") as f:
       json.dump(info, f, indent=2)
@@ -114,3 +119,17 @@ def load(path: str) -> tuple[dict, ml_collections.ConfigDict, Any]:
                           tree)
     params = ckptr.restore(os.path.join(path, "params"), target)
   return info, ml_collections.ConfigDict(info["config"]), params
+
+
+def load_featurizer(path: str, info: dict) -> TextFeaturizer | None:
+  """The text featurizer a model folder was trained with (None for feature-vector models)."""
+  if not info["featurizer"]:
+    return None
+  idf = None
+  if info["featurizer"].get("idf", False):
+    idf_path = os.path.join(path, IDF_FILE)
+    if not os.path.exists(idf_path):
+      raise FileNotFoundError(f"{idf_path}: the model's featurizer uses idf weights, and "
+                              "their file is missing from the model folder")
+    idf = np.load(idf_path, allow_pickle=False)
+  return TextFeaturizer.from_dict(info["featurizer"], idf=idf)

@@ -51,9 +51,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.buffer_size = 100_000
   # Query logs only: the text featurizer (mach_jax.data.text), saved with the model so that
   # serving rebuilds exactly the function it was trained with.
+  # idf: weight hashed dimensions by their inverse document frequency in the training text.
   c.data.featurizer = ml_collections.ConfigDict(dict(
       num_features=1 << 18, word_ngrams=(1, 2), char_ngrams=(3, 3), weighting="log",
-      char_weight=1.0, max_chars=10_000))
+      char_weight=1.0, max_chars=10_000, idf=False))
   # Training points held out to tune and select on (mach_jax.data.validation); with > 0,
   # periodic evaluations run on them instead of the test split, and the model kept is the
   # best of them by checkpoint.best_metric. The split depends on validation_seed only.

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mach_jax import bundle
 from mach_jax.bundle import BUNDLE_DIR
 from mach_jax.data.text import TextFeaturizer
 from mach_jax.predictor import Predictor
@@ -67,7 +68,7 @@ class Searcher:
     if not predictor.info["featurizer"]:
       raise ValueError(f"{path}: the model was not trained on text (no featurizer in "
                        "model.json); use Predictor.predict_topk on feature vectors")
-    featurizer = TextFeaturizer.from_dict(predictor.info["featurizer"])
+    featurizer = bundle.load_featurizer(predictor.path, predictor.info)
     catalogue = catalogue or predictor.config.data.catalogue
     titles = None
     if catalogue:

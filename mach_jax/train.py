@@ -207,9 +207,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "popularity_baseline": inference.popularity_baseline(train.label_counts(), test, inv_prop,
                                                            ev.k),
   }
-  featurizer = train.featurizer.to_dict() if train.featurizer is not None else None
   results["bundle_bytes"] = bundle.export(os.path.join(workdir, bundle.BUNDLE_DIR),
-                                          params, spec, config, D, featurizer)
+                                          params, spec, config, D, train.featurizer)
   if manager is not None:
     latest = os.path.join(str(manager.directory), str(manager.latest_step()))
     results["checkpoint_bytes"] = bundle.folder_bytes(latest)

@@ -70,3 +70,23 @@ def test_too_long_text_and_non_string_raise_with_origin():
 def test_bad_settings_name_the_setting(kwargs, match):
   with pytest.raises(ValueError, match=match):
     TextFeaturizer(**kwargs)
+
+
+def test_idf_weights_rare_dimensions_up_and_round_trips():
+  f = TextFeaturizer(num_features=1 << 12, word_ngrams=(1, 1), char_ngrams=(0, 0))
+  texts = ["usb charger", "usb cable", "usb hub", "red sofa"]
+  fitted = f.fit_idf([texts[:2], texts[2:]])
+  assert fitted.idf.shape == (1 << 12,) and fitted.idf.dtype == np.float32
+  usb, sofa = (f.transform([w]).indices[0] for w in ("usb", "sofa"))
+  np.testing.assert_allclose(fitted.idf[usb], np.log(5 / 4) + 1, rtol=1e-6)
+  np.testing.assert_allclose(fitted.idf[sofa], np.log(5 / 2) + 1, rtol=1e-6)
+  X = fitted.transform(["usb sofa"])
+  row = dict(zip(X.indices, X.data))
+  assert row[sofa] > row[usb]  # Equal counts: the rarer word weighs more.
+  np.testing.assert_allclose(np.sqrt((X.data ** 2).sum()), 1.0, rtol=1e-6)
+  again = TextFeaturizer.from_dict(fitted.to_dict(), idf=fitted.idf)
+  assert (again.transform(texts) != fitted.transform(texts)).nnz == 0
+  with pytest.raises(ValueError, match="settings say idf=True"):
+    TextFeaturizer.from_dict(fitted.to_dict())
+  with pytest.raises(ValueError, match="expected \\(4096,\\)"):
+    TextFeaturizer(num_features=1 << 12, idf=np.ones(3, np.float32))

@@ -99,3 +99,31 @@ def test_validation_needs_periodic_evaluations(tmp_path):
   c.eval.every_epochs = 0
   with pytest.raises(ValueError, match="validation_fraction > 0 selects the model"):
     train.train_and_evaluate(c, str(tmp_path))
+
+
+def test_text_run_with_idf_and_validation_serves_what_it_evaluated(tmp_path):
+  """idf fitted on the training part only, saved in the model folder, and the Searcher's
+  answers equal the evaluation path's on the test log."""
+  from mach_jax import config as config_lib
+  from mach_jax.search import Searcher
+  train_log = str(write_log(tmp_path / "train.tsv", 2000, seed=0))
+  test_log = str(write_log(tmp_path / "test.tsv", 200, seed=1))
+  c = config_lib.default_config()
+  c.data.update(name="queries", train=train_log, test=test_log, num_labels=50,
+                validation_fraction=0.1)
+  c.data.featurizer.update(num_features=1 << 12, idf=True)
+  c.model.update(R=2, B=8, hidden=(16,), loss="softmax_hist")
+  c.mesh = (("data", 1), ("rep", 1))
+  c.train.update(batch_size=64, num_epochs=2, progress_bar=False)
+  c.eval.update(every_epochs=1, estimators=("mean",), estimator="mean")
+  res = train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert os.path.exists(tmp_path / "run" / "model" / "featurizer_idf.npy")
+  s = Searcher.load(str(tmp_path / "run"))
+  expected = s.featurizer.fit_idf(QueryLog(train_log, s.featurizer, 50,
+                                           holdout=(0.1, 0)).texts()).idf
+  np.testing.assert_array_equal(s.featurizer.idf, expected)  # Training part only.
+  queries = [l.split("\t")[0] for l in open(test_log)]
+  hits = s.search(queries, k=1)
+  truth = [set(map(int, l.rstrip("\n").split("\t")[1].split(","))) for l in open(test_log)]
+  p1 = np.mean([h[0].id in t for h, t in zip(hits, truth)])
+  assert p1 == pytest.approx(res["P@1"])

@@ -31,7 +31,7 @@ def count_lines(path: str) -> int:
 
 
 def featurizer(data_config) -> TextFeaturizer:
-  """The text featurizer of ``config.data.featurizer``."""
+  """The text featurizer of ``config.data.featurizer`` (its idf, if any, not yet fitted)."""
   f = data_config.featurizer
   return TextFeaturizer(num_features=f.num_features, word_ngrams=tuple(f.word_ngrams),
                         char_ngrams=tuple(f.char_ngrams), weighting=f.weighting,
@@ -80,6 +80,8 @@ def load_splits(data_config) -> Splits:
     K = d.num_labels or count_lines(_require(d, "catalogue"))
     f = featurizer(d)
     train = QueryLog(train_path, f, K, buffer_size=d.buffer_size, holdout=holdout)
+    if d.featurizer.idf:  # Fitted on the training part only: never on validation or test.
+      f = train.featurizer = f.fit_idf(train.texts())
     held = (QueryLog(train_path, f, K, holdout=holdout, part="validation").to_xc()
             if d.validation_fraction else None)
     return Splits(train, held, QueryLog(test_path, f, K).to_xc())

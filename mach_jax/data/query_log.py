@@ -139,6 +139,11 @@ class QueryLog:
       elif keep.size:
         yield [queries[i] for i in keep], [labels[i] for i in keep], lines[keep].tolist()
 
+  def texts(self) -> Iterator[list[str]]:
+    """The queries of this part, a chunk of lines at a time (e.g. to fit an idf)."""
+    for queries, _, _ in self._lines(self.read_chunk):
+      yield queries
+
   def chunks(self) -> Iterator[tuple[sp.csr_matrix, sp.csr_matrix]]:
     """(X, Y) per chunk of lines, in file order, featurized."""
     for queries, labels, lines in self._lines(self.read_chunk):

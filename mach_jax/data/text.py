@@ -11,8 +11,14 @@ features alone miss most typos while character trigrams still overlap with the r
 title; bigrams keep "usb c" apart from "c usb cable". Single characters and digits count as
 words (the default scikit-learn token pattern drops "c" in "usb c" and "3" in "pro 3").
 
-The settings are a plain dict saved in the model folder (``model.json``), and
-``TextFeaturizer.from_dict`` rebuilds exactly the same function for serving.
+Optionally (``idf``) each hashed dimension is weighted by its inverse document frequency
+over the training text, log((1 + N) / (1 + df)) + 1 as in scikit-learn's smooth idf, after
+the tf weighting and before the normalisation: the tf-idf features the field's XC sets use.
+The idf vector is fitted once (``fit_idf``) and saved beside the settings.
+
+The settings are a plain dict saved in the model folder (``model.json``, the idf vector as
+``featurizer_idf.npy``), and ``TextFeaturizer.from_dict`` rebuilds exactly the same function
+for serving.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class TextFeaturizer:
       per n-gram).
     max_chars: longer texts are refused with an error that says where they came from
       (a query of 100K characters is a bug upstream, not a query).
+    idf: float32 [D] inverse document frequencies (``fit_idf``), or None for none.
   """
 
   num_features: int = 1 << 18
@@ -50,6 +57,7 @@ class TextFeaturizer:
   weighting: str = "log"
   char_weight: float = 1.0
   max_chars: int = 10_000
+  idf: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
   def __post_init__(self):
     if self.num_features < 1:
@@ -65,6 +73,9 @@ class TextFeaturizer:
       raise ValueError("featurizer: word_ngrams and char_ngrams are both disabled")
     if self.max_chars < 1:
       raise ValueError(f"featurizer.max_chars={self.max_chars}: must be >= 1")
+    if self.idf is not None and np.shape(self.idf) != (self.num_features,):
+      raise ValueError(f"featurizer idf has shape {np.shape(self.idf)}; expected "
+                       f"({self.num_features},), one weight per hashed dimension")
     object.__setattr__(self, "_vectorizers", self._make_vectorizers())
 
   def _make_vectorizers(self):
@@ -81,20 +92,42 @@ class TextFeaturizer:
     return out
 
   def to_dict(self) -> dict[str, Any]:
+    """The settings as JSON; ``idf`` says whether an idf vector goes with them."""
     return {"kind": "hashed_text", "num_features": self.num_features,
             "word_ngrams": list(self.word_ngrams), "char_ngrams": list(self.char_ngrams),
             "weighting": self.weighting, "char_weight": self.char_weight,
-            "max_chars": self.max_chars}
+            "max_chars": self.max_chars, "idf": self.idf is not None}
 
   @classmethod
-  def from_dict(cls, d) -> "TextFeaturizer":
+  def from_dict(cls, d, idf: np.ndarray | None = None) -> "TextFeaturizer":
+    """The featurizer of ``to_dict``'s settings, with its idf vector when they name one."""
     d = dict(d)
     kind = d.pop("kind", "hashed_text")
     if kind != "hashed_text":
       raise ValueError(f"featurizer kind {kind!r}: this library knows 'hashed_text' only")
+    if d.get("idf", False) != (idf is not None):
+      raise ValueError("featurizer settings and idf vector disagree: the settings say "
+                       f"idf={d.get('idf', False)}, and an idf vector was "
+                       f"{'given' if idf is not None else 'not given'}")
     return cls(num_features=int(d["num_features"]), word_ngrams=tuple(d["word_ngrams"]),
                char_ngrams=tuple(d["char_ngrams"]), weighting=d["weighting"],
-               char_weight=float(d["char_weight"]), max_chars=int(d["max_chars"]))
+               char_weight=float(d["char_weight"]), max_chars=int(d["max_chars"]),
+               idf=None if idf is None else np.asarray(idf, np.float32))
+
+  def fit_idf(self, text_chunks) -> "TextFeaturizer":
+    """This featurizer with idf weights fitted on ``text_chunks`` (an iterable of lists of
+    training texts); a dimension no text touches gets the largest weight."""
+    df = np.zeros(self.num_features, np.int64)
+    n = 0
+    plain = dataclasses.replace(self, idf=None)
+    for texts in text_chunks:
+      X = plain.transform(texts)
+      df += np.bincount(X.indices, minlength=self.num_features)
+      n += X.shape[0]
+    if n == 0:
+      raise ValueError("fit_idf: no training text")
+    idf = np.log((1.0 + n) / (1.0 + df)) + 1.0
+    return dataclasses.replace(self, idf=idf.astype(np.float32))
 
   def transform(self, texts: Sequence[str], where: Sequence[str] | None = None
                 ) -> sp.csr_matrix:
@@ -123,6 +156,8 @@ class TextFeaturizer:
     X.sum_duplicates()
     if self.weighting == "log":  # Of the summed counts (a word and a trigram may collide).
       X.data = np.log1p(X.data)
+    if self.idf is not None:
+      X.data *= self.idf[X.indices]
     norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=1), np.float64).ravel())
     X.data /= np.repeat(np.where(norms > 0, norms, 1.0), np.diff(X.indptr)).astype(np.float32)
     X.sort_indices()
