@@ -2,6 +2,9 @@
 
 Every default lives in ``default_config()``; experiment configs (``experiments/configs``)
 start from it and override what they tune, and the library reads ``config.x`` directly.
+A few fields may be left for the data to decide (``model.R = 0``, ``model.B = 0``,
+``model.loss = 'auto'``, ``eval.decode = 'auto'``); ``resolve`` fills them by a fixed rule
+once the training data is loaded, and the resolved config is what a run saves.
 ``build(config, D, K, total_steps)`` makes the hash spec, the model, the optimizers and the
 decoder; training, the benchmarks, the Predictor and the tests all build through it.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax.numpy as jnp
 import ml_collections
@@ -62,12 +66,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.validation_seed = 0
 
   c.model = ml_collections.ConfigDict()
-  c.model.R = 16  # Repetitions.
-  c.model.B = 32  # Buckets per repetition.
+  c.model.R = 16  # Repetitions; 0: derived from the data (see resolve).
+  c.model.B = 32  # Buckets per repetition; 0: derived from the data (see resolve).
   c.model.hidden = (512,)  # hidden[0] = H, the input layer's width.
   c.model.hash_family = "murmur"  # universal | murmur | balanced | identity (full softmax).
   c.model.hash_seed = 0
-  c.model.loss = "bce"  # bce | softmax_hist | softmax.
+  c.model.loss = "bce"  # bce | softmax_hist | softmax | auto (see resolve).
   c.model.dense_input = False  # Dense [b, D] input instead of sparse nonzeros.
   c.model.embedding_bag = "auto"  # auto | dense | gather (sparse input only; same result).
   c.model.dtype = "float32"
@@ -77,6 +81,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.learning_rate = 1e-3
   c.optimizer.schedule = "constant"  # constant | cosine (with linear warm-up).
   c.optimizer.warmup_steps = 0
+  c.optimizer.warmup_fraction = 0.0  # More warm-up, as a fraction of the run's steps.
   c.optimizer.clip_norm = 0.0  # Per-repetition gradient-norm clip; 0 disables it.
   c.optimizer.weight_decay = 0.0
   # Row-sparse (lazy) Adam for the input table: update only the rows a batch touches.
@@ -114,11 +119,42 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.every_steps = 0  # Also evaluate every this many steps; 0: off.
   c.eval.subset = 0  # Points of the test set used by periodic evaluations; 0: all.
   c.eval.memory_budget_mb = 16  # Bounds the [b, chunk] blocks; small chunks stay in cache.
-  c.eval.decode = "exact"  # exact (all K classes) | candidates (top-m buckets per rep).
+  c.eval.decode = "exact"  # exact (all K) | candidates (top-m buckets per rep) | auto.
   c.eval.candidates_m = 2  # Buckets probed per repetition by the candidates decoder.
   c.eval.min_count = 1  # Candidates must sit in the top-m of at least this many reps.
   c.eval.propensity_A = 0.55
   c.eval.propensity_B = 1.5
+  return c
+
+
+AUTO_R = 8
+AUTO_EXACT_DECODE_MAX_K = 200_000
+
+
+def resolve(config, num_classes: int, labels_per_point: float) -> ml_collections.ConfigDict:
+  """``config`` with every data-derived field filled in by the rule below (a copy).
+
+  * ``model.R = 0`` -> 8 repetitions.
+  * ``model.B = 0`` -> the power of two nearest 8 sqrt(K), at most K: about 8x more buckets
+    than classes per bucket (K = 159: 128; K = 63,000: 2,048; K = 1M: 8,192).
+  * ``model.loss = 'auto'`` -> ``softmax_hist`` when points carry at most 2 labels on average
+    (queries naming an item or two), else ``bce``.
+  * ``eval.decode = 'auto'`` -> ``exact`` up to K = 200,000 classes, else ``candidates``.
+
+  Args:
+    num_classes: K.
+    labels_per_point: mean labels per training point.
+  """
+  c = ml_collections.ConfigDict(config.to_dict())
+  m = c.model
+  if m.R == 0:
+    m.R = AUTO_R
+  if m.B == 0:
+    m.B = int(min(num_classes, 2 ** round(math.log2(8 * math.sqrt(num_classes)))))
+  if m.loss == "auto":
+    m.loss = "softmax_hist" if labels_per_point <= 2 else "bce"
+  if c.eval.decode == "auto":
+    c.eval.decode = "exact" if num_classes <= AUTO_EXACT_DECODE_MAX_K else "candidates"
   return c
 
 

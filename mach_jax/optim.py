@@ -29,13 +29,19 @@ __all__ = ["RowSparseAdamState", "RowSparseTransform", "learning_rate", "make_op
            "make_table_optimizer", "row_sparse_adam"]
 
 
+def warmup_steps(opt, total_steps: int) -> int:
+  """The cosine schedule's warm-up: ``warmup_steps`` plus ``warmup_fraction`` of the run."""
+  return int(opt.warmup_steps + round(opt.warmup_fraction * total_steps))
+
+
 def learning_rate(opt, total_steps: int) -> float | optax.Schedule:
   """``config.optimizer``'s learning rate: a constant, or warm-up then cosine decay."""
   if opt.schedule == "constant":
     return opt.learning_rate
   if opt.schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, opt.learning_rate, opt.warmup_steps,
-                                              max(total_steps, opt.warmup_steps + 1))
+    warmup = warmup_steps(opt, total_steps)
+    return optax.warmup_cosine_decay_schedule(0.0, opt.learning_rate, warmup,
+                                              max(total_steps, warmup + 1))
   raise ValueError(f"config.optimizer.schedule={opt.schedule!r}: expected constant|cosine")
 
 

@@ -22,11 +22,13 @@ from tqdm import tqdm
 from mach_jax import (
   bundle,
   checkpoint as checkpoint_lib,
+  config as config_lib,
   data as data_lib,
   inference,
   loop,
   metrics,
   model as model_lib,
+  optim,
   provenance,
   sharding,
   state as state_lib,
@@ -64,18 +66,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   sharding.initialize_distributed(config.distributed)
   os.makedirs(workdir, exist_ok=True)
   writer = loop.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
-  tc, ev, ck = config.train, config.eval, config.checkpoint
 
   # ---- Input ---------------------------------------------------------------------------
   train, validation, test = data_lib.load_splits(config.data)
+  counts = train.label_counts()
+  config = config_lib.resolve(config, train.num_labels, counts.sum() / train.num_points)
+  tc, ev, ck = config.train, config.eval, config.checkpoint
   held = validation if validation is not None else test  # What periodic evaluations read.
-  inv_prop = 1.0 / metrics.propensities_from_counts(train.label_counts(), train.num_points,
+  inv_prop = 1.0 / metrics.propensities_from_counts(counts, train.num_points,
                                                     ev.propensity_A, ev.propensity_B)
   t_data = time.time() - t_start
 
   # ---- Model, mesh, sharded state and steps ----------------------------------------------
   steps_per_epoch = -(-train.num_points // tc.batch_size)
-  setup = state_lib.create_train_state(config, train, steps_per_epoch * tc.num_epochs)
+  total_steps = steps_per_epoch * tc.num_epochs
+  warmup = optim.warmup_steps(config.optimizer, total_steps)
+  if config.optimizer.schedule == "cosine" and warmup >= total_steps:
+    raise ValueError(f"the warm-up of {warmup} steps outlasts the run's {total_steps} steps "
+                     f"({tc.num_epochs} epochs of {steps_per_epoch}): lower "
+                     "config.optimizer.warmup_steps, or use config.optimizer.warmup_fraction")
+  setup = state_lib.create_train_state(config, train, total_steps)
   spec, mesh, state = setup.parts.spec, setup.mesh, setup.state
   logging.info("%s", sharding.check_state_sharding(mesh, state, spec.R))
   D, K = train.num_features, train.num_labels
@@ -204,7 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "num_validation": validation.num_points if validation is not None else 0,
       "config": json.loads(config.to_json()), "versions": provenance.library_versions(),
       "devices": [str(d) for d in jax.devices()], "peak_rss_bytes": provenance.peak_rss_bytes(),
-      "popularity_baseline": inference.popularity_baseline(train.label_counts(), test, inv_prop,
+      "popularity_baseline": inference.popularity_baseline(counts, test, inv_prop,
                                                            ev.k),
   }
   results["bundle_bytes"] = bundle.export(os.path.join(workdir, bundle.BUNDLE_DIR),

@@ -127,3 +127,44 @@ def test_text_run_with_idf_and_validation_serves_what_it_evaluated(tmp_path):
   truth = [set(map(int, l.rstrip("\n").split("\t")[1].split(","))) for l in open(test_log)]
   p1 = np.mean([h[0].id in t for h, t in zip(hits, truth)])
   assert p1 == pytest.approx(res["P@1"])
+
+
+@pytest.mark.parametrize("K, labels, R, B, loss, decode", [
+    (159, 2.4, 8, 128, "bce", "exact"), (63_000, 1.0, 8, 2048, "softmax_hist", "exact"),
+    (1_000_000, 1.1, 8, 8192, "softmax_hist", "candidates"), (20, 1.0, 8, 20, "softmax_hist",
+                                                               "exact")])
+def test_resolve_derives_r_b_loss_and_decoding_from_the_data(K, labels, R, B, loss, decode):
+  from experiments.configs import text
+  from mach_jax import config as config_lib
+  c = config_lib.resolve(text.get_config(), K, labels)
+  assert (c.model.R, c.model.B, c.model.loss, c.eval.decode) == (R, B, loss, decode)
+  fixed = config_lib.resolve(tiny_config(), K, labels)  # Explicit fields stay as they are.
+  assert (fixed.model.R, fixed.model.B, fixed.model.loss) == (4, 32, "softmax_hist")
+
+
+def test_default_text_config_learns_a_small_catalogue(tmp_path):
+  """The one command of experiments/configs/text.py on data it was not tuned for: a
+  500-product synthetic catalogue (10,000 queries), its defaults untouched but for the
+  paths, the hashed dimension and the epoch cap (for the suite's time)."""
+  from experiments.configs import text
+  from experiments.datasets import products
+  root = str(tmp_path / "data")
+  products.generate(root, 500, 10_000, seed=3, test_every=20)
+  c = text.get_config()
+  c.data.update(train=f"{root}/train.tsv", test=f"{root}/test.tsv",
+                catalogue=f"{root}/products.tsv")
+  c.data.featurizer.num_features = 1 << 16
+  c.mesh = (("data", 1), ("rep", -1))
+  c.train.update(num_epochs=2, progress_bar=False)
+  res = train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert res["config"]["model"]["R"] == 8 and res["config"]["model"]["B"] == 128
+  assert res["config"]["model"]["loss"] == "softmax_hist"
+  assert res["selected"] is not None and res["num_validation"] > 100
+  assert res["P@1"] > res["popularity_baseline"]["P@1"] + 0.2, res["P@1"]
+
+
+def test_a_warm_up_longer_than_the_run_is_refused(tmp_path):
+  c = tiny_config()
+  c.optimizer.update(schedule="cosine", warmup_steps=10_000)
+  with pytest.raises(ValueError, match="warm-up of 10000 steps outlasts the run's 141 steps"):
+    train.train_and_evaluate(c, str(tmp_path))

@@ -1,0 +1,35 @@
+"""The default text config: any query log (``query<TAB>ids``) and item catalogue.
+
+    python -m experiments.train --config experiments/configs/text.py --workdir DIR \
+        --config.data.train=LOG --config.data.test=LOG --config.data.catalogue=ITEMS
+
+Nothing here is tuned to one data set. What depends on the data is derived from it when the
+run starts (``mach_jax.config.resolve``: R = 8, B ~ 8 sqrt(K), the loss from labels per
+point, exact or candidate decoding from K), and the number of epochs is chosen on a
+validation slice carved from the training log (2%, ``data.validation_fraction``): every
+epoch is evaluated on it, training stops after two epochs without a better P@1, and the run
+keeps the best epoch's model. The test log is read once, at the end. The featurizer is the
+field's tf-idf: word 1-2-grams and character 3-5-grams within word boundaries, log(1 + tf),
+idf fitted on the training part of the log. The protocol and its figures: docs/text.md.
+"""
+
+from mach_jax.config import default_config
+
+
+def get_config():
+  c = default_config()
+  c.data.name = "queries"
+  c.data.catalogue = ""  # id<TAB>title... per item; K = its lines (or set data.num_labels).
+  c.data.validation_fraction = 0.02
+  c.data.featurizer.update(num_features=1 << 18, word_ngrams=(1, 2), char_ngrams=(3, 5),
+                           weighting="log", idf=True)
+
+  c.model.update(R=0, B=0, hidden=(256,), loss="auto")  # 0 / auto: from the data.
+  c.optimizer.update(name="adam", learning_rate=1e-3, row_sparse=True)
+  c.train.update(batch_size=256, num_epochs=10, early_stopping_patience=2,
+                 log_every_steps=200)
+  c.checkpoint.update(every_steps=2000, best_metric="P@1")
+
+  c.eval.update(every_epochs=1, k=10, estimator="log_mean", estimators=("log_mean", "mean"),
+                batch_size=512, decode="auto", subset=0)
+  return c
