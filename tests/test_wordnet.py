@@ -107,6 +107,22 @@ def test_build_writes_xc_files_with_train_label_space(tmp_path):
   assert stats["test_label_occurrences_dropped"] == 4  # artifact 1, sword 2, Hegira 1.
   np.testing.assert_allclose(np.sqrt(train.X.multiply(train.X).sum(axis=1)).A1[
       np.diff(train.X.indptr) > 0], 1.0, rtol=1e-5)  # L2-normalised tf-idf rows.
+  # The same task as text: one line per point, same order, same labels.
+  by_key = {s.key: s for s in synsets}
+  for name, data, keys in (("train.tsv", train, train_keys), ("test.tsv", test, test_keys)):
+    lines = (out / name).read_text(encoding="utf-8").splitlines()
+    assert len(lines) == data.num_points
+    for i, (line, key) in enumerate(zip(lines, keys)):
+      text, ids = line.split("\t")
+      assert text == " ".join(by_key[key].text.split())
+      want = data.Y.indices[data.Y.indptr[i]:data.Y.indptr[i + 1]].tolist()
+      assert sorted(map(int, filter(None, ids.split(",")))) == sorted(want)
+  from mach_jax.data.query_log import QueryLog
+  from mach_jax.data.text import TextFeaturizer
+  log = QueryLog(str(out / "train.tsv"), TextFeaturizer(num_features=256), len(labels))
+  assert log.num_points == train.num_points
+  np.testing.assert_array_equal(log.label_counts(), np.bincount(train.Y.indices,
+                                                                minlength=len(labels)))
 
 
 def test_split_is_a_fixed_fifth_of_the_synsets():

@@ -18,7 +18,15 @@ bigrams (scikit-learn's ``TfidfVectorizer``, sublinear tf, L2-normalised rows), 
 train only; n-grams seen in fewer than ``--min_df`` training synsets are left out.
 
 Writes OUT/train.txt.gz and OUT/test.txt.gz (XC repository format), OUT/labels.tsv (label id,
-synset key, its lemmas) and OUT/stats.json (the counts quoted in docs/results.md).
+synset key, its lemmas) and OUT/stats.json (the counts quoted in docs/results.md), and the
+same task as text for the text path: OUT/train.tsv and OUT/test.tsv, one
+``text<TAB>label ids`` line per synset in the same order, split and label space (labels.tsv
+serves as the catalogue)::
+
+    python -m experiments.train --config experiments/configs/text.py --workdir runs/wn_text \
+        --config.data.train=runs/data/wordnet/train.tsv \
+        --config.data.test=runs/data/wordnet/test.tsv \
+        --config.data.catalogue=runs/data/wordnet/labels.tsv
 """
 
 from __future__ import annotations
@@ -196,6 +204,15 @@ def build(synsets: list[Synset], min_df: int = 2):
   return X_train, Y_train, X_test, Y_test, label_keys, stats
 
 
+def write_query_log(path: str, texts: list[str], Y: sp.csr_matrix) -> None:
+  """``text<TAB>id1,id2,...`` per point (tabs and newlines in the text become spaces)."""
+  with open(path, "w", encoding="utf-8") as f:
+    for i, text in enumerate(texts):
+      ids = Y.indices[Y.indptr[i]:Y.indptr[i + 1]]
+      clean = " ".join(text.split())
+      f.write(f"{clean}\t{','.join(map(str, sorted(ids.tolist())))}\n")
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", required=True, help="output folder")
@@ -210,6 +227,9 @@ def main(argv=None):
   os.makedirs(args.out, exist_ok=True)
   write_xc(os.path.join(args.out, "train.txt.gz"), X_train, Y_train)
   write_xc(os.path.join(args.out, "test.txt.gz"), X_test, Y_test)
+  for name, Y, in_test in (("train.tsv", Y_train, False), ("test.tsv", Y_test, True)):
+    write_query_log(os.path.join(args.out, name),
+                    [s.text for s in synsets if is_test(s.key) == in_test], Y)
   lemmas = {s.key: s.lemmas for s in synsets}
   with open(os.path.join(args.out, "labels.tsv"), "w", encoding="utf-8") as f:
     for i, k in enumerate(label_keys):
