@@ -25,13 +25,22 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["RowSparseAdamState", "RowSparseTransform", "learning_rate", "make_optimizer",
-           "make_table_optimizer", "row_sparse_adam"]
+__all__ = ["RowSparseAdamState", "RowSparseTransform", "check_schedule", "learning_rate",
+           "make_optimizer", "make_table_optimizer", "row_sparse_adam", "warmup_steps"]
 
 
 def warmup_steps(opt, total_steps: int) -> int:
   """The cosine schedule's warm-up: ``warmup_steps`` plus ``warmup_fraction`` of the run."""
   return int(opt.warmup_steps + round(opt.warmup_fraction * total_steps))
+
+
+def check_schedule(opt, total_steps: int) -> None:
+  """Refuse a cosine schedule whose warm-up outlasts the run (it would never leave zero)."""
+  warmup = warmup_steps(opt, total_steps)
+  if opt.schedule == "cosine" and warmup >= total_steps:
+    raise ValueError(f"the warm-up of {warmup} steps outlasts the run's {total_steps} steps: "
+                     "lower config.optimizer.warmup_steps, or use "
+                     "config.optimizer.warmup_fraction")
 
 
 def learning_rate(opt, total_steps: int) -> float | optax.Schedule:

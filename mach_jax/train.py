@@ -80,11 +80,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ---- Model, mesh, sharded state and steps ----------------------------------------------
   steps_per_epoch = -(-train.num_points // tc.batch_size)
   total_steps = steps_per_epoch * tc.num_epochs
-  warmup = optim.warmup_steps(config.optimizer, total_steps)
-  if config.optimizer.schedule == "cosine" and warmup >= total_steps:
-    raise ValueError(f"the warm-up of {warmup} steps outlasts the run's {total_steps} steps "
-                     f"({tc.num_epochs} epochs of {steps_per_epoch}): lower "
-                     "config.optimizer.warmup_steps, or use config.optimizer.warmup_fraction")
+  optim.check_schedule(config.optimizer, total_steps)
   setup = state_lib.create_train_state(config, train, total_steps)
   spec, mesh, state = setup.parts.spec, setup.mesh, setup.state
   logging.info("%s", sharding.check_state_sharding(mesh, state, spec.R))
