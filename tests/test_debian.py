@@ -139,6 +139,9 @@ def test_two_builds_are_byte_identical(tmp_path):
   _build(tmp_path / "b")
   for name in OUTPUTS:
     assert filecmp.cmp(tmp_path / "a" / name, tmp_path / "b" / name, shallow=False), name
+  for name in ("train.txt.gz", "test.txt.gz"):  # No time of writing in the gzip header.
+    with open(tmp_path / "a" / name, "rb") as f:
+      assert f.read(8)[4:] == bytes(4)
 
 
 def test_query_logs_and_xc_files_read_back(tmp_path):
@@ -314,6 +317,8 @@ def test_stanza_without_a_required_field_names_its_first_line(tmp_path):
     debian.read_packages("Packages", stanza + "\n continued\n")
   with pytest.raises(debian.ControlFormatError, match=r"Packages:5: field 'Version' twice"):
     debian.read_packages("Packages", stanza + "Version: 2\n")
+  with pytest.raises(debian.ControlFormatError, match=r"Packages: no package stanzas"):
+    debian.read_packages("Packages", "\n\n")
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(

@@ -158,12 +158,27 @@ def test_cache_does_not_hide_format_errors(tmp_path):
 
 
 def test_config_cache_dir_reaches_the_reader(tmp_path):
-  import ml_collections
-
-  from mach_jax import data as data_lib
-  cfg = ml_collections.ConfigDict(dict(name="xc", train=_write(tmp_path, GOOD, "train.txt"),
-                                       test=_write(tmp_path, GOOD, "test.txt"),
-                                       cache_dir=str(tmp_path / "cache")))
+  from mach_jax import config as config_lib, data as data_lib
+  cfg = config_lib.default_config().data
+  cfg.update(name="xc", train=_write(tmp_path, GOOD, "train.txt"),
+             test=_write(tmp_path, GOOD, "test.txt"), cache_dir=str(tmp_path / "cache"))
   train, _ = data_lib.load(cfg)
   _same(train, read_xc(cfg.train))
   assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == ["test", "train"]
+
+
+def test_written_gz_files_are_byte_identical_across_writes(tmp_path):
+  import time
+
+  import scipy.sparse as sp
+  X = sp.random(5, 7, density=0.4, format="csr", random_state=0, dtype=np.float32)
+  Y = sp.csr_matrix(np.eye(5, 3, dtype=np.float32))
+  write_xc(str(tmp_path / "a.txt.gz"), X, Y)
+  time.sleep(1.1)  # gzip.open would stamp another second into the header.
+  write_xc(str(tmp_path / "a2.txt.gz"), X, Y)
+  a, b = (tmp_path / "a.txt.gz").read_bytes(), (tmp_path / "a2.txt.gz").read_bytes()
+  assert a[4:8] == b"\0\0\0\0"  # No modification time.
+  got = read_xc(str(tmp_path / "a.txt.gz"))
+  np.testing.assert_allclose(got.X.toarray(), X.toarray(), rtol=1e-5)  # Written as %.6g.
+  assert (got.Y != Y).nnz == 0
+  assert a.replace(b"a.txt", b"") == b.replace(b"a2.txt", b"")  # Only the stored name differs.

@@ -41,7 +41,7 @@ Writes to OUT:
   test.txt.gz      only, word 1-2-grams and character 3-5-grams within word boundaries,
                    each block L2-normalised, then hstack'ed and L2-normalised again; of
                    the n-grams in >= ``--min_df`` (2) training points the ``--max_features``
-                   (2**18) most frequent of each kind are kept (bookworm: about 6.7 min on
+                   (2**18) most frequent of each kind are kept (bookworm: about 5 min on
                    2 cores, 324 MB; skip both files with ``--no_xc``)
   stats.json       counts, the input files with their sha256 (no timings: the same archive
                    state gives byte-identical files). ``vocabulary_size``: distinct
@@ -212,7 +212,8 @@ def read_packages(path: str, text: str | None = None) -> tuple[list[Package], in
 
   Raises:
     ControlFormatError: naming ``path`` and the stanza's first line for a stanza without
-      Package, Version, Description or Description-md5 (fix or re-fetch the list).
+      Package, Version, Description or Description-md5 or with an empty synopsis, or
+      naming ``path`` alone when it holds no stanza (fix or re-fetch the list).
   """
   text = read_text(path) if text is None else text
   best: dict[str, Package] = {}
@@ -230,6 +231,8 @@ def read_packages(path: str, text: str | None = None) -> tuple[list[Package], in
       if compare_versions(p.version, best[p.name].version) <= 0:
         continue
     best[p.name] = p
+  if not best:
+    raise ControlFormatError(f"{path}: no package stanzas; re-fetch it with `{FETCH_COMMAND}`")
   return [best[n] for n in sorted(best)], duplicates
 
 
@@ -388,7 +391,7 @@ def build_set(packages: list[Package], translations: dict[tuple[str, str], str])
       "mean_training_points_per_item": float(per_item.mean()),
       "mean_words_per_test_query": float(np.mean([len(s.split()) for s, _ in test])),
       "mean_words_per_training_point": float(np.mean([len(t.split()) for t, _ in train])),
-      "max_chars_per_training_point": max(len(t) for t, _ in train),
+      "max_chars_per_training_point": max((len(t) for t, _ in train), default=0),
   }
   return DebianSet(items=packages, train=train, test=test, stats=stats)
 
@@ -399,8 +402,9 @@ def xc_matrices(data: DebianSet, min_df: int = 2, max_features: int | None = 1 <
   Word 1-2-grams and character 3-5-grams (within word boundaries) tf-idf, sublinear tf,
   fitted on the training text only; each block keeps its ``max_features`` most frequent
   n-grams seen in at least ``min_df`` training points (None: all), is L2-normalised per
-  row, and the hstack'ed rows are L2-normalised again. Lower ``max_features`` if memory
-  or the output files are too large.
+  row, and the hstack'ed rows are L2-normalised again. Lower ``max_features`` for a smaller
+  D (the rarest n-grams go first, so the nonzeros and file sizes barely change); lower
+  ``min_df`` or pass None to keep more.
   """
   from sklearn.feature_extraction.text import TfidfVectorizer  # Heavy import: lazy.
   from sklearn.preprocessing import normalize
@@ -471,8 +475,8 @@ def build(out: str, lists_dir: str = LISTS_DIR, suite: str = SUITE, xc: bool = T
     from mach_jax.data.xc import write_xc
 
     X_train, Y_train, X_test, Y_test, xc_stats = xc_matrices(data, min_df, max_features)
-    write_xc(os.path.join(out, "train.txt.gz"), X_train, Y_train)
-    write_xc(os.path.join(out, "test.txt.gz"), X_test, Y_test)
+    for name, X, Y in (("train.txt.gz", X_train, Y_train), ("test.txt.gz", X_test, Y_test)):
+      write_xc(os.path.join(out, name), X, Y)  # No time stamp: same archive, same bytes.
     stats["xc"] = xc_stats
   with open(os.path.join(out, "stats.json"), "w", encoding="utf-8", newline="\n") as f:
     json.dump(stats, f, indent=1, ensure_ascii=False)

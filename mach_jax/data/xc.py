@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import io
 import os
 import re
 import tempfile
@@ -278,13 +279,17 @@ def _read_lines(path: str, lines: list[str], N: int, D: int, L: int) -> XCData:
 def write_xc(path: str, X: sp.csr_matrix, Y: sp.csr_matrix) -> None:
   """Write CSR X, Y as an XC file (gzip if the name ends in .gz), indices sorted per row.
 
-  Readers such as scikit-learn's svmlight loader (used by peers) reject unsorted rows.
+  Readers such as scikit-learn's svmlight loader (used by peers) reject unsorted rows. The
+  gzip header carries no time stamp, so the same matrices give the same bytes.
   """
   X, Y = sp.csr_matrix(X, copy=True), sp.csr_matrix(Y, copy=True)
   X.sort_indices()
   Y.sort_indices()
-  opener = gzip.open if str(path).endswith(".gz") else open
-  with opener(path, "wt", encoding="utf-8") as f:
+  if str(path).endswith(".gz"):
+    f = io.TextIOWrapper(gzip.GzipFile(path, "wb", mtime=0), encoding="utf-8")
+  else:
+    f = open(path, "w", encoding="utf-8")
+  with f:
     f.write(f"{X.shape[0]} {X.shape[1]} {Y.shape[1]}\n")
     for i in range(X.shape[0]):
       labels = ",".join(str(l) for l in Y.indices[Y.indptr[i]:Y.indptr[i + 1]])
