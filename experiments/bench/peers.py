@@ -13,9 +13,10 @@ The peers run in their own venv (default .venv-peers, created on first use: libp
 numpy<2 and scipy<1.14 and is installed with --no-deps to avoid pulling torch); mach_jax
 never imports them. Every system returns top-5 label ids for the test file and all metrics
 are computed here by mach_jax.metrics. Data: ../shared/data/<set>/{train,test}.txt.gz, or
---data_root; wordnet from runs/data/wordnet (--built_root), built there first when missing
-(needs Debian's wordnet-base). Writes OUT/results.csv and OUT/results.md, whose parameter
-column is checked against the formula R·(D·H + H + H·B + B).
+--data_root; wordnet and debian from runs/data/<set> (--built_root), built there first when
+missing (wordnet needs Debian's wordnet-base; debian the apt lists, docs/debian.md).
+Writes OUT/results.csv and OUT/results.md, whose parameter column is checked against the
+formula R·(D·H + H + H·B + B).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def ensure_peers_venv(path: str) -> str:
   return python
 
 
-BUILT = {"wordnet": "experiments.datasets.wordnet"}  # Sets the repository builds itself.
+BUILT = {"wordnet": "experiments.datasets.wordnet",  # Sets the repository builds itself.
+         "debian": "experiments.datasets.debian"}
 
 
 def data_paths(root: str, built_root: str, name: str) -> tuple[str, str]:
