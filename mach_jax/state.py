@@ -44,11 +44,13 @@ INIT_CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 def init_state(model: model_lib.MACH, tx: optax.GradientTransformation,
                table_tx: optim.RowSparseTransform | None, rng: jax.Array,
-               batch: dict[str, Any], mesh: Mesh | None = None) -> TrainState:
+               batch: dict[str, Any], mesh: Mesh | None = None,
+               abstract: bool = False) -> TrainState:
   """Parameters from ``rng``; optimizer states initialised per repetition.
 
   With a ``mesh``, the state is created directly in its sharded layout (split on 'rep');
-  the values do not depend on the mesh (JAX's partitionable threefry RNG).
+  the values do not depend on the mesh (JAX's partitionable threefry RNG). ``abstract``
+  returns its shapes, dtypes and shardings only (a restore target that costs no memory).
   """
   x = steps.model_input(jax.tree.map(np.asarray, batch), model.sparse_input)
 
@@ -64,7 +66,11 @@ def init_state(model: model_lib.MACH, tx: optax.GradientTransformation,
     jitted, platform = jax.jit(init), jax.default_backend()
   else:
     shapes = jax.eval_shape(init, rng)
-    jitted = jax.jit(init, out_shardings=sharding.state_shardings(mesh, shapes))
+    shardings = sharding.state_shardings(mesh, shapes)
+    if abstract:
+      return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          shapes, shardings)
+    jitted = jax.jit(init, out_shardings=shardings)
     platform = mesh.devices.flat[0].platform
   options = INIT_CPU_COMPILER_OPTIONS if platform == "cpu" else None
   return jitted.lower(rng).compile(compiler_options=options)(rng)
@@ -76,10 +82,16 @@ class TrainSetup(NamedTuple):
   mesh: Mesh
   widths: Any  # data.batching.Widths: the fixed batch shapes.
   first_batch: dict[str, np.ndarray]
-  state: TrainState
+  state: TrainState  # The initial state, or its abstract shape (initialize=False).
   train_step: Callable  # jit(state, batch) -> (state, {'loss': [R]}), state donated.
   logits_fn: Callable  # jit(params, batch) -> [R, b, B].
   batch_shardings: Any
+
+  def initial_state(self) -> TrainState:
+    """The initial state (computed now; the same values as ``initialize=True`` gives)."""
+    p = self.parts
+    return init_state(p.model, p.tx, p.table_tx, jax.random.key(p.config.seed),
+                      self.first_batch, self.mesh)
 
   def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """A host batch as global arrays in the step's layout."""
@@ -94,7 +106,7 @@ class TrainSetup(NamedTuple):
 
 
 def create_train_state(config, source, total_steps: int | None = None,
-                       mesh_devices=None) -> TrainSetup:
+                       mesh_devices=None, initialize: bool = True) -> TrainSetup:
   """Build, place and initialise everything a run of ``config`` on ``source`` needs.
 
   Args:
@@ -103,6 +115,8 @@ def create_train_state(config, source, total_steps: int | None = None,
       ``num_labels``, ``widths(b)``, ``first_batch(...)``.
     total_steps: training steps in all (default: the config's epochs over ``source``).
     mesh_devices: the devices of the mesh (default: all).
+    initialize: compute the initial state; False leaves ``TrainSetup.state`` abstract, for a
+      run about to restore a checkpoint (it then never holds two states at once).
 
   Returns:
     A ``TrainSetup``.
@@ -118,7 +132,7 @@ def create_train_state(config, source, total_steps: int | None = None,
   first = source.first_batch(tc.batch_size, widths, dense=config.model.dense_input,
                              num_shards=shards)
   state = init_state(parts.model, parts.tx, parts.table_tx, jax.random.key(config.seed),
-                     first, mesh)
+                     first, mesh, abstract=not initialize)
   return TrainSetup(parts, mesh, widths, first, state,
                     sharding.make_train_step(parts, mesh, state, first),
                     sharding.make_logits_fn(parts, mesh, state.params, first),

@@ -81,17 +81,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   steps_per_epoch = -(-train.num_points // tc.batch_size)
   total_steps = steps_per_epoch * tc.num_epochs
   optim.check_schedule(config.optimizer, total_steps)
-  setup = state_lib.create_train_state(config, train, total_steps)
-  spec, mesh, state = setup.parts.spec, setup.mesh, setup.state
-  logging.info("%s", sharding.check_state_sharding(mesh, state, spec.R))
+  setup = state_lib.create_train_state(config, train, total_steps, initialize=False)
+  spec, mesh = setup.parts.spec, setup.mesh
   D, K = train.num_features, train.num_labels
-  num_params = model_lib.count_params(state.params)
+  num_params = model_lib.count_params(setup.state.params)
   num_params_full = model_lib.num_params_full_softmax(D, tuple(config.model.hidden), K)
-  logging.info("MACH: K=%d classes, D=%d features, R=%d x B=%d buckets (%s hash); %s "
-               "parameters, %.3gx the %s of a full softmax. %d train / %d test points.",
-               K, D, spec.R, spec.B, spec.family, f"{num_params:,}",
-               num_params / num_params_full, f"{num_params_full:,}", train.num_points,
-               test.num_points)
   subset = None
   if ev.subset and ev.subset < held.num_points:
     subset = np.random.default_rng(config.seed).choice(held.num_points, ev.subset, replace=False)
@@ -100,13 +94,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return inference.evaluate(params, setup.logits_fn, setup.parts.decoder, data, inv_prop,
                               config, mesh, rows)
 
-  # ---- Resume where a previous run of this workdir stopped -------------------------------
+  # ---- Resume where a previous run of this workdir stopped, or initialise ----------------
   manager = checkpoint_lib.make_manager(workdir, ck.keep, ck.best_metric) if ck.enabled else None
   step, start_epoch, start_batch, trained, examples = 0, 0, 0, 0.0, 0
-  best = loop.Best(ck.best_metric)
+  best, restored = loop.Best(ck.best_metric), None
   if manager is not None:
     restored = checkpoint_lib.restore_latest(
-        manager, checkpoint_lib.abstract_like(state),
+        manager, setup.state,
         check_meta=lambda meta: checkpoint_lib.check_resumable(meta, spec, config, workdir))
     if restored is not None:
       state, meta = restored.state, restored.meta
@@ -114,10 +108,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       trained, examples = meta["train_seconds"], meta["examples"]
       if validation is not None and meta.get("best"):
         best = loop.Best(ck.best_metric, meta["best"], checkpoint_lib.restore_latest(
-            manager, checkpoint_lib.abstract_like(state), only=meta["best"]["step"]).state.params)
+            manager, setup.state, only=meta["best"]["step"]).state.params)
       where = (f"epoch {start_epoch + 1}, batch {start_batch} of {steps_per_epoch}"
                if start_epoch < tc.num_epochs else "training already complete, evaluating")
       logging.info("resumed from %s/%d: %s", manager.directory, restored.step, where)
+  state = restored.state if restored is not None else setup.initial_state()
+  logging.info("%s", sharding.check_state_sharding(mesh, state, spec.R))
+  logging.info("MACH: K=%d classes, D=%d features, R=%d x B=%d buckets (%s hash); %s "
+               "parameters, %.3gx the %s of a full softmax. %d train / %d test points.",
+               K, D, spec.R, spec.B, spec.family, f"{num_params:,}",
+               num_params / num_params_full, f"{num_params_full:,}", train.num_points,
+               test.num_points)
 
   def save(epoch: int, batch_in_epoch: int, seconds: float, main=None) -> None:
     checkpoint_lib.save(manager, step, state, checkpoint_lib.run_meta(
