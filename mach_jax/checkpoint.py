@@ -29,11 +29,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import jax
 
 from mach_jax import provenance
+from mach_jax.hashing import HashSpec
 
 if TYPE_CHECKING:
   import orbax.checkpoint as ocp
-
-  from mach_jax.hashing import HashSpec
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -150,7 +149,7 @@ def check_resumable(meta: dict, spec: HashSpec, config, workdir: str) -> None:
   The mesh, the evaluation and the checkpoint settings may change between runs; the model,
   data, optimizer, seed, batch size and epoch count may not.
   """
-  if meta["hash_spec"] != spec.to_dict():
+  if HashSpec.from_dict(meta["hash_spec"]) != spec:
     raise ValueError(f"{workdir}: the checkpoint's hash spec {meta['hash_spec']} differs from "
                      f"this run's {spec.to_dict()}; use a new --workdir")
   saved = meta["config"]

@@ -69,6 +69,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.R = 16  # Repetitions; 0: derived from the data (see resolve).
   c.model.B = 32  # Buckets per repetition; 0: derived from the data (see resolve).
   c.model.hidden = (512,)  # hidden[0] = H, the input layer's width.
+  # Per-repetition input hash: repetition r reads feature j as g_r(j) in [0, input_dim)
+  # (its own seed; colliding features add) and owns an [input_dim, H] table instead of
+  # [D, H]. 0 = off. input_sign: a seeded +-1 per feature, as in feature hashing.
+  c.model.input_dim = 0
+  c.model.input_sign = True
   c.model.hash_family = "murmur"  # universal | murmur | balanced | identity (full softmax).
   c.model.hash_seed = 0
   c.model.loss = "bce"  # bce | softmax_hist | softmax | auto (see resolve).
@@ -161,14 +166,20 @@ def resolve(config, num_classes: int, labels_per_point: float) -> ml_collections
 def hash_spec(config, num_classes: int) -> HashSpec:
   """The model's hash spec; ``hash_family='identity'`` is the full-softmax baseline (B = K)."""
   m = config.model
+  inputs = dict(input_dim=m.input_dim, input_sign=m.input_sign)
   if m.hash_family == IDENTITY:
-    return HashSpec(family=IDENTITY, K=num_classes, B=num_classes, R=1, seed=0)
-  return HashSpec(family=m.hash_family, K=num_classes, B=m.B, R=m.R, seed=m.hash_seed)
+    return HashSpec(family=IDENTITY, K=num_classes, B=num_classes, R=1, seed=0, **inputs)
+  return HashSpec(family=m.hash_family, K=num_classes, B=m.B, R=m.R, seed=m.hash_seed,
+                  **inputs)
 
 
 def make_model(config, num_features: int, spec: HashSpec) -> model_lib.MACH:
   m = config.model
-  return model_lib.MACH(num_repetitions=spec.R, num_features=num_features, num_buckets=spec.B,
+  if spec.input_dim and m.dense_input:
+    raise ValueError(f"config.model.input_dim={spec.input_dim} hashes sparse features: it "
+                     "needs config.model.dense_input=False (or input_dim=0)")
+  return model_lib.MACH(num_repetitions=spec.R,
+                        num_features=spec.input_dim or num_features, num_buckets=spec.B,
                         hidden=tuple(m.hidden), sparse_input=not m.dense_input,
                         embedding_bag=m.embedding_bag, dtype=jnp.dtype(m.dtype))
 

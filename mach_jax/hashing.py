@@ -3,6 +3,10 @@
 MACH relabels class k as bucket h_r(k) in repetition r. Everything about the hash is
 captured by a small, JSON-serialisable :class:`HashSpec` (family, K, B, R, seed), so the
 bucket of any class is reproducible on any host or device and is saved with the weights.
+The spec also carries the optional input hash (``input_dim``): repetition r maps feature id
+j to g_r(j) in [0, input_dim) with its own murmur seed (and, with ``input_sign``, a seeded
++-1 sign, as in feature hashing), so each repetition owns an [input_dim, H] input table
+instead of a [D, H] one and the R input hashes add to the ensemble's diversity.
 
 All hash functions are written once over ``uint32`` arithmetic and run unchanged under
 NumPy (host: inverted index, tests) and ``jax.numpy`` (device: labels are hashed inside the
@@ -39,6 +43,7 @@ FAMILIES = ("universal", "murmur", "balanced")
 # isolates what the hashed output layer changes.
 IDENTITY = "identity"
 MERSENNE_P = (1 << 31) - 1
+_INPUT_STREAM = 101  # SeedSequence stream of the input hash's seeds (families use 0-2).
 _FEISTEL_ROUNDS = 4
 
 
@@ -53,6 +58,9 @@ class HashSpec:
     R: number of repetitions.
     seed: master seed; per-repetition parameters are derived from it deterministically
       with ``numpy.random.SeedSequence`` (stable across NumPy versions and platforms).
+    input_dim: D', the hashed input dimension of every repetition; 0 = no input hash (each
+      repetition sees the D features as they are).
+    input_sign: multiply each hashed feature's value by a seeded +-1 (input_dim > 0 only).
   """
 
   family: str
@@ -60,6 +68,8 @@ class HashSpec:
   B: int
   R: int
   seed: int = 0
+  input_dim: int = 0
+  input_sign: bool = True
 
   def __post_init__(self):
     if self.family not in FAMILIES + (IDENTITY,):
@@ -78,6 +88,9 @@ class HashSpec:
       raise ValueError(f"HashSpec.B={self.B} > K={self.K}: more buckets than classes")
     if self.seed < 0:
       raise ValueError(f"HashSpec.seed={self.seed}: expected a non-negative integer")
+    if not isinstance(self.input_dim, (int, np.integer)) or not 0 <= self.input_dim < 1 << 31:
+      raise ValueError(f"HashSpec.input_dim={self.input_dim!r}: expected 0 (no input hash) "
+                       "or a positive integer below 2^31")
 
   # -- serialisation -------------------------------------------------------------------
   def to_dict(self) -> dict[str, Any]:
@@ -85,7 +98,9 @@ class HashSpec:
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "HashSpec":
-    return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+    """The inverse of ``to_dict``; fields added later (the input hash) take their defaults."""
+    return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)
+                  if f.name in d or f.default is dataclasses.MISSING})
 
   # -- per-repetition parameters -------------------------------------------------------
   def params(self) -> np.ndarray:
@@ -149,6 +164,34 @@ class HashSpec:
     else:
       h = feistel_permute(k, cols, self.K, self.feistel_half_bits(), xp)
     return (h % h.dtype.type(self.B)).astype(xp.int32)
+
+  def input_params(self) -> np.ndarray:
+    """uint32 [R]: the murmur seed of each repetition's input hash (a stream of its own)."""
+    return np.random.SeedSequence([self.seed, _INPUT_STREAM]).generate_state(
+        self.R, dtype=np.uint32)
+
+  def input_features(self, indices, values, xp=np, params=None):
+    """Each repetition's view of sparse features under the input hash.
+
+    Args:
+      indices: integer feature ids [T] in [0, D) (padding may hold any id).
+      values: their values [T] (padding: 0, which stays 0).
+      xp: ``numpy`` or ``jax.numpy``.
+      params: rows of ``self.input_params()`` (default: all R).
+
+    Returns:
+      (ids int32 [R', T] in [0, input_dim), values [R', T]): g_r(j), and the values times
+      the sign s_r(j) when ``input_sign``. Colliding ids of one row add up downstream.
+    """
+    if not self.input_dim:
+      raise ValueError("HashSpec.input_dim=0: there is no input hash to apply")
+    seeds = xp.asarray(self.input_params() if params is None else params)
+    h = murmur3_32(xp.asarray(indices)[None].astype(xp.uint32), seeds[:, None], xp)
+    ids = ((h & xp.uint32(0x7FFFFFFF)) % xp.uint32(self.input_dim)).astype(xp.int32)
+    values = xp.broadcast_to(xp.asarray(values)[None], ids.shape)
+    if self.input_sign:
+      values = xp.where((h >> xp.uint32(31)) == 1, -values, values)
+    return ids, values
 
   def bucket_table(self) -> np.ndarray:
     """int32 [R, K] bucket of every class (host side; for decoding and statistics)."""

@@ -10,7 +10,9 @@ that owns whole repetitions train without any collective.
 Inputs:
   * sparse: a batch dict (see ``mach_jax.data.batching``) with the flattened nonzeros
     ``indices``, ``values``, ``segments`` [T] and the row mask ``mask`` [b] (its length is
-    the batch size); padding has value 0, so it contributes nothing to the embedding-bag;
+    the batch size); padding has value 0, so it contributes nothing to the embedding-bag.
+    ``indices`` and ``values`` may instead be [R, T], one row per repetition (the input
+    hash's view, ``HashSpec.input_features``): repetition r then reads its own row;
   * dense: a float32 [b, D] array.
 """
 
@@ -131,11 +133,17 @@ class MACH(nn.Module):
 
   @nn.compact
   def __call__(self, x) -> jax.Array:
+    in_axes = None
+    if self.sparse_input and x["indices"].ndim == 2:  # Per-repetition (hashed) features.
+      if x["indices"].shape[0] != self.num_repetitions:
+        raise ValueError(f"per-repetition indices of shape {x['indices'].shape}: expected "
+                         f"a leading axis of R={self.num_repetitions}")
+      in_axes = ({k: 0 if k in ("indices", "values") else None for k in x},)
     stacked = nn.vmap(
         Repetition,
         variable_axes={"params": 0},
         split_rngs={"params": True},
-        in_axes=None,
+        in_axes=in_axes,
         out_axes=0,
         axis_size=self.num_repetitions,
         axis_name=REP_AXIS,

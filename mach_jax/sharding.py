@@ -195,14 +195,17 @@ def collectives(hlo_text: str) -> dict[str, int]:
 
 
 def _local_parts(parts: Parts, mesh: Mesh):
-  """The model of one device's repetitions, and that device's rows of the hash parameters."""
+  """The model of one device's repetitions, and a function giving that device's rows of the
+  label-hash and input-hash parameters (to call inside ``shard_map``)."""
   r_local = parts.spec.R // mesh.shape[REP_AXIS]
   local_model = parts.model.clone(num_repetitions=r_local)
-  all_params = jnp.asarray(parts.spec.params())
+  label_params = jnp.asarray(parts.spec.params())
+  input_params = jnp.asarray(parts.spec.input_params())
 
   def hash_params():
     start = jax.lax.axis_index(REP_AXIS) * r_local
-    return jax.lax.dynamic_slice_in_dim(all_params, start, r_local)
+    return tuple(jax.lax.dynamic_slice_in_dim(p, start, r_local)
+                 for p in (label_params, input_params))
   return local_model, hash_params
 
 
@@ -227,9 +230,11 @@ def make_train_step(parts: Parts, mesh: Mesh, state, batch) -> Callable:
   data_axis, batch_specs = _batch_layout(mesh, batch)
 
   def local_step(state, batch):
+    label_params, input_params = hash_params()
     return steps.train_step(state, batch, model=local_model, tx=parts.tx, spec=parts.spec,
                             loss=parts.config.model.loss, table_tx=parts.table_tx,
-                            hash_params=hash_params(), data_axis=data_axis)
+                            hash_params=label_params, input_params=input_params,
+                            data_axis=data_axis)
 
   state_specs = partition_specs(state)
   metric_specs = {"loss": P(REP_AXIS)}
@@ -244,9 +249,14 @@ def make_train_step(parts: Parts, mesh: Mesh, state, batch) -> Callable:
 
 def make_logits_fn(parts: Parts, mesh: Mesh, params, batch) -> Callable:
   """jit(params, batch) -> logits [R, b, B], each device computing its own repetitions."""
-  local_model, _ = _local_parts(parts, mesh)
+  local_model, hash_params = _local_parts(parts, mesh)
   data_axis, batch_specs = _batch_layout(mesh, batch)
-  fn = jax.shard_map(lambda p, b: steps.logits_step(p, b, model=local_model), mesh=mesh,
+
+  def local_logits(params, batch):
+    return steps.logits_step(params, batch, model=local_model, spec=parts.spec,
+                             input_params=hash_params()[1])
+
+  fn = jax.shard_map(local_logits, mesh=mesh,
                      in_specs=(partition_specs(params), batch_specs),
                      out_specs=P(REP_AXIS, data_axis))
   return jax.jit(fn, in_shardings=(state_shardings(mesh, params),

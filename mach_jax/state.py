@@ -17,7 +17,7 @@ import optax
 from jax.sharding import Mesh
 
 from mach_jax import config as config_lib, model as model_lib, optim, sharding, steps
-from mach_jax.hashing import IDENTITY
+from mach_jax.hashing import IDENTITY, HashSpec
 
 
 class TrainState(NamedTuple):
@@ -45,14 +45,15 @@ INIT_CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 def init_state(model: model_lib.MACH, tx: optax.GradientTransformation,
                table_tx: optim.RowSparseTransform | None, rng: jax.Array,
                batch: dict[str, Any], mesh: Mesh | None = None,
-               abstract: bool = False) -> TrainState:
+               abstract: bool = False, spec: HashSpec | None = None) -> TrainState:
   """Parameters from ``rng``; optimizer states initialised per repetition.
 
   With a ``mesh``, the state is created directly in its sharded layout (split on 'rep');
   the values do not depend on the mesh (JAX's partitionable threefry RNG). ``abstract``
   returns its shapes, dtypes and shardings only (a restore target that costs no memory).
+  ``spec`` is needed when it has an input hash (``spec.input_dim`` > 0).
   """
-  x = steps.model_input(jax.tree.map(np.asarray, batch), model.sparse_input)
+  x = steps.model_input(jax.tree.map(np.asarray, batch), model.sparse_input, spec)
 
   def init(rng):
     params = model.init(rng, x)["params"]
@@ -132,7 +133,7 @@ def create_train_state(config, source, total_steps: int | None = None,
   first = source.first_batch(tc.batch_size, widths, dense=config.model.dense_input,
                              num_shards=shards)
   state = init_state(parts.model, parts.tx, parts.table_tx, jax.random.key(config.seed),
-                     first, mesh, abstract=not initialize)
+                     first, mesh, abstract=not initialize, spec=parts.spec)
   return TrainSetup(parts, mesh, widths, first, state,
                     sharding.make_train_step(parts, mesh, state, first),
                     sharding.make_logits_fn(parts, mesh, state.params, first),

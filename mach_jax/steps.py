@@ -7,6 +7,7 @@ To change the loss, edit ``mach_jax.losses``; the optimizer, ``mach_jax.optim``.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -20,20 +21,32 @@ if TYPE_CHECKING:  # state.py builds on the steps (through sharding.py); only th
   from mach_jax.state import TrainState
 
 
-def model_input(batch: dict[str, Any], sparse: bool):
-  """What the model is called on: the batch dict (sparse input) or its dense [b, D] matrix."""
-  return batch if sparse else batch["dense"]
+def model_input(batch: dict[str, Any], sparse: bool, spec: HashSpec | None = None,
+                input_params: jax.Array | None = None):
+  """What the model is called on: the batch dict (sparse input) or its dense [b, D] matrix.
+
+  With an input hash (``spec.input_dim`` > 0) the batch's ``indices`` and ``values`` become
+  each repetition's hashed view, [R', T] (``input_params``: the rows of
+  ``spec.input_params()`` of the repetitions this call owns; default all).
+  """
+  if not sparse:
+    return batch["dense"]
+  if spec is None or not spec.input_dim:
+    return batch
+  ids, values = spec.input_features(batch["indices"], batch["values"], jnp, input_params)
+  return {**batch, "indices": ids, "values": values}
 
 
 def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MACH,
                tx: optax.GradientTransformation, spec: HashSpec, loss: str,
                table_tx: optim.RowSparseTransform | None = None,
-               hash_params: jax.Array | None = None, data_axis: str | None = None
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+               hash_params: jax.Array | None = None, input_params: jax.Array | None = None,
+               data_axis: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update of the repetitions in ``state``. Returns (new state, metrics).
 
   Labels are hashed here, on device, per repetition (``hash_params``: the rows of
-  ``spec.params()`` of the repetitions this call owns; default all). The gradient is pulled
+  ``spec.params()`` of the repetitions this call owns; default all), and so are the input
+  features when ``spec.input_dim`` > 0 (``input_params``, see ``model_input``). The gradient is pulled
   back from the per-repetition loss vector with a cotangent of ones, so no scalar sum over
   'rep' appears (that would be a cross-device reduction under sharding).
 
@@ -52,18 +65,25 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MAC
   label_mask = batch["labels"] >= 0
   buckets = spec.buckets(batch["labels"], jnp, params=hash_params)  # [R, b, L]
   params = state.params
+  x = model_input(batch, model.sparse_input, spec, input_params)
   if table_tx is not None:
     table, rest = model_lib.split_table(params)
     D = table.shape[1]
     # Entries with value 0 (padding) touch nothing; they map to the zero row of id D.
-    ids = jnp.where(batch["values"] != 0, batch["indices"], D)
-    touched, local_ids = jnp.unique(ids, size=ids.shape[0], fill_value=D, return_inverse=True)
-    params = model_lib.join_table(jnp.take(table, touched, axis=1, mode="fill", fill_value=0),
-                                  rest)
-    batch = {**batch, "indices": local_ids.reshape(-1).astype(jnp.int32)}
+    ids = jnp.where(x["values"] != 0, x["indices"], D)  # [T], or [R', T] when hashed.
+    unique = functools.partial(jnp.unique, size=ids.shape[-1], fill_value=D,
+                               return_inverse=True)
+    if ids.ndim == 1:
+      touched, local_ids = unique(ids)
+      rows = jnp.take(table, touched, axis=1, mode="fill", fill_value=0)
+    else:
+      touched, local_ids = jax.vmap(unique)(ids)
+      rows = jax.vmap(functools.partial(jnp.take, axis=0, mode="fill", fill_value=0))(
+          table, touched)
+    params = model_lib.join_table(rows, rest)
+    x = {**x, "indices": local_ids.reshape(ids.shape).astype(jnp.int32)}
     # The same module over the gathered rows: a table of T rows, looked up by gather.
-    model = model.clone(num_features=ids.shape[0], embedding_bag="gather")
-  x = model_input(batch, model.sparse_input)
+    model = model.clone(num_features=ids.shape[-1], embedding_bag="gather")
 
   def loss_fn(params):
     logits = model.apply({"params": params}, x)
@@ -83,14 +103,18 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MAC
   else:
     row_grads, rest_grads = model_lib.split_table(grads)
     updates, opt_state = jax.vmap(tx.update)(rest_grads, state.opt_state, rest)
-    table, table_opt_state = jax.vmap(table_tx.update, in_axes=(0, None, 0, 0))(
-        table, touched, row_grads, state.table_opt_state)
+    table, table_opt_state = jax.vmap(
+        table_tx.update, in_axes=(0, 0 if touched.ndim == 2 else None, 0, 0))(
+            table, touched, row_grads, state.table_opt_state)
     params = model_lib.join_table(table, optax.apply_updates(rest, updates))
   new_state = state._replace(step=state.step + 1, params=params, opt_state=opt_state,
                              table_opt_state=table_opt_state)
   return new_state, {"loss": per_rep_loss}
 
 
-def logits_step(params, batch: dict[str, Any], *, model: model_lib.MACH) -> jax.Array:
+def logits_step(params, batch: dict[str, Any], *, model: model_lib.MACH,
+                spec: HashSpec | None = None, input_params: jax.Array | None = None
+                ) -> jax.Array:
   """Bucket logits [R, b, B] of every repetition in ``params``."""
-  return model.apply({"params": params}, model_input(batch, model.sparse_input))
+  return model.apply({"params": params},
+                     model_input(batch, model.sparse_input, spec, input_params))

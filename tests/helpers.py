@@ -48,7 +48,7 @@ def popular_baseline(train_Y, test_Y):
 
 
 def tiny_setup(mesh_spec, R: int = 8, num_batches: int = 1, clip_norm: float = 0.0,
-               row_sparse: bool = False):
+               row_sparse: bool = False, input_dim: int = 0):
   """``create_train_state`` of the tiny config on ``mesh_spec``, and its first batches.
 
   Returns (TrainSetup, host batches in training order).
@@ -57,6 +57,7 @@ def tiny_setup(mesh_spec, R: int = 8, num_batches: int = 1, clip_norm: float = 0
   c.model.R = R
   c.mesh = mesh_spec
   c.optimizer.update(clip_norm=clip_norm, row_sparse=row_sparse)
+  c.model.input_dim = input_dim
   tr, _ = data_lib.load(c.data)
   setup = state_lib.create_train_state(c, tr, total_steps=100)
   batches = list(tr.batches(c.train.batch_size, shuffle=True, widths=setup.widths,
@@ -64,9 +65,12 @@ def tiny_setup(mesh_spec, R: int = 8, num_batches: int = 1, clip_norm: float = 0
   return setup, batches[:num_batches]
 
 
-def run_steps(mesh_spec, num_steps: int = 3, R: int = 8):
-  """Train ``num_steps`` steps of the tiny model on ``mesh_spec``; params as NumPy."""
-  setup, batches = tiny_setup(mesh_spec, R, num_steps)
+def run_steps(mesh_spec, num_steps: int = 3, R: int = 8, **kwargs):
+  """Train ``num_steps`` steps of the tiny model on ``mesh_spec``; params as NumPy.
+
+  ``kwargs`` go to ``tiny_setup`` (row_sparse, input_dim, ...).
+  """
+  setup, batches = tiny_setup(mesh_spec, R, num_steps, **kwargs)
   state = setup.state
   for b in batches:
     state, _ = setup.run(state, b)

@@ -20,8 +20,13 @@ from tests.helpers import flat as _flat, run_steps, shared_file, tiny_setup
 R = 8
 
 
-def _compiled_step(mesh_spec, clip_global=False):
-  setup, batches = tiny_setup(mesh_spec, R)
+# The repetition-local variants of the input layer: each must stay collective-free.
+INPUT_VARIANTS = [{}, {"input_dim": 256}, {"input_dim": 256, "row_sparse": True}]
+INPUT_IDS = ["plain", "input_hash", "input_hash+row_sparse"]
+
+
+def _compiled_step(mesh_spec, clip_global=False, **kwargs):
+  setup, batches = tiny_setup(mesh_spec, R, **kwargs)
   state, mesh = setup.state, setup.mesh
   gbatch = setup.put(batches[0])
   if clip_global:
@@ -38,8 +43,9 @@ def assert_no_collectives(hlo: str):
   assert not found, f"the compiled step contains collectives: {found}"
 
 
-def test_collective_free_train_and_eval_on_rep_mesh():
-  step_hlo, eval_hlo, _ = _compiled_step((("data", 1), ("rep", 8)))
+@pytest.mark.parametrize("kwargs", INPUT_VARIANTS, ids=INPUT_IDS)
+def test_collective_free_train_and_eval_on_rep_mesh(kwargs):
+  step_hlo, eval_hlo, _ = _compiled_step((("data", 1), ("rep", 8)), **kwargs)
   assert_no_collectives(step_hlo)
   assert_no_collectives(eval_hlo)
 
@@ -67,14 +73,19 @@ def test_collectives_on_data_rep_mesh_are_all_reduces_within_data_groups():
   assert_no_collectives(eval_hlo)  # Logits stay sharded; only [R, b, B] is gathered later.
 
 
-def test_rep_sharded_steps_match_single_device():
-  single = _flat(run_steps((("data", 1), ("rep", 1))))
-  sharded = _flat(run_steps((("data", 1), ("rep", 8))))
+@pytest.mark.parametrize("kwargs", INPUT_VARIANTS, ids=INPUT_IDS)
+def test_rep_sharded_steps_match_single_device(kwargs):
+  single = _flat(run_steps((("data", 1), ("rep", 1)), **kwargs))
+  sharded = _flat(run_steps((("data", 1), ("rep", 8)), **kwargs))
   # Not bitwise: XLA:CPU picks its GEMM kernel by shape, and a device holding 1 repetition
   # multiplies [1, b, D] x [1, D, H] where one device holding 8 multiplies [8, b, D] x
   # [8, D, H]; the sums round differently in the last bit (seen: |diff| <= 1e-7 after 3 steps).
+  # With the input hash, signed colliding features cancel within a table row, and Adam
+  # divides such a row's near-zero gradient (~eps = 1e-8) by its own root, which magnifies
+  # that rounding (seen: |diff| <= 2.6e-6 after 3 steps, 0.3% of one step of lr 1e-3).
+  atol = 1e-5 if kwargs.get("input_dim") else 1e-6
   for k in single:
-    np.testing.assert_allclose(single[k], sharded[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    np.testing.assert_allclose(single[k], sharded[k], rtol=1e-5, atol=atol, err_msg=k)
 
 
 def test_data_parallel_steps_match_single_device():

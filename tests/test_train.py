@@ -35,7 +35,8 @@ def test_tiny_run_learns_and_writes_results(tiny_run):
               "num_params", "num_params_full_softmax", "config", "versions", "hash_spec"):
     assert key in saved
   assert saved["num_params"] == 4 * (1000 * 64 + 64 + 64 * 32 + 32)
-  assert saved["hash_spec"] == {"family": "murmur", "K": 400, "B": 32, "R": 4, "seed": 0}
+  assert saved["hash_spec"] == {"family": "murmur", "K": 400, "B": 32, "R": 4, "seed": 0,
+                                "input_dim": 0, "input_sign": True}
   assert set(saved["by_estimator"]) == set(tiny_config().eval.estimators)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
@@ -132,7 +133,8 @@ def test_identity_hash_is_the_full_softmax_baseline(tmp_path):
   c.train.num_epochs = 2
   c.eval.every_epochs = 0
   results = train.train_and_evaluate(c, str(tmp_path))
-  assert results["hash_spec"] == {"family": "identity", "K": 400, "B": 400, "R": 1, "seed": 0}
+  assert results["hash_spec"] == {"family": "identity", "K": 400, "B": 400, "R": 1, "seed": 0,
+                                  "input_dim": 0, "input_sign": True}
   assert results["num_params"] == results["num_params_full_softmax"]  # Same network.
   tr, te = data_lib.load(c.data)
   assert results["P@1"] > popular_baseline(tr.Y, te.Y)["P@1"] + 0.1
