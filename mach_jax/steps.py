@@ -46,9 +46,9 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MAC
 
   Labels are hashed here, on device, per repetition (``hash_params``: the rows of
   ``spec.params()`` of the repetitions this call owns; default all), and so are the input
-  features when ``spec.input_dim`` > 0 (``input_params``, see ``model_input``). The gradient is pulled
-  back from the per-repetition loss vector with a cotangent of ones, so no scalar sum over
-  'rep' appears (that would be a cross-device reduction under sharding).
+  features when ``spec.input_dim`` > 0 (``input_params``, see ``model_input``). The
+  gradient is pulled back from the per-repetition loss vector with a cotangent of ones, so
+  no scalar sum over 'rep' appears (that would be a cross-device reduction under sharding).
 
   Under ``shard_map`` with ``data_axis`` set, ``batch`` is this device's block of rows: the
   row count is summed over the axis so the loss is the global mean, and the gradient of the
