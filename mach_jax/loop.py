@@ -108,7 +108,8 @@ class Best:
   """The best periodic evaluation so far on ``metric`` (higher is better) and its parameters.
 
   ``record`` is JSON (step, epoch, value, metrics, evaluations since) so that a checkpoint
-  can carry it; ``params`` is a device copy, or None until the first evaluation.
+  can carry it; ``params`` is a device copy of the best parameters when ``update`` is given
+  them (runs without checkpoints), else None: the checkpoint store keeps the best state.
   """
 
   def __init__(self, metric: str, record: dict | None = None, params=None):
@@ -130,5 +131,5 @@ class Best:
       return False
     self.record = {"step": step, "epoch": epoch, "value": metrics[self.metric],
                    "metrics": dict(metrics), "stale": 0}
-    self.params = jax.tree.map(jnp.copy, params)
+    self.params = None if params is None else jax.tree.map(jnp.copy, params)
     return True

@@ -107,8 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       step, start_epoch, start_batch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
       trained, examples = meta["train_seconds"], meta["examples"]
       if validation is not None and meta.get("best"):
-        best = loop.Best(ck.best_metric, meta["best"], checkpoint_lib.restore_latest(
-            manager, setup.state, only=meta["best"]["step"]).state.params)
+        best = loop.Best(ck.best_metric, meta["best"])  # Its parameters stay on disk.
       where = (f"epoch {start_epoch + 1}, batch {start_batch} of {steps_per_epoch}"
                if start_epoch < tc.num_epochs else "training already complete, evaluating")
       logging.info("resumed from %s/%d: %s", manager.directory, restored.step, where)
@@ -167,7 +166,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           t0 = time.time()
           main = evaluate(state.params, held, subset)[ev.estimator]
           if validation is not None:
-            best.update(main, step, epoch + 1, state.params)
+            # With checkpoints the best state is kept on disk (best_metric), not in memory.
+            best.update(main, step, epoch + 1, state.params if manager is None else None)
           periodic_seconds, periodic_evals = periodic_seconds + time.time() - t0, periodic_evals + 1
           writer.write({"step": step, "epoch": epoch + 1, "eval_points":
                         len(subset) if subset is not None else held.num_points,
@@ -193,7 +193,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     manager.wait_until_finished()
 
   # ---- Final evaluation, model folder and results ----------------------------------------
-  params = best.params if best.params is not None else state.params
+  params = state.params
+  if best.params is not None:
+    params = best.params
+  elif validation is not None and best.record and best.record["step"] != step:
+    # Free the training state before reading the best one back: never two states at once.
+    state = params = None
+    params = checkpoint_lib.restore_latest(manager, setup.state,
+                                           only=best.record["step"]).state.params
   t_eval = time.time()
   res = evaluate(params, test)
   eval_seconds = time.time() - t_eval

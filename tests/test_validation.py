@@ -93,6 +93,24 @@ def test_rerun_of_a_finished_validated_run_restores_the_best(validated_run, tmp_
     assert again[k] == res[k]
 
 
+def test_best_read_back_from_checkpoints_equals_the_best_kept_in_memory(tmp_path):
+  """With checkpoints the best state is not held in memory: the run reads it back at the
+  end. A run that stops early (its best evaluation is not its last step) must end with the
+  same model as one without checkpoints, which keeps a copy of the best parameters."""
+  c = tiny_config()
+  c.data.validation_fraction = 0.1
+  c.optimizer.learning_rate = 3e-2  # Overfits the tiny set within a few epochs.
+  c.train.update(num_epochs=10, early_stopping_patience=1)
+  c.eval.update(every_epochs=1, subset=0)
+  on_disk = train.train_and_evaluate(c, str(tmp_path / "disk"))
+  assert on_disk["selected"]["step"] < on_disk["steps"]
+  c.checkpoint.enabled = False
+  in_memory = train.train_and_evaluate(c, str(tmp_path / "memory"))
+  assert in_memory["selected"] == on_disk["selected"]
+  for k in ("P@1", "P@3", "P@5"):
+    assert in_memory[k] == on_disk[k]
+
+
 def test_validation_needs_periodic_evaluations(tmp_path):
   c = tiny_config()
   c.data.validation_fraction = 0.1
