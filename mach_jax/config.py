@@ -72,7 +72,7 @@ def default_config() -> ml_collections.ConfigDict:
   # Per-repetition input hash: repetition r reads feature j as g_r(j) in [0, input_dim)
   # (its own seed; colliding features add) and owns an [input_dim, H] table instead of
   # [D, H]. 0 = off. input_sign: a seeded +-1 per feature, as in feature hashing.
-  c.model.input_dim = 0
+  c.model.input_dim = 0  # -1: derived from the data (see resolve).
   c.model.input_sign = True
   c.model.hash_family = "murmur"  # universal | murmur | balanced | identity (full softmax).
   c.model.hash_seed = 0
@@ -136,10 +136,17 @@ AUTO_R = 8
 AUTO_EXACT_DECODE_MAX_K = 200_000
 
 
-def resolve(config, num_classes: int, labels_per_point: float) -> ml_collections.ConfigDict:
+AUTO_INPUT_HASH_MIN_D = 1 << 16
+
+
+def resolve(config, num_classes: int, labels_per_point: float,
+            num_features: int | None = None) -> ml_collections.ConfigDict:
   """``config`` with every data-derived field filled in by the rule below (a copy).
 
   * ``model.R = 0`` -> 8 repetitions.
+  * ``model.input_dim = -1`` -> the power of two at most D / R, so that the R hashed input
+    tables together hold no more rows than one [D, H] table; 0 (no input hash) when
+    D < 65,536, where the tables are small anyway (D = 2^18, R = 8: 32,768).
   * ``model.B = 0`` -> the power of two nearest 8 sqrt(K), at most K: about 8x more buckets
     than classes per bucket (K = 159: 128; K = 63,000: 2,048; K = 1M: 8,192).
   * ``model.loss = 'auto'`` -> ``softmax_hist`` when points carry at most 2 labels on average
@@ -149,11 +156,17 @@ def resolve(config, num_classes: int, labels_per_point: float) -> ml_collections
   Args:
     num_classes: K.
     labels_per_point: mean labels per training point.
+    num_features: D (needed by ``model.input_dim = -1`` only).
   """
   c = ml_collections.ConfigDict(config.to_dict())
   m = c.model
   if m.R == 0:
     m.R = AUTO_R
+  if m.input_dim == -1:
+    if num_features is None:
+      raise ValueError("config.model.input_dim=-1 is derived from D: pass num_features")
+    fit = 2 ** int(math.floor(math.log2(num_features / m.R)))
+    m.input_dim = fit if num_features >= AUTO_INPUT_HASH_MIN_D else 0
   if m.B == 0:
     m.B = int(min(num_classes, 2 ** round(math.log2(8 * math.sqrt(num_classes)))))
   if m.loss == "auto":

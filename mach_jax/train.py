@@ -70,7 +70,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ---- Input ---------------------------------------------------------------------------
   train, validation, test = data_lib.load_splits(config.data)
   counts = train.label_counts()
-  config = config_lib.resolve(config, train.num_labels, counts.sum() / train.num_points)
+  config = config_lib.resolve(config, train.num_labels, counts.sum() / train.num_points,
+                              train.num_features)
   tc, ev, ck = config.train, config.eval, config.checkpoint
   held = validation if validation is not None else test  # What periodic evaluations read.
   inv_prop = 1.0 / metrics.propensities_from_counts(counts, train.num_points,
@@ -193,12 +194,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     manager.wait_until_finished()
 
   # ---- Final evaluation, model folder and results ----------------------------------------
-  params = state.params
+  # Only the parameters go on: the optimizer state is freed before evaluating and exporting.
+  params, state = state.params, None
   if best.params is not None:
     params = best.params
   elif validation is not None and best.record and best.record["step"] != step:
-    # Free the training state before reading the best one back: never two states at once.
-    state = params = None
+    params = None  # Read the best state back with no other state in memory.
     params = checkpoint_lib.restore_latest(manager, setup.state,
                                            only=best.record["step"]).state.params
   t_eval = time.time()
@@ -213,7 +214,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "periodic_evals": periodic_evals, "first_step_seconds": first_step_seconds,
       "target": target, "data_seconds": t_data, "total_seconds": time.time() - t_start,
       "steps": step, "num_params": num_params, "num_params_full_softmax": num_params_full,
-      "param_bytes": model_lib.param_bytes(params), "hash_spec": spec.to_dict(),
+      "param_bytes": model_lib.param_bytes(params),
+      "state_bytes": model_lib.param_bytes(setup.state),  # Parameters + optimizer state.
+      "hash_spec": spec.to_dict(),
       "selected": best.record, "num_train": train.num_points, "num_test": test.num_points,
       "num_validation": validation.num_points if validation is not None else 0,
       "config": json.loads(config.to_json()), "versions": provenance.library_versions(),

@@ -58,11 +58,14 @@ def profile(config, epochs: int, trace_steps: int) -> dict:
   import numpy as np
 
   from experiments.bench.timing import timed_steps
-  from mach_jax import data as data_lib, sharding, state as state_lib
+  from mach_jax import config as config_lib, data as data_lib, sharding, state as state_lib
 
   t0 = time.perf_counter()
   train_set, _ = data_lib.load(config.data)
   t_data = time.perf_counter() - t0
+  config = config_lib.resolve(config, train_set.num_labels,
+                              train_set.label_counts().sum() / train_set.num_points,
+                              train_set.num_features)
   tc = config.train
   setup = state_lib.create_train_state(config, train_set)
   spec, mesh, state = setup.parts.spec, setup.mesh, setup.state
@@ -81,7 +84,7 @@ def profile(config, epochs: int, trace_steps: int) -> dict:
   ops = op_times(trace_dir, trace_steps)
   return {"ms_per_step": ms_per_step, "first_step_s": first_s, "data_s": t_data,
           "steps_timed": epochs * len(batches), "batch_size": tc.batch_size,
-          "R": spec.R, "B": spec.B, "D": train_set.num_features,
+          "R": spec.R, "B": spec.B, "D": train_set.num_features, "input_dim": spec.input_dim,
           "hidden": list(config.model.hidden), "mesh": dict(mesh.shape),
           "device": str(jax.devices()[0].device_kind), "host": platform.node(),
           "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),

@@ -24,7 +24,8 @@ def get_config():
   c.data.featurizer.update(num_features=1 << 18, word_ngrams=(1, 2), char_ngrams=(3, 5),
                            weighting="log", idf=True)
 
-  c.model.update(R=0, B=0, hidden=(256,), loss="auto")  # 0 / auto: from the data.
+  # 0 / -1 / auto: from the data (R = 8, B ~ 8 sqrt(K), input_dim = D / R, loss).
+  c.model.update(R=0, B=0, input_dim=-1, hidden=(256,), loss="auto")
   c.optimizer.update(name="adam", learning_rate=1e-3, row_sparse=True)
   c.train.update(batch_size=256, num_epochs=10, early_stopping_patience=2,
                  log_every_steps=200)
