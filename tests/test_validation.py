@@ -147,17 +147,23 @@ def test_text_run_with_idf_and_validation_serves_what_it_evaluated(tmp_path):
   assert p1 == pytest.approx(res["P@1"])
 
 
-@pytest.mark.parametrize("K, labels, R, B, loss, decode", [
-    (159, 2.4, 8, 128, "bce", "exact"), (63_000, 1.0, 8, 2048, "softmax_hist", "exact"),
-    (1_000_000, 1.1, 8, 8192, "softmax_hist", "candidates"), (20, 1.0, 8, 20, "softmax_hist",
-                                                               "exact")])
-def test_resolve_derives_r_b_loss_and_decoding_from_the_data(K, labels, R, B, loss, decode):
+@pytest.mark.parametrize("K, labels, D, R, B, input_dim, loss, decode", [
+    (159, 2.4, 1836, 8, 128, 0, "bce", "exact"),
+    (63_000, 1.0, 1 << 18, 8, 2048, 1 << 15, "softmax_hist", "exact"),
+    (1_000_000, 1.1, 100_000, 8, 8192, 8192, "softmax_hist", "candidates"),
+    (20, 1.0, 1 << 16, 8, 20, 8192, "softmax_hist", "exact")])
+def test_resolve_derives_the_model_and_decoding_from_the_data(K, labels, D, R, B, input_dim,
+                                                              loss, decode):
   from experiments.configs import text
   from mach_jax import config as config_lib
-  c = config_lib.resolve(text.get_config(), K, labels)
-  assert (c.model.R, c.model.B, c.model.loss, c.eval.decode) == (R, B, loss, decode)
-  fixed = config_lib.resolve(tiny_config(), K, labels)  # Explicit fields stay as they are.
-  assert (fixed.model.R, fixed.model.B, fixed.model.loss) == (4, 32, "softmax_hist")
+  c = config_lib.resolve(text.get_config(), K, labels, D)
+  assert (c.model.R, c.model.B, c.model.input_dim, c.model.loss, c.eval.decode) == (
+      R, B, input_dim, loss, decode)
+  fixed = config_lib.resolve(tiny_config(), K, labels, D)  # Explicit fields stay as they are.
+  assert (fixed.model.R, fixed.model.B, fixed.model.input_dim, fixed.model.loss) == (
+      4, 32, 0, "softmax_hist")
+  with pytest.raises(ValueError, match="input_dim=-1 is derived from D"):
+    config_lib.resolve(text.get_config(), K, labels)
 
 
 def test_default_text_config_learns_a_small_catalogue(tmp_path):
