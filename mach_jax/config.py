@@ -53,6 +53,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.catalogue = ""
   c.data.num_labels = 0
   c.data.buffer_size = 100_000
+  # Query logs only: a training log whose featurized matrices fit in this many MB is
+  # featurized once and kept in memory for later epochs; 0 featurizes every epoch.
+  c.data.cache_mb = 2048
   # Query logs only: the text featurizer (mach_jax.data.text), saved with the model so that
   # serving rebuilds exactly the function it was trained with.
   # idf: weight hashed dimensions by their inverse document frequency in the training text.
@@ -120,6 +123,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.estimator = "mean"  # Reported at the top level of results.json.
   c.eval.estimators = ("mean", "unbiased", "logit_sum", "min", "median", "log_mean")
   c.eval.batch_size = 256
+  c.eval.final_test = True  # False: end without reading the test split (tuning probes).
   c.eval.every_epochs = 0  # 0: evaluate only at the end.
   c.eval.every_steps = 0  # Also evaluate every this many steps; 0: off.
   c.eval.subset = 0  # Points of the test set used by periodic evaluations; 0: all.

@@ -203,9 +203,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     params = checkpoint_lib.restore_latest(manager, setup.state,
                                            only=best.record["step"]).state.params
   t_eval = time.time()
-  res = evaluate(params, test)
+  res = evaluate(params, test) if ev.final_test else {}
   eval_seconds = time.time() - t_eval
-  main = res[ev.estimator]
+  main = res.get(ev.estimator, {})
   results = {
       **main, "estimator": ev.estimator, "by_estimator": res,
       "train_seconds": train_seconds,
@@ -221,8 +221,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "num_validation": validation.num_points if validation is not None else 0,
       "config": json.loads(config.to_json()), "versions": provenance.library_versions(),
       "devices": [str(d) for d in jax.devices()], "peak_rss_bytes": provenance.peak_rss_bytes(),
-      "popularity_baseline": inference.popularity_baseline(counts, test, inv_prop,
-                                                           ev.k),
+      "popularity_baseline": inference.popularity_baseline(counts, test, inv_prop, ev.k)
+                             if ev.final_test else None,
   }
   results["bundle_bytes"] = bundle.export(os.path.join(workdir, bundle.BUNDLE_DIR),
                                           params, spec, config, D, train.featurizer)

@@ -112,3 +112,30 @@ def test_count_lines_counts_a_last_line_without_newline(tmp_path):
   (tmp_path / "b.tsv").write_text("0\ta\n1\tb")
   (tmp_path / "c.tsv").write_text("")
   assert [count_lines(str(tmp_path / f)) for f in ("a.tsv", "b.tsv", "c.tsv")] == [2, 2, 0]
+
+
+@pytest.mark.parametrize("cache_mb, featurized_once", [(64, True), (1e-3, False), (0, False)])
+def test_featurized_cache_serves_later_epochs_with_the_same_batches(tmp_path, monkeypatch,
+                                                                    cache_mb, featurized_once):
+  """A log that fits in cache_mb is featurized by its first complete pass only; one that
+  does not (1 KB here) or a cache of 0 featurizes every epoch. The batches are the same."""
+  path = str(write_log(tmp_path / "q.tsv", 700))
+  plain = QueryLog(path, F, 50, buffer_size=200, read_chunk=50)
+  cached = QueryLog(path, F, 50, buffer_size=200, read_chunk=50, cache_mb=cache_mb)
+  w = plain.widths(64)
+  calls = []
+  transform = TextFeaturizer.transform
+  monkeypatch.setattr(TextFeaturizer, "transform",
+                      lambda self, *a, **k: calls.append(1) or transform(self, *a, **k))
+  for epoch in range(3):
+    before = len(calls)
+    got = list(cached.batches(64, seed=3, epoch=epoch, widths=w))
+    featurized = len(calls) - before
+    if epoch and featurized_once:
+      assert featurized == 0
+    else:
+      assert featurized == 14  # 700 lines in chunks of 50.
+    want = list(plain.batches(64, seed=3, epoch=epoch, widths=w))
+    for x, y in zip(got, want, strict=True):
+      for k in x:
+        np.testing.assert_array_equal(x[k], y[k], err_msg=k)

@@ -79,7 +79,8 @@ def load_splits(data_config) -> Splits:
     train_path, test_path = _require(d, "train"), _require(d, "test")
     K = d.num_labels or count_lines(_require(d, "catalogue"))
     f = featurizer(d)
-    train = QueryLog(train_path, f, K, buffer_size=d.buffer_size, holdout=holdout)
+    train = QueryLog(train_path, f, K, buffer_size=d.buffer_size, holdout=holdout,
+                     cache_mb=d.cache_mb)
     if d.featurizer.idf:  # Fitted on the training part only: never on validation or test.
       f = train.featurizer = f.fit_idf(train.texts())
     held = (QueryLog(train_path, f, K, holdout=holdout, part="validation").to_xc()

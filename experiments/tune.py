@@ -1,0 +1,107 @@
+"""Choose the learning rate on the validation slice, then train: one command, no test peeking.
+
+    python -m experiments.tune --config experiments/configs/text.py --workdir DIR \
+        --config.data.train=LOG --config.data.test=LOG --config.data.catalogue=ITEMS
+
+1. Probes: for each learning rate of ``--learning_rates``, train ``--probe_epochs`` epochs
+   on the training part of the data (``data.validation_fraction`` of it held out), evaluate
+   on the validation slice only (``eval.final_test = False``: the test split is not read).
+2. The learning rate whose probe reached the best validation ``checkpoint.best_metric``
+   (ties: the smaller rate) trains the full run: up to ``train.num_epochs`` epochs with early
+   stopping on the same validation slice, keeping its best epoch (``mach_jax.train``).
+3. That run's model is evaluated on the test split once; its figures are the result.
+
+Writes DIR/probe_lr<rate>/ (each probe's run), DIR/final/ (the chosen run: results.json,
+model/) and DIR/tune.json (every probe's validation metrics, the choice, the final
+results). Rerunning the command resumes where it stopped (each run checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from mach_jax import train
+
+_CONFIG = _WORKDIR = _RATES = _PROBE_EPOCHS = None  # Flags: see _flags().
+
+
+def _flags():
+  """Defined only when run as a script, so that importing ``tune`` (tests) defines none."""
+  global _CONFIG, _WORKDIR, _RATES, _PROBE_EPOCHS
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Where the probes and the final run go.")
+  _RATES = flags.DEFINE_list("learning_rates", ["1e-3", "3e-3", "1e-2"],
+                             "Learning rates tried by the probes.")
+  _PROBE_EPOCHS = flags.DEFINE_integer("probe_epochs", 1, "Epochs of each probe.")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
+def tune(config: ml_collections.ConfigDict, workdir: str, learning_rates, probe_epochs: int,
+         run=train.train_and_evaluate) -> dict:
+  """Probe ``learning_rates`` on validation, train the best one, evaluate it on test once.
+
+  Args:
+    config: a config with ``data.validation_fraction`` > 0 and periodic evaluations.
+    workdir: the folder of the probes and the final run.
+    learning_rates: the rates probed.
+    probe_epochs: epochs per probe (at most ``config.train.num_epochs``).
+    run: ``train_and_evaluate`` (a stand-in in tests).
+
+  Returns:
+    The contents of ``workdir/tune.json``.
+  """
+  if not config.data.validation_fraction:
+    raise ValueError("experiments.tune chooses on a validation slice: set "
+                     "config.data.validation_fraction > 0 (e.g. 0.02)")
+  if not 1 <= probe_epochs <= config.train.num_epochs:
+    raise ValueError(f"--probe_epochs={probe_epochs}: expected 1 to config.train.num_epochs="
+                     f"{config.train.num_epochs}")
+  metric = config.checkpoint.best_metric
+  probes = []
+  for lr in sorted(float(r) for r in learning_rates):
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.optimizer.learning_rate = lr
+    c.train.num_epochs = probe_epochs
+    c.eval.final_test = False
+    res = run(c, os.path.join(workdir, f"probe_lr{lr:g}"))
+    probes.append({"learning_rate": lr, "validation": res["selected"]["metrics"],
+                   "train_seconds": res["train_seconds"]})
+  chosen = max(probes, key=lambda p: p["validation"][metric])  # First (smallest) on ties.
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.optimizer.learning_rate = chosen["learning_rate"]
+  final = run(c, os.path.join(workdir, "final"))
+  out = {"metric": metric, "probe_epochs": probe_epochs, "probes": probes,
+         "learning_rate": chosen["learning_rate"],
+         "probe_seconds": sum(p["train_seconds"] for p in probes),
+         "final": {k: final[k] for k in ("P@1", "P@3", "P@5", "selected", "train_seconds",
+                                         "num_params", "num_params_full_softmax",
+                                         "peak_rss_bytes") if k in final}}
+  with open(os.path.join(workdir, "tune.json"), "w") as f:
+    json.dump(out, f, indent=2)
+  return out
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  out = tune(_CONFIG.value, _WORKDIR.value, _RATES.value, _PROBE_EPOCHS.value)
+  for p in out["probes"]:
+    print(f"probe lr {p['learning_rate']:g}: validation {out['metric']} "
+          f"{p['validation'][out['metric']]:.4f}")
+  f = out["final"]
+  print(f"chosen lr {out['learning_rate']:g}; test P@1 {f['P@1']:.4f}  P@3 {f['P@3']:.4f}  "
+        f"P@5 {f['P@5']:.4f}; {f['train_seconds'] + out['probe_seconds']:.0f} s of training "
+        "in all")
+  print(json.dumps({"tune": os.path.join(_WORKDIR.value, "tune.json")}))
+
+
+if __name__ == "__main__":
+  _flags()
+  sys.exit(app.run(main))
