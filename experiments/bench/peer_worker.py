@@ -18,7 +18,7 @@ import gzip
 import json
 import os
 import resource
-import shutil
+import sys
 import tempfile
 import time
 
@@ -45,13 +45,20 @@ def read_xc(path: str):
   return sp.csr_matrix(X, dtype=np.float32), Y, D, L
 
 
-def plain_copy(path: str, tmp: str) -> str:
-  if not path.endswith(".gz"):
-    return path
-  out = os.path.join(tmp, os.path.basename(path)[:-3])
-  with gzip.open(path, "rb") as src, open(out, "wb") as dst:
-    shutil.copyfileobj(src, dst)
-  return out
+def omikuji_copy(path: str, tmp: str) -> tuple[str, int]:
+  """An uncompressed copy of the XC file ``path`` that omikuji can load, and the number of
+  points left out of it: omikuji's loader refuses the whole file ("Failed to load data")
+  when a point has no features (the Debian set has one such training point)."""
+  out = os.path.join(tmp, "omikuji_" + os.path.basename(path).removesuffix(".gz"))
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rt") as src:
+    header = src.readline().split()
+    lines = [line for line in src if ":" in line]  # Features are the id:value tokens.
+  left_out = int(header[0]) - len(lines)
+  with open(out, "w") as dst:
+    dst.write(f"{len(lines)} {header[1]} {header[2]}\n")
+    dst.writelines(lines)
+  return out, left_out
 
 
 def folder_mb(path: str) -> float:
@@ -84,8 +91,12 @@ def run_omikuji(train_path, Xte, model_dir, tmp):
   import omikuji
 
   hp = omikuji.Model.default_hyper_param()
+  loadable, left_out = omikuji_copy(train_path, tmp)
+  if left_out:
+    print(f"omikuji: {left_out} training points without features left out (its loader "
+          "refuses them)", file=sys.stderr, flush=True)
   t0 = time.perf_counter()
-  model = omikuji.Model.train_on_data(plain_copy(train_path, tmp), hp, n_threads=THREADS)
+  model = omikuji.Model.train_on_data(loadable, hp, n_threads=THREADS)
   train_s = time.perf_counter() - t0
   model.save(model_dir)
 
