@@ -182,3 +182,10 @@ def test_predict_cli_reproduces_results_on_bibtex(tmp_path):
   assert len(first) == 5 and all(0 <= int(l) < 159 for l, _ in first)
   scores = [float(s) for _, s in first]
   assert scores == sorted(scores, reverse=True)
+
+
+def test_saves_are_synchronous_on_cpu(tmp_path):
+  """On CPU a background save would hold a second copy of the state (see async_saves)."""
+  assert jax.devices()[0].platform == "cpu" and not checkpoint.async_saves()
+  manager = checkpoint.make_manager(str(tmp_path))
+  assert not manager._options.enable_async_checkpointing  # noqa: SLF001
