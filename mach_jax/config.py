@@ -83,6 +83,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.dense_input = False  # Dense [b, D] input instead of sparse nonzeros.
   c.model.embedding_bag = "auto"  # auto | dense | gather (sparse input only; same result).
   c.model.dtype = "float32"
+  # Storage of the sparse input table and its row-sparse Adam moments: float32 | bfloat16
+  # (half the bytes; arithmetic stays float32). bfloat16 needs optimizer.row_sparse.
+  c.model.table_dtype = "float32"
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"  # adam | adamw | sgd.
@@ -192,13 +195,21 @@ def hash_spec(config, num_classes: int) -> HashSpec:
 
 def make_model(config, num_features: int, spec: HashSpec) -> model_lib.MACH:
   m = config.model
+  if m.table_dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"config.model.table_dtype={m.table_dtype!r}: expected 'float32' or "
+                     "'bfloat16'")
+  if m.table_dtype != "float32" and (m.dense_input or not config.optimizer.row_sparse):
+    raise ValueError(f"config.model.table_dtype={m.table_dtype!r} stores the sparse input "
+                     "table for row-sparse Adam: it needs config.optimizer.row_sparse=True "
+                     "and config.model.dense_input=False")
   if spec.input_dim and m.dense_input:
     raise ValueError(f"config.model.input_dim={spec.input_dim} hashes sparse features: it "
                      "needs config.model.dense_input=False (or input_dim=0)")
   return model_lib.MACH(num_repetitions=spec.R,
                         num_features=spec.input_dim or num_features, num_buckets=spec.B,
                         hidden=tuple(m.hidden), sparse_input=not m.dense_input,
-                        embedding_bag=m.embedding_bag, dtype=jnp.dtype(m.dtype))
+                        embedding_bag=m.embedding_bag, dtype=jnp.dtype(m.dtype),
+                        table_dtype=jnp.dtype(m.table_dtype))
 
 
 def make_decoder(config, spec: HashSpec) -> decode.Decoder:

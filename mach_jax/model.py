@@ -80,6 +80,8 @@ class Repetition(nn.Module):
       'dense' (densify the batch, one GEMM) or 'auto' (the cheaper on XLA:CPU; the
       parameters and results are the same either way).
     dtype: computation dtype (parameters stay float32).
+    table_dtype: storage dtype of the sparse input table (float32 or bfloat16); it is
+      cast to ``dtype`` where it is read.
   """
 
   num_features: int
@@ -88,6 +90,7 @@ class Repetition(nn.Module):
   sparse_input: bool = True
   embedding_bag: str = "auto"
   dtype: Any = jnp.float32
+  table_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x) -> jax.Array:
@@ -96,7 +99,7 @@ class Repetition(nn.Module):
     H = self.hidden[0]
     if self.sparse_input:
       table = self.param(TABLE, nn.initializers.normal(stddev=0.01),
-                         (self.num_features, H))
+                         (self.num_features, H), self.table_dtype)
       bias = self.param("embedding_bias", nn.initializers.zeros, (H,))
       b, T = x["mask"].shape[0], x["indices"].shape[0]
       if use_dense_bag(self.embedding_bag, b, self.num_features, T):
@@ -130,6 +133,7 @@ class MACH(nn.Module):
   sparse_input: bool = True
   embedding_bag: str = "auto"
   dtype: Any = jnp.float32
+  table_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x) -> jax.Array:
@@ -150,7 +154,8 @@ class MACH(nn.Module):
     )
     return stacked(num_features=self.num_features, num_buckets=self.num_buckets,
                    hidden=tuple(self.hidden), sparse_input=self.sparse_input,
-                   embedding_bag=self.embedding_bag, dtype=self.dtype, name="reps")(x)
+                   embedding_bag=self.embedding_bag, dtype=self.dtype,
+                   table_dtype=self.table_dtype, name="reps")(x)
 
 
 def split_table(params) -> tuple[jax.Array, dict]:

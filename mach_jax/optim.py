@@ -113,14 +113,17 @@ def row_sparse_adam(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: 
   def update(table, rows, row_grads, state):
     count = state.count + 1
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-    take = lambda x: jnp.take(x, rows, axis=0, mode="fill", fill_value=0)
+    # Arithmetic in float32 whatever the storage (a bfloat16 table and moments).
+    take = lambda x: jnp.take(x, rows, axis=0, mode="fill", fill_value=0).astype(jnp.float32)
+    row_grads = row_grads.astype(jnp.float32)
     mu = b1 * take(state.mu) + (1 - b1) * row_grads
     nu = b2 * take(state.nu) + (1 - b2) * jnp.square(row_grads)
-    t = count.astype(table.dtype)
+    t = count.astype(jnp.float32)
     mu_hat = mu / (1 - b1 ** t)
     nu_hat = nu / (1 - b2 ** t)
     step = -lr * mu_hat / (jnp.sqrt(nu_hat) + eps)
-    put = lambda x, v: x.at[rows].set(v, mode="drop")  # Padding ids (>= D) are dropped.
+    # Padding ids (>= D) are dropped.
+    put = lambda x, v: x.at[rows].set(v.astype(x.dtype), mode="drop")
     new_table = put(table, take(table) + step)
     return new_table, RowSparseAdamState(count=count, mu=put(state.mu, mu),
                                          nu=put(state.nu, nu))

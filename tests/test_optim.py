@@ -75,11 +75,26 @@ def test_row_sparse_step_is_collective_free_on_a_rep_mesh():
   assert sharding.collectives(hlo) == {}
 
 
-def test_row_sparse_training_learns(tmp_path):
+@pytest.mark.parametrize("table_dtype", ["float32", "bfloat16"])
+def test_row_sparse_training_learns(tmp_path, table_dtype):
   c = tiny_config()
   c.optimizer.row_sparse = True
+  c.model.table_dtype = table_dtype
   results = train.train_and_evaluate(c, str(tmp_path))
   assert results["P@1"] > 0.2
+  # The table and both moments are stored in table_dtype; everything else in float32.
+  table_bytes = 3 * 4 * 1000 * 64 * (2 if table_dtype == "bfloat16" else 4)
+  rest = results["state_bytes"] - table_bytes
+  # The other parameters and their two moments, the step, and two Adam counts per rep.
+  assert rest == 3 * 4 * (64 + 64 * 32 + 32) * 4 + 4 + 2 * 4 * 4, rest
+
+
+def test_bfloat16_table_needs_row_sparse_adam():
+  c = tiny_config()
+  c.model.table_dtype = "bfloat16"
+  from mach_jax import config as config_lib
+  with pytest.raises(ValueError, match="needs config.optimizer.row_sparse=True"):
+    config_lib.build(c, 100, 50, 10)
 
 
 @pytest.mark.parametrize("field, value, match", [
