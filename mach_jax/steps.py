@@ -42,8 +42,8 @@ def touched_rows(ids: jax.Array, num_rows: int, size: int) -> tuple[jax.Array, j
 
   What ``jnp.unique(ids, size=size, fill_value=num_rows, return_inverse=True)`` gives, by a
   presence mask and its running count instead of a sort: O(T + D) rather than
-  O(T log T), and a sort of the batch's T ids was a tenth of a text step (8 repetitions of
-  T = 77K ids each, experiments/bench/NOTES.md).
+  O(T log T). The sorts were a tenth of a text step (8 repetitions of T = 65,536 ids;
+  experiments/bench/NOTES.md).
 
   Args:
     ids: int [T], row ids in [0, num_rows]; num_rows marks padding.
