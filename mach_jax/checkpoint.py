@@ -159,12 +159,14 @@ def check_resumable(meta: dict, spec: HashSpec, config, workdir: str) -> None:
   """Refuse to resume a checkpoint written by a different model or data setup.
 
   The mesh, the evaluation and the checkpoint settings may change between runs; the model,
-  data, optimizer, seed, batch size and epoch count may not.
+  data, optimizer, seed, batch size and epoch count may not. A field the checkpoint's
+  config lacks (added to the library since) counts as its default value.
   """
+  from mach_jax import config as config_lib  # The config's defaults (imported on use).
   if HashSpec.from_dict(meta["hash_spec"]) != spec:
     raise ValueError(f"{workdir}: the checkpoint's hash spec {meta['hash_spec']} differs from "
                      f"this run's {spec.to_dict()}; use a new --workdir")
-  saved = meta["config"]
+  saved = _with_defaults(meta["config"], json.loads(config_lib.default_config().to_json()))
   now = json.loads(config.to_json())
   for c in (saved, now):  # Where parsed files are cached does not change the data.
     c.get("data", {}).pop("cache_dir", None)
@@ -176,3 +178,14 @@ def check_resumable(meta: dict, spec: HashSpec, config, workdir: str) -> None:
     if saved["train"][key] != now["train"][key]:
       raise ValueError(f"{workdir}: config.train.{key} differs from the checkpoint's "
                        f"({saved['train'][key]} vs {now['train'][key]}); use a new --workdir")
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+  """``saved`` with the fields it lacks taken from ``defaults`` (nested dicts merged)."""
+  out = dict(saved)
+  for key, value in defaults.items():
+    if key not in out:
+      out[key] = value
+    elif isinstance(value, dict) and isinstance(out[key], dict):
+      out[key] = _with_defaults(out[key], value)
+  return out

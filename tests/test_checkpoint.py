@@ -145,6 +145,21 @@ def test_changed_config_is_not_resumed(tmp_path):
     train.train_and_evaluate(c, str(tmp_path))
 
 
+def test_a_field_added_since_the_checkpoint_counts_as_its_default():
+  """A checkpoint written before a config field existed resumes when the run leaves that
+  field at its default, and is refused when the run changes it."""
+  from mach_jax import config as config_lib
+  c = config_lib.resolve(tiny_config(), 400, 1.0, 1000)
+  spec = config_lib.hash_spec(c, 400)
+  meta = checkpoint.run_meta(step=1, epoch=0, batch_in_epoch=1, steps_per_epoch=10,
+                             train_seconds=1.0, examples=64, spec=spec, config=c)
+  del meta["config"]["model"]["table_dtype"], meta["config"]["data"]["featurizer"]["idf"]
+  checkpoint.check_resumable(meta, spec, c, "w")
+  c.model.table_dtype = "bfloat16"
+  with pytest.raises(ValueError, match="config.model differs"):
+    checkpoint.check_resumable(meta, spec, c, "w")
+
+
 def test_predictor_checks_feature_dimension(tmp_path):
   c = tiny_config()
   c.train.num_epochs = 1
