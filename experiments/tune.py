@@ -13,7 +13,8 @@
 
 Writes DIR/probe_lr<rate>/ (each probe's run), DIR/final/ (the chosen run: results.json,
 model/) and DIR/tune.json (every probe's validation metrics, the choice, the final
-results). Rerunning the command resumes where it stopped (each run checkpoints).
+results). Rerunning the command resumes where it stopped: a finished probe is read from its
+results.json, an unfinished run resumes from its checkpoints.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def tune(config: ml_collections.ConfigDict, workdir: str, learning_rates, probe_
     c.optimizer.learning_rate = lr
     c.train.num_epochs = probe_epochs
     c.eval.final_test = False
-    res = run(c, os.path.join(workdir, f"probe_lr{lr:g}"))
+    res = _finished(os.path.join(workdir, f"probe_lr{lr:g}"), c) or run(
+        c, os.path.join(workdir, f"probe_lr{lr:g}"))
     probes.append({"learning_rate": lr, "validation": res["selected"]["metrics"],
                    "train_seconds": res["train_seconds"]})
   chosen = max(probes, key=lambda p: p["validation"][metric])  # First (smallest) on ties.
@@ -86,6 +88,22 @@ def tune(config: ml_collections.ConfigDict, workdir: str, learning_rates, probe_
   with open(os.path.join(workdir, "tune.json"), "w") as f:
     json.dump(out, f, indent=2)
   return out
+
+
+def _finished(workdir: str, config) -> dict | None:
+  """The results of a probe that already ran to its end with this config, else None."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    res = json.load(f)
+  same = [(res["config"]["optimizer"]["learning_rate"], config.optimizer.learning_rate),
+          (res["config"]["train"]["num_epochs"], config.train.num_epochs),
+          (res["config"]["data"]["train"], config.data.train)]
+  if any(a != b for a, b in same):
+    raise ValueError(f"{path}: a finished probe of another configuration ({same}); use a new "
+                     "--workdir")
+  return res
 
 
 def main(argv):

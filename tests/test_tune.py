@@ -6,6 +6,7 @@ import os
 import pytest
 
 from experiments import tune
+from mach_jax import train
 from tests.helpers import tiny_config
 
 
@@ -49,3 +50,10 @@ def test_real_probes_never_evaluate_the_test_split(tmp_path):
   final = json.load(open(os.path.join(tmp_path, "final", "results.json")))
   assert final["config"]["optimizer"]["learning_rate"] == out["learning_rate"]
   assert final["P@1"] == out["final"]["P@1"] > 0
+  # Rerun: the finished probes are read back, not trained again; only the final run goes
+  # on (here: already complete, so it evaluates again).
+  calls = []
+  again = tune.tune(_validated_config(), str(tmp_path), ["1e-3", "1e-2"], 1,
+                    run=lambda c, w: calls.append(w) or train.train_and_evaluate(c, w))
+  assert calls == [os.path.join(tmp_path, "final")]
+  assert again["probes"] == out["probes"] and again["final"]["P@1"] == out["final"]["P@1"]
