@@ -79,7 +79,7 @@ class Repetition(nn.Module):
     embedding_bag: how sparse input meets the table: 'gather' (row gather + segment-sum),
       'dense' (densify the batch, one GEMM) or 'auto' (the cheaper on XLA:CPU; the
       parameters and results are the same either way).
-    dtype: computation dtype (parameters stay float32).
+    dtype: computation dtype (parameters are stored in float32, the table in table_dtype).
     table_dtype: storage dtype of the sparse input table (float32 or bfloat16); it is
       cast to ``dtype`` where it is read.
   """
