@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from mach_jax import config as config_lib, provenance
+from mach_jax import config as config_lib, model as model_lib, provenance
 from mach_jax.data.text import TextFeaturizer
 from mach_jax.hashing import HashSpec
 
@@ -37,7 +38,11 @@ def folder_bytes(path: str) -> int:
 
 def export(path: str, params: Any, spec: HashSpec, config, num_features: int,
            featurizer: TextFeaturizer | None = None) -> int:
-  """Write the model folder to ``path``; returns its size in bytes.
+  """Write the model folder to ``path``, atomically; returns its size in bytes.
+
+  The folder is written beside ``path`` (``path.partial``, ``model.json`` last) and renamed
+  into place when complete, so a run killed while exporting leaves either the previous
+  folder or none at ``path``, never a half-written one that loads.
 
   Args:
     params: the trained parameters (any sharding; orbax gathers them).
@@ -45,18 +50,29 @@ def export(path: str, params: Any, spec: HashSpec, config, num_features: int,
   """
   import orbax.checkpoint as ocp
   path = os.path.abspath(path)
+  partial, old = path + ".partial", path + ".old"
+  main = jax.process_index() == 0
+  if main:
+    for leftover in (partial, old):  # From an export that was killed.
+      shutil.rmtree(leftover, ignore_errors=True)
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.join(path, "params"), params, force=True)
-  if jax.process_index() == 0:
+    ckptr.save(os.path.join(partial, "params"), params, force=True)
+  if main:
     if featurizer is not None and featurizer.idf is not None:
-      np.save(os.path.join(path, IDF_FILE), featurizer.idf, allow_pickle=False)
+      np.save(os.path.join(partial, IDF_FILE), featurizer.idf, allow_pickle=False)
     info = {"format_version": FORMAT_VERSION, "hash_spec": spec.to_dict(),
             "num_features": num_features, "num_classes": spec.K,
             "config": json.loads(config.to_json()),
             "featurizer": featurizer.to_dict() if featurizer is not None else None,
             "versions": provenance.library_versions()}
-    with open(os.path.join(path, "model.json"), "w") as f:
+    with open(os.path.join(partial, "model.json"), "w") as f:
       json.dump(info, f, indent=2)
+      f.flush()
+      os.fsync(f.fileno())
+    if os.path.exists(path):
+      os.rename(path, old)
+    os.rename(partial, path)
+    shutil.rmtree(old, ignore_errors=True)
   return folder_bytes(path)
 
 
@@ -114,11 +130,44 @@ def load(path: str) -> tuple[dict, ml_collections.ConfigDict, Any]:
   with ocp.StandardCheckpointer() as ckptr:
     meta = ckptr.metadata(os.path.join(path, "params"))
     tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
+    check_shapes(tree, info, ml_collections.ConfigDict(info["config"]), path)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                           tree)
     params = ckptr.restore(os.path.join(path, "params"), target)
   return info, ml_collections.ConfigDict(info["config"]), params
+
+
+def expected_shapes(info: dict, config) -> dict[str, tuple[int, ...]]:
+  """The shapes ``model.json`` implies for the input table and the output layer."""
+  spec = HashSpec.from_dict(info["hash_spec"])
+  hidden = tuple(config.model.hidden)
+  D = spec.input_dim or int(info["num_features"])
+  first = "input_dense/kernel" if config.model.dense_input else model_lib.TABLE
+  return {first: (spec.R, D, hidden[0]), "output/kernel": (spec.R, hidden[-1], spec.B),
+          "output/bias": (spec.R, spec.B)}
+
+
+def check_shapes(tree: Any, info: dict, config, path: str) -> None:
+  """Refuse a folder whose arrays disagree with its ``model.json`` (R, B, D or H).
+
+  Raises:
+    ValueError: naming the folder, the array, its shape and the expected one.
+  """
+  flat = {"/".join(str(getattr(k, "key", k)) for k in keys[1:]): leaf.shape
+          for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  spec = HashSpec.from_dict(info["hash_spec"])
+  for name, shape in flat.items():
+    if not shape or shape[0] != spec.R:
+      raise ValueError(f"{path}: array {name} has shape {tuple(shape)}, without the leading "
+                       f"axis R={spec.R} of model.json's hash spec; the folder is inconsistent")
+  for name, want in expected_shapes(info, config).items():
+    got = flat.get(name)
+    if got is None or tuple(got) != want:
+      raise ValueError(f"{path}: array {name} has shape {None if got is None else tuple(got)},"
+                       f" and model.json (hash spec {spec.to_dict()}, hidden "
+                       f"{tuple(config.model.hidden)}) implies {want}; the folder is "
+                       "inconsistent: export it again")
 
 
 def load_featurizer(path: str, info: dict) -> TextFeaturizer | None:

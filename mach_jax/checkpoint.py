@@ -22,12 +22,15 @@ used. Nothing is deleted except by the keep policy.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
+import shutil
 import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
 import jax
+from absl import logging
 
 from mach_jax import provenance
 from mach_jax.hashing import HashSpec
@@ -71,13 +74,39 @@ def make_manager(workdir: str, keep: int = 2, best_metric: str = "") -> ocp.Chec
                                options=options, item_names=("state", "meta"))
 
 
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (a full disk, a lost mount); older ones are intact."""
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
          metrics: dict | None = None) -> None:
-  """Start saving ``state`` and ``meta`` at ``step`` (returns while orbax writes)."""
+  """Save ``state`` and ``meta`` at ``step`` (asynchronous saves return while orbax writes).
+
+  Raises:
+    CheckpointWriteError: the write failed (e.g. no space left on the device). The
+      unfinished folder is removed; finished checkpoints are untouched, and rerunning the
+      same command resumes from the newest of them.
+  """
   ocp = _orbax()
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             meta=ocp.args.JsonSave(meta)),
-               metrics=metrics, force=True)
+  try:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               meta=ocp.args.JsonSave(meta)),
+                 metrics=metrics, force=True)
+  except Exception as e:  # orbax/tensorstore report a full disk as ValueError, OSError...
+    directory = str(manager.directory)
+    for name in os.listdir(directory) if os.path.isdir(directory) else ():
+      if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    kept = sorted(s for s in manager.all_steps() if s != step)
+    full = "No space left on device" in str(e) or getattr(e, "errno", None) == errno.ENOSPC
+    raise CheckpointWriteError(
+        errno.ENOSPC if full else errno.EIO,
+        f"checkpoint {step} could not be written to {directory} "
+        f"({'no space left on the device' if full else type(e).__name__}: {str(e)[-300:]}); "
+        + (f"the checkpoints of steps {kept} are intact: " if kept else "no earlier checkpoint "
+           "exists: ")
+        + "free space (or lower config.checkpoint.keep) and rerun the same command to "
+        "resume") from e
 
 
 def abstract_like(state: Any) -> Any:
@@ -159,8 +188,10 @@ def check_resumable(meta: dict, spec: HashSpec, config, workdir: str) -> None:
   """Refuse to resume a checkpoint written by a different model or data setup.
 
   The mesh, the evaluation and the checkpoint settings may change between runs; the model,
-  data, optimizer, seed, batch size and epoch count may not. A field the checkpoint's
-  config lacks (added to the library since) counts as its default value.
+  data, optimizer, seed, batch size and epoch count may not, with one exception: the
+  learning rate, so that a run stopped by a non-finite loss can resume from its last good
+  checkpoint with a saner one (logged; such a run is no longer the uninterrupted one). A
+  field the checkpoint's config lacks (added to the library since) counts as its default.
   """
   from mach_jax import config as config_lib  # The config's defaults (imported on use).
   if HashSpec.from_dict(meta["hash_spec"]) != spec:
@@ -170,6 +201,11 @@ def check_resumable(meta: dict, spec: HashSpec, config, workdir: str) -> None:
   now = json.loads(config.to_json())
   for c in (saved, now):  # Where parsed files are cached does not change the data.
     c.get("data", {}).pop("cache_dir", None)
+  lr = saved.get("optimizer", {}).get("learning_rate"), now["optimizer"]["learning_rate"]
+  if lr[0] != lr[1]:
+    logging.warning("%s: resuming with learning rate %g; the checkpoint was trained with %g",
+                    workdir, lr[1], lr[0])
+    saved["optimizer"] = {**saved["optimizer"], "learning_rate": lr[1]}
   for key in ("model", "data", "optimizer", "seed"):
     if saved.get(key) != now.get(key):
       raise ValueError(f"{workdir}: config.{key} differs from the checkpoint's "

@@ -32,6 +32,7 @@ from mach_jax import (
   provenance,
   sharding,
   state as state_lib,
+  workdir as workdir_lib,
 )
 from mach_jax.data import batching
 
@@ -60,11 +61,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Periodic evaluations run on the validation slice when ``data.validation_fraction`` > 0
   (and the run ends with the best of them), else on the test split.
+
+  Raises:
+    workdir.WorkdirInUseError: another live run holds ``workdir``.
+    workdir.WorkdirNotWritableError: ``workdir`` cannot be written (before any data is read).
   """
   t_start = time.time()
   _check_config(config)
   sharding.initialize_distributed(config.distributed)
-  os.makedirs(workdir, exist_ok=True)
+  with workdir_lib.claim(workdir, lock=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir, t_start)
+
+
+def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
   writer = loop.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
 
   # ---- Input ---------------------------------------------------------------------------

@@ -196,7 +196,8 @@ def main():
     for system in systems:
       out = os.path.join(args.out, dataset, system)
       res = run_system(system, dataset, train_path, test_path, out, peers_python)
-      m = metrics.evaluate(np.load(os.path.join(out, "preds.npy")), test_Y, inv_p)
+      preds = np.load(os.path.join(out, "preds.npy"), allow_pickle=False)
+      m = metrics.evaluate(preds, test_Y, inv_p)
       rows.append({"dataset": dataset, "system": system, **m, **res})
       print({k: rows[-1].get(k) for k in COLUMNS}, flush=True)
   with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:

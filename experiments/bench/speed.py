@@ -128,7 +128,7 @@ def run_omikuji(dataset, train, test, target, out, peers_python, test_Y) -> dict
 
   spawn = time.time()
   res = peers.run_system("omikuji", dataset, train, test, out, peers_python)
-  p1 = metrics.evaluate(np.load(os.path.join(out, "preds.npy")), test_Y)["P@1"]
+  p1 = metrics.evaluate(np.load(os.path.join(out, "preds.npy"), allow_pickle=False), test_Y)["P@1"]
   return {"final_P@1": p1, "reached": p1 >= target, "achieved": p1,
           "time_to_target_s": res["trained_unix_time"] - spawn if p1 >= target else None,
           "startup_s": res["started_unix_time"] - spawn, "train_s": res["train_s"]}

@@ -1,0 +1,197 @@
+"""What a run survives: a second run on its workdir, a read-only or full disk, a non-finite
+loss, a killed export, an untrusted or inconsistent model folder (docs/reliability.md)."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from mach_jax import bundle, checkpoint, loop, train, workdir as workdir_lib
+from mach_jax.predictor import Predictor
+from tests.helpers import ROOT, flat, tiny_config
+
+V1_XC = os.path.join(ROOT, "tests", "data", "model_v1", "xc")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 700 KiB tmpfs (root only; skips where mounting is not allowed)."""
+  path = tmp_path / "disk"
+  path.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(path)],
+                    capture_output=True).returncode != 0:
+    pytest.skip("cannot mount a tmpfs here (not root)")
+  yield path
+  subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+# ---- Two runs, one workdir -------------------------------------------------------------
+
+
+def test_a_second_claim_is_refused_while_the_first_holds():
+  with workdir_lib.claim("/tmp/mach_jax_lock_test_1"):
+    with pytest.raises(workdir_lib.WorkdirInUseError, match=rf"pid {os.getpid()} on "):
+      with workdir_lib.claim("/tmp/mach_jax_lock_test_1"):
+        pass
+  with workdir_lib.claim("/tmp/mach_jax_lock_test_1"):  # Released at the end of the block.
+    pass
+
+
+def test_a_run_on_a_workdir_in_use_is_refused_naming_the_other_process(tmp_path):
+  """Another process holds the lock: the run is refused before it reads data; once that
+  process is killed (its lock left behind), the next run takes the lock over."""
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from mach_jax import workdir as w\n"
+       "with w.claim(sys.argv[1]):\n  print('held', flush=True); time.sleep(600)",
+       str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(workdir_lib.WorkdirInUseError, match=rf"pid {holder.pid} on .*started"):
+      train.train_and_evaluate(tiny_config(), str(tmp_path))
+    assert not (tmp_path / "metrics.jsonl").exists()  # Refused before anything was written.
+  finally:
+    holder.kill()
+    holder.wait()
+  assert f"pid {holder.pid}" in (tmp_path / workdir_lib.LOCK_FILE).read_text()  # Stale now.
+  with workdir_lib.claim(str(tmp_path)):
+    assert f"pid {os.getpid()}" in (tmp_path / workdir_lib.LOCK_FILE).read_text()
+
+
+# ---- Storage faults --------------------------------------------------------------------
+
+
+def test_a_read_only_workdir_is_refused_at_start_up(tmp_path, monkeypatch):
+  target = tmp_path / "ro"
+  if os.geteuid() == 0:  # Root writes through permissions: a read-only mount instead.
+    target.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs",
+                              str(target)], capture_output=True).returncode == 0
+    if not mounted:
+      pytest.skip("cannot mount a read-only tmpfs here")
+  else:
+    target.mkdir(mode=0o555)
+  try:
+    t0 = time.time()
+    with pytest.raises(workdir_lib.WorkdirNotWritableError,
+                       match=r"ro/run: the work directory cannot be written \((its file system is "
+                             r"read-only|permission denied)"):
+      train.train_and_evaluate(tiny_config(), str(target / "run"))
+    assert time.time() - t0 < 5  # At start-up: no data read, nothing compiled.
+  finally:
+    if os.geteuid() == 0:
+      subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+def test_a_full_disk_mid_save_keeps_the_previous_checkpoint(small_disk):
+  import jax.numpy as jnp
+  manager = checkpoint.make_manager(str(small_disk), keep=2)
+  state = {"a": jnp.asarray(np.random.default_rng(0).normal(size=100_000), jnp.float32)}
+  checkpoint.save(manager, 1, state, {"step": 1})
+  with pytest.raises(checkpoint.CheckpointWriteError,
+                     match=r"checkpoint 2 could not be written .*no space left on the device.*"
+                           r"steps \[1\] are intact"):
+    checkpoint.save(manager, 2, {"a": state["a"] + 1}, {"step": 2})
+  d = small_disk / checkpoint.CHECKPOINT_DIR
+  assert sorted(os.listdir(d)) == ["1"]  # The unfinished folder is gone.
+  again = checkpoint.restore_latest(checkpoint.make_manager(str(small_disk)),
+                                    checkpoint.abstract_like(state))
+  assert again.step == 1
+  np.testing.assert_array_equal(np.asarray(again.state["a"]), np.asarray(state["a"]))
+
+
+# ---- Non-finite training ---------------------------------------------------------------
+
+
+def test_a_non_finite_loss_keeps_the_last_good_checkpoint_and_a_rerun_resumes(tmp_path,
+                                                                             monkeypatch):
+  """A NaN injected into step 30's loss stops the run naming step and repetitions; the
+  checkpoints before it are kept, and the same command (here with a new learning rate,
+  which a resume accepts) resumes from the last of them."""
+  c = tiny_config()
+  c.train.update(num_epochs=2, log_every_steps=5)
+  c.checkpoint.update(every_steps=10, keep=2)
+  add = loop.LossGuard.add
+
+  def poisoned(self, step, loss):
+    add(self, step, loss.at[1].set(np.nan) if step == 30 else loss)
+
+  monkeypatch.setattr(loop.LossGuard, "add", poisoned)
+  with pytest.raises(loop.NonFiniteLossError, match=r"at step 30 in repetitions \[1\]"):
+    train.train_and_evaluate(c, str(tmp_path))
+  steps = sorted(int(n) for n in os.listdir(tmp_path / checkpoint.CHECKPOINT_DIR))
+  assert steps == [10, 20]  # Step 30's state was never saved.
+  monkeypatch.setattr(loop.LossGuard, "add", add)
+  c.optimizer.learning_rate = c.optimizer.learning_rate / 2
+  results = train.train_and_evaluate(c, str(tmp_path))
+  assert results["steps"] == 2 * -(-3000 // 64)
+  logged = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")
+            if '"loss"' in line]
+  assert logged.count(5) == 1 and logged.count(25) == 2  # The rerun began after step 20.
+
+
+# ---- Model folders ---------------------------------------------------------------------
+
+
+def test_an_export_killed_midway_leaves_the_previous_folder(tmp_path, monkeypatch):
+  folder = tmp_path / "model"
+  shutil.copytree(V1_XC, folder)
+  info, config, params = bundle.load(str(folder))
+  spec = Predictor.load(str(folder)).spec
+  before = flat(params)
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt("killed while writing model.json")
+
+  monkeypatch.setattr(bundle.json, "dump", killed)
+  doubled = jax.tree.map(lambda x: x * 2, params)
+  with pytest.raises(KeyboardInterrupt):
+    bundle.export(str(folder), doubled, spec, config, info["num_features"])
+  monkeypatch.undo()
+  after = flat(bundle.load(str(folder))[2])
+  for key, value in before.items():  # The old folder, whole; not the half-written one.
+    np.testing.assert_array_equal(np.asarray(after[key]), np.asarray(value))
+  bundle.export(str(folder), doubled, spec, config, info["num_features"])
+  assert not os.path.exists(str(folder) + ".partial")
+  again = flat(bundle.load(str(folder))[2])
+  for key, value in before.items():
+    np.testing.assert_array_equal(np.asarray(again[key]), 2 * np.asarray(value))
+
+
+@pytest.mark.parametrize("field, value, array", [
+    ("B", 16, "output/kernel"), ("R", 3, "leading axis R=3"), ("input_dim", 50, "embedding"),
+])
+def test_a_folder_whose_arrays_disagree_with_its_hash_spec_is_refused(tmp_path, field, value,
+                                                                      array):
+  folder = tmp_path / "model"
+  shutil.copytree(V1_XC, folder)
+  info = json.load(open(folder / "model.json"))
+  info["hash_spec"][field] = value
+  json.dump(info, open(folder / "model.json", "w"))
+  with pytest.raises(ValueError, match=rf"model: array .*{re.escape(array)}.*inconsistent"):
+    Predictor.load(str(folder))
+
+
+def test_nothing_in_the_package_unpickles():
+  """Loading a model folder never runs code from it: JSON, .npy without pickles, orbax."""
+  offenders = []
+  for top in ("mach_jax", "experiments"):
+    for d, _, files in os.walk(os.path.join(ROOT, top)):
+      for name in files:
+        if name.endswith(".py"):
+          where = os.path.relpath(os.path.join(d, name), ROOT)
+          for i, line in enumerate(open(os.path.join(d, name)), start=1):
+            for pattern in (r"\bimport pickle\b", r"\bcloudpickle\b", r"\bdill\b",
+                            r"allow_pickle\s*=\s*True", r"\bjoblib\.load\b",
+                            r"\btorch\.load\b"):
+              if re.search(pattern, line):
+                offenders.append(f"{where}:{i}: {line.strip()}")
+            if "np.load(" in line and "allow_pickle=False" not in line:
+              offenders.append(f"{where}:{i}: np.load without allow_pickle=False")
+  assert not offenders, offenders
