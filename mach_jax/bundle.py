@@ -111,15 +111,26 @@ def read_info(path: str) -> dict:
   info_path = os.path.join(path, "model.json")
   if not os.path.exists(info_path):
     raise FileNotFoundError(f"{info_path}: not a model folder (bundle.export writes one)")
-  with open(info_path) as f:
+  with open(info_path, "rb") as f:
     try:
-      info = json.load(f)
-    except json.JSONDecodeError as e:
+      info = json.loads(f.read().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise ValueError(f"{info_path}: not valid JSON ({e})") from None
+  if not isinstance(info, dict):
+    raise ValueError(f"{info_path}: expected a JSON object, found {type(info).__name__}")
   for key in ("hash_spec", "num_features", "config"):
     if key not in info:
       raise ValueError(f"{info_path}: no {key!r} field")
-  return migrate(info, info_path)
+  try:
+    HashSpec.from_dict(info["hash_spec"])
+    if type(info["num_features"]) is not int or info["num_features"] < 1:
+      raise ValueError(f"num_features {info['num_features']!r} is not a positive integer")
+    return migrate(info, info_path)
+  except (TypeError, KeyError, AttributeError, ValueError) as e:
+    if str(e).startswith(info_path):
+      raise
+    raise ValueError(f"{info_path}: {type(e).__name__}: {e}; the file is damaged or was not "
+                     "written by bundle.export") from None
 
 
 def load(path: str) -> tuple[dict, ml_collections.ConfigDict, Any]:

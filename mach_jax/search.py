@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Sequence
 
 import numpy as np
@@ -32,19 +33,33 @@ class Hit:
 
 
 def read_titles(path: str, num_products: int) -> list[str]:
-  """Title of each product id from ``id<TAB>title[<TAB>...]`` lines; ids must be 0..K-1."""
+  """Title of each product id from ``id<TAB>title[<TAB>...]`` lines; ids must be 0..K-1,
+  each on exactly one line (UTF-8; lines end at "\n", a "\r" before it dropped).
+
+  Raises:
+    ValueError: naming ``path`` and the line: a malformed line, an id out of range or on
+      two lines, invalid UTF-8; or naming the first id without a line.
+  """
   titles: list[str | None] = [None] * num_products
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
-      parts = line.rstrip("\r\n").split("\t")
+  where: dict[int, int] = {}
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, start=1):
       try:
-        i = int(parts[0])
-      except ValueError:
-        raise ValueError(f"{path}:{lineno}: expected 'id<TAB>title', found {line[:80]!r}") \
-            from None
-      if not 0 <= i < num_products or len(parts) < 2:
-        raise ValueError(f"{path}:{lineno}: id {i} outside [0, {num_products}) or no title")
-      titles[i] = parts[1]
+        line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{lineno}: not valid UTF-8 (byte "
+                         f"{raw[e.start:e.start + 1]!r} at column {e.start + 1})") from None
+      if lineno == 1:
+        line = line.removeprefix("\ufeff")
+      parts = line.split("\t")
+      if len(parts) < 2 or not re.fullmatch(r"[0-9]+", parts[0]):
+        raise ValueError(f"{path}:{lineno}: expected 'id<TAB>title', found {line[:80]!r}")
+      i = int(parts[0])
+      if i >= num_products:
+        raise ValueError(f"{path}:{lineno}: id {i} outside [0, {num_products})")
+      if i in where:
+        raise ValueError(f"{path}:{lineno}: id {i} already has a title, on line {where[i]}")
+      titles[i], where[i] = parts[1], lineno
   missing = [i for i, t in enumerate(titles) if t is None]
   if missing:
     raise ValueError(f"{path}: {len(missing)} product ids have no line (first: {missing[0]})")

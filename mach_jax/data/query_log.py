@@ -21,6 +21,7 @@ slow next to a training step (text WordNet: about half of an epoch's time).
 from __future__ import annotations
 
 import os
+import re
 from typing import Iterator
 
 import numpy as np
@@ -35,14 +36,17 @@ class QueryLogError(ValueError):
   """A malformed query log; the message names the file and the 1-based line."""
 
 
+_IDS = re.compile(r"-?[0-9]+(?:,-?[0-9]+)*")
+
+
 def _parse_ids(field: str, where: str, num_labels: int) -> list[int]:
+  """The ids of a line's second field, each once, in their first order."""
   if not field:
     return []
-  try:
-    ids = [int(x) for x in field.split(",")]
-  except ValueError:
+  if not _IDS.fullmatch(field):
     raise QueryLogError(f"{where}: product ids {field[:80]!r} are not comma-separated "
-                        "integers") from None
+                        "integers")
+  ids = list(dict.fromkeys(int(x) for x in field.split(",")))
   bad = [i for i in ids if not 0 <= i < num_labels]
   if bad:
     raise QueryLogError(f"{where}: product id {bad[0]} is outside [0, {num_labels})")
@@ -50,7 +54,7 @@ def _parse_ids(field: str, where: str, num_labels: int) -> list[int]:
 
 
 def _split(line: str, where: str) -> tuple[str, str]:
-  parts = line.rstrip("\r\n").split("\t")
+  parts = line.split("\t")
   if len(parts) != 2:
     raise QueryLogError(f"{where}: expected 'query<TAB>ids', found {len(parts)} tab-separated "
                         f"fields in {line[:80]!r}")
@@ -59,13 +63,26 @@ def _split(line: str, where: str) -> tuple[str, str]:
 
 def read_lines(path: str, num_labels: int, read_chunk: int
                ) -> Iterator[tuple[list[str], list[list[int]], int]]:
-  """(queries, label lists, line number of the first) per chunk of ``read_chunk`` lines."""
-  with open(path, encoding="utf-8") as f:
+  """(queries, label lists, line number of the first) per chunk of ``read_chunk`` lines.
+
+  Lines end at "\n" (a "\r" before it is dropped; the last may lack it); the file is
+  UTF-8, a byte-order mark skipped.
+  """
+  with open(path, "rb") as f:
     queries, labels, first = [], [], 1
-    for lineno, line in enumerate(f, start=1):
-      query, ids = _split(line, f"{path}:{lineno}")
+    for lineno, raw in enumerate(f, start=1):
+      where = f"{path}:{lineno}"
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise QueryLogError(f"{where}: not valid UTF-8 (byte {raw[e.start:e.start + 1]!r} at "
+                            f"column {e.start + 1})") from None
+      line = line.removesuffix("\n").removesuffix("\r")
+      if lineno == 1:
+        line = line.removeprefix("\ufeff")
+      query, ids = _split(line, where)
       queries.append(query)
-      labels.append(_parse_ids(ids, f"{path}:{lineno}", num_labels))
+      labels.append(_parse_ids(ids, where, num_labels))
       if len(queries) == read_chunk:
         yield queries, labels, first
         queries, labels, first = [], [], lineno + 1

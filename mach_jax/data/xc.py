@@ -21,6 +21,7 @@ import os
 import re
 import tempfile
 import warnings
+import zlib
 
 import numpy as np
 import scipy.sparse as sp
@@ -75,16 +76,47 @@ class XCFormatError(ValueError):
   """A malformed XC file; the message names the file and line."""
 
 
-def _open(path: str):
+# The grammar, in ASCII: fields are separated by spaces or tabs; a line ends at "\n" (one
+# "\r" before it is dropped); an index is decimal digits; a value is a decimal number.
+_VALUE = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_FEATURES = re.compile(rf"(?:[0-9]+:{_VALUE} )*")  # Joined feature tokens, 'index:value '.
+_LABELS = re.compile(r"[0-9,]*")
+_HEADER = re.compile(r"[ \t]*([0-9]+)[ \t]+([0-9]+)[ \t]+([0-9]+)[ \t]*")
+_LABEL_FIELD = re.compile(r"-?[0-9]+(?:,-?[0-9]+)*")
+_FEATURE_TOKEN = re.compile(r"(-?[0-9]+):(\S*)")
+_NON_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_ODD_SPACE = re.compile(r"[^\S \t\n]")  # Whitespace that is not a separator.
+
+
+def read_text_lines(path: str, error: type[ValueError]) -> list[str]:
+  """The lines of a UTF-8 text file, plain or gzip, without their line ends.
+
+  A byte-order mark is skipped; lines end at "\n" only (a "\r" just before it is
+  dropped); a missing final newline is allowed.
+
+  Raises:
+    ``error``: naming ``path`` (and the line) for a damaged gzip stream or invalid UTF-8.
+  """
   with open(path, "rb") as f:
-    magic = f.read(2)
-  if magic == b"\x1f\x8b":
-    return gzip.open(path, "rt", encoding="utf-8")
-  return open(path, "rt", encoding="utf-8")
-
-
-_FEATURES = re.compile(r"(?:\d+:[^\s:,]+ )*")  # Joined feature tokens, each 'index:value '.
-_LABELS = re.compile(r"[\d,]*")
+    raw = f.read()
+  if raw[:2] == b"\x1f\x8b":
+    try:
+      raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+      raise error(f"{path}: damaged gzip stream ({e}); the file is truncated or corrupt") \
+          from None
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = raw.count(b"\n", 0, e.start) + 1
+    raise error(f"{path}:{line}: not valid UTF-8 (byte {raw[e.start:e.start + 1]!r} at "
+                f"offset {e.start})") from None
+  text = text.removeprefix("\ufeff")
+  lines = text.split("\n")
+  if lines[-1] == "":
+    lines.pop()
+  return [l[:-1] if l.endswith("\r") else l for l in lines]
 
 
 def read_xc(path: str, cache_dir: str | None = None) -> XCData:
@@ -120,14 +152,16 @@ def read_xc(path: str, cache_dir: str | None = None) -> XCData:
 
 
 def _parse(path: str) -> XCData:
-  with _open(path) as f:
-    header = f.readline()
-    parts = header.split()
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-      raise XCFormatError(f"{path}:1: expected header 'N D L' (three non-negative "
-                          f"integers), got {header.strip()[:80]!r}")
-    N, D, L = (int(p) for p in parts)
-    lines = f.readlines()
+  lines = read_text_lines(path, XCFormatError)
+  header = _HEADER.fullmatch(lines[0]) if lines else None
+  if header is None:
+    raise XCFormatError(f"{path}:1: expected header 'N D L' (three non-negative "
+                        f"integers), got {(lines[0] if lines else '')[:80]!r}")
+  N, D, L = (int(p) for p in header.groups())
+  if max(N, D, L) >= 2**31:
+    raise XCFormatError(f"{path}:1: header {lines[0].strip()!r}: N, D and L must each be "
+                        "below 2**31 (indices are 32-bit)")
+  lines = lines[1:]
   data = _read_fast(lines, N, D, L)
   return data if data is not None else _read_lines(path, lines, N, D, L)
 
@@ -176,7 +210,7 @@ def _load_cached(cached: str) -> XCData | None:
 
 def _read_fast(lines: list[str], N: int, D: int, L: int) -> XCData | None:
   """The vectorised reader; None when the file is not exactly well-formed."""
-  if len(lines) != N:
+  if len(lines) != N or any(_ODD_SPACE.search(line) for line in lines):
     return None
   labels, feats, y_len, x_len = [], [], [], []
   for line in lines:
@@ -201,11 +235,13 @@ def _read_fast(lines: list[str], N: int, D: int, L: int) -> XCData | None:
       warnings.simplefilter("error")
       numbers = np.fromstring(feat_text.replace(":", " "), dtype=np.float64, sep=" ")
     y_idx = np.array(y_tokens, np.int64)
-  except (ValueError, DeprecationWarning):
+  except (ValueError, OverflowError, DeprecationWarning):
     return None
   if numbers.size != 2 * sum(x_len):
     return None
   pairs = numbers.reshape(-1, 2)
+  if (np.abs(pairs[:, 1]) > _FLOAT32_MAX).any():  # Beyond float32: the line reader names it.
+    return None
   x_idx, x_val = pairs[:, 0], pairs[:, 1].astype(np.float32)
   if (x_idx >= D).any() or (y_idx >= L).any() or not np.isfinite(x_val).all() \
       or not np.isfinite(pairs[:, 1]).all():
@@ -232,13 +268,17 @@ def _read_lines(path: str, lines: list[str], N: int, D: int, L: int) -> XCData:
   for lineno, line in enumerate(lines, start=2):
     # A blank line is a point with neither labels nor features; a stray one shows up
     # as a point-count mismatch against the header below.
+    odd = _ODD_SPACE.search(line)
+    if odd:
+      raise XCFormatError(f"{path}:{lineno}: unexpected character {odd.group()!r} (fields are "
+                          "separated by spaces or tabs)")
     tokens = line.split()
     start = 0
     if tokens and ":" not in tokens[0]:
-      try:
-        labels = [int(t) for t in tokens[0].split(",") if t != ""]
-      except ValueError:
-        raise XCFormatError(f"{path}:{lineno}: bad label field {tokens[0][:80]!r}") from None
+      if not _LABEL_FIELD.fullmatch(tokens[0]):
+        raise XCFormatError(f"{path}:{lineno}: bad label field {tokens[0][:80]!r} "
+                            "(expected comma-separated label ids)")
+      labels = [int(t) for t in tokens[0].split(",")]
       for l in labels:
         if not 0 <= l < L:
           raise XCFormatError(f"{path}:{lineno}: label {l} outside [0, {L}) from the header")
@@ -246,21 +286,19 @@ def _read_lines(path: str, lines: list[str], N: int, D: int, L: int) -> XCData:
       start = 1
     seen = set()
     for t in tokens[start:]:
-      fid, sep, val = t.partition(":")
-      try:
-        j, v = int(fid), float(val)
-      except ValueError:
-        raise XCFormatError(f"{path}:{lineno}: bad feature token {t[:80]!r} "
-                            "(expected index:value)") from None
-      if not sep:
+      token = _FEATURE_TOKEN.fullmatch(t)
+      val = token.group(2) if token else ""
+      if token is None or not (re.fullmatch(_VALUE, val) or _NON_FINITE.fullmatch(val)):
         raise XCFormatError(f"{path}:{lineno}: bad feature token {t[:80]!r} "
                             "(expected index:value)")
+      j, v = int(token.group(1)), float(val)
       if not 0 <= j < D:
         raise XCFormatError(f"{path}:{lineno}: feature {j} outside [0, {D}) from the header")
       if j in seen:
         raise XCFormatError(f"{path}:{lineno}: feature {j} appears twice")
-      if not np.isfinite(v):
-        raise XCFormatError(f"{path}:{lineno}: feature {j} has non-finite value {val!r}")
+      if not (np.isfinite(v) and abs(v) <= _FLOAT32_MAX):
+        raise XCFormatError(f"{path}:{lineno}: feature {j} has non-finite value {val!r}"
+                            + (" (beyond float32's range)" if np.isfinite(v) else ""))
       seen.add(j)
       x_idx.append(j)
       x_val.append(v)
