@@ -162,13 +162,14 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
                   "examples_per_second": examples / watch.seconds()}
         writer.write(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_second']:.0f}")
-      if manager is not None and loop.itstime(step, ck.every_steps):
-        guard.check()  # Never save a state that has gone non-finite.
-        save(epoch, i + 1, watch.seconds())
       last = end_of_epoch and epoch + 1 == tc.num_epochs
-      if ((loop.itstime(step, ev.every_steps)
-           or end_of_epoch and loop.itstime(epoch + 1, ev.every_epochs))
-          and (not last or tc.target_metric or validation is not None)):
+      evaluate_now = ((loop.itstime(step, ev.every_steps)
+                       or end_of_epoch and loop.itstime(epoch + 1, ev.every_epochs))
+                      and (not last or tc.target_metric or validation is not None))
+      if manager is not None and loop.itstime(step, ck.every_steps) and not evaluate_now:
+        guard.check()  # Never save a state that has gone non-finite.
+        save(epoch, i + 1, watch.seconds())  # (An evaluation saves its step itself.)
+      if evaluate_now:
         guard.check()
         jax.block_until_ready(state)
         seconds = watch.seconds()

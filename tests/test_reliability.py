@@ -195,3 +195,15 @@ def test_nothing_in_the_package_unpickles():
             if "np.load(" in line and "allow_pickle=False" not in line:
               offenders.append(f"{where}:{i}: np.load without allow_pickle=False")
   assert not offenders, offenders
+
+
+def test_a_checkpoint_and_an_evaluation_due_at_the_same_step_save_once(tmp_path):
+  """With a validation slice the evaluation at an epoch's end saves that step; a periodic
+  save due at the same step used to collide with it (orbax: step already exists)."""
+  c = tiny_config()
+  c.data.validation_fraction = 0.05
+  c.checkpoint.update(best_metric="P@1", every_steps=5)
+  c.train.num_epochs = 1
+  results = train.train_and_evaluate(c, str(tmp_path))
+  assert results["steps"] % 5 == 0  # The epoch's last step is a periodic save's step too.
+  assert results["selected"]["step"] == results["steps"]

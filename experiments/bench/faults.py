@@ -1,0 +1,162 @@
+"""Randomized kills: SIGKILL a real training run, rerun the same command, compare.
+
+    python -m experiments.bench.faults --trials 20 --out runs/faults
+
+One uninterrupted run of a small synthetic config (3,000 training points, 3 epochs,
+a 5% validation slice with early stopping on P@1, checkpoints every 10 steps, an
+evaluation per epoch, the final model export) is the reference. Each trial starts the same
+command in a fresh workdir and kills it with SIGKILL at a moment chosen by the trial's mode,
+in turn:
+
+  * ``random``: a time drawn uniformly over the reference run's wall time;
+  * ``save``: as soon as a checkpoint's temporary folder appears (orbax is writing);
+  * ``eval``: just after an epoch's last log line (the evaluation that follows is running);
+  * ``export``: as soon as the model folder's temporary copy appears (``model.partial``).
+
+Right after the kill the workdir is inspected: a ``model`` folder, if there is one, must
+load. Then the same command is rerun to completion, and its exported parameters and test
+metrics are compared bit for bit with the reference. Writes OUT/faults.json and prints a
+table; exits non-zero when a trial differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FLAGS = [
+    "--config", "experiments/configs/synthetic.py",
+    "--config.data.synthetic.num_train=3000", "--config.data.synthetic.num_test=300",
+    "--config.data.synthetic.num_classes=400", "--config.data.synthetic.num_features=1000",
+    "--config.model.R=4", "--config.model.B=32", "--config.model.hidden=(64,)",
+    "--config.train.batch_size=64", "--config.train.num_epochs=3",
+    "--config.train.log_every_steps=5", "--config.train.progress_bar=False",
+    "--config.checkpoint.every_steps=10", "--config.checkpoint.best_metric=P@1",
+    "--config.data.validation_fraction=0.05", "--config.eval.every_epochs=1",
+    "--config.mesh=(('data', 1), ('rep', 1))", "--config.eval.estimators=('mean',)",
+]
+MODES = ("random", "save", "eval", "export")
+METRICS = ("P@1", "P@3", "P@5", "nDCG@5", "steps")
+
+
+def launch(workdir: str) -> subprocess.Popen:
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  return subprocess.Popen([sys.executable, "-m", "experiments.train", *FLAGS,
+                           "--workdir", workdir], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def params(workdir: str) -> dict[str, np.ndarray]:
+  import jax
+
+  from mach_jax import bundle
+  _, _, tree = bundle.load(os.path.join(workdir, "model"))
+  return {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _happening(workdir: str, mode: str, epoch_end: int) -> bool:
+  """Whether the moment ``mode`` waits for has come."""
+  if mode == "save":
+    d = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(d) and any("tmp" in n for n in os.listdir(d))
+  if mode == "export":
+    return os.path.isdir(os.path.join(workdir, "model.partial"))
+  if mode == "eval":
+    path = os.path.join(workdir, "metrics.jsonl")
+    return os.path.exists(path) and f'"step": {epoch_end}, ' in open(path).read()
+  raise ValueError(mode)
+
+
+def trial(workdir: str, mode: str, at: float, epoch_end: int) -> dict:
+  """Kill one run of ``mode`` (``at``: seconds, for 'random'), then rerun it to the end."""
+  proc, t0 = launch(workdir), time.time()
+  while proc.poll() is None:
+    if (time.time() - t0 >= at) if mode == "random" else _happening(workdir, mode, epoch_end):
+      break
+    time.sleep(0.001)
+  killed_at = time.time() - t0
+  finished = proc.poll() is not None
+  if not finished:
+    proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  phase = ("finished before the kill" if finished else
+           "export" if os.path.isdir(os.path.join(workdir, "model.partial")) else
+           "checkpoint save" if _happening(workdir, "save", epoch_end) else mode)
+  model_ok = None
+  if os.path.isdir(os.path.join(workdir, "model")):
+    try:
+      params(workdir)
+      model_ok = True
+    except Exception as e:  # noqa: BLE001 - reported, not raised.
+      model_ok = f"{type(e).__name__}: {e}"
+  rerun = launch(workdir)
+  log = rerun.communicate()[0]
+  return {"mode": mode, "killed_at_s": round(killed_at, 2), "phase": phase,
+          "model_after_kill": model_ok, "rerun_rc": rerun.returncode,
+          "resumed": "resumed from" in log, "log_tail": log[-800:] if rerun.returncode else ""}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--trials", type=int, default=20)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", default="runs/faults")
+  args = parser.parse_args()
+  if os.path.isdir(args.out):  # A workdir left by an earlier campaign would be resumed.
+    shutil.rmtree(args.out)
+  os.makedirs(args.out)
+  ref_dir = os.path.join(args.out, "reference")
+  t0 = time.time()
+  ref = launch(ref_dir)
+  log = ref.communicate()[0]
+  if ref.returncode:
+    raise SystemExit(f"the reference run failed:\n{log[-3000:]}")
+  wall = time.time() - t0
+  reference = json.load(open(os.path.join(ref_dir, "results.json")))
+  ref_params = params(ref_dir)
+  epoch_end = -(-reference["num_train"] // 64)
+  print(f"reference: {wall:.1f} s, P@1 {reference['P@1']:.4f}, {reference['steps']} steps",
+        flush=True)
+  rng = random.Random(args.seed)
+  rows = []
+  for i in range(args.trials):
+    mode = MODES[i % len(MODES)]
+    workdir = os.path.join(args.out, f"trial_{i:02d}")
+    row = trial(workdir, mode, rng.uniform(0, wall), epoch_end * (1 + rng.randrange(3)))
+    if row["rerun_rc"] == 0:
+      got = json.load(open(os.path.join(workdir, "results.json")))
+      theirs = params(workdir)
+      row["metrics_equal"] = all(got[k] == reference[k] for k in METRICS)
+      row["params_equal"] = theirs.keys() == ref_params.keys() and all(
+          np.array_equal(theirs[k], ref_params[k]) for k in ref_params)
+    row["identical"] = bool(row["rerun_rc"] == 0 and row.get("metrics_equal")
+                            and row.get("params_equal") and row["model_after_kill"] in (None,
+                                                                                        True))
+    rows.append(row)
+    print(f"trial {i:2d} {mode:>6}: killed at {row['killed_at_s']:6.2f} s ({row['phase']}), "
+          f"model folder after the kill: {row['model_after_kill']}, resumed "
+          f"{row['resumed']}, identical {row['identical']}", flush=True)
+  same = sum(r["identical"] for r in rows)
+  summary = {"trials": len(rows), "identical": same, "reference_wall_s": wall,
+             "reference": {k: reference[k] for k in METRICS}, "rows": rows,
+             "command": "python -m experiments.train " + " ".join(FLAGS)}
+  with open(os.path.join(args.out, "faults.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  print(f"{same}/{len(rows)} killed runs ended bit-identical to the uninterrupted one")
+  if same != len(rows):
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  main()
