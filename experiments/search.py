@@ -30,8 +30,17 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def read_queries(path: str) -> list[str]:
-  with open(path, encoding="utf-8") as f:
-    return [line.rstrip("\r\n").split("\t")[0] for line in f]
+  """The first tab-separated column of each line of ``path`` (UTF-8; line i is query i)."""
+  queries = []
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, start=1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise app.UsageError(f"{path}:{lineno}: not valid UTF-8 (byte "
+                             f"{raw[e.start:e.start + 1]!r} at column {e.start + 1})") from None
+      queries.append(line.removesuffix("\n").removesuffix("\r").split("\t")[0])
+  return queries
 
 
 def main(argv):
@@ -50,7 +59,8 @@ def main(argv):
   try:
     results = searcher.search(queries, k=_K.value, estimator=_ESTIMATOR.value)
   except ValueError as e:  # Too long a query, a bad --k: say so, no traceback.
-    raise SystemExit(f"error: {e}") from None
+    where = f" (--input {_INPUT.value}: query i is on line i + 1)" if _INPUT.value else ""
+    raise SystemExit(f"error: {e}{where}") from None
   t2 = time.time()
   if _OUTPUT.value:
     with open(_OUTPUT.value, "w") as f:

@@ -106,6 +106,25 @@ def test_a_full_disk_mid_save_keeps_the_previous_checkpoint(small_disk):
   np.testing.assert_array_equal(np.asarray(again.state["a"]), np.asarray(state["a"]))
 
 
+def test_a_failed_save_is_reported_and_cleaned_up_without_a_small_disk(tmp_path, monkeypatch):
+  """The same guarantee where no tmpfs can be mounted: ENOSPC injected into orbax's save."""
+  import errno
+
+  import jax.numpy as jnp
+  manager = checkpoint.make_manager(str(tmp_path), keep=2)
+  checkpoint.save(manager, 1, {"a": jnp.arange(4.0)}, {"step": 1})
+
+  def full(step, *args, **kwargs):
+    os.makedirs(os.path.join(str(manager.directory), f"{step}.orbax-checkpoint-tmp-7"))
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(manager, "save", full)
+  with pytest.raises(checkpoint.CheckpointWriteError,
+                     match=r"no space left on the device.*steps \[1\] are intact"):
+    checkpoint.save(manager, 2, {"a": jnp.arange(4.0)}, {"step": 2})
+  assert sorted(os.listdir(tmp_path / checkpoint.CHECKPOINT_DIR)) == ["1"]
+
+
 # ---- Non-finite training ---------------------------------------------------------------
 
 

@@ -9,7 +9,8 @@ command in a fresh workdir and kills it with SIGKILL at a moment chosen by the t
 in turn:
 
   * ``random``: a time drawn uniformly over the reference run's wall time;
-  * ``save``: as soon as a checkpoint's temporary folder appears (orbax is writing);
+  * ``save``: as soon as a checkpoint's temporary folder appears (orbax is writing) while
+    an earlier checkpoint exists;
   * ``eval``: just after an epoch's last log line (the evaluation that follows is running);
   * ``export``: as soon as the model folder's temporary copy appears (``model.partial``).
 
@@ -67,9 +68,11 @@ def params(workdir: str) -> dict[str, np.ndarray]:
 
 def _happening(workdir: str, mode: str, epoch_end: int) -> bool:
   """Whether the moment ``mode`` waits for has come."""
-  if mode == "save":
+  if mode in ("save", "any save"):  # 'save': one after the first, so a resume has a choice.
     d = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(d) and any("tmp" in n for n in os.listdir(d))
+    names = os.listdir(d) if os.path.isdir(d) else []
+    return any("tmp" in n for n in names) and (mode == "any save"
+                                               or any(n.isdigit() for n in names))
   if mode == "export":
     return os.path.isdir(os.path.join(workdir, "model.partial"))
   if mode == "eval":
@@ -92,7 +95,7 @@ def trial(workdir: str, mode: str, at: float, epoch_end: int) -> dict:
   proc.communicate()
   phase = ("finished before the kill" if finished else
            "export" if os.path.isdir(os.path.join(workdir, "model.partial")) else
-           "checkpoint save" if _happening(workdir, "save", epoch_end) else mode)
+           "checkpoint save" if _happening(workdir, "any save", epoch_end) else mode)
   model_ok = None
   if os.path.isdir(os.path.join(workdir, "model")):
     try:
