@@ -4,7 +4,8 @@
 ``DIR/featurizer_idf.npy`` for text models with idf weights, and ``DIR/model.json``::
 
     {"format_version": 2, "hash_spec": {...}, "num_features": D, "num_classes": K,
-     "config": {...}, "featurizer": {...} | null, "versions": {...}}
+     "config": {...}, "featurizer": {...} | null, "versions": {...},
+     "calibration": {"temperature": T, "bias": b} | null}   # experiments.calibrate
 
 so a folder explains itself and can be served on its own. ``read_info`` migrates the
 ``model.json`` of older folders (format 1: no ``format_version``, the featurizer settings at
@@ -103,6 +104,7 @@ def migrate(info: dict, where: str) -> dict:
   _merge(config, info["config"], f"{where}: config")
   info.update(format_version=FORMAT_VERSION, config=config.to_dict())
   info.setdefault("featurizer", None)
+  info.setdefault("calibration", None)
   return info
 
 
@@ -125,6 +127,11 @@ def read_info(path: str) -> dict:
     HashSpec.from_dict(info["hash_spec"])
     if type(info["num_features"]) is not int or info["num_features"] < 1:
       raise ValueError(f"num_features {info['num_features']!r} is not a positive integer")
+    cal = info.get("calibration")
+    if cal is not None and (not isinstance(cal, dict) or set(cal) != {"temperature", "bias"}
+                            or not all(type(v) in (int, float) for v in cal.values())
+                            or not cal["temperature"] > 0):
+      raise ValueError(f"calibration {cal!r}: expected {{'temperature': > 0, 'bias': number}}")
     return migrate(info, info_path)
   except (TypeError, KeyError, AttributeError, ValueError) as e:
     if str(e).startswith(info_path):
@@ -147,6 +154,19 @@ def load(path: str) -> tuple[dict, ml_collections.ConfigDict, Any]:
                           tree)
     params = ckptr.restore(os.path.join(path, "params"), target)
   return info, ml_collections.ConfigDict(info["config"]), params
+
+
+def set_calibration(path: str, calibration: dict) -> None:
+  """Save a fitted calibration (``mach_jax.calibration.Calibration``, as a dict) in the
+  folder's ``model.json`` (rewritten atomically)."""
+  info_path = os.path.join(path, "model.json")
+  with open(info_path) as f:
+    info = json.load(f)
+  info["calibration"] = {k: float(v) for k, v in calibration.items()}
+  tmp = info_path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(info, f, indent=2)
+  os.replace(tmp, info_path)
 
 
 def expected_shapes(info: dict, config) -> dict[str, tuple[int, ...]]:

@@ -18,6 +18,17 @@ from mach_jax import decode, metrics, sharding
 from mach_jax.data import batching
 
 
+def batch_logits(params, logits_fn: Callable, X, Y, *, batch_size: int, mesh: Mesh,
+                 dense: bool = False):
+  """Yield (batch, logits [R, b, B] on the first device, real rows n) batch by batch."""
+  shards = mesh.shape[sharding.DATA_AXIS]
+  for batch in batching.prefetch(batching.iterate_batches(X, Y, batch_size, shuffle=False,
+                                                          dense=dense, num_shards=shards)):
+    sharded = logits_fn(params, sharding.put(batch, sharding.batch_shardings(mesh, batch)))
+    yield batch, jnp.asarray(multihost_utils.process_allgather(sharded, tiled=True)), \
+        int(batch["mask"].sum())
+
+
 def predict_topk(params, logits_fn: Callable, decoder: decode.Decoder, X, Y, *,
                  batch_size: int, k: int, estimators, mesh: Mesh, dense: bool = False
                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -30,12 +41,8 @@ def predict_topk(params, logits_fn: Callable, decoder: decode.Decoder, X, Y, *,
     X, Y: CSR features [n, D] and labels [n, K] (Y may be empty; it only fills batches).
   """
   out = {e: [] for e in estimators}
-  shards = mesh.shape[sharding.DATA_AXIS]
-  for batch in batching.prefetch(batching.iterate_batches(X, Y, batch_size, shuffle=False,
-                                                          dense=dense, num_shards=shards)):
-    n = int(batch["mask"].sum())
-    sharded = logits_fn(params, sharding.put(batch, sharding.batch_shardings(mesh, batch)))
-    logits = jnp.asarray(multihost_utils.process_allgather(sharded, tiled=True))
+  for _, logits, n in batch_logits(params, logits_fn, X, Y, batch_size=batch_size, mesh=mesh,
+                                   dense=dense):
     for e in estimators:
       scores, classes = decoder.topk(logits, k, e)
       out[e].append((np.asarray(scores)[:n], np.asarray(classes)[:n]))

@@ -16,7 +16,14 @@ import ml_collections
 import numpy as np
 import scipy.sparse as sp
 
-from mach_jax import bundle, config as config_lib, decode, inference, sharding
+from mach_jax import (
+  bundle,
+  calibration as calibration_lib,
+  config as config_lib,
+  decode,
+  inference,
+  sharding,
+)
 from mach_jax.hashing import HashSpec
 
 
@@ -41,6 +48,11 @@ class Predictor:
     info, config, params = bundle.load(path)
     return cls(path, info, config, params)
 
+  @property
+  def calibration(self) -> calibration_lib.Calibration:
+    """The calibration saved with the model (``experiments.calibrate``; else the identity)."""
+    return calibration_lib.Calibration(**(self.info.get("calibration") or {}))
+
   def predict_topk(self, X: sp.csr_matrix, k: int = 5, estimator: str | None = None,
                    batch_size: int | None = None, method: str | None = None,
                    m: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -49,10 +61,7 @@ class Predictor:
     ``estimator``, ``batch_size``, ``method`` ('exact' | 'candidates') and ``m`` default to
     the model's evaluation config.
     """
-    X = sp.csr_matrix(X, dtype=np.float32)
-    if X.shape[1] != self.num_features:
-      raise ValueError(f"X has {X.shape[1]} features; the model at {self.path} expects "
-                       f"{self.num_features}")
+    X = self._check(X)
     ev = self.config.eval
     estimator = estimator or ev.estimator
     batch_size = batch_size or ev.batch_size
@@ -68,6 +77,42 @@ class Predictor:
                                  X, Y, batch_size=batch_size, k=k, estimators=(estimator,),
                                  mesh=self.mesh, dense=self.config.model.dense_input)
     return out[estimator]
+
+  def predict_proba(self, X: sp.csr_matrix, threshold: float = 0.5, *,
+                    calibrated: bool = True, batch_size: int | None = None,
+                    method: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every class whose probability is at least ``threshold``, per point.
+
+    The probability is the ``unbiased`` estimator clipped to [0, 1], mapped through the
+    model's calibration when ``calibrated`` (the identity if none was fitted); what it
+    means for each loss: ``mach_jax.calibration``.
+
+    Returns:
+      One (class ids, probabilities) pair per row of X, most probable first.
+    """
+    if not 0.0 < threshold < 1.0:
+      raise ValueError(f"threshold={threshold}: expected a probability in (0, 1)")
+    cal = self.calibration if calibrated else calibration_lib.Calibration()
+    cut = cal.inverse(threshold) if calibrated else threshold  # The same cut on the estimate.
+    K = self.spec.K
+    k = min(K, max(16, int(np.ceil(2.0 / cut))))
+    while True:  # Widen until every row's last estimate is below the cut.
+      scores, ids = self.predict_topk(X, k=k, estimator="unbiased", batch_size=batch_size,
+                                      method=method)
+      est = np.clip(scores, 0.0, 1.0)
+      if k == K or not (est[:, -1] >= cut).any():
+        break
+      k = min(K, 2 * k)
+    probs = cal.apply(est) if calibrated else est
+    keep = probs >= threshold
+    return [(ids[i][keep[i]], probs[i][keep[i]]) for i in range(len(ids))]
+
+  def _check(self, X) -> sp.csr_matrix:
+    X = sp.csr_matrix(X, dtype=np.float32)
+    if X.shape[1] != self.num_features:
+      raise ValueError(f"X has {X.shape[1]} features; the model at {self.path} expects "
+                       f"{self.num_features}")
+    return X
 
   def _logits_fn(self):
     if self._logits is None:

@@ -1,0 +1,98 @@
+"""Fit a trained model's calibration on its validation slice; report it on the test split.
+
+    python -m experiments.train --config experiments/configs/bibtex.py --workdir runs/cal_bib \
+        --config.data.validation_fraction=0.1 --config.eval.every_epochs=1 \
+        --config.checkpoint.best_metric=P@1
+    python -m experiments.calibrate --workdir runs/cal_bib
+
+The run must have held out a validation slice (``data.validation_fraction`` > 0): those
+points were never trained on, and the calibration is fitted on them alone
+(``mach_jax.calibration``: sigmoid(logit(p) / T + b) of the ``unbiased`` estimate p, T and
+b minimising the log loss of each point's top-k classes). The test split is read once, to
+report the expected calibration error of the top-k probabilities before and after.
+Writes the calibration into ``WORKDIR/model/model.json`` (``Predictor.predict_proba``
+applies it), ``WORKDIR/calibration.json`` and ``WORKDIR/reliability.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from absl import app, flags, logging
+
+from mach_jax import bundle, calibration, data as data_lib
+from mach_jax.predictor import Predictor
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (its model/ folder).")
+_K = flags.DEFINE_integer("k", 10, "Top-k classes per point whose probabilities are scored.")
+_BINS = flags.DEFINE_integer("bins", 15, "Equal-width probability bins of the ECE.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def plot(path: str, curves: dict[str, list[dict]]) -> bool:
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    return False
+  fig, ax = plt.subplots(figsize=(4.5, 4.5))
+  ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="perfect")
+  for name, table in curves.items():
+    ax.plot([b["mean_probability"] for b in table], [b["fraction_relevant"] for b in table],
+            marker="o", ms=3, label=name)
+  ax.set(xlabel="estimated p(k | x)", ylabel="fraction relevant", xlim=(0, 1), ylim=(0, 1))
+  ax.legend(loc="upper left", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  model_dir = os.path.join(_WORKDIR.value, bundle.BUNDLE_DIR)
+  predictor = Predictor.load(model_dir)
+  config = predictor.config
+  if not config.data.validation_fraction:
+    raise app.UsageError(
+        f"{model_dir} was trained on all of its training data: retrain it with "
+        "--config.data.validation_fraction=0.1 (and eval.every_epochs, checkpoint.best_metric)"
+        " so that the temperature is fitted on points it never saw")
+  loss = config.model.loss
+  logging.set_verbosity(logging.WARNING)
+  _, validation, test = data_lib.load_splits(config.data)
+
+  # ---- Fit on the validation slice -------------------------------------------------------
+  def estimates(held):
+    scores, classes = predictor.predict_topk(held.X, k=_K.value, estimator="unbiased")
+    return np.clip(scores, 0.0, 1.0), calibration.relevant_at(classes, held.Y)
+
+  fitted = calibration.fit(*estimates(validation))
+
+  # ---- Score on the test split, before and after -----------------------------------------
+  probs, relevant = estimates(test)
+  report = {"loss": loss, "calibration": fitted._asdict(), "k": _K.value,
+            "num_validation": validation.num_points, "num_test": test.num_points,
+            "P@1": float(relevant[:, 0].mean())}
+  curves = {}
+  for name, p in (("unbiased estimate", probs), ("calibrated", fitted.apply(probs))):
+    ece, bins = calibration.expected_calibration_error(p, relevant, _BINS.value)
+    report[name] = {"ECE": ece, "log_loss": calibration.log_loss(p, relevant), "bins": bins}
+    curves[f"{name}: ECE {ece:.3f}"] = bins
+  bundle.set_calibration(model_dir, fitted._asdict())
+  report["plot"] = plot(os.path.join(_WORKDIR.value, "reliability.png"), curves)
+  with open(os.path.join(_WORKDIR.value, "calibration.json"), "w") as f:
+    json.dump(report, f, indent=2)
+  b, a = report["unbiased estimate"], report["calibrated"]
+  print(f"calibration: temperature {fitted.temperature:.3g}, bias {fitted.bias:.3g} (fitted on "
+        f"{validation.num_points} validation points; loss {loss}); test top-{_K.value}: ECE "
+        f"{b['ECE']:.4f} -> {a['ECE']:.4f}, log loss {b['log_loss']:.4f} -> "
+        f"{a['log_loss']:.4f}; P@1 {report['P@1']:.4f} either way (a monotone map)")
+
+
+if __name__ == "__main__":
+  app.run(main)
