@@ -19,18 +19,20 @@ from mach_jax.data import batching
 
 
 def batch_logits(params, logits_fn: Callable, X, Y, *, batch_size: int, mesh: Mesh,
-                 dense: bool = False):
+                 dense: bool = False, widths: batching.Widths | None = None):
   """Yield (batch, logits [R, b, B] on the first device, real rows n) batch by batch."""
   shards = mesh.shape[sharding.DATA_AXIS]
   for batch in batching.prefetch(batching.iterate_batches(X, Y, batch_size, shuffle=False,
-                                                          dense=dense, num_shards=shards)):
+                                                          dense=dense, num_shards=shards,
+                                                          widths=widths)):
     sharded = logits_fn(params, sharding.put(batch, sharding.batch_shardings(mesh, batch)))
     yield batch, jnp.asarray(multihost_utils.process_allgather(sharded, tiled=True)), \
         int(batch["mask"].sum())
 
 
 def predict_topk(params, logits_fn: Callable, decoder: decode.Decoder, X, Y, *,
-                 batch_size: int, k: int, estimators, mesh: Mesh, dense: bool = False
+                 batch_size: int, k: int, estimators, mesh: Mesh, dense: bool = False,
+                 widths: batching.Widths | None = None
                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """(scores, class ids), each [n, k], for each estimator, batch by batch (one forward each).
 
@@ -39,10 +41,11 @@ def predict_topk(params, logits_fn: Callable, decoder: decode.Decoder, X, Y, *,
     logits_fn: ``sharding.make_logits_fn``'s jit(params, batch) -> [R, b, B].
     decoder: merges [R, b, B] logits into top-k classes.
     X, Y: CSR features [n, D] and labels [n, K] (Y may be empty; it only fills batches).
+    widths: the batches' padded widths (default: from the data, ``Widths.for_data``).
   """
   out = {e: [] for e in estimators}
   for _, logits, n in batch_logits(params, logits_fn, X, Y, batch_size=batch_size, mesh=mesh,
-                                   dense=dense):
+                                   dense=dense, widths=widths):
     for e in estimators:
       scores, classes = decoder.topk(logits, k, e)
       out[e].append((np.asarray(scores)[:n], np.asarray(classes)[:n]))

@@ -24,6 +24,7 @@ from mach_jax import (
   inference,
   sharding,
 )
+from mach_jax.data import batching
 from mach_jax.hashing import HashSpec
 
 
@@ -58,13 +59,16 @@ class Predictor:
                    m: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores [n, k], class ids [n, k]), best first, for CSR features X [n, D].
 
-    ``estimator``, ``batch_size``, ``method`` ('exact' | 'candidates') and ``m`` default to
-    the model's evaluation config.
+    ``estimator``, ``method`` ('exact' | 'candidates') and ``m`` default to the model's
+    evaluation config; ``batch_size`` to that config's, or the power of two at or above
+    the number of rows when that is smaller.
     """
     X = self._check(X)
     ev = self.config.eval
     estimator = estimator or ev.estimator
-    batch_size = batch_size or ev.batch_size
+    # Few rows (a single query) are padded to the next power of two, not to the evaluation
+    # batch: each size compiles once, and a query does not pay for 511 padding rows.
+    batch_size = batch_size or min(ev.batch_size, 1 << max(0, X.shape[0] - 1).bit_length())
     method = method or ev.decode
     m = m or ev.candidates_m
     key = (batch_size, method, m)
@@ -73,9 +77,14 @@ class Predictor:
       config.eval.update(batch_size=batch_size, decode=method, candidates_m=m)
       self._decoders[key] = config_lib.make_decoder(config, self.spec)
     Y = sp.csr_matrix((X.shape[0], self.spec.K), dtype=np.float32)
+    # Nonzeros padded to a power of two (at least 256): a stream of single queries of
+    # varying length compiles the forward pass for a handful of widths, not one per query.
+    need = batching.Widths.for_data(X, Y, batch_size).nnz
+    widths = batching.Widths(nnz=batching.next_pow2(need, minimum=256))
     out = inference.predict_topk(self.params, self._logits_fn(), self._decoders[key],
                                  X, Y, batch_size=batch_size, k=k, estimators=(estimator,),
-                                 mesh=self.mesh, dense=self.config.model.dense_input)
+                                 mesh=self.mesh, dense=self.config.model.dense_input,
+                                 widths=widths)
     return out[estimator]
 
   def predict_proba(self, X: sp.csr_matrix, threshold: float = 0.5, *,

@@ -27,7 +27,9 @@ def test_format_1_xc_folder_loads_and_predicts_as_before():
                 dtype=np.float32)
   scores, ids = p.predict_topk(X, k=5)
   np.testing.assert_array_equal(ids, expected["ids"])
-  np.testing.assert_array_equal(scores, np.asarray(expected["scores"], np.float32))
+  # Scores to the last bits only: queries are now padded to a power-of-two batch and width
+  # (Predictor.predict_topk), and XLA's sums follow the padded shape.
+  np.testing.assert_allclose(scores, np.asarray(expected["scores"], np.float32), rtol=1e-6)
 
 
 def test_format_1_text_folder_moves_the_featurizer_under_data():
@@ -40,8 +42,8 @@ def test_format_1_text_folder_moves_the_featurizer_under_data():
   assert tuple(s.predictor.config.data.featurizer.word_ngrams) == (1, 2)
   hits = s.search(expected["queries"], k=5)
   assert [[h.id for h in row] for row in hits] == expected["ids"]
-  np.testing.assert_array_equal([[h.score for h in row] for row in hits],
-                                np.asarray(expected["scores"], np.float32))
+  np.testing.assert_allclose([[h.score for h in row] for row in hits],
+                             np.asarray(expected["scores"], np.float32), rtol=1e-6)
 
 
 def test_current_format_round_trips(tmp_path):

@@ -1,0 +1,84 @@
+"""The search service, through a real HTTP client against a server on a free port."""
+
+import json
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from mach_jax.search import Searcher
+from tests.helpers import ROOT
+
+uvicorn = pytest.importorskip("uvicorn")
+serve = pytest.importorskip("experiments.serve")
+
+TEXT = os.path.join(ROOT, "tests", "data", "model_v1", "text")
+
+
+@pytest.fixture(scope="module")
+def server():
+  searcher = Searcher.load(TEXT, catalogue=os.path.join(TEXT, "products.tsv"))
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  config = uvicorn.Config(serve.make_app(searcher), host="127.0.0.1", port=port,
+                          log_level="warning")
+  srv = uvicorn.Server(config)
+  thread = threading.Thread(target=srv.run, daemon=True)
+  thread.start()
+  deadline = time.time() + 30
+  while not srv.started and time.time() < deadline:
+    time.sleep(0.05)
+  assert srv.started
+  yield f"http://127.0.0.1:{port}", searcher
+  srv.should_exit = True
+  thread.join(timeout=10)
+
+
+def get(url: str) -> tuple[int, str, str]:
+  try:
+    with urllib.request.urlopen(url, timeout=30) as r:
+      return r.status, r.headers["content-type"], r.read().decode()
+  except urllib.error.HTTPError as e:
+    return e.code, e.headers["content-type"], e.read().decode()
+
+
+def test_search_answers_json_as_the_searcher_does(server):
+  base, searcher = server
+  status, kind, body = get(f"{base}/search?" + urllib.parse.urlencode({"q": "usb c", "k": 3}))
+  assert status == 200 and kind.startswith("application/json")
+  out = json.loads(body)
+  want = searcher.search(["usb c"], k=3)[0]
+  assert [h["id"] for h in out["hits"]] == [h.id for h in want]
+  assert [h["title"] for h in out["hits"]] == [h.title for h in want]
+  assert out["k"] == 3 and out["latency_ms"] > 0
+
+
+@pytest.mark.parametrize("query, message", [
+    ({}, "q is empty"),
+    ({"q": "   "}, "q is empty"),
+    ({"q": "x" * 20_000}, "characters; at most"),
+    ({"q": "usb", "k": "0"}, "k=0 is outside"),
+    ({"q": "usb", "k": "ten"}, "k='ten' is not an integer"),
+    ({"q": "usb", "k": "1000"}, "k=1000 is outside"),
+])
+def test_bad_input_is_a_400_that_says_what_to_change(server, query, message):
+  status, kind, body = get(f"{server[0]}/search?" + urllib.parse.urlencode(query))
+  assert status == 400 and kind.startswith("application/json")
+  assert message in json.loads(body)["error"]
+
+
+def test_the_page_shows_a_box_and_results(server):
+  base, searcher = server
+  status, kind, body = get(base + "/")
+  assert status == 200 and kind.startswith("text/html") and '<input name="q"' in body
+  status, _, body = get(f"{base}/?" + urllib.parse.urlencode({"q": "usb c", "k": 2}))
+  first = searcher.search(["usb c"], k=2)[0][0]
+  assert status == 200 and "<table>" in body and f"<td>{first.id}</td>" in body
+  status, _, body = get(f"{base}/?" + urllib.parse.urlencode({"q": "<b>", "k": "x"}))
+  assert status == 400 and "&lt;b&gt;" in body and "<b>" not in body  # Escaped.
