@@ -156,6 +156,26 @@ def load(path: str) -> tuple[dict, ml_collections.ConfigDict, Any]:
   return info, ml_collections.ConfigDict(info["config"]), params
 
 
+def widen(path: str, out: str, num_classes: int) -> None:
+  """Copy the model folder ``path`` to ``out`` over a catalogue grown to ``num_classes``.
+
+  Nothing is retrained: the parameters are the same, every old id keeps its buckets
+  (``HashSpec.widened``), and a new id is scored from the buckets it hashes to, as any
+  class is. New products rank by what the model learned of their buckets' other members
+  until the model is trained on queries for them.
+  """
+  info = read_info(path)
+  spec = HashSpec.from_dict(info["hash_spec"]).widened(num_classes)
+  if os.path.exists(out):
+    raise FileExistsError(f"{out}: exists; pass a new folder")
+  shutil.copytree(path, out)
+  with open(os.path.join(path, "model.json")) as f:
+    raw = json.load(f)
+  raw.update(hash_spec=spec.to_dict(), num_classes=spec.K)
+  with open(os.path.join(out, "model.json"), "w") as f:
+    json.dump(raw, f, indent=2)
+
+
 def set_calibration(path: str, calibration: dict) -> None:
   """Save a fitted calibration (``mach_jax.calibration.Calibration``, as a dict) in the
   folder's ``model.json`` (rewritten atomically)."""

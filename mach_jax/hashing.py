@@ -102,6 +102,21 @@ class HashSpec:
     return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)
                   if f.name in d or f.default is dataclasses.MISSING})
 
+  def widened(self, K: int) -> "HashSpec":
+    """This spec over a larger catalogue of K classes in which every class id below the
+    current K keeps its buckets (a grown catalogue appends ids).
+
+    Raises:
+      ValueError: K is not larger, or the family's buckets depend on K ('balanced': its
+        Feistel permutation spans [0, K); 'identity').
+    """
+    if K <= self.K:
+      raise ValueError(f"K={K}: a widened catalogue needs more than the current {self.K} classes")
+    if self.family in ("balanced", IDENTITY):
+      raise ValueError(f"the {self.family!r} hash assigns buckets by K: its classes would move; "
+                       "only 'murmur' and 'universal' models can be widened")
+    return dataclasses.replace(self, K=int(K))
+
   # -- per-repetition parameters -------------------------------------------------------
   def params(self) -> np.ndarray:
     """Per-repetition hash parameters, uint32 [R, 4]; meaning depends on the family.

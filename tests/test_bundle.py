@@ -84,3 +84,38 @@ def test_model_json_that_is_not_json_names_the_file(tmp_path):
   (folder / "model.json").write_text("{not json")
   with pytest.raises(ValueError, match=r"model.json: not valid JSON"):
     Predictor.load(str(folder))
+
+
+def test_a_widened_model_keeps_old_buckets_and_answers_for_new_ids(tmp_path):
+  """A catalogue grown from K = 60 to 75 with no retraining: the folder loads, the 60 old
+  ids keep their buckets and their scores, the 15 new ones are scored from their buckets."""
+  wide = tmp_path / "wide"
+  bundle.widen(os.path.join(V1, "xc"), str(wide), 75)
+  a, b = Predictor.load(os.path.join(V1, "xc")), Predictor.load(str(wide))
+  assert (a.spec.K, b.spec.K) == (60, 75)
+  np.testing.assert_array_equal(b.spec.buckets(np.arange(60)), a.spec.buckets(np.arange(60)))
+  X = sp.random(4, 100, density=0.2, format="csr", random_state=2, dtype=np.float32)
+  sa, ia = a.predict_topk(X, k=60, estimator="mean")
+  sb, ib = b.predict_topk(X, k=75, estimator="mean")
+  buckets = b.spec.buckets(np.arange(75))  # [R, K]
+  twins = 0
+  for row in range(4):
+    old = dict(zip(ia[row].tolist(), sa[row].tolist()))
+    new = dict(zip(ib[row].tolist(), sb[row].tolist()))
+    assert sorted(new) == list(range(75))
+    for c in range(60):
+      assert new[c] == pytest.approx(old[c], rel=1e-6)
+    for c in range(60, 75):  # A new id scores as an old id with the same buckets would.
+      twin = [o for o in range(60) if (buckets[:, o] == buckets[:, c]).all()]
+      if twin:
+        assert new[c] == pytest.approx(old[twin[0]], rel=1e-6)
+        twins += 1
+  assert twins > 0  # R = 2, B = 8: 64 bucket pairs for 75 ids, so some new ids have twins.
+  with pytest.raises(ValueError, match="needs more than"):
+    bundle.widen(os.path.join(V1, "xc"), str(tmp_path / "small"), 50)
+
+
+def test_a_balanced_hash_cannot_be_widened():
+  from mach_jax.hashing import HashSpec
+  with pytest.raises(ValueError, match="'balanced' hash assigns buckets by K"):
+    HashSpec("balanced", K=100, B=8, R=2).widened(200)

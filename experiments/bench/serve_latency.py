@@ -1,0 +1,95 @@
+"""Single-query latency of a text model, in process and through the HTTP service.
+
+    python -m experiments.bench.serve_latency --workdir runs/deb_text \
+        --queries runs/data/debian/test.tsv --n 1000
+
+Takes the first ``--n`` queries of a query log (the text before the tab), answers each one
+alone (top ``--k``) with ``Searcher.search`` after ``--warmup`` queries, then again through
+``experiments.serve`` (uvicorn on a free local port, one ``GET /search`` per query with
+urllib), and prints p50 / p95 / p99 of both. Featurizing the text is included in both. The
+service's own ``latency_ms`` (time inside the handler) is reported too, so the HTTP overhead
+is the difference. Writes OUT/serve_latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+import numpy as np
+
+
+def percentiles(ms: list[float]) -> dict[str, float]:
+  a = np.asarray(ms)
+  return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
+          "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "n": int(a.size)}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--queries", required=True, help="a query log (query<TAB>ids)")
+  parser.add_argument("--n", type=int, default=1000)
+  parser.add_argument("--warmup", type=int, default=50)
+  parser.add_argument("--k", type=int, default=10)
+  parser.add_argument("--out", default="runs/serve_latency")
+  args = parser.parse_args()
+
+  import uvicorn
+
+  from experiments import serve
+  from mach_jax.search import Searcher
+  with open(args.queries, encoding="utf-8") as f:
+    queries = [line.split("\t")[0] for _, line in zip(range(args.n + args.warmup), f)]
+  searcher = Searcher.load(args.workdir)
+  for q in queries[:args.warmup]:
+    searcher.search([q], k=args.k)
+  timed = queries[args.warmup:]
+  inproc = []
+  for q in timed:
+    t0 = time.perf_counter()
+    searcher.search([q], k=args.k)
+    inproc.append((time.perf_counter() - t0) * 1e3)
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  server = uvicorn.Server(uvicorn.Config(serve.make_app(searcher), host="127.0.0.1",
+                                         port=port, log_level="warning"))
+  thread = threading.Thread(target=server.run, daemon=True)
+  thread.start()
+  while not server.started:
+    time.sleep(0.05)
+  http, handler = [], []
+  for q in timed:
+    if not q.strip():
+      continue  # The service refuses an empty query (400); Searcher answers it.
+    url = f"http://127.0.0.1:{port}/search?" + urllib.parse.urlencode({"q": q, "k": args.k})
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(url) as r:
+      body = json.loads(r.read())
+    http.append((time.perf_counter() - t0) * 1e3)
+    handler.append(body["latency_ms"])
+  server.should_exit = True
+  thread.join(timeout=10)
+
+  out = {"workdir": args.workdir, "k": args.k, "K": searcher.predictor.spec.K,
+         "in_process_ms": percentiles(inproc), "http_ms": percentiles(http),
+         "handler_ms": percentiles(handler)}
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, "serve_latency.json"), "w") as f:
+    json.dump(out, f, indent=2)
+  for name in ("in_process_ms", "handler_ms", "http_ms"):
+    p = out[name]
+    print(f"{name:>14}: p50 {p['p50']:7.2f}  p95 {p['p95']:7.2f}  p99 {p['p99']:7.2f}  "
+          f"({p['n']} queries)")
+
+
+if __name__ == "__main__":
+  main()
