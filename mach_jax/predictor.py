@@ -77,10 +77,12 @@ class Predictor:
       config.eval.update(batch_size=batch_size, decode=method, candidates_m=m)
       self._decoders[key] = config_lib.make_decoder(config, self.spec)
     Y = sp.csr_matrix((X.shape[0], self.spec.K), dtype=np.float32)
-    # Nonzeros padded to a power of two (at least 256): a stream of single queries of
-    # varying length compiles the forward pass for a handful of widths, not one per query.
-    need = batching.Widths.for_data(X, Y, batch_size).nnz
-    widths = batching.Widths(nnz=batching.next_pow2(need, minimum=256))
+    widths = None  # Full batches: widths from the data, as in evaluation.
+    if batch_size < ev.batch_size:
+      # A few rows: nonzeros padded to a power of two (at least 256), so a stream of single
+      # queries of varying length compiles the forward pass for a handful of widths.
+      need = batching.Widths.for_data(X, Y, batch_size).nnz
+      widths = batching.Widths(nnz=batching.next_pow2(need, minimum=256))
     out = inference.predict_topk(self.params, self._logits_fn(), self._decoders[key],
                                  X, Y, batch_size=batch_size, k=k, estimators=(estimator,),
                                  mesh=self.mesh, dense=self.config.model.dense_input,
