@@ -7,9 +7,10 @@
 
 The run must have held out a validation slice (``data.validation_fraction`` > 0): those
 points were never trained on, and the calibration is fitted on them alone
-(``mach_jax.calibration``: sigmoid(logit(p) / T + b) of the ``unbiased`` estimate p, T and
-b minimising the log loss of each point's top-k classes). The test split is read once, to
-report the expected calibration error of the top-k probabilities before and after.
+(``mach_jax.calibration``: Platt's sigmoid(logit(p) / T + b) of the ``unbiased``
+estimate p, and an isotonic map; the one with the lower validation log loss over each
+point's top-k classes is saved). The test split is read once, to report the expected
+calibration error of the top-k probabilities as estimated and under each map.
 Writes the calibration into ``WORKDIR/model/model.json`` (``Predictor.predict_proba``
 applies it), ``WORKDIR/calibration.json`` and ``WORKDIR/reliability.png``.
 """
@@ -71,27 +72,31 @@ def main(argv):
     scores, classes = predictor.predict_topk(held.X, k=_K.value, estimator="unbiased")
     return np.clip(scores, 0.0, 1.0), calibration.relevant_at(classes, held.Y)
 
-  fitted = calibration.fit(*estimates(validation))
+  held = estimates(validation)
+  fits = {m: calibration.fit(*held, method=m) for m in ("platt", "isotonic")}
+  chosen = min(fits, key=lambda m: calibration.log_loss(fits[m].apply(held[0]), held[1]))
 
-  # ---- Score on the test split, before and after -----------------------------------------
+  # ---- Score on the test split: the estimate, and each map ------------------------------
   probs, relevant = estimates(test)
-  report = {"loss": loss, "calibration": fitted._asdict(), "k": _K.value,
+  report = {"loss": loss, "chosen": chosen, "k": _K.value,
+            "calibration": {m: c.to_json() for m, c in fits.items()},
+            "validation_log_loss": {m: calibration.log_loss(c.apply(held[0]), held[1])
+                                    for m, c in fits.items()},
             "num_validation": validation.num_points, "num_test": test.num_points,
             "P@1": float(relevant[:, 0].mean())}
   curves = {}
-  for name, p in (("unbiased estimate", probs), ("calibrated", fitted.apply(probs))):
+  for name, p in (("estimate", probs), *((m, c.apply(probs)) for m, c in fits.items())):
     ece, bins = calibration.expected_calibration_error(p, relevant, _BINS.value)
     report[name] = {"ECE": ece, "log_loss": calibration.log_loss(p, relevant), "bins": bins}
     curves[f"{name}: ECE {ece:.3f}"] = bins
-  bundle.set_calibration(model_dir, fitted._asdict())
+  bundle.set_calibration(model_dir, fits[chosen].to_json())
   report["plot"] = plot(os.path.join(_WORKDIR.value, "reliability.png"), curves)
   with open(os.path.join(_WORKDIR.value, "calibration.json"), "w") as f:
     json.dump(report, f, indent=2)
-  b, a = report["unbiased estimate"], report["calibrated"]
-  print(f"calibration: temperature {fitted.temperature:.3g}, bias {fitted.bias:.3g} (fitted on "
-        f"{validation.num_points} validation points; loss {loss}); test top-{_K.value}: ECE "
-        f"{b['ECE']:.4f} -> {a['ECE']:.4f}, log loss {b['log_loss']:.4f} -> "
-        f"{a['log_loss']:.4f}; P@1 {report['P@1']:.4f} either way (a monotone map)")
+  print(f"test top-{_K.value} ECE (loss {loss}; fitted on {validation.num_points} validation "
+        f"points): estimate {report['estimate']['ECE']:.4f}, platt "
+        f"{report['platt']['ECE']:.4f}, isotonic {report['isotonic']['ECE']:.4f}; saved: "
+        f"{chosen} (lower validation log loss); P@1 {report['P@1']:.4f} under every map")
 
 
 if __name__ == "__main__":

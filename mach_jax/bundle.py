@@ -5,7 +5,7 @@
 
     {"format_version": 2, "hash_spec": {...}, "num_features": D, "num_classes": K,
      "config": {...}, "featurizer": {...} | null, "versions": {...},
-     "calibration": {"temperature": T, "bias": b} | null}   # experiments.calibrate
+     "calibration": {"method": "platt" | "isotonic", ...} | null}   # experiments.calibrate
 
 so a folder explains itself and can be served on its own. ``read_info`` migrates the
 ``model.json`` of older folders (format 1: no ``format_version``, the featurizer settings at
@@ -24,7 +24,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from mach_jax import config as config_lib, model as model_lib, provenance
+from mach_jax import (
+  calibration as calibration_lib,
+  config as config_lib,
+  model as model_lib,
+  provenance,
+)
 from mach_jax.data.text import TextFeaturizer
 from mach_jax.hashing import HashSpec
 
@@ -127,11 +132,7 @@ def read_info(path: str) -> dict:
     HashSpec.from_dict(info["hash_spec"])
     if type(info["num_features"]) is not int or info["num_features"] < 1:
       raise ValueError(f"num_features {info['num_features']!r} is not a positive integer")
-    cal = info.get("calibration")
-    if cal is not None and (not isinstance(cal, dict) or set(cal) != {"temperature", "bias"}
-                            or not all(type(v) in (int, float) for v in cal.values())
-                            or not cal["temperature"] > 0):
-      raise ValueError(f"calibration {cal!r}: expected {{'temperature': > 0, 'bias': number}}")
+    calibration_lib.Calibration.from_json(info.get("calibration"))
     return migrate(info, info_path)
   except (TypeError, KeyError, AttributeError, ValueError) as e:
     if str(e).startswith(info_path):
@@ -177,12 +178,12 @@ def widen(path: str, out: str, num_classes: int) -> None:
 
 
 def set_calibration(path: str, calibration: dict) -> None:
-  """Save a fitted calibration (``mach_jax.calibration.Calibration``, as a dict) in the
+  """Save a fitted calibration (``mach_jax.calibration.Calibration.to_json()``) in the
   folder's ``model.json`` (rewritten atomically)."""
   info_path = os.path.join(path, "model.json")
   with open(info_path) as f:
     info = json.load(f)
-  info["calibration"] = {k: float(v) for k, v in calibration.items()}
+  info["calibration"] = calibration
   tmp = info_path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(info, f, indent=2)

@@ -17,9 +17,11 @@ repetitions were trained with:
   * The ``log_mean`` and ``logit_sum`` merges rank classes; their scores are no
     probabilities.
 
-``Calibration`` maps the estimate p to sigmoid(logit(p) / T + b), with the temperature T
-and bias b fitted on held-out points (each one's top-k classes against their relevance).
-The map is monotone, so rankings do not move. Dividing the *bucket* logits by a
+``Calibration`` maps the estimate p through a non-decreasing function fitted on held-out
+points (each one's top-k classes against their relevance): Platt's sigmoid(logit(p) / T +
+b), or an isotonic step function, which also fits estimates whose relation to relevance is
+not logistic (with ``softmax_hist``, a label's share is about 1/|y|: a relevant label of a
+point with many labels has a small estimate). Rankings do not move. Dividing the *bucket* logits by a
 temperature instead (temperature scaling, Guo et al., ICML 2017) changes the merged
 ranking, and did worse on bibtex (experiments/bench/NOTES.md).
 
@@ -43,41 +45,101 @@ def _logit(p) -> np.ndarray:
 
 
 class Calibration(NamedTuple):
-  """A monotone map of the estimated probability p: sigmoid(logit(p) / temperature + bias).
+  """A non-decreasing map of the estimated probability p to a calibrated one.
 
-  Monotone, so it never reorders classes: top-k lists and P@k are unchanged, and a
-  threshold on the calibrated probability is a threshold on p (``inverse``). The identity
-  is temperature 1, bias 0 (up to the clipping to [EPS, 1 - EPS]).
+  ``method`` 'platt': sigmoid(logit(p) / temperature + bias); 'isotonic': linear
+  interpolation through the points (x, y), flat outside them. Non-decreasing, so it never
+  reorders classes: top-k lists and P@k are unchanged, and a threshold on the calibrated
+  probability is a threshold on p (``inverse``). The default is the identity (Platt with
+  temperature 1, bias 0, up to the clipping to [EPS, 1 - EPS]).
   """
 
+  method: str = "platt"
   temperature: float = 1.0
   bias: float = 0.0
+  x: tuple = ()
+  y: tuple = ()
 
   def apply(self, p) -> np.ndarray:
     """Calibrated probabilities of estimates ``p`` (any shape, in [0, 1])."""
+    if self.method == "isotonic":
+      return np.interp(np.asarray(p, np.float64), self.x, self.y)
     return 1.0 / (1.0 + np.exp(-(_logit(p) / self.temperature + self.bias)))
 
   def inverse(self, q: float) -> float:
-    """The estimate p whose calibrated probability is ``q``."""
+    """The smallest estimate p whose calibrated probability is at least ``q``."""
+    if self.method == "isotonic":
+      x, y = np.asarray(self.x), np.asarray(self.y)
+      i = int(np.searchsorted(y, q, side="left"))  # y is non-decreasing.
+      if i == 0:
+        return 0.0
+      if i == len(y):
+        return 1.0 + EPS  # No estimate reaches q: a cut nothing passes.
+      if y[i] == y[i - 1]:
+        return float(x[i])
+      return float(x[i - 1] + (q - y[i - 1]) * (x[i] - x[i - 1]) / (y[i] - y[i - 1]))
     z = (float(_logit(q)) - self.bias) * self.temperature
     return float(1.0 / (1.0 + np.exp(-z)))
 
+  def to_json(self) -> dict:
+    if self.method == "isotonic":
+      return {"method": "isotonic", "x": list(map(float, self.x)),
+              "y": list(map(float, self.y))}
+    return {"method": "platt", "temperature": float(self.temperature),
+            "bias": float(self.bias)}
 
-def fit(probs: np.ndarray, relevant: np.ndarray) -> Calibration:
-  """The ``Calibration`` that minimises the log loss of held-out estimates.
+  @classmethod
+  def from_json(cls, d: dict | None, where: str = "calibration") -> "Calibration":
+    """The inverse of ``to_json`` (None: the identity); ValueError naming ``where``."""
+    if d is None:
+      return cls()
+    try:
+      method = d.get("method", "platt")
+      if method == "platt" and set(d) <= {"method", "temperature", "bias"}:
+        cal = cls(temperature=float(d["temperature"]), bias=float(d["bias"]))
+        ok = cal.temperature > 0 and np.isfinite([cal.temperature, cal.bias]).all()
+      elif method == "isotonic" and set(d) == {"method", "x", "y"}:
+        cal = cls(method="isotonic", x=tuple(map(float, d["x"])), y=tuple(map(float, d["y"])))
+        x, y = np.asarray(cal.x), np.asarray(cal.y)
+        ok = (x.size == y.size >= 1 and np.all(np.diff(x) >= 0) and np.all(np.diff(y) >= 0)
+              and y.min() >= 0 and y.max() <= 1)
+      else:
+        ok = False
+    except (TypeError, ValueError, KeyError, AttributeError):
+      ok = False
+    if not ok:
+      raise ValueError(f"{where} {d!r}: expected {{'method': 'platt', 'temperature': > 0, "
+                       "'bias': number}} or {'method': 'isotonic', 'x': [...], 'y': [...]} "
+                       "(both non-decreasing, y in [0, 1])")
+    return cal
 
-  Platt scaling (Platt, 1999) on the estimates' log-odds: a logistic regression of
-  ``relevant`` on logit(``probs``), written as a temperature and a bias.
+
+def fit(probs: np.ndarray, relevant: np.ndarray, method: str = "platt") -> Calibration:
+  """The ``Calibration`` of ``method`` fitted to held-out estimates.
+
+  'platt': Platt scaling (Platt, 1999) on the estimates' log-odds, a logistic regression
+  of ``relevant`` on logit(``probs``) written as a temperature and a bias. 'isotonic': the
+  non-decreasing step function closest to the outcomes in squared error (isotonic
+  regression, Zadrozny and Elkan, KDD 2002), its steps kept as (x, y) points.
 
   Args:
     probs: [n, k] estimates for held-out points (e.g. each one's top-k classes).
     relevant: [n, k] whether each of those classes is relevant.
+    method: 'platt' or 'isotonic'.
   """
-  from scipy.optimize import minimize
-  z, y = _logit(probs).ravel(), np.asarray(relevant, np.float64).ravel()
+  p, y = np.asarray(probs, np.float64).ravel(), np.asarray(relevant, np.float64).ravel()
   if y.min() == y.max():
     raise ValueError("the held-out estimates are all relevant or all irrelevant: nothing "
                      "to fit a calibration on")
+  if method == "isotonic":
+    from sklearn.isotonic import IsotonicRegression
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, y)
+    return Calibration(method="isotonic", x=tuple(iso.X_thresholds_.tolist()),
+                       y=tuple(iso.y_thresholds_.tolist()))
+  if method != "platt":
+    raise ValueError(f"method={method!r}: expected 'platt' or 'isotonic'")
+  from scipy.optimize import minimize
+  z = _logit(p)
 
   def loss(w):
     t = w[0] * z + w[1]

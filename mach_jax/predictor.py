@@ -52,7 +52,7 @@ class Predictor:
   @property
   def calibration(self) -> calibration_lib.Calibration:
     """The calibration saved with the model (``experiments.calibrate``; else the identity)."""
-    return calibration_lib.Calibration(**(self.info.get("calibration") or {}))
+    return calibration_lib.Calibration.from_json(self.info.get("calibration"))
 
   def predict_topk(self, X: sp.csr_matrix, k: int = 5, estimator: str | None = None,
                    batch_size: int | None = None, method: str | None = None,
@@ -106,7 +106,7 @@ class Predictor:
     cal = self.calibration if calibrated else calibration_lib.Calibration()
     cut = cal.inverse(threshold) if calibrated else threshold  # The same cut on the estimate.
     K = self.spec.K
-    k = min(K, max(16, int(np.ceil(2.0 / cut))))
+    k = K if cut <= 0 else min(K, max(16, int(np.ceil(2.0 / cut))))  # cut 0: every class.
     while True:  # Widen until every row's last estimate is below the cut.
       scores, ids = self.predict_topk(X, k=k, estimator="unbiased", batch_size=batch_size,
                                       method=method)

@@ -43,6 +43,24 @@ def test_fit_recovers_a_planted_calibration():
   assert fitted.apply(fitted.inverse(q)) == pytest.approx(q)
 
 
+def test_isotonic_fits_a_non_logistic_relation_and_inverts():
+  """Relevance jumps from .2 to .9 at p = .1 (a label-share estimate behaves so): Platt's
+  sigmoid cannot follow it, the isotonic map can."""
+  rng = np.random.default_rng(1)
+  p = rng.uniform(0, 0.5, size=(20_000, 4))
+  y = rng.uniform(size=p.shape) < np.where(p < 0.1, 0.2, 0.9)
+  iso, platt = calibration.fit(p, y, "isotonic"), calibration.fit(p, y, "platt")
+  ece = {c.method: calibration.expected_calibration_error(c.apply(p), y)[0]
+         for c in (iso, platt)}
+  assert ece["isotonic"] < 0.01 < ece["platt"]
+  assert np.all(np.diff(iso.apply(np.linspace(0, 1, 101))) >= 0)
+  for q in (0.3, 0.85):  # The smallest estimate reaching q, then the map gives >= q.
+    assert iso.apply(iso.inverse(q)) >= q - 1e-9
+    assert iso.apply(iso.inverse(q) - 1e-3) < q
+  again = calibration.Calibration.from_json(iso.to_json())
+  np.testing.assert_array_equal(again.apply(p[:5]), iso.apply(p[:5]))
+
+
 def test_identity_calibration_changes_nothing():
   p = np.array([0.001, 0.2, 0.5, 0.9])
   np.testing.assert_allclose(calibration.Calibration().apply(p), p, rtol=1e-6)
@@ -64,7 +82,7 @@ def test_predict_proba_returns_every_class_above_the_threshold(tmp_path):
   # A saved calibration moves the cut: the same classes as thresholding the estimate at
   # its inverse.
   cal = calibration.Calibration(temperature=0.5, bias=0.3)
-  bundle.set_calibration(str(folder), cal._asdict())
+  bundle.set_calibration(str(folder), cal.to_json())
   p2 = Predictor.load(str(folder))
   assert p2.calibration == cal
   for i, (cls, prob) in enumerate(p2.predict_proba(X, threshold=t)):
@@ -78,7 +96,7 @@ def test_a_malformed_calibration_is_refused(tmp_path):
   folder = tmp_path / "model"
   shutil.copytree(V1_XC, folder)
   info = json.load(open(folder / "model.json"))
-  info["calibration"] = {"temperature": -1, "bias": 0}
+  info["calibration"] = {"method": "platt", "temperature": -1, "bias": 0}
   json.dump(info, open(folder / "model.json", "w"))
   with pytest.raises(ValueError, match=r"model.json: .*calibration"):
     Predictor.load(str(folder))
