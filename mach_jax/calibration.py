@@ -21,9 +21,9 @@ repetitions were trained with:
 points (each one's top-k classes against their relevance): Platt's sigmoid(logit(p) / T +
 b), or an isotonic step function, which also fits estimates whose relation to relevance is
 not logistic (with ``softmax_hist``, a label's share is about 1/|y|: a relevant label of a
-point with many labels has a small estimate). Rankings do not move. Dividing the *bucket* logits by a
-temperature instead (temperature scaling, Guo et al., ICML 2017) changes the merged
-ranking, and did worse on bibtex (experiments/bench/NOTES.md).
+point with many labels has a small estimate). Rankings do not move. Dividing the *bucket*
+logits by a temperature instead (temperature scaling, Guo et al., ICML 2017) changes the
+merged ranking, and did worse on bibtex (experiments/bench/NOTES.md).
 
 Calibration is measured as the expected calibration error over each point's top-k
 classes: their probabilities are binned into ``bins`` equal-width bins, and ECE is the
