@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
@@ -20,14 +21,23 @@ from mach_jax.data import batching
 
 def batch_logits(params, logits_fn: Callable, X, Y, *, batch_size: int, mesh: Mesh,
                  dense: bool = False, widths: batching.Widths | None = None):
-  """Yield (batch, logits [R, b, B] on the first device, real rows n) batch by batch."""
+  """Yield (batch, logits [R, b, B] on the first device, real rows n) batch by batch.
+
+  One batch (a single query, say) is made in the caller's thread; more are made ahead in a
+  background thread (``batching.prefetch``). In a single process the logits move to the
+  first device directly; across processes they are gathered through the hosts.
+  """
   shards = mesh.shape[sharding.DATA_AXIS]
-  for batch in batching.prefetch(batching.iterate_batches(X, Y, batch_size, shuffle=False,
-                                                          dense=dense, num_shards=shards,
-                                                          widths=widths)):
+  batches = batching.iterate_batches(X, Y, batch_size, shuffle=False, dense=dense,
+                                     num_shards=shards, widths=widths)
+  first = jax.devices()[0]
+  for batch in batches if X.shape[0] <= batch_size else batching.prefetch(batches):
     sharded = logits_fn(params, sharding.put(batch, sharding.batch_shardings(mesh, batch)))
-    yield batch, jnp.asarray(multihost_utils.process_allgather(sharded, tiled=True)), \
-        int(batch["mask"].sum())
+    if jax.process_count() == 1:
+      logits = jax.device_put(sharded, first)
+    else:
+      logits = jnp.asarray(multihost_utils.process_allgather(sharded, tiled=True))
+    yield batch, logits, int(batch["mask"].sum())
 
 
 def predict_topk(params, logits_fn: Callable, decoder: decode.Decoder, X, Y, *,

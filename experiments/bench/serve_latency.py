@@ -2,6 +2,11 @@
 
     python -m experiments.bench.serve_latency --workdir runs/deb_text \
         --queries runs/data/debian/test.tsv --n 1000
+    python -m experiments.bench.serve_latency --workdir runs/cal_bibtex \
+        --queries ../shared/data/bibtex/test.txt.gz --n 1000     # an XC model: in process
+
+With an XC file as ``--queries`` (a model trained on feature vectors), each test point is
+answered alone by ``Predictor.predict_topk`` in process; there is no HTTP service for those.
 
 Takes the first ``--n`` queries of a query log (the text before the tab), answers each one
 alone (top ``--k``) with ``Searcher.search`` after ``--warmup`` queries, then again through
@@ -31,6 +36,42 @@ def percentiles(ms: list[float]) -> dict[str, float]:
           "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "n": int(a.size)}
 
 
+def _is_xc(path: str) -> bool:
+  """Whether ``path`` starts with an XC header (three integers) rather than a query."""
+  import gzip
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rt", encoding="utf-8") as f:
+    line = f.readline()
+  first = line.split()
+  return "\t" not in line and len(first) == 3 and all(t.isdigit() for t in first)
+
+
+def xc_latency(args) -> None:
+  """In-process single-point latency of a model trained on XC features."""
+  import os
+
+  from mach_jax import bundle
+  from mach_jax.data.xc import read_xc
+  from mach_jax.predictor import Predictor
+  predictor = Predictor.load(os.path.join(args.workdir, bundle.BUNDLE_DIR))
+  X = read_xc(args.queries).X[:args.n + args.warmup]
+  for i in range(args.warmup):
+    predictor.predict_topk(X[i], k=args.k)
+  ms = []
+  for i in range(args.warmup, X.shape[0]):
+    t0 = time.perf_counter()
+    predictor.predict_topk(X[i], k=args.k)
+    ms.append((time.perf_counter() - t0) * 1e3)
+  out = {"workdir": args.workdir, "k": args.k, "K": predictor.spec.K,
+         "in_process_ms": percentiles(ms)}
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, "serve_latency.json"), "w") as f:
+    json.dump(out, f, indent=2)
+  p = out["in_process_ms"]
+  print(f"in_process_ms: p50 {p['p50']:7.2f}  p95 {p['p95']:7.2f}  p99 {p['p99']:7.2f}  "
+        f"({p['n']} points)")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", required=True)
@@ -41,6 +82,8 @@ def main() -> None:
   parser.add_argument("--out", default="runs/serve_latency")
   args = parser.parse_args()
 
+  if _is_xc(args.queries):
+    return xc_latency(args)
   import uvicorn
 
   from experiments import serve
