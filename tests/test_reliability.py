@@ -35,12 +35,12 @@ def small_disk(tmp_path):
 # ---- Two runs, one workdir -------------------------------------------------------------
 
 
-def test_a_second_claim_is_refused_while_the_first_holds():
-  with workdir_lib.claim("/tmp/mach_jax_lock_test_1"):
+def test_a_second_claim_is_refused_while_the_first_holds(tmp_path):
+  with workdir_lib.claim(str(tmp_path)):
     with pytest.raises(workdir_lib.WorkdirInUseError, match=rf"pid {os.getpid()} on "):
-      with workdir_lib.claim("/tmp/mach_jax_lock_test_1"):
+      with workdir_lib.claim(str(tmp_path)):
         pass
-  with workdir_lib.claim("/tmp/mach_jax_lock_test_1"):  # Released at the end of the block.
+  with workdir_lib.claim(str(tmp_path)):  # Released at the end of the block.
     pass
 
 
