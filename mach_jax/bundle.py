@@ -177,6 +177,45 @@ def widen(path: str, out: str, num_classes: int) -> None:
     json.dump(raw, f, indent=2)
 
 
+def load_params_like(path: str, target: Any, spec: HashSpec, num_features: int) -> Any:
+  """The parameters of the model folder ``path``, placed as ``target`` is (a run's own
+  initial parameters), to start a run whose hash spec is ``spec`` over D = num_features.
+
+  The folder's catalogue may be smaller than the run's (``HashSpec.widened``: old ids
+  keep their buckets); everything else must match.
+
+  Raises:
+    ValueError: naming the folder and what differs (hash spec, D, or an array's shape).
+  """
+  import orbax.checkpoint as ocp
+  path = os.path.abspath(path)
+  info = read_info(path)
+  saved = HashSpec.from_dict(info["hash_spec"])
+  try:
+    fits = (saved if saved.K == spec.K else saved.widened(spec.K)) == spec
+  except ValueError:
+    fits = False
+  if not fits or int(info["num_features"]) != num_features:
+    raise ValueError(f"{path}: its model (hash spec {saved.to_dict()}, D={info['num_features']})"
+                     f" cannot start this run (hash spec {spec.to_dict()}, D={num_features}); "
+                     "only a larger catalogue K may differ: match model.R, model.B, the hash "
+                     "family and seed, the input hash and the featurizer")
+  with ocp.StandardCheckpointer() as ckptr:
+    meta = ckptr.metadata(os.path.join(path, "params"))
+    tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
+    got = {jax.tree_util.keystr(k): tuple(v.shape)
+           for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+    want = {jax.tree_util.keystr(k): tuple(v.shape)
+            for k, v in jax.tree_util.tree_leaves_with_path(target)}
+    if got != want:
+      diff = sorted(set(got.items()) ^ set(want.items()))[:4]
+      raise ValueError(f"{path}: its arrays differ from this run's ({diff}); match "
+                       "model.hidden and the model's other sizes")
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                           sharding=x.sharding), target)
+    return ckptr.restore(os.path.join(path, "params"), abstract)
+
+
 def set_calibration(path: str, calibration: dict) -> None:
   """Save a fitted calibration (``mach_jax.calibration.Calibration.to_json()``) in the
   folder's ``model.json`` (rewritten atomically)."""

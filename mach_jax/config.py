@@ -112,6 +112,10 @@ def default_config() -> ml_collections.ConfigDict:
   # With a validation slice: stop after this many periodic evaluations without a new best
   # checkpoint.best_metric; 0 never stops early.
   c.train.early_stopping_patience = 0
+  # A model folder whose parameters start the run instead of a fresh initialisation (its
+  # catalogue may since have grown: bundle.load_params_like). The optimizer starts afresh;
+  # a run that resumes from its own checkpoint ignores this.
+  c.train.init_from = ""
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.enabled = True  # Rerunning the same command with the same workdir resumes.

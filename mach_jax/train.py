@@ -122,6 +122,9 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
                if start_epoch < tc.num_epochs else "training already complete, evaluating")
       logging.info("resumed from %s/%d: %s", manager.directory, restored.step, where)
   state = restored.state if restored is not None else setup.initial_state()
+  if restored is None and tc.init_from:
+    state = state._replace(params=bundle.load_params_like(tc.init_from, state.params, spec, D))
+    logging.info("started from the parameters of %s", tc.init_from)
   logging.info("%s", sharding.check_state_sharding(mesh, state, spec.R))
   logging.info("MACH: K=%d classes, D=%d features, R=%d x B=%d buckets (%s hash); %s "
                "parameters, %.3gx the %s of a full softmax. %d train / %d test points.",

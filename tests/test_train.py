@@ -8,7 +8,7 @@ import pytest
 
 from experiments.configs import bibtex
 from mach_jax import data as data_lib, loop, state as state_lib, steps, train
-from tests.helpers import popular_baseline, shared_file, tiny_config, tiny_setup
+from tests.helpers import flat, popular_baseline, shared_file, tiny_config, tiny_setup
 
 
 def _losses(workdir):
@@ -170,3 +170,25 @@ def test_target_without_periodic_evaluations_is_an_error(tmp_path):
   c.train.update(target_metric="P@1", target_value=0.5)
   with pytest.raises(ValueError, match="needs periodic evaluations"):
     train.train_and_evaluate(c, str(tmp_path))
+
+
+def test_init_from_a_model_folder_starts_from_its_parameters(tmp_path):
+  """A run started from a model folder (train.init_from) begins at its parameters: with a
+  learning rate of 0 it exports them unchanged, bit for bit. A folder of another model is
+  refused before training."""
+  from mach_jax import bundle
+  c = tiny_config()
+  c.train.num_epochs = 1
+  train.train_and_evaluate(c, str(tmp_path / "first"))
+  folder = str(tmp_path / "first" / "model")
+  c.train.init_from = folder
+  c.optimizer.learning_rate = 0.0
+  train.train_and_evaluate(c, str(tmp_path / "second"))
+  a = flat(bundle.load(folder)[2])
+  b = flat(bundle.load(str(tmp_path / "second" / "model"))[2])
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=key)
+  c.model.B = 64
+  with pytest.raises(ValueError, match=r"cannot start this run .*model.B"):
+    train.train_and_evaluate(c, str(tmp_path / "third"))
