@@ -48,8 +48,6 @@ def _is_xc(path: str) -> bool:
 
 def xc_latency(args) -> None:
   """In-process single-point latency of a model trained on XC features."""
-  import os
-
   from mach_jax import bundle
   from mach_jax.data.xc import read_xc
   from mach_jax.predictor import Predictor
