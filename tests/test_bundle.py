@@ -27,8 +27,9 @@ def test_format_1_xc_folder_loads_and_predicts_as_before():
                 dtype=np.float32)
   scores, ids = p.predict_topk(X, k=5)
   np.testing.assert_array_equal(ids, expected["ids"])
-  # Scores to the last bits only: queries are now padded to a power-of-two batch and width
-  # (Predictor.predict_topk), and XLA's sums follow the padded shape.
+  # Scores to the last bits only: the code that wrote expected.json padded queries to
+  # another batch and width than Predictor.predict_topk does, and XLA's sums follow the
+  # padded shape.
   np.testing.assert_allclose(scores, np.asarray(expected["scores"], np.float32), rtol=1e-6)
 
 

@@ -218,7 +218,8 @@ def test_nothing_in_the_package_unpickles():
 
 def test_a_checkpoint_and_an_evaluation_due_at_the_same_step_save_once(tmp_path):
   """With a validation slice the evaluation at an epoch's end saves that step; a periodic
-  save due at the same step used to collide with it (orbax: step already exists)."""
+  save due at the same step must not save it a second time (orbax refuses an existing
+  step)."""
   c = tiny_config()
   c.data.validation_fraction = 0.05
   c.checkpoint.update(best_metric="P@1", every_steps=5)
