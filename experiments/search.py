@@ -18,6 +18,7 @@ import time
 
 from absl import app, flags, logging
 
+from mach_jax.data.lines import iter_text_lines
 from mach_jax.search import Searcher
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (or a model folder).")
@@ -30,17 +31,8 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def read_queries(path: str) -> list[str]:
-  """The first tab-separated column of each line of ``path`` (UTF-8; line i is query i)."""
-  queries = []
-  with open(path, "rb") as f:
-    for lineno, raw in enumerate(f, start=1):
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        raise app.UsageError(f"{path}:{lineno}: not valid UTF-8 (byte "
-                             f"{raw[e.start:e.start + 1]!r} at column {e.start + 1})") from None
-      queries.append(line.removesuffix("\n").removesuffix("\r").split("\t")[0])
-  return queries
+  """The first tab-separated column of each line of ``path`` (line i is query i)."""
+  return [line.split("\t")[0] for _, line in iter_text_lines(path, app.UsageError)]
 
 
 def main(argv):

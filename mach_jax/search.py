@@ -21,6 +21,7 @@ import numpy as np
 
 from mach_jax import bundle
 from mach_jax.bundle import BUNDLE_DIR
+from mach_jax.data.lines import iter_text_lines
 from mach_jax.data.text import TextFeaturizer
 from mach_jax.predictor import Predictor
 
@@ -34,7 +35,7 @@ class Hit:
 
 def read_titles(path: str, num_products: int) -> list[str]:
   """Title of each product id from ``id<TAB>title[<TAB>...]`` lines; ids must be 0..K-1,
-  each on exactly one line (UTF-8; lines end at "\n", a "\r" before it dropped).
+  each on exactly one line (read as ``mach_jax.data.lines`` reads lines).
 
   Raises:
     ValueError: naming ``path`` and the line: a malformed line, an id out of range or on
@@ -42,24 +43,16 @@ def read_titles(path: str, num_products: int) -> list[str]:
   """
   titles: list[str | None] = [None] * num_products
   where: dict[int, int] = {}
-  with open(path, "rb") as f:
-    for lineno, raw in enumerate(f, start=1):
-      try:
-        line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
-      except UnicodeDecodeError as e:
-        raise ValueError(f"{path}:{lineno}: not valid UTF-8 (byte "
-                         f"{raw[e.start:e.start + 1]!r} at column {e.start + 1})") from None
-      if lineno == 1:
-        line = line.removeprefix("\ufeff")
-      parts = line.split("\t")
-      if len(parts) < 2 or not re.fullmatch(r"[0-9]+", parts[0]):
-        raise ValueError(f"{path}:{lineno}: expected 'id<TAB>title', found {line[:80]!r}")
-      i = int(parts[0])
-      if i >= num_products:
-        raise ValueError(f"{path}:{lineno}: id {i} outside [0, {num_products})")
-      if i in where:
-        raise ValueError(f"{path}:{lineno}: id {i} already has a title, on line {where[i]}")
-      titles[i], where[i] = parts[1], lineno
+  for lineno, line in iter_text_lines(path, ValueError):
+    parts = line.split("\t")
+    if len(parts) < 2 or not re.fullmatch(r"[0-9]+", parts[0]):
+      raise ValueError(f"{path}:{lineno}: expected 'id<TAB>title', found {line[:80]!r}")
+    i = int(parts[0])
+    if i >= num_products:
+      raise ValueError(f"{path}:{lineno}: id {i} outside [0, {num_products})")
+    if i in where:
+      raise ValueError(f"{path}:{lineno}: id {i} already has a title, on line {where[i]}")
+    titles[i], where[i] = parts[1], lineno
   missing = [i for i, t in enumerate(titles) if t is None]
   if missing:
     raise ValueError(f"{path}: {len(missing)} product ids have no line (first: {missing[0]})")

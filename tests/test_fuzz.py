@@ -17,11 +17,12 @@ SOURCE = f"{ROOT}/tests/data/model_v1/xc"
 
 
 @pytest.mark.parametrize("name", ["xc (plain)", "xc (gzip)", "query log", "catalogue",
-                                  "model.json"])
+                                  "search queries", "model.json"])
 def test_parser_agrees_with_its_grammar(tmp_path, name):
   row = fuzz.run(name, fuzz.targets(str(tmp_path), SOURCE)[name], cases=150, seed=1)
   assert row["first_failures"] == []
-  assert row["accepted"] > 20 and row["refused"] > 20  # Both sides of the property ran.
+  # Both sides of the property ran (a query file is refused only for invalid UTF-8).
+  assert row["accepted"] > 20 and row["refused"] > (5 if name == "search queries" else 20)
 
 
 @pytest.mark.parametrize("body, match", [

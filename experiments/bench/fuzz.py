@@ -3,7 +3,8 @@
     python -m experiments.bench.fuzz --cases 10000 --out runs/fuzz
 
 Each case is a valid file drawn by hypothesis (an XC file, plain or gzip; a query log; a
-catalogue; a model folder's ``model.json``), then mutated at the byte level zero to three
+catalogue; the search CLI's ``--input`` file of queries; a model folder's ``model.json``),
+then mutated at the byte level zero to three
 times (bytes replaced, inserted or deleted; lines duplicated, dropped or cut; the header's
 numbers changed; NaN, inf, huge numbers, non-ASCII digits and spaces, CRLF, a BOM, invalid
 UTF-8, no final newline, an empty file). The parser's answer is compared with an oracle
@@ -321,6 +322,33 @@ def check_catalogue(raw: bytes, folder: str, K: int = 4) -> str:
   return "accepted"
 
 
+def check_queries(raw: bytes, folder: str) -> str:
+  """The search CLI's ``--input`` file: each line's first tab-separated column."""
+  from absl import app
+
+  from experiments.search import read_queries
+  path = os.path.join(folder, "queries.txt")
+  with open(path, "wb") as f:
+    f.write(raw)
+  try:
+    want = [_decode(part, i).split("\t")[0]
+            for i, part in enumerate(_split_lines(raw), start=1)]
+  except Refused as verdict:
+    try:
+      read_queries(path)
+    except Exception as e:  # noqa: BLE001
+      _expect_refusal(e, app.UsageError, path, verdict, raw)
+      return "refused"
+    raise SilentChange(f"the oracle refuses line {verdict.line}; read_queries accepted {raw!r}")
+  try:
+    got = read_queries(path)
+  except Exception as e:  # noqa: BLE001
+    raise UnexplainedCrash(f"a valid query file was refused: {type(e).__name__}: {e}")
+  if got != want:
+    raise SilentChange(f"read_queries differs from the oracle: {got} vs {want}")
+  return "accepted"
+
+
 def check_model_json(raw: bytes, folder: str, source: str) -> str:
   """A model folder whose model.json is ``raw``: loads, or is refused naming the file."""
   from mach_jax import bundle
@@ -370,7 +398,7 @@ def model_json_case(draw, st, valid: dict) -> bytes:
 # ---- The campaign --------------------------------------------------------------------------
 
 def targets(folder: str, source: str):
-  """{name: hypothesis test function over ``cases``} for the four parsers."""
+  """{name: hypothesis test function over ``cases``} for every parser."""
   from hypothesis import strategies as st
   valid = json.load(open(os.path.join(source, "model.json")))
   return {
@@ -379,6 +407,8 @@ def targets(folder: str, source: str):
       "query log": (lambda draw: check_log(mutate(draw, st, log_text(draw, st, 5)), folder)),
       "catalogue": (lambda draw: check_catalogue(
           mutate(draw, st, catalogue_text(draw, st, 4)), folder)),
+      "search queries": (lambda draw: check_queries(
+          mutate(draw, st, log_text(draw, st, 5)), folder)),
       "model.json": (lambda draw: check_model_json(model_json_case(draw, st, valid), folder,
                                                    source)),
   }

@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mach_jax.data import batching, validation
+from mach_jax.data.lines import iter_text_lines
 from mach_jax.data.text import TextFeaturizer
 from mach_jax.data.xc import XCData
 
@@ -65,29 +66,19 @@ def read_lines(path: str, num_labels: int, read_chunk: int
                ) -> Iterator[tuple[list[str], list[list[int]], int]]:
   """(queries, label lists, line number of the first) per chunk of ``read_chunk`` lines.
 
-  Lines end at "\n" (a "\r" before it is dropped; the last may lack it); the file is
-  UTF-8, a byte-order mark skipped.
+  Lines as ``mach_jax.data.lines`` reads them (UTF-8, "\n" ends, a BOM skipped).
   """
-  with open(path, "rb") as f:
-    queries, labels, first = [], [], 1
-    for lineno, raw in enumerate(f, start=1):
-      where = f"{path}:{lineno}"
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        raise QueryLogError(f"{where}: not valid UTF-8 (byte {raw[e.start:e.start + 1]!r} at "
-                            f"column {e.start + 1})") from None
-      line = line.removesuffix("\n").removesuffix("\r")
-      if lineno == 1:
-        line = line.removeprefix("\ufeff")
-      query, ids = _split(line, where)
-      queries.append(query)
-      labels.append(_parse_ids(ids, where, num_labels))
-      if len(queries) == read_chunk:
-        yield queries, labels, first
-        queries, labels, first = [], [], lineno + 1
-    if queries:
+  queries, labels, first = [], [], 1
+  for lineno, line in iter_text_lines(path, QueryLogError):
+    where = f"{path}:{lineno}"
+    query, ids = _split(line, where)
+    queries.append(query)
+    labels.append(_parse_ids(ids, where, num_labels))
+    if len(queries) == read_chunk:
       yield queries, labels, first
+      queries, labels, first = [], [], lineno + 1
+  if queries:
+    yield queries, labels, first
 
 
 def label_matrix(labels: list[list[int]], num_labels: int) -> sp.csr_matrix:

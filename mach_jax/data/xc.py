@@ -21,12 +21,12 @@ import os
 import re
 import tempfile
 import warnings
-import zlib
 
 import numpy as np
 import scipy.sparse as sp
 
 from mach_jax.data import batching
+from mach_jax.data.lines import read_text_lines
 
 
 @dataclasses.dataclass
@@ -87,36 +87,6 @@ _FEATURE_TOKEN = re.compile(r"(-?[0-9]+):(\S*)")
 _NON_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _ODD_SPACE = re.compile(r"[^\S \t\n]")  # Whitespace that is not a separator.
-
-
-def read_text_lines(path: str, error: type[ValueError]) -> list[str]:
-  """The lines of a UTF-8 text file, plain or gzip, without their line ends.
-
-  A byte-order mark is skipped; lines end at "\n" only (a "\r" just before it is
-  dropped); a missing final newline is allowed.
-
-  Raises:
-    ``error``: naming ``path`` (and the line) for a damaged gzip stream or invalid UTF-8.
-  """
-  with open(path, "rb") as f:
-    raw = f.read()
-  if raw[:2] == b"\x1f\x8b":
-    try:
-      raw = gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
-      raise error(f"{path}: damaged gzip stream ({e}); the file is truncated or corrupt") \
-          from None
-  try:
-    text = raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    line = raw.count(b"\n", 0, e.start) + 1
-    raise error(f"{path}:{line}: not valid UTF-8 (byte {raw[e.start:e.start + 1]!r} at "
-                f"offset {e.start})") from None
-  text = text.removeprefix("\ufeff")
-  lines = text.split("\n")
-  if lines[-1] == "":
-    lines.pop()
-  return [l[:-1] if l.endswith("\r") else l for l in lines]
 
 
 def read_xc(path: str, cache_dir: str | None = None) -> XCData:
