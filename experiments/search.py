@@ -18,8 +18,7 @@ import time
 
 from absl import app, flags, logging
 
-from mach_jax.data.lines import iter_text_lines
-from mach_jax.search import Searcher
+from mach_jax.search import Searcher, read_queries
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (or a model folder).")
 _CATALOGUE = flags.DEFINE_string("catalogue", None, "products.tsv (default: the config's).")
@@ -28,11 +27,6 @@ _ESTIMATOR = flags.DEFINE_string("estimator", None, "Merge estimator (default: t
 _INPUT = flags.DEFINE_string("input", None, "File of queries, one per line (TSV: column 1).")
 _OUTPUT = flags.DEFINE_string("output", None, "With --input: where to write the top-k ids.")
 flags.mark_flags_as_required(["workdir"])
-
-
-def read_queries(path: str) -> list[str]:
-  """The first tab-separated column of each line of ``path`` (line i is query i)."""
-  return [line.split("\t")[0] for _, line in iter_text_lines(path, app.UsageError)]
 
 
 def main(argv):
@@ -46,7 +40,10 @@ def main(argv):
   t0 = time.time()
   searcher = Searcher.load(_WORKDIR.value, _CATALOGUE.value)
   if _INPUT.value:
-    queries = read_queries(_INPUT.value)
+    try:
+      queries = read_queries(_INPUT.value)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
   t1 = time.time()
   try:
     results = searcher.search(queries, k=_K.value, estimator=_ESTIMATOR.value)

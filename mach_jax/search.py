@@ -59,6 +59,15 @@ def read_titles(path: str, num_products: int) -> list[str]:
   return titles  # type: ignore[return-value]
 
 
+def read_queries(path: str) -> list[str]:
+  """The first tab-separated column of each line of ``path`` (line i is query i).
+
+  Raises:
+    ValueError: naming ``path`` and the line, for invalid UTF-8.
+  """
+  return [line.split("\t")[0] for _, line in iter_text_lines(path, ValueError)]
+
+
 class Searcher:
   """A model folder plus its featurizer and product titles."""
 

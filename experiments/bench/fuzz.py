@@ -324,9 +324,7 @@ def check_catalogue(raw: bytes, folder: str, K: int = 4) -> str:
 
 def check_queries(raw: bytes, folder: str) -> str:
   """The search CLI's ``--input`` file: each line's first tab-separated column."""
-  from absl import app
-
-  from experiments.search import read_queries
+  from mach_jax.search import read_queries
   path = os.path.join(folder, "queries.txt")
   with open(path, "wb") as f:
     f.write(raw)
@@ -337,7 +335,7 @@ def check_queries(raw: bytes, folder: str) -> str:
     try:
       read_queries(path)
     except Exception as e:  # noqa: BLE001
-      _expect_refusal(e, app.UsageError, path, verdict, raw)
+      _expect_refusal(e, ValueError, path, verdict, raw)
       return "refused"
     raise SilentChange(f"the oracle refuses line {verdict.line}; read_queries accepted {raw!r}")
   try:
