@@ -44,14 +44,18 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  summary = _SUMMARY + tuple(k for k in ("P@10", "R@10") if k in results)
-  print("test " + "  ".join(f"{k} {results[k]:.4f}" for k in summary)
-        + f"  (estimator: {results['estimator']})")
-  for name, res in results["by_estimator"].items():
-    print(f"  {name:>9}: P@1 {res['P@1']:.4f}  P@3 {res['P@3']:.4f}  P@5 {res['P@5']:.4f}")
-  base = results["popularity_baseline"]
-  print("  the most frequent training labels for every point: "
-        + "  ".join(f"{k} {base[k]:.4f}" for k in summary if k in base))
+  if "P@1" in results:
+    summary = _SUMMARY + tuple(k for k in ("P@10", "R@10") if k in results)
+    print("test " + "  ".join(f"{k} {results[k]:.4f}" for k in summary)
+          + f"  (estimator: {results['estimator']})")
+    for name, res in results["by_estimator"].items():
+      print(f"  {name:>9}: P@1 {res['P@1']:.4f}  P@3 {res['P@3']:.4f}  P@5 {res['P@5']:.4f}")
+    base = results["popularity_baseline"]
+    print("  the most frequent training labels for every point: "
+          + "  ".join(f"{k} {base[k]:.4f}" for k in summary if k in base))
+  else:  # eval.final_test = False: the test split was not read.
+    print(f"no test evaluation (config.eval.final_test=False); selected: "
+          f"{results.get('selected')}")
   ratio = results["num_params_full_softmax"] / results["num_params"]
   print(f"parameters: {results['num_params']:,} (MACH) vs {results['num_params_full_softmax']:,} "
         f"(full softmax): the full softmax needs {ratio:.3g}x MACH's; "

@@ -230,13 +230,18 @@ def set_calibration(path: str, calibration: dict) -> None:
 
 
 def expected_shapes(info: dict, config) -> dict[str, tuple[int, ...]]:
-  """The shapes ``model.json`` implies for the input table and the output layer."""
+  """The shapes ``model.json`` implies for the input table and the output layer (keyed by
+  the path below ``params``; a shared input table has no repetition axis)."""
   spec = HashSpec.from_dict(info["hash_spec"])
   hidden = tuple(config.model.hidden)
   D = spec.input_dim or int(info["num_features"])
-  first = "input_dense/kernel" if config.model.dense_input else model_lib.TABLE
-  return {first: (spec.R, D, hidden[0]), "output/kernel": (spec.R, hidden[-1], spec.B),
-          "output/bias": (spec.R, spec.B)}
+  if config.model.get("shared_input", False):
+    first = (f"{model_lib.SHARED}/{model_lib.TABLE}", (D, hidden[0]))
+  else:
+    first = ("reps/" + ("input_dense/kernel" if config.model.dense_input else model_lib.TABLE),
+             (spec.R, D, hidden[0]))
+  return {first[0]: first[1], "reps/output/kernel": (spec.R, hidden[-1], spec.B),
+          "reps/output/bias": (spec.R, spec.B)}
 
 
 def check_shapes(tree: Any, info: dict, config, path: str) -> None:
@@ -245,10 +250,12 @@ def check_shapes(tree: Any, info: dict, config, path: str) -> None:
   Raises:
     ValueError: naming the folder, the array, its shape and the expected one.
   """
-  flat = {"/".join(str(getattr(k, "key", k)) for k in keys[1:]): leaf.shape
+  flat = {"/".join(str(getattr(k, "key", k)) for k in keys): leaf.shape
           for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
   spec = HashSpec.from_dict(info["hash_spec"])
   for name, shape in flat.items():
+    if name.startswith(model_lib.SHARED + "/"):
+      continue
     if not shape or shape[0] != spec.R:
       raise ValueError(f"{path}: array {name} has shape {tuple(shape)}, without the leading "
                        f"axis R={spec.R} of model.json's hash spec; the folder is inconsistent")

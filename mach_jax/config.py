@@ -77,6 +77,11 @@ def default_config() -> ml_collections.ConfigDict:
   # [D, H]. 0 = off. input_sign: a seeded +-1 per feature, as in feature hashing.
   c.model.input_dim = 0  # -1: derived from the data (see resolve).
   c.model.input_sign = True
+  # One [D, H] input table feeding all R repetitions (their hidden and output layers stay
+  # their own): R times fewer input rows to gather and update, but the repetitions are
+  # coupled, and a 'rep'-sharded step all-reduces the [b, H] gradient of the shared layer's
+  # output. Sparse input, no input hash. Off: the default path is collective-free.
+  c.model.shared_input = False
   c.model.hash_family = "murmur"  # universal | murmur | balanced | identity (full softmax).
   c.model.hash_seed = 0
   c.model.loss = "bce"  # bce | softmax_hist | softmax | auto (see resolve).
@@ -157,7 +162,8 @@ def resolve(config, num_classes: int, labels_per_point: float,
   * ``model.R = 0`` -> 8 repetitions.
   * ``model.input_dim = -1`` -> the power of two at most D / R, so that the R hashed input
     tables together hold no more rows than one [D, H] table; 0 (no input hash) when
-    D < 65,536, where the tables are small anyway (D = 2^18, R = 8: 32,768).
+    D < 65,536, where the tables are small anyway (D = 2^18, R = 8: 32,768), or with
+    ``model.shared_input``.
   * ``model.B = 0`` -> the power of two nearest 8 sqrt(K), at most K: about 8x more buckets
     than classes per bucket (K = 159: 128; K = 63,000: 2,048; K = 1M: 8,192).
   * ``model.loss = 'auto'`` -> ``softmax_hist`` when points carry at most 2 labels on average
@@ -173,6 +179,8 @@ def resolve(config, num_classes: int, labels_per_point: float,
   m = c.model
   if m.R == 0:
     m.R = AUTO_R
+  if m.input_dim == -1 and m.shared_input:
+    m.input_dim = 0  # A shared table reads the features unhashed.
   if m.input_dim == -1:
     if num_features is None:
       raise ValueError("config.model.input_dim=-1 is derived from D: pass num_features")
@@ -209,11 +217,15 @@ def make_model(config, num_features: int, spec: HashSpec) -> model_lib.MACH:
   if spec.input_dim and m.dense_input:
     raise ValueError(f"config.model.input_dim={spec.input_dim} hashes sparse features: it "
                      "needs config.model.dense_input=False (or input_dim=0)")
+  if m.shared_input and (m.dense_input or spec.input_dim):
+    raise ValueError("config.model.shared_input=True shares one [D, H] table of sparse, "
+                     "unhashed features: it needs config.model.dense_input=False and "
+                     f"config.model.input_dim=0 (got {m.dense_input}, {spec.input_dim})")
   return model_lib.MACH(num_repetitions=spec.R,
                         num_features=spec.input_dim or num_features, num_buckets=spec.B,
                         hidden=tuple(m.hidden), sparse_input=not m.dense_input,
                         embedding_bag=m.embedding_bag, dtype=jnp.dtype(m.dtype),
-                        table_dtype=jnp.dtype(m.table_dtype))
+                        table_dtype=jnp.dtype(m.table_dtype), shared_input=m.shared_input)
 
 
 def make_decoder(config, spec: HashSpec) -> decode.Decoder:

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 REP_AXIS = "rep"
 TABLE = "embedding"  # The input table's parameter name: [R, D, H] under params['reps'].
+SHARED = "shared"  # With a shared input: params['shared'] holds the one [D, H] table.
 
 
 def embedding_bag(table: jax.Array, indices: jax.Array, values: jax.Array,
@@ -86,6 +87,8 @@ class Repetition(nn.Module):
     dtype: computation dtype (parameters are stored in float32, the table in table_dtype).
     table_dtype: storage dtype of the sparse input table (float32 or bfloat16); it is
       cast to ``dtype`` where it is read.
+    input_layer: False when the input layer is shared (``MACH.shared_input``): the
+      repetition is then called on that layer's output h [b, H] and owns only the rest.
   """
 
   num_features: int
@@ -95,31 +98,54 @@ class Repetition(nn.Module):
   embedding_bag: str = "auto"
   dtype: Any = jnp.float32
   table_dtype: Any = jnp.float32
+  input_layer: bool = True
 
   @nn.compact
   def __call__(self, x) -> jax.Array:
     if not self.hidden:
       raise ValueError("model.hidden must name at least the input layer's width H")
-    H = self.hidden[0]
-    if self.sparse_input:
-      table = self.param(TABLE, nn.initializers.normal(stddev=0.01),
-                         (self.num_features, H), self.table_dtype)
-      bias = self.param("embedding_bias", nn.initializers.zeros, (H,))
-      b, T = x["mask"].shape[0], x["indices"].shape[0]
-      if use_dense_bag(self.embedding_bag, b, self.num_features, T):
-        dense = densify(x["indices"], x["values"], x["segments"], b, self.num_features,
-                        self.dtype)
-        h = dense @ table.astype(self.dtype) + bias
-      else:
-        h = embedding_bag(table.astype(self.dtype), x["indices"], x["values"], x["segments"],
-                          b) + bias
+    if not self.input_layer:  # x is the shared input layer's output h [b, H].
+      h = x
+    elif self.sparse_input:
+      h = sparse_input_layer(self, x, self.num_features, self.hidden[0], self.embedding_bag,
+                             self.dtype, self.table_dtype)
     else:
-      h = nn.Dense(H, dtype=self.dtype, name="input_dense")(x)
+      h = nn.Dense(self.hidden[0], dtype=self.dtype, name="input_dense")(x)
     h = nn.relu(h)
     for i, width in enumerate(self.hidden[1:]):
       h = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"hidden_{i}")(h))
     logits = nn.Dense(self.num_buckets, dtype=self.dtype, name="output")(h)
     return logits.astype(jnp.float32)
+
+
+def sparse_input_layer(module: nn.Module, x, num_features: int, H: int, mode: str, dtype,
+                       table_dtype) -> jax.Array:
+  """The input layer's [b, H] pre-activation: ``module``'s [D, H] table ``TABLE`` and its
+  bias, met by the batch's nonzeros as ``mode`` says (see ``use_dense_bag``)."""
+  table = module.param(TABLE, nn.initializers.normal(stddev=0.01), (num_features, H),
+                       table_dtype)
+  bias = module.param("embedding_bias", nn.initializers.zeros, (H,))
+  b, T = x["mask"].shape[0], x["indices"].shape[0]
+  if use_dense_bag(mode, b, num_features, T):
+    dense = densify(x["indices"], x["values"], x["segments"], b, num_features, dtype)
+    return dense @ table.astype(dtype) + bias
+  return embedding_bag(table.astype(dtype), x["indices"], x["values"], x["segments"],
+                       b) + bias
+
+
+class SharedInput(nn.Module):
+  """One [D, H] input table for all repetitions (``MACH.shared_input``): h [b, H]."""
+
+  num_features: int
+  H: int
+  embedding_bag: str = "auto"
+  dtype: Any = jnp.float32
+  table_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x) -> jax.Array:
+    return sparse_input_layer(self, x, self.num_features, self.H, self.embedding_bag,
+                              self.dtype, self.table_dtype)
 
 
 class MACH(nn.Module):
@@ -128,6 +154,12 @@ class MACH(nn.Module):
   Calling it on a batch of b inputs returns logits of shape [R, b, B]: the input is
   broadcast to every repetition (``in_axes=None``), and each repetition has its own
   parameters and initialisation key (``split_rngs``).
+
+  With ``shared_input`` (sparse input only) one [D, H] table (``params['shared']``, no
+  repetition axis) feeds the R repetitions, which keep their own hidden and output layers.
+  The repetitions are then coupled: on a 'rep'-sharded mesh the gradient of the shared
+  layer's output h [b, H] is summed across devices (an all-reduce every step), which the
+  default, per-repetition tables never need.
   """
 
   num_repetitions: int
@@ -138,15 +170,25 @@ class MACH(nn.Module):
   embedding_bag: str = "auto"
   dtype: Any = jnp.float32
   table_dtype: Any = jnp.float32
+  shared_input: bool = False
 
   @nn.compact
   def __call__(self, x) -> jax.Array:
     in_axes = None
     if self.sparse_input and x["indices"].ndim == 2:  # Per-repetition (hashed) features.
+      if self.shared_input:
+        raise ValueError("a shared input table reads the features unhashed: per-repetition "
+                         "(input-hashed) indices are not supported with shared_input")
       if x["indices"].shape[0] != self.num_repetitions:
         raise ValueError(f"per-repetition indices of shape {x['indices'].shape}: expected "
                          f"a leading axis of R={self.num_repetitions}")
       in_axes = ({k: 0 if k in ("indices", "values") else None for k in x},)
+    if self.shared_input:
+      if not self.sparse_input:
+        raise ValueError("shared_input needs sparse input (config.model.dense_input=False)")
+      x = SharedInput(num_features=self.num_features, H=self.hidden[0],
+                      embedding_bag=self.embedding_bag, dtype=self.dtype,
+                      table_dtype=self.table_dtype, name=SHARED)(x)
     stacked = nn.vmap(
         Repetition,
         variable_axes={"params": 0},
@@ -159,19 +201,33 @@ class MACH(nn.Module):
     return stacked(num_features=self.num_features, num_buckets=self.num_buckets,
                    hidden=tuple(self.hidden), sparse_input=self.sparse_input,
                    embedding_bag=self.embedding_bag, dtype=self.dtype,
-                   table_dtype=self.table_dtype, name="reps")(x)
+                   table_dtype=self.table_dtype, input_layer=not self.shared_input,
+                   name="reps")(x)
 
 
 def split_table(params) -> tuple[jax.Array, dict]:
-  """(input table [R, D, H], every other parameter) of MACH's ``params``."""
-  reps = dict(params["reps"])
-  table = reps.pop(TABLE)
-  return table, {"reps": reps}
+  """(input table, every other parameter) of MACH's ``params``.
+
+  The table is [R, D, H] (``params['reps']``), or [D, H] with a shared input
+  (``params['shared']``).
+  """
+  where = SHARED if SHARED in params else "reps"
+  part = dict(params[where])
+  table = part.pop(TABLE)
+  return table, {**params, where: part}
 
 
 def join_table(table: jax.Array, rest: dict) -> dict:
   """The inverse of ``split_table``."""
-  return {"reps": {**rest["reps"], TABLE: table}}
+  where = SHARED if SHARED in rest else "reps"
+  return {**rest, where: {**rest[where], TABLE: table}}
+
+
+def split_shared(tree: dict) -> tuple[dict, dict]:
+  """(the per-repetition part ``{'reps': ...}``, the shared part ``{'shared': ...}`` or {})
+  of a parameter tree."""
+  return {k: v for k, v in tree.items() if k != SHARED}, (
+      {SHARED: tree[SHARED]} if SHARED in tree else {})
 
 
 def count_params(params) -> int:

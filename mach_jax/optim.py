@@ -19,14 +19,17 @@ References:
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["RowSparseAdamState", "RowSparseTransform", "check_schedule", "learning_rate",
-           "make_optimizer", "make_table_optimizer", "row_sparse_adam", "warmup_steps"]
+from mach_jax import model as model_lib
+
+__all__ = ["RowSparseAdamState", "RowSparseTransform", "check_schedule", "init_states",
+           "learning_rate", "make_optimizer", "make_table_optimizer", "row_sparse_adam",
+           "update_states", "warmup_steps"]
 
 
 def warmup_steps(opt, total_steps: int) -> int:
@@ -72,6 +75,27 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
     raise ValueError(f"config.optimizer.name={opt.name!r}: expected adam|adamw|sgd")
   parts = [optax.clip_by_global_norm(opt.clip_norm)] if opt.clip_norm > 0 else []
   return optax.chain(*parts, core)
+
+
+def init_states(tx: optax.GradientTransformation, params: dict) -> Any:
+  """``tx``'s state for ``params``: vmapped over the repetitions of ``params['reps']``
+  (every leaf [R, ...]); a shared input layer's part (``params['shared']``, no repetition
+  axis) gets one unvmapped state, under the key 'shared'."""
+  reps, shared = model_lib.split_shared(params)
+  states = jax.vmap(tx.init)(reps)
+  return {"reps": states, model_lib.SHARED: tx.init(shared)} if shared else states
+
+
+def update_states(tx: optax.GradientTransformation, grads: dict, states: Any,
+                  params: dict) -> tuple[dict, Any]:
+  """``tx.update`` over a tree laid out as ``init_states`` says: (updates, new states)."""
+  g_reps, g_shared = model_lib.split_shared(grads)
+  p_reps, p_shared = model_lib.split_shared(params)
+  if not g_shared:
+    return jax.vmap(tx.update)(g_reps, states, p_reps)
+  u_reps, s_reps = jax.vmap(tx.update)(g_reps, states["reps"], p_reps)
+  u_shared, s_shared = tx.update(g_shared, states[model_lib.SHARED], p_shared)
+  return {**u_reps, **u_shared}, {"reps": s_reps, model_lib.SHARED: s_shared}
 
 
 class RowSparseAdamState(NamedTuple):

@@ -101,9 +101,11 @@ def initialize_distributed(cfg) -> None:
 
 # (regex over a leaf's key path, its PartitionSpec); the first match wins. Every leaf of the
 # parameters and of the (vmapped) optimizer states has the repetition axis first; only the
-# global step counter is a scalar.
+# global step counter is a scalar, and a shared input layer (model.shared_input, every path
+# through a 'shared' key) is replicated.
 STATE_PARTITION_RULES = (
     (r"^\.step$", P()),
+    (r"\['shared'\]", P()),
     (r".*", P(REP_AXIS)),
 )
 
@@ -149,13 +151,14 @@ def check_state_sharding(mesh: Mesh, state: Any, num_repetitions: int) -> str:
 
   The expected layout is derived here from the shapes alone, not from the partition rules:
   a leaf whose leading axis has size R must be split on 'rep' (each device holding
-  R / rep of it); a scalar must be replicated; any other leaf is an error.
+  R / rep of it); a scalar, and a shared input layer's leaf (its path goes through a
+  'shared' key), must be replicated; any other leaf is an error.
   """
   rep = mesh.shape[REP_AXIS]
 
   def check(path, x):
     key = jax.tree_util.keystr(path)
-    if x.ndim == 0:
+    if x.ndim == 0 or "['shared']" in key:
       want = NamedSharding(mesh, P())
     elif x.shape[0] == num_repetitions:
       want = NamedSharding(mesh, P(REP_AXIS))
@@ -178,15 +181,42 @@ def to_host(x) -> np.ndarray:
   return np.asarray(x)
 
 
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+def _collective_lines(hlo_text: str, name: str) -> list[str]:
+  return [line for line in hlo_text.splitlines()
+          if f" {name}(" in line or f" {name}-start(" in line]
+
+
 def collectives(hlo_text: str) -> dict[str, int]:
   """Count the collective ops in compiled (optimized) HLO text."""
-  names = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
   out = {}
-  for name in names:
-    n = sum(1 for line in hlo_text.splitlines()
-            if f" {name}(" in line or f" {name}-start(" in line)
+  for name in COLLECTIVES:
+    n = len(_collective_lines(hlo_text, name))
     if n:
       out[name] = n
+  return out
+
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
+                "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
+
+
+def collective_bytes(hlo_text: str) -> dict[str, int]:
+  """Bytes each kind of collective produces per execution of compiled HLO text (the sum of
+  its result shapes, per device)."""
+  out = {}
+  for name in COLLECTIVES:
+    total = 0
+    for line in _collective_lines(hlo_text, name):
+      result = line.split("=", 1)[1].split(f" {name}", 1)[0]
+      for dtype, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", result):
+        if dtype not in _DTYPE_BYTES:
+          raise ValueError(f"collective of an unknown element type {dtype!r}: {line[:200]}")
+        total += _DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
+    if total:
+      out[name] = total
   return out
 
 

@@ -25,10 +25,13 @@ class TrainState(NamedTuple):
 
   Attributes:
     step: int32 [], steps taken.
-    params: the model's parameters, every leaf [R, ...].
-    opt_state: the optax state of ``Parts.tx`` (vmapped: every leaf [R, ...]), over every
-      parameter, or over every parameter but the input table when ``table_opt_state`` is set.
-    table_opt_state: row-sparse Adam's state of the input table ([R, D, H] moments), or None.
+    params: the model's parameters, every leaf [R, ...] (but a shared input layer's,
+      ``params['shared']``).
+    opt_state: the optax state of ``Parts.tx`` (vmapped: every leaf [R, ...]; see
+      ``optim.init_states`` for a shared input layer), over every parameter, or over every
+      parameter but the input table when ``table_opt_state`` is set.
+    table_opt_state: row-sparse Adam's state of the input table ([R, D, H] moments; a
+      shared table's [D, H] ones under the key 'shared'), or None.
   """
   step: jax.Array
   params: Any
@@ -58,10 +61,12 @@ def init_state(model: model_lib.MACH, tx: optax.GradientTransformation,
   def init(rng):
     params = model.init(rng, x)["params"]
     if table_tx is None:
-      return TrainState(jnp.zeros((), jnp.int32), params, jax.vmap(tx.init)(params), None)
+      return TrainState(jnp.zeros((), jnp.int32), params, optim.init_states(tx, params), None)
     table, rest = model_lib.split_table(params)
-    return TrainState(jnp.zeros((), jnp.int32), params, jax.vmap(tx.init)(rest),
-                      jax.vmap(table_tx.init)(table))
+    table_state = ({model_lib.SHARED: table_tx.init(table)} if model.shared_input
+                   else jax.vmap(table_tx.init)(table))
+    return TrainState(jnp.zeros((), jnp.int32), params, optim.init_states(tx, rest),
+                      table_state)
 
   if mesh is None:
     jitted, platform = jax.jit(init), jax.default_backend()

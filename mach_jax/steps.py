@@ -83,6 +83,11 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MAC
   touches (one unique over the batch's feature ids) instead of the whole table, and updates
   only those rows with row-sparse Adam.
 
+  A shared input layer (``model.shared_input``) is invariant over 'rep': its gradient is the
+  sum of every repetition's, which under ``shard_map`` JAX completes with a psum over 'rep'
+  of the layer's output gradient, [b, H] per step (the one collective a 'rep' mesh then
+  has; counted in tests/test_shared_input.py).
+
   Metrics: ``loss`` [R], per repetition. (No gradient norm: it would cost a transpose of the
   table's gradient that nothing reads.)
   """
@@ -91,15 +96,16 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MAC
   params = state.params
   x = model_input(batch, model.sparse_input, spec, input_params)
   if table_tx is not None:
-    table, rest = model_lib.split_table(params)
-    D = table.shape[1]
+    table, rest = model_lib.split_table(params)  # [R', D, H], or [D, H] when shared.
+    shared = table.ndim == 2
+    D = table.shape[-2]
     # Entries with value 0 (padding) touch nothing; they map to the zero row of id D.
     ids = jnp.where(x["values"] != 0, x["indices"], D)  # [T], or [R', T] when hashed.
     size = min(ids.shape[-1], D) + 1  # At least one slot stays padding (a zero row).
     touch = functools.partial(touched_rows, num_rows=D, size=size)
     if ids.ndim == 1:
       touched, local_ids = touch(ids)
-      rows = jnp.take(table, touched, axis=1, mode="fill", fill_value=0)
+      rows = jnp.take(table, touched, axis=0 if shared else 1, mode="fill", fill_value=0)
     else:
       touched, local_ids = jax.vmap(touch)(ids)
       rows = jax.vmap(functools.partial(jnp.take, axis=0, mode="fill", fill_value=0))(
@@ -122,14 +128,19 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MAC
     per_rep_loss = jax.lax.psum(per_rep_loss, data_axis)
   table_opt_state = state.table_opt_state
   if table_tx is None:
-    updates, opt_state = jax.vmap(tx.update)(grads, state.opt_state, params)
+    updates, opt_state = optim.update_states(tx, grads, state.opt_state, params)
     params = optax.apply_updates(params, updates)
   else:
     row_grads, rest_grads = model_lib.split_table(grads)
-    updates, opt_state = jax.vmap(tx.update)(rest_grads, state.opt_state, rest)
-    table, table_opt_state = jax.vmap(
-        table_tx.update, in_axes=(0, 0 if touched.ndim == 2 else None, 0, 0))(
-            table, touched, row_grads, state.table_opt_state)
+    updates, opt_state = optim.update_states(tx, rest_grads, state.opt_state, rest)
+    if shared:
+      table, table_state = table_tx.update(table, touched, row_grads,
+                                           table_opt_state[model_lib.SHARED])
+      table_opt_state = {model_lib.SHARED: table_state}
+    else:
+      table, table_opt_state = jax.vmap(
+          table_tx.update, in_axes=(0, 0 if touched.ndim == 2 else None, 0, 0))(
+              table, touched, row_grads, table_opt_state)
     params = model_lib.join_table(table, optax.apply_updates(rest, updates))
   new_state = state._replace(step=state.step + 1, params=params, opt_state=opt_state,
                              table_opt_state=table_opt_state)
