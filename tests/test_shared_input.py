@@ -12,8 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mach_jax import config as config_lib, data as data_lib, model as model_lib, sharding
-from mach_jax import train
+from mach_jax import config as config_lib, data as data_lib, model as model_lib, sharding, train
 from mach_jax.predictor import Predictor
 from tests.helpers import flat, popular_baseline, run_steps, tiny_config, tiny_setup
 
