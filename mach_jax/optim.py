@@ -106,16 +106,21 @@ class RowSparseAdamState(NamedTuple):
 
 
 class RowSparseTransform(NamedTuple):
-  """An optax-style pair for a table updated by rows.
+  """An optax-style triple for a table updated by rows.
 
   Attributes:
     init: ``table [D, H] -> state``.
     update: ``(table [D, H], rows int32 [U], row_grads [U, H], state) -> (table, state)``;
       row ids >= D are padding and change nothing.
+    dense_update: ``(table [D, H], touched bool [D], grads [D, H], state) -> (table,
+      state)``: the same update of the touched rows, as one pass over the whole table
+      (cheaper than gathering and scattering rows when a batch touches most of them).
   """
   init: Callable[[jax.Array], RowSparseAdamState]
   update: Callable[[jax.Array, jax.Array, jax.Array, RowSparseAdamState],
                    tuple[jax.Array, RowSparseAdamState]]
+  dense_update: Callable[[jax.Array, jax.Array, jax.Array, RowSparseAdamState],
+                         tuple[jax.Array, RowSparseAdamState]]
 
 
 def row_sparse_adam(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: float = 0.999,
@@ -134,25 +139,36 @@ def row_sparse_adam(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: 
     return RowSparseAdamState(count=jnp.zeros((), jnp.int32), mu=jnp.zeros_like(table),
                               nu=jnp.zeros_like(table))
 
-  def update(table, rows, row_grads, state):
-    count = state.count + 1
-    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-    # Arithmetic in float32 whatever the storage (a bfloat16 table and moments).
-    take = lambda x: jnp.take(x, rows, axis=0, mode="fill", fill_value=0).astype(jnp.float32)
-    row_grads = row_grads.astype(jnp.float32)
-    mu = b1 * take(state.mu) + (1 - b1) * row_grads
-    nu = b2 * take(state.nu) + (1 - b2) * jnp.square(row_grads)
+  def adam(p, g, mu, nu, count):
+    """Adam's step on rows, in float32 whatever the storage (a bfloat16 table, moments)."""
+    lr = learning_rate(count - 1) if callable(learning_rate) else learning_rate
+    f32 = lambda x: x.astype(jnp.float32)
+    g = f32(g)
+    mu = b1 * f32(mu) + (1 - b1) * g
+    nu = b2 * f32(nu) + (1 - b2) * jnp.square(g)
     t = count.astype(jnp.float32)
     mu_hat = mu / (1 - b1 ** t)
     nu_hat = nu / (1 - b2 ** t)
     step = -lr * mu_hat / (jnp.sqrt(nu_hat) + eps)
+    return f32(p) + step, mu, nu
+
+  def update(table, rows, row_grads, state):
+    count = state.count + 1
+    take = lambda x: jnp.take(x, rows, axis=0, mode="fill", fill_value=0)
+    new, mu, nu = adam(take(table), row_grads, take(state.mu), take(state.nu), count)
     # Padding ids (>= D) are dropped.
     put = lambda x, v: x.at[rows].set(v.astype(x.dtype), mode="drop")
-    new_table = put(table, take(table) + step)
-    return new_table, RowSparseAdamState(count=count, mu=put(state.mu, mu),
-                                         nu=put(state.nu, nu))
+    return put(table, new), RowSparseAdamState(count=count, mu=put(state.mu, mu),
+                                               nu=put(state.nu, nu))
 
-  return RowSparseTransform(init, update)
+  def dense_update(table, touched, grads, state):
+    count = state.count + 1
+    new, mu, nu = adam(table, grads, state.mu, state.nu, count)
+    keep = lambda x, v: jnp.where(touched[:, None], v.astype(x.dtype), x)
+    return keep(table, new), RowSparseAdamState(count=count, mu=keep(state.mu, mu),
+                                                nu=keep(state.nu, nu))
+
+  return RowSparseTransform(init, update, dense_update)
 
 
 def make_table_optimizer(config, total_steps: int) -> RowSparseTransform | None:

@@ -61,6 +61,17 @@ def touched_rows(ids: jax.Array, num_rows: int, size: int) -> tuple[jax.Array, j
   return touched.astype(ids.dtype), local.astype(jnp.int32)
 
 
+def whole_table_update(num_nonzeros: int, num_rows: int) -> bool:
+  """Whether row-sparse Adam updates the whole table by a mask instead of gathering rows.
+
+  When a batch's T nonzeros could touch all D rows (T >= D: the input hash's small tables
+  under long text), gathering "the touched rows" copies the whole table and both moment
+  tables out and back (three gathers and three scatters); one masked pass over them does
+  the same update (experiments/bench/NOTES.md).
+  """
+  return num_nonzeros >= num_rows
+
+
 def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MACH,
                tx: optax.GradientTransformation, spec: HashSpec, loss: str,
                table_tx: optim.RowSparseTransform | None = None,
@@ -81,7 +92,9 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MAC
 
   With ``table_tx`` the step differentiates with respect to the input-table rows the batch
   touches (one unique over the batch's feature ids) instead of the whole table, and updates
-  only those rows with row-sparse Adam.
+  only those rows with row-sparse Adam; when the batch could touch every row
+  (``whole_table_update``) it differentiates the whole table and updates the touched rows
+  by a mask, with the same result.
 
   A shared input layer (``model.shared_input``) is invariant over 'rep': its gradient is the
   sum of every repetition's, which under ``shard_map`` JAX completes with a psum over 'rep'
@@ -101,19 +114,27 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MAC
     D = table.shape[-2]
     # Entries with value 0 (padding) touch nothing; they map to the zero row of id D.
     ids = jnp.where(x["values"] != 0, x["indices"], D)  # [T], or [R', T] when hashed.
-    size = min(ids.shape[-1], D) + 1  # At least one slot stays padding (a zero row).
-    touch = functools.partial(touched_rows, num_rows=D, size=size)
-    if ids.ndim == 1:
-      touched, local_ids = touch(ids)
-      rows = jnp.take(table, touched, axis=0 if shared else 1, mode="fill", fill_value=0)
+    whole = whole_table_update(ids.shape[-1], D)
+    if whole:
+      # The batch may touch every row: differentiate and update the whole table, keeping
+      # the untouched rows (and their moments) by a mask rather than gathering rows.
+      present = lambda i: jnp.zeros(D + 1, bool).at[i].set(True)[:D]
+      touched = present(ids) if ids.ndim == 1 else jax.vmap(present)(ids)  # [D] or [R', D]
+      model = model.clone(embedding_bag="gather")
     else:
-      touched, local_ids = jax.vmap(touch)(ids)
-      rows = jax.vmap(functools.partial(jnp.take, axis=0, mode="fill", fill_value=0))(
-          table, touched)
-    params = model_lib.join_table(rows, rest)
-    x = {**x, "indices": local_ids}
-    # The same module over the gathered rows: a table of `size` rows, looked up by gather.
-    model = model.clone(num_features=size, embedding_bag="gather")
+      size = min(ids.shape[-1], D) + 1  # At least one slot stays padding (a zero row).
+      touch = functools.partial(touched_rows, num_rows=D, size=size)
+      if ids.ndim == 1:
+        touched, local_ids = touch(ids)
+        rows = jnp.take(table, touched, axis=0 if shared else 1, mode="fill", fill_value=0)
+      else:
+        touched, local_ids = jax.vmap(touch)(ids)
+        rows = jax.vmap(functools.partial(jnp.take, axis=0, mode="fill", fill_value=0))(
+            table, touched)
+      params = model_lib.join_table(rows, rest)
+      x = {**x, "indices": local_ids}
+      # The same module over the gathered rows: a table of `size` rows, looked up by gather.
+      model = model.clone(num_features=size, embedding_bag="gather")
 
   def loss_fn(params):
     logits = model.apply({"params": params}, x)
@@ -133,13 +154,13 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MAC
   else:
     row_grads, rest_grads = model_lib.split_table(grads)
     updates, opt_state = optim.update_states(tx, rest_grads, state.opt_state, rest)
+    apply = table_tx.dense_update if whole else table_tx.update
     if shared:
-      table, table_state = table_tx.update(table, touched, row_grads,
-                                           table_opt_state[model_lib.SHARED])
+      table, table_state = apply(table, touched, row_grads, table_opt_state[model_lib.SHARED])
       table_opt_state = {model_lib.SHARED: table_state}
     else:
       table, table_opt_state = jax.vmap(
-          table_tx.update, in_axes=(0, 0 if touched.ndim == 2 else None, 0, 0))(
+          apply, in_axes=(0, 0 if touched.ndim == 2 else None, 0, 0))(
               table, touched, row_grads, table_opt_state)
     params = model_lib.join_table(table, optax.apply_updates(rest, updates))
   new_state = state._replace(step=state.step + 1, params=params, opt_state=opt_state,
