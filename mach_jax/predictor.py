@@ -23,6 +23,7 @@ from mach_jax import (
   decode,
   inference,
   sharding,
+  steps,
 )
 from mach_jax.data import batching
 from mach_jax.hashing import HashSpec
@@ -42,6 +43,7 @@ class Predictor:
                                    devices=jax.devices()[:1])
     self.parts = config_lib.build(config, self.num_features, self.spec.K, total_steps=1)
     self._decoders: dict[tuple, decode.Decoder] = {}
+    self._fused: dict[tuple, Any] = {}
     self._logits = None
 
   @classmethod
@@ -83,11 +85,29 @@ class Predictor:
       # queries of varying length compiles the forward pass for a handful of widths.
       need = batching.Widths.for_data(X, Y, batch_size).nnz
       widths = batching.Widths(nnz=batching.next_pow2(need, minimum=256))
+    if widths is not None and jax.process_count() == 1:
+      # A few rows: one jitted call from the padded batch to the top k (no mesh, no
+      # separately dispatched decoder pieces, no background thread).
+      batch = batching.make_batch(X, Y, np.arange(X.shape[0]), batch_size, widths,
+                                  dense=self.config.model.dense_input)
+      scores, classes = self._fused_fn(key, k, estimator)(self.params, batch)
+      n = X.shape[0]
+      return np.asarray(scores)[:n], np.asarray(classes)[:n]
     out = inference.predict_topk(self.params, self._logits_fn(), self._decoders[key],
                                  X, Y, batch_size=batch_size, k=k, estimators=(estimator,),
                                  mesh=self.mesh, dense=self.config.model.dense_input,
                                  widths=widths)
     return out[estimator]
+
+  def _fused_fn(self, key: tuple, k: int, estimator: str):
+    """jit(params, batch) -> (scores [b, k], classes [b, k]): logits and decoding in one
+    program, for the decoder of ``key`` (compiled once per batch shape)."""
+    fkey = (key, k, estimator)
+    if fkey not in self._fused:
+      decoder, model, spec = self._decoders[key], self.parts.model, self.spec
+      self._fused[fkey] = jax.jit(lambda params, batch: decoder.topk(
+          steps.logits_step(params, batch, model=model, spec=spec), k, estimator))
+    return self._fused[fkey]
 
   def predict_proba(self, X: sp.csr_matrix, threshold: float = 0.5, *,
                     calibrated: bool = True, batch_size: int | None = None,

@@ -120,3 +120,14 @@ def test_a_balanced_hash_cannot_be_widened():
   from mach_jax.hashing import HashSpec
   with pytest.raises(ValueError, match="'balanced' hash assigns buckets by K"):
     HashSpec("balanced", K=100, B=8, R=2).widened(200)
+
+
+@pytest.mark.parametrize("method", ["exact", "candidates"])
+def test_a_few_rows_in_one_jitted_call_equal_the_batched_path(method):
+  p = Predictor.load(os.path.join(V1, "xc"))
+  X = sp.random(3, 100, density=0.1, format="csr", random_state=1, dtype=np.float32)
+  fused = p.predict_topk(X, k=5, method=method)  # 3 rows: padded to 4, one call.
+  assert len(p._fused) == 1
+  batched = p.predict_topk(X, k=5, method=method, batch_size=p.config.eval.batch_size)
+  np.testing.assert_array_equal(fused[1], batched[1])
+  np.testing.assert_allclose(fused[0], batched[0], rtol=1e-6)
