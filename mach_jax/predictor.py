@@ -29,6 +29,12 @@ from mach_jax.data import batching
 from mach_jax.hashing import HashSpec
 
 
+# A few rows' nonzeros are padded to a power of two at least this wide: a stream of single
+# queries compiles the forward pass for a handful of widths, and a short query does not
+# gather hundreds of padding rows of every repetition's table.
+SMALL_BATCH_MIN_NNZ = 32
+
+
 class Predictor:
   """Top-k classes for new points from an exported model folder, on one device."""
 
@@ -81,10 +87,9 @@ class Predictor:
     Y = sp.csr_matrix((X.shape[0], self.spec.K), dtype=np.float32)
     widths = None  # Full batches: widths from the data, as in evaluation.
     if batch_size < ev.batch_size:
-      # A few rows: nonzeros padded to a power of two (at least 256), so a stream of single
-      # queries of varying length compiles the forward pass for a handful of widths.
+      # A few rows: nonzeros padded to a power of two (at least SMALL_BATCH_MIN_NNZ).
       need = batching.Widths.for_data(X, Y, batch_size).nnz
-      widths = batching.Widths(nnz=batching.next_pow2(need, minimum=256))
+      widths = batching.Widths(nnz=batching.next_pow2(need, minimum=SMALL_BATCH_MIN_NNZ))
     if widths is not None and jax.process_count() == 1:
       # A few rows: one jitted call from the padded batch to the top k (no mesh, no
       # separately dispatched decoder pieces, no background thread).
