@@ -28,7 +28,6 @@ from mach_jax import (
 from mach_jax.data import batching
 from mach_jax.hashing import HashSpec
 
-
 # A few rows' nonzeros are padded to a power of two at least this wide: a stream of single
 # queries compiles the forward pass for a handful of widths, and a short query does not
 # gather hundreds of padding rows of every repetition's table.
