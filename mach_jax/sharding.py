@@ -8,7 +8,8 @@ different rows of the batch). The config declares the mesh as data, for example
 training state is laid out on it is data too (``STATE_PARTITION_RULES``).
 
 With data = 1 the train step has no collective at all. With data > 1 the only collective is
-the all-reduce of each repetition's gradient across its 'data' group.
+the all-reduce of each repetition's gradient across its 'data' group. (The shared input
+layer, ``config.model.shared_input``, an ablation, adds one all-reduce over 'rep'.)
 
 The jitted, sharded steps are made here from the pure ones of ``mach_jax.steps``.
 """
