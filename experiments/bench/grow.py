@@ -14,7 +14,8 @@ The training queries are split in two halves in their generated order:
    (``bundle.widen``): new products rank by their buckets alone;
 3. **fine-tuned**: started from the old model's parameters (``train.init_from``) over all
    K classes, trained ``--finetune_epochs`` epoch(s) on the second half (a fresh log that
-   names new products too);
+   names new products too; ``--new_repeat`` repeats its queries for new products and
+   ``--other_fraction`` keeps a seeded fraction of the others);
 4. **from scratch**: the same model trained on both halves over all K classes, ``--epochs``
    epochs.
 
@@ -22,8 +23,9 @@ Each model is scored on the test queries, split into those naming a new product 
 their new products only: a hit on an old product they also name does not count) and the
 rest (P@1, R@10, exact decoding, log-mean merge). The goal of issue 16: the fine-tuned model
 reaches >= 90% of the from-scratch P@1 and R@10 on both groups in <= 20% of its training
-time (``train_seconds`` of results.json, steps only). Writes OUT/grow.json and prints a
-table.
+time (``train_seconds`` of results.json, steps only). Writes OUT/grow.json (with a
+suffix naming the fine-tuning log's options when they are not the defaults) and prints a
+table; finished runs in OUT are reused.
 """
 
 from __future__ import annotations
@@ -90,6 +92,10 @@ def main():
   parser.add_argument("--B", type=int, default=2048)
   parser.add_argument("--epochs", type=int, default=3)
   parser.add_argument("--finetune_epochs", type=int, default=1)
+  parser.add_argument("--new_repeat", type=int, default=1,
+                      help="fine-tuning log: each query naming a new product this many times")
+  parser.add_argument("--other_fraction", type=float, default=1.0,
+                      help="fine-tuning log: this seeded fraction of the other queries")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
 
@@ -100,16 +106,26 @@ def main():
   X, Y, X_test, Y_test, K_old, names_new = _split(args)
   half = X.shape[0] // 2
   first_old = np.flatnonzero(~names_new(Y[:half]))
+  # The fine-tuning log: the second half, its queries for new products repeated, a seeded
+  # fraction of the others kept (in their order).
+  second = np.arange(half, X.shape[0])
+  is_new = names_new(Y[second])
+  keep = np.random.default_rng([args.seed, 2]).random(second.size) < args.other_fraction
+  fresh = np.sort(np.concatenate([np.repeat(second[is_new], args.new_repeat),
+                                  second[~is_new & keep]]), kind="stable")
+  tag = ("" if (args.new_repeat, args.other_fraction) == (1, 1.0)
+         else f"_new{args.new_repeat}x_other{args.other_fraction:g}")
+  tag += f"_{args.finetune_epochs}ep" if args.finetune_epochs != 1 else ""
   files = {
       "old": (X[first_old], Y[first_old][:, :K_old]),
-      "fresh": (X[half:], Y[half:]),
+      "fresh": (X[fresh], Y[fresh]),
       "all": (X, Y),
       "test_old": (X_test, Y_test[:, :K_old]),
       "test": (X_test, Y_test),
   }
   paths = {}
   for name, (Xp, Yp) in files.items():
-    paths[name] = os.path.join(args.out, f"{name}.txt")
+    paths[name] = os.path.join(args.out, f"{name}{tag if name == 'fresh' else ''}.txt")
     write_xc(paths[name], sp.csr_matrix(Xp), sp.csr_matrix(Yp))
   new_rows = names_new(Y_test)
   # A query for a new product is scored on its new products only (a hit on an old product
@@ -133,7 +149,7 @@ def main():
     bundle.widen(old_model, widened, Y.shape[1])
   rows["widened, no training"] = {"train_seconds": 0.0,
                                   **_score(widened, X_test, groups)}
-  tuned, tuned_model = run("finetuned", "fresh", "test", args.finetune_epochs,
+  tuned, tuned_model = run("finetuned" + tag, "fresh", "test", args.finetune_epochs,
                            init_from=old_model)
   rows["fine-tuned from the old model"] = {"train_seconds": tuned["train_seconds"],
                                            **_score(tuned_model, X_test, groups)}
@@ -151,7 +167,7 @@ def main():
   out = {"args": vars(args), "K_old": K_old, "K": int(Y.shape[1]),
          "old_model_train_seconds": old["train_seconds"], "rows": rows, "goal": goal,
          "machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%F")}
-  with open(os.path.join(args.out, "grow.json"), "w") as f:
+  with open(os.path.join(args.out, f"grow{tag}.json"), "w") as f:
     json.dump(out, f, indent=2)
   print(f"K_old = {K_old:,} -> K = {Y.shape[1]:,}; test points naming a new product: "
         f"{int(new_rows.sum()):,} of {len(new_rows):,}")
