@@ -113,9 +113,9 @@ def main():
   keep = np.random.default_rng([args.seed, 2]).random(second.size) < args.other_fraction
   fresh = np.sort(np.concatenate([np.repeat(second[is_new], args.new_repeat),
                                   second[~is_new & keep]]), kind="stable")
-  tag = ("" if (args.new_repeat, args.other_fraction) == (1, 1.0)
-         else f"_new{args.new_repeat}x_other{args.other_fraction:g}")
-  tag += f"_{args.finetune_epochs}ep" if args.finetune_epochs != 1 else ""
+  log_tag = ("" if (args.new_repeat, args.other_fraction) == (1, 1.0)
+             else f"_new{args.new_repeat}x_other{args.other_fraction:g}")  # The log's shape.
+  tag = log_tag + (f"_{args.finetune_epochs}ep" if args.finetune_epochs != 1 else "")
   files = {
       "old": (X[first_old], Y[first_old][:, :K_old]),
       "fresh": (X[fresh], Y[fresh]),
@@ -125,7 +125,7 @@ def main():
   }
   paths = {}
   for name, (Xp, Yp) in files.items():
-    paths[name] = os.path.join(args.out, f"{name}{tag if name == 'fresh' else ''}.txt")
+    paths[name] = os.path.join(args.out, f"{name}{log_tag if name == 'fresh' else ''}.txt")
     write_xc(paths[name], sp.csr_matrix(Xp), sp.csr_matrix(Yp))
   new_rows = names_new(Y_test)
   # A query for a new product is scored on its new products only (a hit on an old product
