@@ -188,9 +188,12 @@ def check_resumable(meta: dict, spec: HashSpec, config, workdir: str) -> None:
   """Refuse to resume a checkpoint written by a different model or data setup.
 
   The mesh, the evaluation and the checkpoint settings may change between runs; the model,
-  data, optimizer, seed, batch size and epoch count may not, with one exception: the
+  data, optimizer, seed, batch size and epoch count may not, with two exceptions: the
   learning rate, so that a run stopped by a non-finite loss can resume from its last good
-  checkpoint with a saner one (logged; such a run is no longer the uninterrupted one). A
+  checkpoint with a saner one (logged; such a run is no longer the uninterrupted one); and
+  the epoch count under a constant schedule, where no step depends on the run's length, so
+  a finished run can be continued for more epochs by the same command with a larger
+  ``--config.train.num_epochs``. A
   field the checkpoint's config lacks (added to the library since) counts as its default.
   """
   from mach_jax import config as config_lib  # The config's defaults (imported on use).
@@ -210,7 +213,16 @@ def check_resumable(meta: dict, spec: HashSpec, config, workdir: str) -> None:
     if saved.get(key) != now.get(key):
       raise ValueError(f"{workdir}: config.{key} differs from the checkpoint's "
                        f"({saved.get(key)} vs {now.get(key)}); use a new --workdir")
-  for key in ("batch_size", "num_epochs"):
+  epochs = saved["train"]["num_epochs"], now["train"]["num_epochs"]
+  if epochs[0] != epochs[1] and now["optimizer"].get("schedule") == "constant":
+    # No step depends on the run's length: a longer (or shorter) cap continues the same run.
+    logging.info("%s: continuing with num_epochs=%d; the checkpoint's run had %d", workdir,
+                 epochs[1], epochs[0])
+  elif epochs[0] != epochs[1]:
+    raise ValueError(f"{workdir}: config.train.num_epochs differs from the checkpoint's "
+                     f"({epochs[0]} vs {epochs[1]}) and the {now['optimizer'].get('schedule')} "
+                     "schedule depends on it; use a new --workdir")
+  for key in ("batch_size",):
     if saved["train"][key] != now["train"][key]:
       raise ValueError(f"{workdir}: config.train.{key} differs from the checkpoint's "
                        f"({saved['train'][key]} vs {now['train'][key]}); use a new --workdir")

@@ -145,6 +145,32 @@ def test_changed_config_is_not_resumed(tmp_path):
     train.train_and_evaluate(c, str(tmp_path))
 
 
+def test_a_finished_constant_rate_run_continues_for_more_epochs(tmp_path):
+  """Under a constant learning rate a finished run rerun with a larger epoch cap goes on
+  from its last checkpoint and ends where one run with that cap ends (bitwise on CPU); a
+  cosine schedule, which depends on the run's length, is refused."""
+  c = tiny_config()
+  c.train.num_epochs = 1
+  c.eval.every_epochs = 0
+  c.checkpoint.every_steps = 1000
+  train.train_and_evaluate(c, str(tmp_path / "continued"))
+  c.train.num_epochs = 2
+  train.train_and_evaluate(c, str(tmp_path / "continued"))
+  train.train_and_evaluate(c, str(tmp_path / "clean"))
+  a, b = _params(tmp_path / "continued"), _params(tmp_path / "clean")
+  for k in b:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  ra = json.load(open(tmp_path / "continued" / "results.json"))
+  assert ra["steps"] == json.load(open(tmp_path / "clean" / "results.json"))["steps"]
+
+  c.optimizer.update(schedule="cosine", warmup_steps=2)
+  c.train.num_epochs = 1
+  train.train_and_evaluate(c, str(tmp_path / "cosine"))
+  c.train.num_epochs = 2
+  with pytest.raises(ValueError, match="num_epochs differs.*cosine schedule depends on it"):
+    train.train_and_evaluate(c, str(tmp_path / "cosine"))
+
+
 def test_a_field_added_since_the_checkpoint_counts_as_its_default():
   """A checkpoint written before a config field existed resumes when the run leaves that
   field at its default, and is refused when the run changes it."""
