@@ -59,13 +59,17 @@ def async_saves() -> bool:
   return jax.devices()[0].platform != "cpu"
 
 
+STEP_METRIC = "_step"  # Saved beside a checkpoint's metrics: ties go to the earliest step.
+
+
 def make_manager(workdir: str, keep: int = 2, best_metric: str = "") -> ocp.CheckpointManager:
   """A manager over ``workdir/checkpoints`` keeping the last ``keep`` (+ best) checkpoints."""
   ocp = _orbax()
   policies = [ocp.checkpoint_managers.LatestN(keep)]
   if best_metric:
+    # The best is the highest value, the earliest step among equals (as loop.Best picks it).
     policies.append(ocp.checkpoint_managers.BestN(
-        get_metric_fn=lambda m: m[best_metric], reverse=False, n=1,
+        get_metric_fn=lambda m: (m[best_metric], -m.get(STEP_METRIC, 0)), reverse=False, n=1,
         keep_checkpoints_without_metrics=False))
   options = ocp.CheckpointManagerOptions(
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
@@ -88,6 +92,8 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
       same command resumes from the newest of them.
   """
   ocp = _orbax()
+  if metrics is not None:
+    metrics = {**metrics, STEP_METRIC: step}
   try:
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                meta=ocp.args.JsonSave(meta)),

@@ -136,6 +136,21 @@ def test_keep_last_k_and_best(tmp_path):
   assert sorted(manager.all_steps()) == [2, 4, 5]  # Best (0.5) and the last two.
 
 
+def test_the_kept_best_is_the_one_early_stopping_picks_among_equals(tmp_path):
+  """Equal validation values: loop.Best keeps the earliest, and so must the keep policy
+  (else the final restore of the best step finds it deleted)."""
+  from mach_jax import loop
+  state, _, _, _ = _state_on((("data", 1), ("rep", 1)), R=4, steps=0)
+  manager = checkpoint.make_manager(str(tmp_path), keep=1, best_metric="P@1")
+  best = loop.Best("P@1")
+  for step in (1, 2, 3, 4):
+    best.update({"P@1": 0.5}, step, step, None)
+    checkpoint.save(manager, step, state, {"step": step}, metrics={"P@1": 0.5})
+    manager.wait_until_finished()
+  assert best.record["step"] == 1
+  assert sorted(manager.all_steps()) == [1, 4]
+
+
 def test_changed_config_is_not_resumed(tmp_path):
   c = tiny_config()
   c.train.num_epochs = 1

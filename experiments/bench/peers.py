@@ -4,6 +4,10 @@
 
 Systems, each trained and timed in its own process on 2 cores:
   mach          mach-jax with the set's tuned config (experiments/configs/<set>.py)
+  mach_text     mach-jax's default text config (experiments/configs/text.py) on the raw text
+                of a set the repository builds (debian, wordnet): its query logs train.tsv /
+                test.tsv and catalogue, the test lines in the XC test file's order (checked);
+                nothing tuned to the set. --text_epochs caps its epochs (0: the config's)
   full_softmax  the same network with a K-way output layer (model.hash_family=identity)
   napkinxc      napkinXC PLT, loss="l2"
   omikuji       omikuji (Parabel-style trees), default hyper-parameters
@@ -33,7 +37,8 @@ import time
 
 from experiments.bench import workers
 
-SYSTEMS = ("mach", "full_softmax", "napkinxc", "omikuji", "pecos")
+SYSTEMS = ("mach", "full_softmax", "mach_text", "napkinxc", "omikuji", "pecos")
+MACH_SYSTEMS = ("mach", "full_softmax", "mach_text")
 PEER_PACKAGES = ["numpy<2", "scipy<1.14", "scikit-learn", "napkinxc==0.7.2", "omikuji==0.5.2"]
 PECOS = "libpecos==1.2.8"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -118,6 +123,73 @@ def mach_worker(args) -> dict:
           "num_params": results["num_params"]}
 
 
+def text_files(test: str) -> tuple[str, str, str]:
+  """(train log, test log, catalogue) beside a built set's XC test file."""
+  folder = os.path.dirname(test)
+  logs = [os.path.join(folder, f"{split}.tsv") for split in ("train", "test")]
+  catalogue = [os.path.join(folder, n) for n in ("items.tsv", "labels.tsv")
+               if os.path.exists(os.path.join(folder, n))]
+  missing = [p for p in logs if not os.path.exists(p)] + ([] if catalogue else
+                                                          [f"{folder}/items.tsv|labels.tsv"])
+  if missing:
+    raise SystemExit(f"mach_text: {', '.join(missing)} not found: mach_text runs on the sets "
+                     f"the repository builds ({', '.join(BUILT)}), which write query logs")
+  return logs[0], logs[1], catalogue[0]
+
+
+def mach_text_worker(args) -> dict:
+  """Train the default text config on a built set's query logs, predict the top 5 of each
+  test query from its text; own process."""
+  import numpy as np
+  from absl import logging
+
+  from experiments.configs import text
+  from mach_jax import train
+  from mach_jax.data.xc import read_xc
+  from mach_jax.search import Searcher, read_queries
+
+  logging.set_verbosity(logging.WARNING)
+  train_log, test_log, catalogue = text_files(args.test)
+  config = text.get_config()
+  config.data.update(train=train_log, test=test_log, catalogue=catalogue)
+  config.train.progress_bar = False
+  config.eval.estimators = (config.eval.estimator,)
+  if args.text_epochs:
+    config.train.num_epochs = args.text_epochs
+  Y = read_xc(args.test).Y
+  queries = read_queries(test_log)
+  labels = [sorted(int(i) for i in line.rstrip("\n").split("\t")[1].split(",") if i)
+            for line in open(test_log, encoding="utf-8")]
+  if len(queries) != Y.shape[0] or any(
+      labels[i] != sorted(Y.indices[Y.indptr[i]:Y.indptr[i + 1]].tolist())
+      for i in range(Y.shape[0])):
+    raise SystemExit(f"{test_log}: its lines are not {args.test}'s points in the same order "
+                     "with the same labels; rebuild the set")
+  workdir = os.path.join(args.out, "run")
+  results = train.train_and_evaluate(config, workdir)
+  searcher = Searcher.load(workdir)
+  searcher.search(queries[:1], 5)  # Compile both batch shapes before timing.
+  searcher.search(queries[:1], 5, batch_size=1)
+  t0 = time.perf_counter()
+  preds = np.array([[h.id for h in hits] for hits in searcher.search(queries, 5)])
+  batch_ms = 1e3 * (time.perf_counter() - t0) / len(queries)
+  n = min(SINGLE_QUERIES, len(queries))
+  t0 = time.perf_counter()
+  for q in queries[:n]:
+    searcher.search(q, 5, batch_size=1)
+  single_ms = 1e3 * (time.perf_counter() - t0) / n
+  np.save(os.path.join(args.out, "preds.npy"), preds)
+  spec = results["hash_spec"]
+  widths = "·".join(str(w) for w in (spec.get("input_dim") or config.data.featurizer.num_features,
+                                     *config.model.hidden, spec["B"]))
+  return {"train_s": results["train_seconds"], "params_formula": f"{spec['R']}x({widths})",
+          "predict_ms_per_query_batch": batch_ms, "predict_ms_per_query_single": single_ms,
+          "model_mb": results["bundle_bytes"] / 2**20,
+          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          "num_params": results["num_params"], "epochs": results["selected"]["epoch"]
+          if results.get("selected") else None}
+
+
 def worker_env() -> dict:
   """The environment of every worker process: 2 threads, no simulated devices."""
   env = {**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2",
@@ -127,10 +199,12 @@ def worker_env() -> dict:
 
 
 def run_system(system: str, dataset: str, train: str, test: str, out: str,
-               peers_python: str) -> dict:
+               peers_python: str, text_epochs: int = 0) -> dict:
   env = worker_env()
   argv = ["--system", system, "--train", train, "--test", test, "--out", out]
-  if system in ("mach", "full_softmax"):
+  if system == "mach_text":
+    argv += ["--text_epochs", str(text_epochs)]
+  if system in MACH_SYSTEMS:
     return workers.run("experiments.bench.peers", argv + ["--dataset", dataset],
                        f"{system} on {dataset}", env)
   cmd = [peers_python, os.path.join(ROOT, "experiments", "bench", "peer_worker.py"), *argv]
@@ -162,6 +236,8 @@ def main():
                  help="where sets the repository builds (wordnet) are read or built")
   p.add_argument("--peers_venv", default=os.path.join(ROOT, ".venv-peers"))
   p.add_argument("--setup_only", action="store_true", help="only create the peers' venv")
+  p.add_argument("--text_epochs", type=int, default=0,
+                 help="mach_text: at most this many epochs (0: the text config's cap)")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--system", help=argparse.SUPPRESS)
   p.add_argument("--dataset", help=argparse.SUPPRESS)
@@ -169,14 +245,14 @@ def main():
   p.add_argument("--test", help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.worker:
-    workers.emit(mach_worker(args))
+    workers.emit(mach_text_worker(args) if args.system == "mach_text" else mach_worker(args))
     return
   systems = args.systems.split(",")
   unknown = set(systems) - set(SYSTEMS)
   if unknown:
     raise SystemExit(f"--systems: unknown {sorted(unknown)}; choose from {SYSTEMS}")
   peers_python = None
-  if args.setup_only or set(systems) - {"mach", "full_softmax"}:
+  if args.setup_only or set(systems) - set(MACH_SYSTEMS):
     peers_python = ensure_peers_venv(args.peers_venv)
   if args.setup_only:
     print(peers_python)
@@ -195,7 +271,8 @@ def main():
     inv_p = 1.0 / metrics.propensities(train_Y)
     for system in systems:
       out = os.path.join(args.out, dataset, system)
-      res = run_system(system, dataset, train_path, test_path, out, peers_python)
+      res = run_system(system, dataset, train_path, test_path, out, peers_python,
+                       args.text_epochs)
       preds = np.load(os.path.join(out, "preds.npy"), allow_pickle=False)
       m = metrics.evaluate(preds, test_Y, inv_p)
       rows.append({"dataset": dataset, "system": system, **m, **res})

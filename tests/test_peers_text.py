@@ -1,0 +1,60 @@
+"""experiments.bench.peers runs mach-jax's default text config (system mach_text) on a set's
+query logs and scores it against the set's XC test file, like every other system."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import scipy.sparse as sp
+
+from mach_jax.data.xc import write_xc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORDS = ("apple banana cherry grape lemon mango olive peach pear plum quince raspberry "
+         "tomato walnut yam zucchini").split()
+
+
+def _tiny_set(folder, misaligned=False):
+  """16 items; training text names each item's word three ways, a test query once."""
+  os.makedirs(folder)
+  K = len(WORDS)
+  train = [(f"{w} {w}s", i) for i, w in enumerate(WORDS)] * 3 + [
+      (f"fresh {w}", i) for i, w in enumerate(WORDS)]
+  test = [(f"a {w}", i) for i, w in enumerate(WORDS)]
+  for name, rows in (("train", train), ("test", test)):
+    with open(os.path.join(folder, f"{name}.tsv"), "w") as f:
+      f.writelines(f"{q}\t{i}\n" for q, i in rows)
+    ids = [i for _, i in rows]
+    if misaligned and name == "test":
+      ids = ids[1:] + ids[:1]
+    Y = sp.csr_matrix((np.ones(len(ids), np.float32), (np.arange(len(ids)), ids)),
+                      shape=(len(ids), K))
+    X = sp.csr_matrix(np.eye(len(ids), 4, dtype=np.float32) + 1.0)  # The peers' features.
+    write_xc(os.path.join(folder, f"{name}.txt.gz"), X, Y)
+  with open(os.path.join(folder, "items.tsv"), "w") as f:
+    f.writelines(f"{i}\t{w}\n" for i, w in enumerate(WORDS))
+
+
+def _bench(tmp_path, name):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  return subprocess.run(
+      [sys.executable, "-m", "experiments.bench.peers", "--datasets", name,
+       "--systems", "mach_text", "--data_root", str(tmp_path), "--text_epochs", "3",
+       "--out", str(tmp_path / f"out_{name}")],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_mach_text_learns_a_tiny_text_set_and_refuses_misaligned_logs(tmp_path):
+  _tiny_set(tmp_path / "fruit")
+  out = _bench(tmp_path, "fruit")
+  assert out.returncode == 0, out.stderr[-3000:]
+  (row,) = list(csv.DictReader(open(tmp_path / "out_fruit" / "results.csv")))
+  assert row["system"] == "mach_text" and float(row["P@1"]) >= 0.5
+  assert int(row["num_params"]) > 0 and float(row["train_s"]) > 0
+
+  _tiny_set(tmp_path / "shifted", misaligned=True)
+  out = _bench(tmp_path, "shifted")
+  assert out.returncode != 0
+  assert "test.tsv: its lines are not" in out.stderr + out.stdout
