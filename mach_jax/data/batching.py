@@ -27,7 +27,6 @@ from typing import Iterator
 import numpy as np
 import scipy.sparse as sp
 
-
 STEPS_PER_OCTAVE = 8
 
 
