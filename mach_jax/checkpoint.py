@@ -12,8 +12,8 @@ A checkpoint holds two items:
 
 Saving is asynchronous on accelerators (orbax writes in the background while training goes
 on) and synchronous on CPU, where a background save costs a second copy of the state
-(``async_saves``); the manager keeps the last ``keep`` checkpoints plus the best one by
-``best_metric`` when evaluations provide it. Orbax finalises a checkpoint by an atomic
+(``async_saves``); the manager keeps the last ``keep`` checkpoints plus the one of the
+best validation evaluation (``KeepBest``). Orbax finalises a checkpoint by an atomic
 rename, so a run killed mid-save leaves only a temporary folder that is never restored; a
 finalised checkpoint whose files were damaged later is reported and the previous one is
 used. Nothing is deleted except by the keep policy.
@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import warnings
+import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
 import jax
@@ -59,32 +60,53 @@ def async_saves() -> bool:
   return jax.devices()[0].platform != "cpu"
 
 
-STEP_METRIC = "_step"  # Saved beside a checkpoint's metrics: ties go to the earliest step.
+@dataclasses.dataclass
+class KeepBest:
+  """An orbax preservation policy: keep the checkpoint of the run's best evaluation.
+
+  The best is the step that the saved ``meta['best']`` names (``loop.Best``'s choice: the
+  highest value, the earliest among equals), taken from every save's meta. A resumed
+  run's first save carries the restored record, so the best checkpoint survives restarts;
+  orbax's own ``BestN`` ranks metrics that this manager does not write to disk, and after
+  a restart would let the best checkpoint be deleted.
+  """
+
+  step: int | None = None
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    del context
+    return [c.step == self.step for c in checkpoints]
 
 
-def make_manager(workdir: str, keep: int = 2, best_metric: str = "") -> ocp.CheckpointManager:
-  """A manager over ``workdir/checkpoints`` keeping the last ``keep`` (+ best) checkpoints."""
+_KEEP_BEST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def make_manager(workdir: str, keep: int = 2, keep_best: bool = False
+                 ) -> ocp.CheckpointManager:
+  """A manager over ``workdir/checkpoints`` keeping the last ``keep`` checkpoints and, with
+  ``keep_best``, the one the saved metas name as the best (``KeepBest``)."""
   ocp = _orbax()
   policies = [ocp.checkpoint_managers.LatestN(keep)]
-  if best_metric:
-    # The best is the highest value, the earliest step among equals (as loop.Best picks it).
-    policies.append(ocp.checkpoint_managers.BestN(
-        get_metric_fn=lambda m: (m[best_metric], -m.get(STEP_METRIC, 0)), reverse=False, n=1,
-        keep_checkpoints_without_metrics=False))
+  if keep_best:
+    policies.append(KeepBest())
   options = ocp.CheckpointManagerOptions(
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
       enable_async_checkpointing=async_saves(), create=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
-                               options=options, item_names=("state", "meta"))
+  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+                                  options=options, item_names=("state", "meta"))
+  if keep_best:
+    _KEEP_BEST[manager] = policies[-1]
+  return manager
 
 
 class CheckpointWriteError(OSError):
   """A checkpoint could not be written (a full disk, a lost mount); older ones are intact."""
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
-         metrics: dict | None = None) -> None:
+def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
   """Save ``state`` and ``meta`` at ``step`` (asynchronous saves return while orbax writes).
+
+  With a ``keep_best`` manager, ``meta['best']`` (``run_meta``'s) names the step to keep.
 
   Raises:
     CheckpointWriteError: the write failed (e.g. no space left on the device). The
@@ -92,12 +114,12 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
       same command resumes from the newest of them.
   """
   ocp = _orbax()
-  if metrics is not None:
-    metrics = {**metrics, STEP_METRIC: step}
+  if manager in _KEEP_BEST and (meta.get("best") or {}).get("step") is not None:
+    _KEEP_BEST[manager].step = meta["best"]["step"]
   try:
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                meta=ocp.args.JsonSave(meta)),
-                 metrics=metrics, force=True)
+                 force=True)
   except Exception as e:  # orbax/tensorstore report a full disk as ValueError, OSError...
     directory = str(manager.directory)
     for name in os.listdir(directory) if os.path.isdir(directory) else ():

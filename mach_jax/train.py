@@ -105,7 +105,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
                               config, mesh, rows)
 
   # ---- Resume where a previous run of this workdir stopped, or initialise ----------------
-  manager = checkpoint_lib.make_manager(workdir, ck.keep, ck.best_metric) if ck.enabled else None
+  manager = checkpoint_lib.make_manager(workdir, ck.keep, keep_best=bool(ck.best_metric)) if ck.enabled else None
   step, start_epoch, start_batch, trained, examples = 0, 0, 0, 0.0, 0
   best, restored = loop.Best(ck.best_metric), None
   if manager is not None:
@@ -132,11 +132,10 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
                num_params / num_params_full, f"{num_params_full:,}", train.num_points,
                test.num_points)
 
-  def save(epoch: int, batch_in_epoch: int, seconds: float, main=None) -> None:
+  def save(epoch: int, batch_in_epoch: int, seconds: float) -> None:
     checkpoint_lib.save(manager, step, state, checkpoint_lib.run_meta(
         step=step, epoch=epoch, batch_in_epoch=batch_in_epoch, steps_per_epoch=steps_per_epoch,
-        train_seconds=seconds, examples=examples, spec=spec, config=config, best=best.record),
-        main)
+        train_seconds=seconds, examples=examples, spec=spec, config=config, best=best.record))
 
   # ---- Train, with periodic logs, checkpoints and evaluations ----------------------------
   watch, guard = loop.Stopwatch(offset=trained), loop.LossGuard()
@@ -189,7 +188,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
           logging.info("step %d (epoch %d): loss %.4f  P@1 %.4f  P@5 %.4f", step, epoch + 1,
                        record.get("loss", float("nan")), main["P@1"], main["P@5"])
           if manager is not None:
-            save(epoch, i + 1, seconds, main)
+            save(epoch, i + 1, seconds)
         if tc.target_metric and main[tc.target_metric] >= tc.target_value:
           target.update(reached=True, step=step, epoch=epoch + 1, achieved=main[tc.target_metric],
                         train_seconds=seconds, periodic_eval_seconds=periodic_seconds,
