@@ -87,6 +87,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.loss = "bce"  # bce | softmax_hist | softmax | auto (see resolve).
   c.model.dense_input = False  # Dense [b, D] input instead of sparse nonzeros.
   c.model.embedding_bag = "auto"  # auto | dense | gather (sparse input only; same result).
+  # Run the repetitions one after another (lax.map) instead of side by side (vmap): the
+  # same result with one repetition's temporaries live at a time (long text: less memory).
+  c.model.sequential_reps = False
   c.model.dtype = "float32"
   # Storage of the sparse input table and its row-sparse Adam moments: float32 | bfloat16
   # (half the bytes; arithmetic stays float32). bfloat16 needs optimizer.row_sparse.
@@ -225,7 +228,8 @@ def make_model(config, num_features: int, spec: HashSpec) -> model_lib.MACH:
                         num_features=spec.input_dim or num_features, num_buckets=spec.B,
                         hidden=tuple(m.hidden), sparse_input=not m.dense_input,
                         embedding_bag=m.embedding_bag, dtype=jnp.dtype(m.dtype),
-                        table_dtype=jnp.dtype(m.table_dtype), shared_input=m.shared_input)
+                        table_dtype=jnp.dtype(m.table_dtype), shared_input=m.shared_input,
+                        sequential=m.sequential_reps)
 
 
 def make_decoder(config, spec: HashSpec) -> decode.Decoder:

@@ -160,6 +160,12 @@ class MACH(nn.Module):
   The repetitions are then coupled: on a 'rep'-sharded mesh the gradient of the shared
   layer's output h [b, H] is summed across devices (an all-reduce every step), which the
   default, per-repetition tables never need.
+
+  With ``sequential`` the repetitions run one after another (``jax.lax.map`` over the
+  same stacked parameters) instead of side by side (vmap): the same parameters and the
+  same logits, but only one repetition's temporaries are live at a time. On long text the
+  embedding bag's gathered rows, [R, T, H] under vmap (805 MB at R = 8, T = 98,304,
+  H = 256), are most of a step's memory (experiments/bench/NOTES.md).
   """
 
   num_repetitions: int
@@ -171,6 +177,7 @@ class MACH(nn.Module):
   dtype: Any = jnp.float32
   table_dtype: Any = jnp.float32
   shared_input: bool = False
+  sequential: bool = False
 
   @nn.compact
   def __call__(self, x) -> jax.Array:
@@ -189,6 +196,20 @@ class MACH(nn.Module):
       x = SharedInput(num_features=self.num_features, H=self.hidden[0],
                       embedding_bag=self.embedding_bag, dtype=self.dtype,
                       table_dtype=self.table_dtype, name=SHARED)(x)
+    fields = dict(num_features=self.num_features, num_buckets=self.num_buckets,
+                  hidden=tuple(self.hidden), sparse_input=self.sparse_input,
+                  embedding_bag=self.embedding_bag, dtype=self.dtype,
+                  table_dtype=self.table_dtype, input_layer=not self.shared_input)
+    if self.sequential and not self.is_initializing():
+      one = Repetition(**fields)
+      per_rep = {k: v for k, v in x.items() if in_axes[0][k] == 0} if in_axes else {}
+      common = {k: v for k, v in x.items() if k not in per_rep} if in_axes else x
+
+      def run(args):
+        params, mine = args
+        return one.apply({"params": params}, {**common, **mine} if in_axes else common)
+
+      return jax.lax.map(run, (self.variables["params"]["reps"], per_rep))
     stacked = nn.vmap(
         Repetition,
         variable_axes={"params": 0},
@@ -198,11 +219,7 @@ class MACH(nn.Module):
         axis_size=self.num_repetitions,
         axis_name=REP_AXIS,
     )
-    return stacked(num_features=self.num_features, num_buckets=self.num_buckets,
-                   hidden=tuple(self.hidden), sparse_input=self.sparse_input,
-                   embedding_bag=self.embedding_bag, dtype=self.dtype,
-                   table_dtype=self.table_dtype, input_layer=not self.shared_input,
-                   name="reps")(x)
+    return stacked(**fields, name="reps")(x)
 
 
 def split_table(params) -> tuple[jax.Array, dict]:

@@ -104,6 +104,10 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MAC
   Metrics: ``loss`` [R], per repetition. (No gradient norm: it would cost a transpose of the
   table's gradient that nothing reads.)
   """
+  if data_axis is not None and model.sequential:
+    raise ValueError("config.model.sequential_reps=True runs on meshes without data "
+                     "parallelism: set the mesh's 'data' axis to 1 (repetitions over 'rep' "
+                     "only), or sequential_reps=False")
   label_mask = batch["labels"] >= 0
   buckets = spec.buckets(batch["labels"], jnp, params=hash_params)  # [R, b, L]
   params = state.params

@@ -22,6 +22,7 @@ import gzip
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -72,6 +73,7 @@ def profile(config, epochs: int, trace_steps: int) -> dict:
   batches = [setup.put(b) for b in train_set.batches(
       tc.batch_size, shuffle=True, seed=config.seed, epoch=0, widths=setup.widths,
       dense=config.model.dense_input, num_shards=mesh.shape[sharding.DATA_AXIS])]
+  memory = setup.train_step.lower(state, batches[0]).compile().memory_analysis()
   state, first_s, _ = timed_steps(setup, state, batches, 1)
   state, seconds, m = timed_steps(setup, state, batches, epochs * len(batches))
   ms_per_step = seconds / (epochs * len(batches)) * 1e3
@@ -84,6 +86,9 @@ def profile(config, epochs: int, trace_steps: int) -> dict:
   ops = op_times(trace_dir, trace_steps)
   return {"ms_per_step": ms_per_step, "first_step_s": first_s, "data_s": t_data,
           "steps_timed": epochs * len(batches), "batch_size": tc.batch_size,
+          "temp_mb": memory.temp_size_in_bytes / 2**20,
+          "state_mb": memory.argument_size_in_bytes / 2**20,
+          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
           "R": spec.R, "B": spec.B, "D": train_set.num_features, "input_dim": spec.input_dim,
           "hidden": list(config.model.hidden), "mesh": dict(mesh.shape),
           "device": str(jax.devices()[0].device_kind), "host": platform.node(),
@@ -115,6 +120,9 @@ def main(argv):
         f"{res['batch_size']}, R={res['R']}, B={res['B']}, D={res['D']}, hidden "
         f"{res['hidden']}, mesh {res['mesh']}, {res['device']}, {res['cores']} cores); "
         f"first step {res['first_step_s']:.2f} s")
+  print(f"compiled step (XLA's accounting, first batch shape): {res['temp_mb']:.0f} MB of "
+        f"temporaries, {res['state_mb']:.0f} MB of arguments; peak RSS of the process "
+        f"{res['peak_rss_mb']:.0f} MB")
   listed = res["ops"][:_TOP.value]
   print(f"ops by time, {sum(o['ms_per_step'] for o in res['ops']):.2f} ms/step in all "
         f"(ops may overlap on several threads):")
