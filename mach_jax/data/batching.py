@@ -11,10 +11,10 @@ A batch of b points is a dict of NumPy arrays:
 T and Lw have floors per data set (``Widths.for_data``): T's covers a batch of the mean
 nonzeros, Lw is the largest label count rounded up to a power of two. A batch that needs
 more nonzeros gets the next bucketed width (eight steps per power of two, so padding stays
-under 12.5%), and nothing is ever truncated. The step compiles once per distinct width: two
-to four times per run (Debian's long texts, batch 256: 65,536, 73,728 and 81,920), where a
-floor of the mean plus six standard deviations compiled once but padded every batch to
-98,304 (experiments/bench/NOTES.md).
+under 12.5%), and nothing is ever truncated. The step compiles once per distinct width, a
+few times per run (Debian's long texts, batch 256: 73,728 for 98% of the batches, 81,920
+for the rest), where a floor of the mean plus six standard deviations compiled once but
+padded every batch to 98,304 (experiments/bench/NOTES.md).
 """
 
 from __future__ import annotations
