@@ -129,7 +129,7 @@ def main(argv):
     raise app.UsageError('the service needs the serve extra: pip install -e ".[serve]"') \
         from None
   searcher = Searcher.load(_WORKDIR.value, _CATALOGUE.value)
-  searcher.search(["warm up"], k=10)  # Compile before the first request, not during it.
+  searcher.predictor.warm_up(k=10)  # Compile before the first request, not during it.
   logging.info("serving %s on http://%s:%d", _WORKDIR.value, _HOST.value, _PORT.value)
   uvicorn.run(make_app(searcher), host=_HOST.value, port=_PORT.value, log_level="warning")
 

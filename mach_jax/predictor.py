@@ -83,25 +83,41 @@ class Predictor:
       config = ml_collections.ConfigDict(self.config.to_dict())
       config.eval.update(batch_size=batch_size, decode=method, candidates_m=m)
       self._decoders[key] = config_lib.make_decoder(config, self.spec)
-    Y = sp.csr_matrix((X.shape[0], self.spec.K), dtype=np.float32)
-    widths = None  # Full batches: widths from the data, as in evaluation.
-    if batch_size < ev.batch_size:
-      # A few rows: nonzeros padded to a power of two (at least SMALL_BATCH_MIN_NNZ).
-      need = batching.Widths.for_data(X, Y, batch_size).nnz
-      widths = batching.Widths(nnz=batching.next_pow2(need, minimum=SMALL_BATCH_MIN_NNZ))
-    if widths is not None and jax.process_count() == 1:
-      # A few rows: one jitted call from the padded batch to the top k (no mesh, no
-      # separately dispatched decoder pieces, no background thread).
-      batch = batching.make_batch(X, Y, np.arange(X.shape[0]), batch_size, widths,
-                                  dense=self.config.model.dense_input)
+    if batch_size < ev.batch_size and jax.process_count() == 1:
+      # A few rows: nonzeros padded to a power of two (at least SMALL_BATCH_MIN_NNZ), and
+      # one jitted call from the padded batch to the top k (no mesh, no separately
+      # dispatched decoder pieces, no background thread).
+      nnz = batching.next_pow2(X.nnz, minimum=SMALL_BATCH_MIN_NNZ)
+      batch = batching.pack_features(X, batch_size, nnz, dense=self.config.model.dense_input)
       scores, classes = self._fused_fn(key, k, estimator)(self.params, batch)
       n = X.shape[0]
       return np.asarray(scores)[:n], np.asarray(classes)[:n]
+    Y = sp.csr_matrix((X.shape[0], self.spec.K), dtype=np.float32)
+    widths = None  # Full batches: widths from the data, as in evaluation.
+    if batch_size < ev.batch_size:  # A few rows over several processes.
+      widths = batching.Widths(nnz=batching.next_pow2(X.nnz, minimum=SMALL_BATCH_MIN_NNZ))
     out = inference.predict_topk(self.params, self._logits_fn(), self._decoders[key],
                                  X, Y, batch_size=batch_size, k=k, estimators=(estimator,),
                                  mesh=self.mesh, dense=self.config.model.dense_input,
                                  widths=widths)
     return out[estimator]
+
+  def warm_up(self, k: int = 10, batch_size: int = 1, max_nnz: int = 1024,
+              **predict_kwargs) -> int:
+    """Compile the few-rows path ahead of the first query: ``batch_size`` rows at every
+    padded width of nonzeros from SMALL_BATCH_MIN_NNZ up to ``max_nnz`` (a power of two
+    each), for ``predict_topk(..., k=k, **predict_kwargs)``. A wider query still works; it
+    compiles when it comes. Returns the number of widths compiled.
+    """
+    widths, w = [], SMALL_BATCH_MIN_NNZ
+    while w <= max(max_nnz, SMALL_BATCH_MIN_NNZ):
+      widths.append(w)
+      w *= 2
+    for w in widths:
+      X = sp.csr_matrix((np.zeros(w, np.float32), np.arange(w) % self.num_features,
+                         [0] + [w] * batch_size), shape=(batch_size, self.num_features))
+      self.predict_topk(X, k=k, batch_size=batch_size, **predict_kwargs)
+    return len(widths)
 
   def _fused_fn(self, key: tuple, k: int, estimator: str):
     """jit(params, batch) -> (scores [b, k], classes [b, k]): logits and decoding in one

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import scipy.sparse as sp
 from hypothesis import given, strategies as st
 
@@ -32,6 +33,22 @@ def test_batch_contents_and_padding():
   assert (b["values"][6:] == 0).all()  # Padding adds nothing.
   d = batching.make_batch(X, Y, np.array([0, 1, 2]), batch_size=4, dense=True)
   np.testing.assert_array_equal(d["dense"], dense)
+
+
+def test_pack_features_is_make_batch_without_labels():
+  X, Y = _data()
+  b = batching.make_batch(X, Y, np.arange(3), batch_size=4, widths=batching.Widths(nnz=8))
+  p = batching.pack_features(X, batch_size=4, nnz=8)
+  assert set(p) == {"indices", "values", "segments", "mask"}
+  for key in p:
+    np.testing.assert_array_equal(p[key], b[key])
+  d = batching.pack_features(X, batch_size=4, nnz=8, dense=True)
+  np.testing.assert_array_equal(d["dense"], batching.make_batch(X, Y, np.arange(3), 4,
+                                                                dense=True)["dense"])
+  with pytest.raises(ValueError, match="6 nonzeros do not fit in a batch of width 4"):
+    batching.pack_features(X, batch_size=4, nnz=4)
+  with pytest.raises(ValueError, match="3 rows do not fit in batch_size=2"):
+    batching.pack_features(X, batch_size=2, nnz=8)
 
 
 def test_never_truncates_a_batch_wider_than_the_widths():

@@ -36,6 +36,45 @@ def percentiles(ms: list[float]) -> dict[str, float]:
           "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "n": int(a.size)}
 
 
+def stages(predictor, queries, k: int, featurizer=None) -> dict[str, float]:
+  """Median ms of each stage of a single query, timed one stage at a time over ``queries``
+  (text with ``featurizer``, else CSR rows): featurize, pack (the padded batch on the
+  host), device (the one jitted call, on a batch already on the device), and whole (
+  ``predict_topk`` from features, which adds the transfer and the Python around the call).
+  """
+  import jax
+  import scipy.sparse as sp
+
+  from mach_jax.data import batching
+  from mach_jax.predictor import SMALL_BATCH_MIN_NNZ
+  t = {"featurize": [], "pack": [], "device": [], "whole": []}
+  ev = predictor.config.eval
+  fused = predictor._fused_fn((1, ev.decode, ev.candidates_m), k, ev.estimator)
+  dense = predictor.config.model.dense_input
+  for q in queries:
+    t0 = time.perf_counter()
+    X = featurizer.transform([q]) if featurizer is not None else sp.csr_matrix(q)
+    t1 = time.perf_counter()
+    batch = batching.pack_features(X, 1, batching.next_pow2(X.nnz, SMALL_BATCH_MIN_NNZ),
+                                   dense=dense)
+    t2 = time.perf_counter()
+    on_device = jax.device_put(batch)
+    jax.block_until_ready(on_device)
+    t3 = time.perf_counter()
+    jax.block_until_ready(fused(predictor.params, on_device))
+    t4 = time.perf_counter()
+    predictor.predict_topk(X, k=k)
+    t5 = time.perf_counter()
+    for name, dt in (("featurize", t1 - t0), ("pack", t2 - t1), ("device", t4 - t3),
+                     ("whole", t5 - t4)):
+      t[name].append(dt * 1e3)
+  return {name: float(np.median(v)) for name, v in t.items()}
+
+
+def print_stages(s: dict[str, float]) -> None:
+  print("stages, median ms: " + "  ".join(f"{k} {v:.3f}" for k, v in s.items()))
+
+
 def _is_xc(path: str) -> bool:
   """Whether ``path`` starts with an XC header (three integers) rather than a query."""
   import gzip
@@ -53,6 +92,7 @@ def xc_latency(args) -> None:
   from mach_jax.predictor import Predictor
   predictor = Predictor.load(os.path.join(args.workdir, bundle.BUNDLE_DIR))
   X = read_xc(args.queries).X[:args.n + args.warmup]
+  predictor.warm_up(k=args.k)
   for i in range(args.warmup):
     predictor.predict_topk(X[i], k=args.k)
   ms = []
@@ -61,13 +101,15 @@ def xc_latency(args) -> None:
     predictor.predict_topk(X[i], k=args.k)
     ms.append((time.perf_counter() - t0) * 1e3)
   out = {"workdir": args.workdir, "k": args.k, "K": predictor.spec.K,
-         "in_process_ms": percentiles(ms)}
+         "in_process_ms": percentiles(ms),
+         "stages_ms": stages(predictor, [X[i] for i in range(args.warmup, X.shape[0])], args.k)}
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "serve_latency.json"), "w") as f:
     json.dump(out, f, indent=2)
   p = out["in_process_ms"]
   print(f"in_process_ms: p50 {p['p50']:7.2f}  p95 {p['p95']:7.2f}  p99 {p['p99']:7.2f}  "
         f"({p['n']} points)")
+  print_stages(out["stages_ms"])
 
 
 def main() -> None:
@@ -89,6 +131,7 @@ def main() -> None:
   with open(args.queries, encoding="utf-8") as f:
     queries = [line.split("\t")[0] for _, line in zip(range(args.n + args.warmup), f)]
   searcher = Searcher.load(args.workdir)
+  searcher.predictor.warm_up(k=args.k)
   for q in queries[:args.warmup]:
     searcher.search([q], k=args.k)
   timed = queries[args.warmup:]
@@ -122,7 +165,8 @@ def main() -> None:
 
   out = {"workdir": args.workdir, "k": args.k, "K": searcher.predictor.spec.K,
          "in_process_ms": percentiles(inproc), "http_ms": percentiles(http),
-         "handler_ms": percentiles(handler)}
+         "handler_ms": percentiles(handler),
+         "stages_ms": stages(searcher.predictor, timed, args.k, searcher.featurizer)}
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "serve_latency.json"), "w") as f:
     json.dump(out, f, indent=2)
@@ -130,6 +174,7 @@ def main() -> None:
     p = out[name]
     print(f"{name:>14}: p50 {p['p50']:7.2f}  p95 {p['p95']:7.2f}  p99 {p['p99']:7.2f}  "
           f"({p['n']} queries)")
+  print_stages(out["stages_ms"])
 
 
 if __name__ == "__main__":

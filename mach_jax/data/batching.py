@@ -112,6 +112,34 @@ def make_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, batch_size:
               segments=segments.reshape(-1), labels=labels, mask=mask)
 
 
+def pack_features(X: sp.csr_matrix, batch_size: int, nnz: int,
+                  dense: bool = False) -> dict[str, np.ndarray]:
+  """Every row of X as one padded batch of features, for prediction (no labels).
+
+  The serving path's packing: X's arrays are copied as they are, with none of
+  ``make_batch``'s row selection. ``nnz`` is T, at least X.nnz. Returns ``indices``,
+  ``values``, ``segments`` [T] (or ``dense`` [b, D]) and ``mask`` [b].
+  """
+  n = X.shape[0]
+  if n > batch_size:
+    raise ValueError(f"{n} rows do not fit in batch_size={batch_size}")
+  mask = np.zeros(batch_size, np.float32)
+  mask[:n] = 1.0
+  if dense:
+    feats = np.zeros((batch_size, X.shape[1]), np.float32)
+    feats[:n] = X.toarray()
+    return dict(dense=feats, mask=mask)
+  if X.nnz > nnz:
+    raise ValueError(f"{X.nnz} nonzeros do not fit in a batch of width {nnz}")
+  indices = np.zeros(nnz, np.int32)
+  values = np.zeros(nnz, np.float32)
+  segments = np.zeros(nnz, np.int32)
+  indices[:X.nnz] = X.indices
+  values[:X.nnz] = X.data
+  segments[:X.nnz] = np.repeat(np.arange(n, dtype=np.int32), np.diff(X.indptr))
+  return dict(indices=indices, values=values, segments=segments, mask=mask)
+
+
 def batch_rows(num_points: int, batch_size: int, *, shuffle: bool, seed: int = 0,
                epoch: int = 0) -> list[np.ndarray]:
   """Row ids of each batch for one epoch; the permutation depends only on (seed, epoch)."""
