@@ -28,10 +28,19 @@ from mach_jax import (
 from mach_jax.data import batching
 from mach_jax.hashing import HashSpec
 
-# A few rows' nonzeros are padded to a power of two at least this wide: a stream of single
-# queries compiles the forward pass for a handful of widths, and a short query does not
-# gather hundreds of padding rows of every repetition's table.
+# A few rows' nonzeros are padded to at least this width, and above it to one of four widths
+# per power of two (``batching.round_up_width``): a stream of single queries compiles the
+# program for a few widths, a short query does not gather hundreds of padding rows of every
+# repetition's table, and a query pays at most 25% padding (a bibtex query, 68 nonzeros:
+# 80 wide, 0.50-0.60 ms; 128 wide, 0.80 ms; experiments/bench/NOTES.md).
 SMALL_BATCH_MIN_NNZ = 32
+SMALL_BATCH_WIDTHS_PER_OCTAVE = 4
+
+
+def query_width(nnz: int) -> int:
+  """The padded width of a few rows holding ``nnz`` nonzeros."""
+  return batching.round_up_width(nnz, minimum=SMALL_BATCH_MIN_NNZ,
+                                 steps_per_octave=SMALL_BATCH_WIDTHS_PER_OCTAVE)
 
 
 class Predictor:
@@ -84,35 +93,34 @@ class Predictor:
       config.eval.update(batch_size=batch_size, decode=method, candidates_m=m)
       self._decoders[key] = config_lib.make_decoder(config, self.spec)
     if batch_size < ev.batch_size and jax.process_count() == 1:
-      # A few rows: nonzeros padded to a power of two (at least SMALL_BATCH_MIN_NNZ), and
-      # one jitted call from the padded batch to the top k (no mesh, no separately
-      # dispatched decoder pieces, no background thread).
-      nnz = batching.next_pow2(X.nnz, minimum=SMALL_BATCH_MIN_NNZ)
-      batch = batching.pack_features(X, batch_size, nnz, dense=self.config.model.dense_input)
+      # A few rows: nonzeros padded to ``query_width``, and one jitted call from the padded
+      # batch to the top k (no mesh, no separately dispatched decoder pieces, no background
+      # thread).
+      batch = batching.pack_features(X, batch_size, query_width(X.nnz),
+                                     dense=self.config.model.dense_input)
       scores, classes = self._fused_fn(key, k, estimator)(self.params, batch)
       n = X.shape[0]
       return np.asarray(scores)[:n], np.asarray(classes)[:n]
     Y = sp.csr_matrix((X.shape[0], self.spec.K), dtype=np.float32)
     widths = None  # Full batches: widths from the data, as in evaluation.
     if batch_size < ev.batch_size:  # A few rows over several processes.
-      widths = batching.Widths(nnz=batching.next_pow2(X.nnz, minimum=SMALL_BATCH_MIN_NNZ))
+      widths = batching.Widths(nnz=query_width(X.nnz))
     out = inference.predict_topk(self.params, self._logits_fn(), self._decoders[key],
                                  X, Y, batch_size=batch_size, k=k, estimators=(estimator,),
                                  mesh=self.mesh, dense=self.config.model.dense_input,
                                  widths=widths)
     return out[estimator]
 
-  def warm_up(self, k: int = 10, batch_size: int = 1, max_nnz: int = 1024,
+  def warm_up(self, k: int = 10, batch_size: int = 1, max_nnz: int = 512,
               **predict_kwargs) -> int:
     """Compile the few-rows path ahead of the first query: ``batch_size`` rows at every
-    padded width of nonzeros from SMALL_BATCH_MIN_NNZ up to ``max_nnz`` (a power of two
-    each), for ``predict_topk(..., k=k, **predict_kwargs)``. A wider query still works; it
-    compiles when it comes. Returns the number of widths compiled.
+    padded width of nonzeros (``query_width``) up to the one that holds ``max_nnz``, for
+    ``predict_topk(..., k=k, **predict_kwargs)``. A wider query still works; it compiles
+    when it comes. Returns the number of widths compiled.
     """
-    widths, w = [], SMALL_BATCH_MIN_NNZ
-    while w <= max(max_nnz, SMALL_BATCH_MIN_NNZ):
-      widths.append(w)
-      w *= 2
+    widths = [query_width(0)]
+    while widths[-1] < max_nnz:
+      widths.append(query_width(widths[-1] + 1))
     for w in widths:
       X = sp.csr_matrix((np.zeros(w, np.float32), np.arange(w) % self.num_features,
                          [0] + [w] * batch_size), shape=(batch_size, self.num_features))

@@ -135,14 +135,22 @@ def test_a_few_rows_in_one_jitted_call_equal_the_batched_path(method):
 
 def test_warm_up_compiles_every_single_query_width_ahead():
   p = Predictor.load(os.path.join(V1, "xc"))
-  assert p.warm_up(k=5, max_nnz=64) == 2  # Widths 32 and 64.
+  assert p.warm_up(k=5, max_nnz=64) == 5  # Widths 32, 40, 48, 56 and 64.
   (fused,) = p._fused.values()
   compiled = fused._cache_size()
-  assert compiled == 2
-  for nnz in (1, 20, 33, 64):  # Every query up to 64 nonzeros finds its program compiled.
+  assert compiled == 5
+  for nnz in (1, 20, 33, 41, 64):  # Every query up to 64 nonzeros finds its program compiled.
     X = sp.csr_matrix((np.ones(nnz, np.float32), np.arange(nnz), [0, nnz]), shape=(1, 100))
     p.predict_topk(X, k=5)
   assert fused._cache_size() == compiled
   X = sp.csr_matrix((np.ones(65, np.float32), np.arange(65), [0, 65]), shape=(1, 100))
   p.predict_topk(X, k=5)  # Wider: compiled when it comes.
   assert fused._cache_size() == compiled + 1
+
+
+def test_a_query_pays_at_most_a_quarter_of_padding():
+  from mach_jax.predictor import SMALL_BATCH_MIN_NNZ, query_width
+  for nnz in range(0, 5000):
+    w = query_width(nnz)
+    assert w >= max(nnz, SMALL_BATCH_MIN_NNZ)
+    assert w <= max(1.25 * nnz, SMALL_BATCH_MIN_NNZ)

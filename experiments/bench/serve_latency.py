@@ -46,7 +46,7 @@ def stages(predictor, queries, k: int, featurizer=None) -> dict[str, float]:
   import scipy.sparse as sp
 
   from mach_jax.data import batching
-  from mach_jax.predictor import SMALL_BATCH_MIN_NNZ
+  from mach_jax.predictor import query_width
   t = {"featurize": [], "pack": [], "device": [], "whole": []}
   ev = predictor.config.eval
   fused = predictor._fused_fn((1, ev.decode, ev.candidates_m), k, ev.estimator)
@@ -55,7 +55,7 @@ def stages(predictor, queries, k: int, featurizer=None) -> dict[str, float]:
     t0 = time.perf_counter()
     X = featurizer.transform([q]) if featurizer is not None else sp.csr_matrix(q)
     t1 = time.perf_counter()
-    batch = batching.pack_features(X, 1, batching.next_pow2(X.nnz, SMALL_BATCH_MIN_NNZ),
+    batch = batching.pack_features(X, 1, query_width(X.nnz),
                                    dense=dense)
     t2 = time.perf_counter()
     on_device = jax.device_put(batch)
