@@ -71,6 +71,31 @@ def stages(predictor, queries, k: int, featurizer=None) -> dict[str, float]:
   return {name: float(np.median(v)) for name, v in t.items()}
 
 
+def width_ab(predictor, rows, k: int) -> dict[str, dict[str, float]]:
+  """Interleaved A/B of two padding rules for a query's nonzeros: every row answered by
+  both (power of two; ``predictor.query_width``), in alternating order, each time the
+  packing, the one jitted program and the copy back."""
+  import jax
+
+  from mach_jax.data import batching
+  from mach_jax.predictor import query_width
+  ev = predictor.config.eval
+  fused = predictor._fused_fn((1, ev.decode, ev.candidates_m), k, ev.estimator)
+  rules = {"power_of_two": lambda n: batching.next_pow2(n, minimum=32),
+           "query_width": query_width}
+  for rule in rules.values():  # Compile every width either rule meets.
+    for X in rows:
+      jax.block_until_ready(fused(predictor.params, batching.pack_features(X, 1, rule(X.nnz))))
+  ms = {name: [] for name in rules}
+  for i, X in enumerate(rows):
+    for name, rule in (rules.items() if i % 2 else reversed(rules.items())):
+      t0 = time.perf_counter()
+      scores, classes = fused(predictor.params, batching.pack_features(X, 1, rule(X.nnz)))
+      np.asarray(scores), np.asarray(classes)
+      ms[name].append((time.perf_counter() - t0) * 1e3)
+  return {name: percentiles(v) for name, v in ms.items()}
+
+
 def print_stages(s: dict[str, float]) -> None:
   print("stages, median ms: " + "  ".join(f"{k} {v:.3f}" for k, v in s.items()))
 
@@ -106,6 +131,11 @@ def xc_latency(args) -> None:
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "serve_latency.json"), "w") as f:
     json.dump(out, f, indent=2)
+  if args.ab_widths:
+    out["width_ab_ms"] = width_ab(predictor, [X[i] for i in range(args.warmup, X.shape[0])],
+                                  args.k)
+    for name, p in out["width_ab_ms"].items():
+      print(f"{name:>14}: p50 {p['p50']:7.2f}  p95 {p['p95']:7.2f}  p99 {p['p99']:7.2f}")
   p = out["in_process_ms"]
   print(f"in_process_ms: p50 {p['p50']:7.2f}  p95 {p['p95']:7.2f}  p99 {p['p99']:7.2f}  "
         f"({p['n']} points)")
@@ -120,6 +150,8 @@ def main() -> None:
   parser.add_argument("--warmup", type=int, default=50)
   parser.add_argument("--k", type=int, default=10)
   parser.add_argument("--out", default="runs/serve_latency")
+  parser.add_argument("--ab_widths", action="store_true",
+                      help="XC models: also an interleaved A/B of the query padding rules")
   args = parser.parse_args()
 
   if _is_xc(args.queries):
