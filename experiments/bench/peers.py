@@ -97,8 +97,8 @@ def mach_worker(args) -> dict:
   results = train.train_and_evaluate(config, workdir)
   predictor = Predictor.load(os.path.join(workdir, "model"))
   X = read_xc(args.test).X
-  predictor.predict_topk(X[:1], 5)  # Compile both batch shapes before timing.
-  predictor.predict_topk(X[:1], 5, batch_size=1)
+  predictor.predict_topk(X[:1], 5)  # Compile before timing: the batch's shapes, and a
+  predictor.warm_up(k=5, max_nnz=int(np.diff(X.indptr).max()))  # single query's widths.
   t0 = time.perf_counter()
   _, preds = predictor.predict_topk(X, 5)
   batch_ms = 1e3 * (time.perf_counter() - t0) / X.shape[0]
@@ -168,10 +168,11 @@ def mach_text_worker(args) -> dict:
   workdir = os.path.join(args.out, "run")
   results = train.train_and_evaluate(config, workdir)
   searcher = Searcher.load(workdir)
-  # Compile one query's shapes before timing; the batch pass may still compile a wider
-  # batch's (a few times per set: data.batching), which its time then includes.
+  # Compile before timing: every width a single query may take (Predictor.warm_up), and one
+  # batch's shapes; the batch pass may still compile a wider batch's (a few times per set:
+  # data.batching), which its time then includes.
   searcher.search(queries[:1], 5)
-  searcher.search(queries[:1], 5, batch_size=1)
+  searcher.predictor.warm_up(k=5)
   t0 = time.perf_counter()
   preds = np.array([[h.id for h in hits] for hits in searcher.search(queries, 5)])
   batch_ms = 1e3 * (time.perf_counter() - t0) / len(queries)
