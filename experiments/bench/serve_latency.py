@@ -55,8 +55,7 @@ def stages(predictor, queries, k: int, featurizer=None) -> dict[str, float]:
     t0 = time.perf_counter()
     X = featurizer.transform([q]) if featurizer is not None else sp.csr_matrix(q)
     t1 = time.perf_counter()
-    batch = batching.pack_features(X, 1, query_width(X.nnz),
-                                   dense=dense)
+    batch = batching.pack_features(X, 1, query_width(X.nnz), dense=dense)
     t2 = time.perf_counter()
     on_device = jax.device_put(batch)
     jax.block_until_ready(on_device)
