@@ -197,19 +197,21 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
 
 def run_meta(*, step: int, epoch: int, batch_in_epoch: int, steps_per_epoch: int,
              train_seconds: float, examples: int, spec: HashSpec, config,
-             best: dict | None = None) -> dict:
+             best: dict | None = None, decays: int = 0) -> dict:
   """The ``meta`` item of a checkpoint: where in the data the run stands, and what it is.
 
   A position at the end of an epoch is recorded as the start of the next one. ``best`` is
   the best validation evaluation so far (``loop.Best.record``), whose checkpoint the keep
-  policy preserves.
+  policy preserves; ``decays`` how many times the run has gone back to it with a smaller
+  learning rate (``config.train.decay_patience``).
   """
   if batch_in_epoch == steps_per_epoch:
     epoch, batch_in_epoch = epoch + 1, 0
   return {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
           "shuffle_seed": config.seed, "train_seconds": train_seconds, "examples": examples,
           "hash_spec": spec.to_dict(), "config": json.loads(config.to_json()),
-          "versions": provenance.library_versions(), "best": best}
+          "versions": provenance.library_versions(), "best": best,
+          "decays": decays}
 
 
 def check_resumable(meta: dict, spec: HashSpec, config, workdir: str) -> None:

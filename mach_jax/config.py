@@ -120,6 +120,13 @@ def default_config() -> ml_collections.ConfigDict:
   # With a validation slice: stop after this many periodic evaluations without a new best
   # checkpoint.best_metric; 0 never stops early.
   c.train.early_stopping_patience = 0
+  # With a validation slice: after decay_patience evaluations without a new best, go back to
+  # the best evaluation's state (parameters and optimizer moments) and go on with the
+  # learning rate times decay_factor; at most max_decays times. Early stopping counts only
+  # once every decay is spent. 0: never.
+  c.train.decay_patience = 0
+  c.train.decay_factor = 0.1
+  c.train.max_decays = 1
   # A model folder whose parameters start the run instead of a fresh initialisation (its
   # catalogue may since have grown: bundle.load_params_like). The optimizer starts afresh;
   # a run that resumes from its own checkpoint ignores this.

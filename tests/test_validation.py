@@ -192,3 +192,61 @@ def test_a_warm_up_longer_than_the_run_is_refused(tmp_path):
   c.optimizer.update(schedule="cosine", warmup_steps=10_000)
   with pytest.raises(ValueError, match="warm-up of 10000 steps outlasts the run's 141 steps"):
     train.train_and_evaluate(c, str(tmp_path))
+
+
+def _plateau_config(**train):
+  c = tiny_config()
+  c.data.validation_fraction = 0.1
+  c.optimizer.learning_rate = 3e-2  # Overfits the tiny set within a few epochs.
+  c.train.update(num_epochs=10, early_stopping_patience=1, decay_patience=1, **train)
+  c.eval.update(every_epochs=1, subset=0)
+  return c
+
+
+def _events(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  return ([r for r in records if "decay" in r], [r for r in records if "eval/P@1" in r])
+
+
+def test_a_plateau_goes_back_to_the_best_state_with_a_smaller_step(tmp_path):
+  """With a step of ~0 after the decay, the next evaluation must be the best one's again:
+  the run went back to the best state, not on from the last."""
+  c = _plateau_config(decay_factor=1e-9)
+  res = train.train_and_evaluate(c, str(tmp_path))
+  decays, evals = _events(str(tmp_path))
+  assert res["decays"] == 1 and len(decays) == 1
+  event = decays[0]
+  best_before = max((e for e in evals if e["step"] <= event["step"]),
+                    key=lambda e: e["eval/P@1"])
+  assert event["restored_step"] == best_before["step"] < event["step"]
+  assert event["learning_rate"] == pytest.approx(3e-2 * 1e-9)
+  after = next(e for e in evals if e["step"] > event["step"])
+  assert after["eval/P@1"] == best_before["eval/P@1"]
+  assert after["eval/P@5"] == best_before["eval/P@5"]
+  assert res["steps"] < c.train.num_epochs * (after["step"] - event["step"])  # Stopped early.
+
+
+def test_a_run_stopped_between_its_plateau_and_the_decay_resumes_into_the_same_model(tmp_path):
+  c = _plateau_config()
+  whole = train.train_and_evaluate(c, str(tmp_path / "whole"))
+  decays, _ = _events(str(tmp_path / "whole"))
+  assert whole["decays"] == 1
+  # The same run capped at the plateau's epoch ends without decaying (no epoch is left)...
+  c.train.num_epochs = decays[0]["epoch"]
+  cut = train.train_and_evaluate(c, str(tmp_path / "cut"))
+  assert cut["decays"] == 0 and not _events(str(tmp_path / "cut"))[0]
+  # ...and continued to the full cap, it decays on resuming and ends where the whole run did.
+  c.train.num_epochs = 10
+  resumed = train.train_and_evaluate(c, str(tmp_path / "cut"))
+  assert resumed["decays"] == 1 and resumed["selected"] == whole["selected"]
+  assert resumed["steps"] == whole["steps"]
+  for k in ("P@1", "P@3", "P@5"):
+    assert resumed[k] == whole[k]
+
+
+def test_decay_needs_validation_and_checkpoints(tmp_path):
+  c = _plateau_config()
+  c.checkpoint.enabled = False
+  with pytest.raises(ValueError, match="decay_patience=1 goes back"):
+    train.train_and_evaluate(c, str(tmp_path))
