@@ -205,6 +205,33 @@ def resolve(config, num_classes: int, labels_per_point: float,
   return c
 
 
+def check_loop(config) -> None:
+  """Refuse training-loop settings that contradict each other (before any data is read).
+
+  Raises:
+    ValueError: naming the fields to change.
+  """
+  ev, tc, ck = config.eval, config.train, config.checkpoint
+  if ev.estimator not in ev.estimators:
+    raise ValueError(f"config.eval.estimator={ev.estimator!r} is not among "
+                     f"config.eval.estimators={tuple(ev.estimators)}: add it there")
+  if tc.target_metric and not (ev.every_epochs or ev.every_steps):
+    raise ValueError(f"config.train.target_metric={tc.target_metric!r} needs periodic "
+                     "evaluations: set config.eval.every_epochs or config.eval.every_steps")
+  if config.data.validation_fraction and not (
+      (ev.every_epochs or ev.every_steps) and ck.best_metric):
+    raise ValueError("config.data.validation_fraction > 0 selects the model on periodic "
+                     "evaluations by config.checkpoint.best_metric: set eval.every_epochs or "
+                     "eval.every_steps, and best_metric (e.g. 'P@1')")
+  if tc.decay_patience and not (config.data.validation_fraction and ck.enabled):
+    raise ValueError(f"config.train.decay_patience={tc.decay_patience} goes back to the best "
+                     "validation evaluation's state, which the checkpoint store keeps: set "
+                     "config.data.validation_fraction > 0 and config.checkpoint.enabled=True "
+                     "(or decay_patience=0)")
+  if tc.decay_patience and not 0 < tc.decay_factor < 1:
+    raise ValueError(f"config.train.decay_factor={tc.decay_factor}: expected 0 < f < 1")
+
+
 def hash_spec(config, num_classes: int) -> HashSpec:
   """The model's hash spec; ``hash_family='identity'`` is the full-softmax baseline (B = K)."""
   m = config.model

@@ -29,45 +29,13 @@ from mach_jax import (
   metrics,
   model as model_lib,
   optim,
+  plateau as plateau_lib,
   provenance,
   sharding,
   state as state_lib,
   workdir as workdir_lib,
 )
 from mach_jax.data import batching
-
-
-def _check_config(config) -> None:
-  ev, tc = config.eval, config.train
-  if ev.estimator not in ev.estimators:
-    raise ValueError(f"config.eval.estimator={ev.estimator!r} is not among "
-                     f"config.eval.estimators={tuple(ev.estimators)}: add it there")
-  if tc.target_metric and not (ev.every_epochs or ev.every_steps):
-    raise ValueError(f"config.train.target_metric={tc.target_metric!r} needs periodic "
-                     "evaluations: set config.eval.every_epochs or config.eval.every_steps")
-  if config.data.validation_fraction and not (
-      (ev.every_epochs or ev.every_steps) and config.checkpoint.best_metric):
-    raise ValueError("config.data.validation_fraction > 0 selects the model on periodic "
-                     "evaluations by config.checkpoint.best_metric: set eval.every_epochs or "
-                     "eval.every_steps, and best_metric (e.g. 'P@1')")
-  if tc.decay_patience and not (config.data.validation_fraction and config.checkpoint.enabled):
-    raise ValueError(f"config.train.decay_patience={tc.decay_patience} goes back to the best "
-                     "validation evaluation's state, which the checkpoint store keeps: set "
-                     "config.data.validation_fraction > 0 and config.checkpoint.enabled=True "
-                     "(or decay_patience=0)")
-  if tc.decay_patience and not 0 < tc.decay_factor < 1:
-    raise ValueError(f"config.train.decay_factor={tc.decay_factor}: expected 0 < f < 1")
-
-
-def _with_learning_rate_scale(setup: state_lib.TrainSetup, config, scale: float, D: int,
-                              K: int, total_steps: int) -> state_lib.TrainSetup:
-  """``setup`` whose train step uses ``scale`` times the config's learning rate (the state's
-  layout is the same: Adam's moments do not depend on the rate)."""
-  c = config.copy_and_resolve_references()
-  c.optimizer.learning_rate = config.optimizer.learning_rate * scale
-  parts = config_lib.build(c, D, K, total_steps)
-  return setup._replace(train_step=sharding.make_train_step(parts, setup.mesh, setup.state,
-                                                            setup.first_batch))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -85,7 +53,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir.WorkdirNotWritableError: ``workdir`` cannot be written (before any data is read).
   """
   t_start = time.time()
-  _check_config(config)
+  config_lib.check_loop(config)
   sharding.initialize_distributed(config.distributed)
   with workdir_lib.claim(workdir, lock=jax.process_index() == 0):
     return _train_and_evaluate(config, workdir, t_start)
@@ -125,8 +93,9 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
   # ---- Resume where a previous run of this workdir stopped, or initialise ----------------
   manager = (checkpoint_lib.make_manager(workdir, ck.keep, keep_best=bool(ck.best_metric))
              if ck.enabled else None)
-  step, start_epoch, start_batch, trained, examples, decays = 0, 0, 0, 0.0, 0, 0
+  step, start_epoch, start_batch, trained, examples = 0, 0, 0, 0.0, 0
   best, restored = loop.Best(ck.best_metric), None
+  plateau = plateau_lib.Plateau(config, D, K, total_steps)
   if manager is not None:
     restored = checkpoint_lib.restore_latest(
         manager, setup.state,
@@ -135,7 +104,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
       state, meta = restored.state, restored.meta
       step, start_epoch, start_batch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
       trained, examples = meta["train_seconds"], meta["examples"]
-      decays = meta.get("decays", 0)
+      plateau.decays = meta.get("decays", 0)
       if validation is not None and meta.get("best"):
         best = loop.Best(ck.best_metric, meta["best"])  # Its parameters stay on disk.
       where = (f"epoch {start_epoch + 1}, batch {start_batch} of {steps_per_epoch}"
@@ -145,8 +114,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
   if restored is None and tc.init_from:
     state = state._replace(params=bundle.load_params_like(tc.init_from, state.params, spec, D))
     logging.info("started from the parameters of %s", tc.init_from)
-  if decays:
-    setup = _with_learning_rate_scale(setup, config, tc.decay_factor ** decays, D, K, total_steps)
+  setup = plateau.resume(setup)
   logging.info("%s", sharding.check_state_sharding(mesh, state, spec.R))
   logging.info("MACH: K=%d classes, D=%d features, R=%d x B=%d buckets (%s hash); %s "
                "parameters, %.3gx the %s of a full softmax. %d train / %d test points.",
@@ -158,35 +126,16 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
     checkpoint_lib.save(manager, step, state, checkpoint_lib.run_meta(
         step=step, epoch=epoch, batch_in_epoch=batch_in_epoch, steps_per_epoch=steps_per_epoch,
         train_seconds=seconds, examples=examples, spec=spec, config=config, best=best.record,
-        decays=decays))
+        decays=plateau.decays))
 
-  def decay_due() -> bool:
-    return (validation is not None and tc.decay_patience > 0 and decays < tc.max_decays
-            and best.stale >= tc.decay_patience)
+  def decay(epoch: int) -> None:  # Back to the best state, on at the next learning rate.
+    nonlocal setup, state
+    state = None  # Never two states in memory.
+    state, setup, event = plateau.decay(manager, setup, best)
+    writer.write({"step": step, "epoch": epoch, **event})
 
-  def stop_early() -> bool:
-    decays_left = tc.decay_patience > 0 and decays < tc.max_decays
-    return not decays_left and best.exhausted(tc.early_stopping_patience)
-
-  def decay(epoch: int):
-    """Back to the best evaluation's state, on with a smaller learning rate."""
-    nonlocal setup, decays
-    manager.wait_until_finished()
-    state = checkpoint_lib.restore_latest(manager, setup.state, only=best.record["step"]).state
-    decays += 1
-    scale = tc.decay_factor ** decays
-    setup = _with_learning_rate_scale(setup, config, scale, D, K, total_steps)
-    best.record["stale"] = 0
-    writer.write({"step": step, "epoch": epoch, "decay": decays,
-                  "restored_step": best.record["step"],
-                  "learning_rate": config.optimizer.learning_rate * scale})
-    logging.info("no better validation %s in %d evaluations: back to step %d, learning rate "
-                 "x%g", ck.best_metric, tc.decay_patience, best.record["step"], scale)
-    return state
-
-  if decay_due() and start_epoch < tc.num_epochs:  # Stopped between a plateau and its decay.
-    state = None
-    state = decay(start_epoch)
+  if plateau.due(best) and start_epoch < tc.num_epochs:  # Stopped before its decay.
+    decay(start_epoch)
 
   # ---- Train, with periodic logs, checkpoints and evaluations ----------------------------
   watch, guard = loop.Stopwatch(offset=trained), loop.LossGuard()
@@ -244,14 +193,13 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
           target.update(reached=True, step=step, epoch=epoch + 1, achieved=main[tc.target_metric],
                         train_seconds=seconds, periodic_eval_seconds=periodic_seconds,
                         unix_time=time.time())
-        if decay_due() and not last:
-          state = None
-          state = decay(epoch + 1)
-        if target["reached"] or stop_early():
+        if plateau.due(best) and not last:
+          decay(epoch + 1)
+        if target["reached"] or plateau.stop(best):
           break
     guard.check()
     jax.block_until_ready(state)
-    if target["reached"] or stop_early():
+    if target["reached"] or plateau.stop(best):
       break
   train_seconds = watch.seconds()
   if manager is not None:
@@ -279,11 +227,10 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
       "eval_seconds": eval_seconds, "periodic_eval_seconds": periodic_seconds,
       "periodic_evals": periodic_evals, "first_step_seconds": first_step_seconds,
       "target": target, "data_seconds": t_data, "total_seconds": time.time() - t_start,
-      "steps": step, "decays": decays, "num_params": num_params,
-      "num_params_full_softmax": num_params_full,
+      "steps": step, "num_params": num_params, "num_params_full_softmax": num_params_full,
       "param_bytes": model_lib.param_bytes(params),
       "state_bytes": model_lib.param_bytes(setup.state),  # Parameters + optimizer state.
-      "hash_spec": spec.to_dict(),
+      "hash_spec": spec.to_dict(), "decays": plateau.decays,
       "selected": best.record, "num_train": train.num_points, "num_test": test.num_points,
       "num_validation": validation.num_points if validation is not None else 0,
       "config": json.loads(config.to_json()), "versions": provenance.library_versions(),
