@@ -17,15 +17,26 @@ The training queries are split in two halves in their generated order:
    names new products too; ``--new_repeat`` repeats its queries for new products and
    ``--other_fraction`` keeps a seeded fraction of the others);
 4. **from scratch**: the same model trained on both halves over all K classes, ``--epochs``
-   epochs.
+   epochs, at each of ``--scratch_learning_rates``; the one with the best validation P@1 is
+   the reference.
 
-Each model is scored on the test queries, split into those naming a new product (scored on
+Each model is scored on held-out queries, split into those naming a new product (scored on
 their new products only: a hit on an old product they also name does not count) and the
 rest (P@1, R@10, exact decoding, log-mean merge). The goal of issue 16: the fine-tuned model
 reaches >= 90% of the from-scratch P@1 and R@10 on both groups in <= 20% of its training
-time (``train_seconds`` of results.json, steps only). Writes OUT/grow.json (with a
-suffix naming the fine-tuning log's options when they are not the defaults) and prints a
-table; finished runs in OUT are reused.
+time (``train_seconds`` of results.json, steps only).
+
+**Choosing the fine-tuning on validation.** A seeded ``--validation_fraction`` of the
+training queries is held out of every model's training. Each ``--variant`` (a fine-tuning
+recipe: ``new_repeat=3,other_fraction=0.3,epochs=2,learning_rate=1e-3,schedule=cosine``;
+unset keys take the flags' values) is trained and scored on that validation slice only;
+the chosen one is the furthest inside the goal there (or the nearest to it): the largest
+smallest margin of (worst accuracy ratio / 0.9) and (0.2 / time ratio). Only the chosen
+recipe, the widened model and the from-scratch model are then scored on the test queries,
+once. Every run's own final
+evaluation reads the validation file, never the test one. Writes OUT/grow.json (every
+variant's validation figures, the choice, the test table) and prints the tables; finished
+runs in OUT are reused.
 """
 
 from __future__ import annotations
@@ -38,6 +49,41 @@ import time
 
 import numpy as np
 import scipy.sparse as sp
+
+_VARIANT_KEYS = {"new_repeat": int, "other_fraction": float, "epochs": int,
+                 "learning_rate": float, "schedule": str}
+
+
+def _variants(args):
+  """The fine-tuning recipes to try: [{new_repeat, other_fraction, epochs, ...}]."""
+  base = {"new_repeat": args.new_repeat, "other_fraction": args.other_fraction,
+          "epochs": args.finetune_epochs, "learning_rate": args.learning_rate,
+          "schedule": "constant"}
+  out = []
+  for spec in args.variant or [""]:
+    v = dict(base)
+    for item in filter(None, spec.split(",")):
+      key, _, value = item.partition("=")
+      try:
+        v[key] = _VARIANT_KEYS[key](value) if value else None
+      except (KeyError, ValueError):
+        v[key] = None
+      if v[key] is None:
+        raise SystemExit(f"--variant {spec!r}: {item!r} is not key=value with a key in "
+                         f"{list(_VARIANT_KEYS)} and a value of its type")
+    out.append(v)
+  return out
+
+
+def _tag(v, args):
+  """A variant's run folder name: only what differs from the flags' defaults."""
+  defaults = {"new_repeat": 1, "other_fraction": 1.0, "epochs": 1,
+              "learning_rate": args.learning_rate, "schedule": "constant"}
+  short = {"new_repeat": "new", "other_fraction": "other", "epochs": "ep",
+           "learning_rate": "lr", "schedule": ""}
+  return "finetuned" + "".join(
+      f"_{short[k]}{v[k]}" if isinstance(v[k], str) else f"_{short[k]}{v[k]:g}"
+      for k in _VARIANT_KEYS if v[k] != defaults[k])
 
 
 def _split(args):
@@ -57,20 +103,31 @@ def _split(args):
   return train.X, Y_train, test.X, Y_test, K_old, names_new
 
 
-def _config(args, train_path, test_path, epochs, init_from=""):
+def _config(args, train_path, eval_path, epochs, init_from="", learning_rate=None,
+            schedule="constant"):
   from experiments.configs.synthetic import get_config
   c = get_config()
   c.data.name = "xc"
-  c.data.train, c.data.test = train_path, test_path
+  c.data.train, c.data.test = train_path, eval_path
   c.model.update(R=args.R, B=args.B)
+  c.optimizer.update(learning_rate=learning_rate or args.learning_rate, schedule=schedule)
   c.train.update(num_epochs=epochs, progress_bar=False, init_from=init_from)
   c.eval.update(estimator="log_mean", estimators=("log_mean",), every_epochs=0, decode="exact")
   c.checkpoint.every_steps = 0
   return c
 
 
+def _groups(Y, K_old, names_new):
+  """{new, old}: (rows, relevant labels [n, K]). A query for a new product is scored on its
+  new products only (a hit on an old product it also names does not count), the others on
+  all their products."""
+  rows = names_new(Y)
+  only_new = sp.diags((np.arange(Y.shape[1]) >= K_old).astype(np.float32))
+  return {"new": (rows, (Y @ only_new).tocsr()), "old": (~rows, Y)}
+
+
 def _score(model_dir, X, groups):
-  """P@1 and R@10 of each group of test points: {name: (rows, relevant labels [n, K])}."""
+  """P@1 and R@10 of each group of points: {name: (rows, relevant labels [n, K])}."""
   from mach_jax import metrics
   from mach_jax.predictor import Predictor
   _, top = Predictor.load(model_dir).predict_topk(X, k=10)
@@ -81,6 +138,36 @@ def _score(model_dir, X, groups):
   return out
 
 
+def _ratios(row, ref):
+  """Fine-tuned / from scratch for each group and metric, and the time."""
+  r = {f"{g} {m}": row[g][m] / max(ref[g][m], 1e-12) for g in ("new", "old")
+       for m in ("P@1", "R@10")}
+  r["time"] = row["train_seconds"] / ref["train_seconds"]
+  r["met"] = bool(min(v for k, v in r.items() if k != "time") >= 0.9 and r["time"] <= 0.2)
+  return r
+
+
+def _margin(ratios):
+  """How far inside the goal a recipe is: the smallest of (worst accuracy ratio / 0.9) and
+  (0.2 / time ratio); >= 1 when the goal is met."""
+  worst = min(v for k, v in ratios.items() if k not in ("time", "met"))
+  return min(worst / 0.9, 0.2 / max(ratios["time"], 1e-12))
+
+
+def _choose(scored):
+  """The recipe furthest inside the goal, or nearest to it when none meets it."""
+  return max(scored, key=lambda s: _margin(s["ratios"]))
+
+
+def _table(title, rows):
+  print(title)
+  print(f"  {'model':44} {'train s':>8}  {'new P@1':>7} {'new R@10':>8}  {'old P@1':>7} "
+        f"{'old R@10':>8}")
+  for name, r in rows.items():
+    print(f"  {name:44} {r['train_seconds']:8.1f}  {r['new']['P@1']:7.3f} "
+          f"{r['new']['R@10']:8.3f}  {r['old']['P@1']:7.3f} {r['old']['R@10']:8.3f}")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True)
@@ -88,94 +175,127 @@ def main():
   parser.add_argument("--features", type=int, default=8192)
   parser.add_argument("--train", type=int, default=300_000)
   parser.add_argument("--test", type=int, default=10_000)
+  parser.add_argument("--validation_fraction", type=float, default=0.05)
   parser.add_argument("--R", type=int, default=4)
   parser.add_argument("--B", type=int, default=2048)
   parser.add_argument("--epochs", type=int, default=3)
+  parser.add_argument("--learning_rate", type=float, default=1e-3)
+  parser.add_argument("--scratch_learning_rates", type=lambda v: [float(x) for x in v.split(",")],
+                      default=[1e-3, 3e-3], help="the from-scratch reference's rates, "
+                      "comma-separated; the best on validation P@1 is the reference")
   parser.add_argument("--finetune_epochs", type=int, default=1)
   parser.add_argument("--new_repeat", type=int, default=1,
                       help="fine-tuning log: each query naming a new product this many times")
   parser.add_argument("--other_fraction", type=float, default=1.0,
                       help="fine-tuning log: this seeded fraction of the other queries")
+  parser.add_argument("--variant", action="append",
+                      help="a fine-tuning recipe, key=value,... over " + ", ".join(_VARIANT_KEYS)
+                      + "; repeat to search (chosen on validation)")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
+  if not 0 < args.validation_fraction < 1:
+    raise SystemExit(f"--validation_fraction {args.validation_fraction}: must be in (0, 1)")
+  variants = _variants(args)
 
   from mach_jax import bundle, train
   from mach_jax.data.xc import write_xc
 
   os.makedirs(args.out, exist_ok=True)
   X, Y, X_test, Y_test, K_old, names_new = _split(args)
-  half = X.shape[0] // 2
-  first_old = np.flatnonzero(~names_new(Y[:half]))
-  # The fine-tuning log: the second half, its queries for new products repeated, a seeded
-  # fraction of the others kept (in their order).
-  second = np.arange(half, X.shape[0])
-  is_new = names_new(Y[second])
-  keep = np.random.default_rng([args.seed, 2]).random(second.size) < args.other_fraction
-  fresh = np.sort(np.concatenate([np.repeat(second[is_new], args.new_repeat),
-                                  second[~is_new & keep]]), kind="stable")
-  log_tag = ("" if (args.new_repeat, args.other_fraction) == (1, 1.0)
-             else f"_new{args.new_repeat}x_other{args.other_fraction:g}")  # The log's shape.
-  tag = log_tag + (f"_{args.finetune_epochs}ep" if args.finetune_epochs != 1 else "")
-  files = {
-      "old": (X[first_old], Y[first_old][:, :K_old]),
-      "fresh": (X[fresh], Y[fresh]),
-      "all": (X, Y),
-      "test_old": (X_test, Y_test[:, :K_old]),
-      "test": (X_test, Y_test),
-  }
+  held = np.random.default_rng([args.seed, 3]).random(X.shape[0]) < args.validation_fraction
+  fit = np.flatnonzero(~held)
+  half = fit[: fit.size // 2]
+  second = fit[fit.size // 2:]
+  first_old = half[~names_new(Y[half])]
+  val = np.flatnonzero(held)
+  files = {"old": (X[first_old], Y[first_old][:, :K_old]), "all": (X[fit], Y[fit]),
+           "val_old": (X[val], Y[val][:, :K_old]), "val": (X[val], Y[val])}
   paths = {}
-  for name, (Xp, Yp) in files.items():
-    paths[name] = os.path.join(args.out, f"{name}{log_tag if name == 'fresh' else ''}.txt")
-    write_xc(paths[name], sp.csr_matrix(Xp), sp.csr_matrix(Yp))
-  new_rows = names_new(Y_test)
-  # A query for a new product is scored on its new products only (a hit on an old product
-  # it also names does not count); the other queries on all their products.
-  only_new = sp.diags((np.arange(Y.shape[1]) >= K_old).astype(np.float32))
-  groups = {"new": (new_rows, (Y_test @ only_new).tocsr()), "old": (~new_rows, Y_test)}
 
-  def run(name, train_name, test_name, epochs, init_from=""):
+  def write(name, Xp, Yp):
+    paths[name] = os.path.join(args.out, f"{name}.txt")
+    if not os.path.exists(paths[name]):
+      write_xc(paths[name], sp.csr_matrix(Xp), sp.csr_matrix(Yp))
+
+  for name, (Xp, Yp) in files.items():
+    write(name, Xp, Yp)
+  groups = {"validation": _groups(Y[val], K_old, names_new),
+            "test": _groups(Y_test, K_old, names_new)}
+  X_eval = {"validation": X[val], "test": X_test}
+
+  def run(name, train_name, eval_name, epochs, **kw):
     workdir = os.path.join(args.out, name)
     results_path = os.path.join(workdir, "results.json")
     if not os.path.exists(results_path):
-      train.train_and_evaluate(_config(args, paths[train_name], paths[test_name], epochs,
-                                       init_from), workdir)
+      train.train_and_evaluate(_config(args, paths[train_name], paths[eval_name], epochs,
+                                       **kw), workdir)
     with open(results_path) as f:
-      return json.load(f), os.path.join(workdir, "model")
+      return json.load(f)["train_seconds"], os.path.join(workdir, "model")
 
-  rows = {}
-  old, old_model = run("old_model", "old", "test_old", args.epochs)
+  def score(split, seconds, model_dir):
+    return {"train_seconds": seconds, **_score(model_dir, X_eval[split], groups[split])}
+
+  old_seconds, old_model = run("old_model", "old", "val_old", args.epochs)
   widened = os.path.join(args.out, "widened")
   if not os.path.exists(widened):
     bundle.widen(old_model, widened, Y.shape[1])
-  rows["widened, no training"] = {"train_seconds": 0.0,
-                                  **_score(widened, X_test, groups)}
-  tuned, tuned_model = run("finetuned" + tag, "fresh", "test", args.finetune_epochs,
-                           init_from=old_model)
-  rows["fine-tuned from the old model"] = {"train_seconds": tuned["train_seconds"],
-                                           **_score(tuned_model, X_test, groups)}
-  scratch, scratch_model = run("scratch", "all", "test", args.epochs)
-  rows["from scratch, all products"] = {"train_seconds": scratch["train_seconds"],
-                                        **_score(scratch_model, X_test, groups)}
+  # ---- The reference: from scratch at each of --scratch_learning_rates, the best chosen on
+  # its validation P@1 (a reference that is not tuned would flatter the fine-tuning).
+  references = {}
+  for lr in args.scratch_learning_rates:
+    name = "scratch" + ("" if lr == args.learning_rate else f"_lr{lr:g}")
+    result = run(name, "all", "val", args.epochs, learning_rate=lr)
+    references[name] = {"result": result, "validation": score("validation", *result)}
+  overall = lambda r: (r["new"]["P@1"] * r["new"]["points"] + r["old"]["P@1"]
+                       * r["old"]["points"]) / (r["new"]["points"] + r["old"]["points"])
+  scratch_run = max(references, key=lambda n: overall(references[n]["validation"]))
+  scratch, ref = references[scratch_run]["result"], references[scratch_run]["validation"]
 
-  ref = rows["from scratch, all products"]
-  ft = rows["fine-tuned from the old model"]
-  goal = {f"{g} {m}": ft[g][m] / max(ref[g][m], 1e-12) for g in ("new", "old")
-          for m in ("P@1", "R@10")}
-  goal["time"] = ft["train_seconds"] / ref["train_seconds"]
-  goal["met"] = bool(min(v for k, v in goal.items() if k != "time") >= 0.9
-                     and goal["time"] <= 0.2)
+  # ---- The fine-tuning recipes, each judged on the validation slice only.
+  scored = []
+  is_new = names_new(Y[second])
+  for v in variants:
+    keep = np.random.default_rng([args.seed, 2]).random(second.size) < v["other_fraction"]
+    fresh = np.sort(np.concatenate([np.repeat(second[is_new], v["new_repeat"]),
+                                    second[~is_new & keep]]), kind="stable")
+    log = f"fresh_new{v['new_repeat']}x_other{v['other_fraction']:g}"
+    write(log, X[fresh], Y[fresh])
+    tag = _tag(v, args)
+    result = run(tag, log, "val", v["epochs"], init_from=old_model,
+                 learning_rate=v["learning_rate"], schedule=v["schedule"])
+    row = score("validation", *result)
+    scored.append({"variant": v, "run": tag, "validation": row, "ratios": _ratios(row, ref),
+                   "result": result})
+  chosen = _choose(scored)
+
+  # ---- The test queries, read once: the chosen recipe against the references.
+  rows = {"widened, no training": score("test", 0.0, widened),
+          f"fine-tuned ({chosen['run']})": score("test", *chosen["result"]),
+          f"from scratch ({scratch_run})": score("test", *scratch)}
+  goal = _ratios(rows[f"fine-tuned ({chosen['run']})"], rows[f"from scratch ({scratch_run})"])
   out = {"args": vars(args), "K_old": K_old, "K": int(Y.shape[1]),
-         "old_model_train_seconds": old["train_seconds"], "rows": rows, "goal": goal,
+         "points": {"old_model": int(first_old.size), "all": int(fit.size),
+                    "validation": int(val.size), "test": int(X_test.shape[0])},
+         "old_model_train_seconds": old_seconds, "reference": scratch_run,
+         "references": {n: r["validation"] for n, r in references.items()},
+         "variants": [{k: s[k] for k in ("variant", "run", "validation", "ratios")}
+                      for s in scored],
+         "chosen": chosen["run"], "rows": rows, "goal": goal,
          "machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%F")}
-  with open(os.path.join(args.out, f"grow{tag}.json"), "w") as f:
+  with open(os.path.join(args.out, "grow.json"), "w") as f:
     json.dump(out, f, indent=2)
-  print(f"K_old = {K_old:,} -> K = {Y.shape[1]:,}; test points naming a new product: "
-        f"{int(new_rows.sum()):,} of {len(new_rows):,}")
-  print(f"{'model':32} {'train s':>8}  {'new P@1':>7} {'new R@10':>8}  {'old P@1':>7} "
-        f"{'old R@10':>8}")
-  for name, r in rows.items():
-    print(f"{name:32} {r['train_seconds']:8.1f}  {r['new']['P@1']:7.3f} {r['new']['R@10']:8.3f}"
-          f"  {r['old']['P@1']:7.3f} {r['old']['R@10']:8.3f}")
+  print(f"K_old = {K_old:,} -> K = {Y.shape[1]:,}; validation / test points naming a new "
+        f"product: {int(groups['validation']['new'][0].sum()):,} of {val.size:,} / "
+        f"{int(groups['test']['new'][0].sum()):,} of {X_test.shape[0]:,}")
+  _table(f"validation (from scratch, {scratch_run} chosen; then each recipe):",
+         {**{n: r["validation"] for n, r in references.items()},
+          **{s["run"]: s["validation"] for s in scored}})
+  for s in scored:
+    print(f"  {s['run']}: " + ", ".join(f"{k} {v:.2f}" for k, v in s["ratios"].items()
+                                         if k != "met")
+          + (" (met)" if s["ratios"]["met"] else ""))
+  print(f"chosen on validation: {chosen['run']}")
+  _table("test:", rows)
   print("fine-tuned / from scratch: " + ", ".join(f"{k} {v:.2f}" for k, v in goal.items()
                                                   if k != "met")
         + f"; goal (>= 0.9 each, time <= 0.2) {'met' if goal['met'] else 'NOT met'}")
