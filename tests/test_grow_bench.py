@@ -14,18 +14,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _args(**kw):
-  base = dict(new_repeat=1, other_fraction=1.0, finetune_epochs=1, learning_rate=1e-3,
-              variant=None)
+  base = dict(new_repeat=1, other_fraction=1.0, finetune_epochs=1, variant=None)
   return argparse.Namespace(**{**base, **kw})
 
 
 def test_a_variant_overrides_only_the_keys_it_names():
-  args = _args(new_repeat=2, variant=["epochs=3,schedule=cosine", ""])
-  v = grow._variants(args)
+  v = grow._variants(_args(new_repeat=2, variant=["epochs=3,schedule=cosine",
+                                                   "learning_rate=0.01"]))
   assert v[0] == {"new_repeat": 2, "other_fraction": 1.0, "epochs": 3,
-                  "learning_rate": 1e-3, "schedule": "cosine"}
+                  "learning_rate": None, "schedule": "cosine"}  # None: the reference's rate.
   assert v[1]["epochs"] == 1 and v[1]["schedule"] == "constant"
-  assert grow._tag(v[0], args) == "finetuned_new2_ep3_cosine"
+  assert grow._tag({**v[0], "learning_rate": 3e-3}) == "finetuned_new2_ep3_lr0.003_cosine"
+  assert grow._tag(v[1]) == "finetuned_new2_lr0.01"
 
 
 @pytest.mark.parametrize("spec", ["epoch=2", "epochs", "epochs=", "new_repeat=3;epochs=2"])
@@ -65,14 +65,17 @@ def test_a_tiny_growth_run_reads_validation_in_every_run_and_reports_the_choice(
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads((out / "grow.json").read_text())
   runs = [v["run"] for v in report["variants"]]
-  assert runs == ["finetuned_new2_other0.5", "finetuned_cosine"]
+  lr = report["reference"].removeprefix("scratch_lr")
+  assert lr in ("0.001", "0.003")
+  assert runs == [f"finetuned_new2_other0.5_lr{lr}", f"finetuned_lr{lr}_cosine"]
   assert report["chosen"] in runs
   points = report["points"]
   assert points["validation"] + points["all"] == 4000 and points["validation"] > 0
   # Every training run's own evaluation read the validation file, never the test queries.
-  assert set(report["references"]) == {"scratch", "scratch_lr0.003"}
+  assert set(report["references"]) == {"scratch_lr0.001", "scratch_lr0.003"}
   assert report["reference"] in report["references"]
-  for run in ["old_model", "scratch", "scratch_lr0.003", *runs]:
+  for run in [f"old_model_lr{lr}", "scratch_lr0.001", "scratch_lr0.003",
+              *[os.path.join(f"from_lr{lr}", r) for r in runs]]:
     config = json.loads((out / run / "results.json").read_text())["config"]
     assert os.path.basename(config["data"]["test"]).startswith("val")
   assert not (out / "test.txt").exists()

@@ -6,19 +6,23 @@ The synthetic catalogue of ``mach_jax.data.synthetic`` (``--classes`` products, 
 popularity, ``--train`` training queries) is split by product: every tenth product (by a
 seeded permutation) is *new*, the rest *old*; the old products get ids 0..K_old-1 and the
 new ones K_old..K-1, so widening K keeps every old id's buckets (``HashSpec.widened``).
-The training queries are split in two halves in their generated order:
+A seeded ``--validation_fraction`` of the training queries is held out of every model's
+training; the rest are split in two halves in their generated order:
 
-1. **old model**: trained from scratch on the first half's queries that name only old
-   products, over K_old classes (``--epochs`` epochs);
-2. **widened, no training**: the old model folder with K grown to all products
+1. **from scratch**, the reference: the model trained on both halves over all K classes,
+   ``--epochs`` epochs, at each of ``--scratch_learning_rates``; the rate with the best
+   validation P@1 is the recipe (a reference that is not tuned would flatter the rest);
+2. **old model**: that recipe on the first half's queries that name only old products, over
+   K_old classes;
+3. **widened, no training**: the old model folder with K grown to all products
    (``bundle.widen``): new products rank by their buckets alone;
-3. **fine-tuned**: started from the old model's parameters (``train.init_from``) over all
-   K classes, trained ``--finetune_epochs`` epoch(s) on the second half (a fresh log that
-   names new products too; ``--new_repeat`` repeats its queries for new products and
-   ``--other_fraction`` keeps a seeded fraction of the others);
-4. **from scratch**: the same model trained on both halves over all K classes, ``--epochs``
-   epochs, at each of ``--scratch_learning_rates``; the one with the best validation P@1 is
-   the reference.
+4. **fine-tuned**: started from the old model's parameters (``train.init_from``) over all
+   K classes, trained on the second half (a fresh log that names new products too), with
+   each ``--variant`` recipe: ``new_repeat`` repeats its queries for new products,
+   ``other_fraction`` keeps a seeded fraction of the others, ``epochs``, ``learning_rate``
+   (unset: the reference's), ``schedule``; e.g.
+   ``--variant new_repeat=3,other_fraction=0.3,epochs=2,schedule=cosine``; keys a variant
+   leaves out take ``--new_repeat``, ``--other_fraction`` and ``--finetune_epochs``.
 
 Each model is scored on held-out queries, split into those naming a new product (scored on
 their new products only: a hit on an old product they also name does not count) and the
@@ -26,17 +30,13 @@ rest (P@1, R@10, exact decoding, log-mean merge). The goal of issue 16: the fine
 reaches >= 90% of the from-scratch P@1 and R@10 on both groups in <= 20% of its training
 time (``train_seconds`` of results.json, steps only).
 
-**Choosing the fine-tuning on validation.** A seeded ``--validation_fraction`` of the
-training queries is held out of every model's training. Each ``--variant`` (a fine-tuning
-recipe: ``new_repeat=3,other_fraction=0.3,epochs=2,learning_rate=1e-3,schedule=cosine``;
-unset keys take the flags' values) is trained and scored on that validation slice only;
-the chosen one is the furthest inside the goal there (or the nearest to it): the largest
+**Chosen on validation.** Each fine-tuning recipe is scored on the validation slice only,
+and the chosen one is the furthest inside the goal there (or the nearest to it): the largest
 smallest margin of (worst accuracy ratio / 0.9) and (0.2 / time ratio). Only the chosen
-recipe, the widened model and the from-scratch model are then scored on the test queries,
-once. Every run's own final
-evaluation reads the validation file, never the test one. Writes OUT/grow.json (every
-variant's validation figures, the choice, the test table) and prints the tables; finished
-runs in OUT are reused.
+recipe, the widened model and the reference are then scored on the test queries, once;
+every run's own final evaluation reads the validation file. Writes OUT/grow.json (every
+run's validation figures, the choices, the test table) and prints the tables; finished runs
+in OUT are reused.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ _VARIANT_KEYS = {"new_repeat": int, "other_fraction": float, "epochs": int,
 def _variants(args):
   """The fine-tuning recipes to try: [{new_repeat, other_fraction, epochs, ...}]."""
   base = {"new_repeat": args.new_repeat, "other_fraction": args.other_fraction,
-          "epochs": args.finetune_epochs, "learning_rate": args.learning_rate,
+          "epochs": args.finetune_epochs, "learning_rate": None,  # None: the reference's.
           "schedule": "constant"}
   out = []
   for spec in args.variant or [""]:
@@ -75,10 +75,10 @@ def _variants(args):
   return out
 
 
-def _tag(v, args):
-  """A variant's run folder name: only what differs from the flags' defaults."""
-  defaults = {"new_repeat": 1, "other_fraction": 1.0, "epochs": 1,
-              "learning_rate": args.learning_rate, "schedule": "constant"}
+def _tag(v):
+  """A variant's run folder name: its rate, and what else differs from the defaults."""
+  defaults = {"new_repeat": 1, "other_fraction": 1.0, "epochs": 1, "learning_rate": None,
+              "schedule": "constant"}
   short = {"new_repeat": "new", "other_fraction": "other", "epochs": "ep",
            "learning_rate": "lr", "schedule": ""}
   return "finetuned" + "".join(
@@ -103,14 +103,14 @@ def _split(args):
   return train.X, Y_train, test.X, Y_test, K_old, names_new
 
 
-def _config(args, train_path, eval_path, epochs, init_from="", learning_rate=None,
+def _config(args, train_path, eval_path, epochs, learning_rate, init_from="",
             schedule="constant"):
   from experiments.configs.synthetic import get_config
   c = get_config()
   c.data.name = "xc"
   c.data.train, c.data.test = train_path, eval_path
   c.model.update(R=args.R, B=args.B)
-  c.optimizer.update(learning_rate=learning_rate or args.learning_rate, schedule=schedule)
+  c.optimizer.update(learning_rate=learning_rate, schedule=schedule)
   c.train.update(num_epochs=epochs, progress_bar=False, init_from=init_from)
   c.eval.update(estimator="log_mean", estimators=("log_mean",), every_epochs=0, decode="exact")
   c.checkpoint.every_steps = 0
@@ -179,10 +179,10 @@ def main():
   parser.add_argument("--R", type=int, default=4)
   parser.add_argument("--B", type=int, default=2048)
   parser.add_argument("--epochs", type=int, default=3)
-  parser.add_argument("--learning_rate", type=float, default=1e-3)
-  parser.add_argument("--scratch_learning_rates", type=lambda v: [float(x) for x in v.split(",")],
-                      default=[1e-3, 3e-3], help="the from-scratch reference's rates, "
-                      "comma-separated; the best on validation P@1 is the reference")
+  parser.add_argument("--scratch_learning_rates", default=[1e-3, 3e-3],
+                      type=lambda v: [float(x) for x in v.split(",")],
+                      help="the from-scratch recipe's rates, comma-separated; the best on "
+                      "validation P@1 is the reference, and trains the old model")
   parser.add_argument("--finetune_epochs", type=int, default=1)
   parser.add_argument("--new_repeat", type=int, default=1,
                       help="fine-tuning log: each query naming a new product this many times")
@@ -223,33 +223,34 @@ def main():
             "test": _groups(Y_test, K_old, names_new)}
   X_eval = {"validation": X[val], "test": X_test}
 
-  def run(name, train_name, eval_name, epochs, **kw):
+  def run(name, train_name, eval_name, epochs, learning_rate, **kw):
     workdir = os.path.join(args.out, name)
     results_path = os.path.join(workdir, "results.json")
     if not os.path.exists(results_path):
       train.train_and_evaluate(_config(args, paths[train_name], paths[eval_name], epochs,
-                                       **kw), workdir)
+                                       learning_rate, **kw), workdir)
     with open(results_path) as f:
       return json.load(f)["train_seconds"], os.path.join(workdir, "model")
 
   def score(split, seconds, model_dir):
     return {"train_seconds": seconds, **_score(model_dir, X_eval[split], groups[split])}
 
-  old_seconds, old_model = run("old_model", "old", "val_old", args.epochs)
-  widened = os.path.join(args.out, "widened")
-  if not os.path.exists(widened):
-    bundle.widen(old_model, widened, Y.shape[1])
   # ---- The reference: from scratch at each of --scratch_learning_rates, the best chosen on
-  # its validation P@1 (a reference that is not tuned would flatter the fine-tuning).
+  # its validation P@1 (a reference that is not tuned would flatter the fine-tuning). The
+  # old model is trained with the same recipe on the old products' queries.
   references = {}
   for lr in args.scratch_learning_rates:
-    name = "scratch" + ("" if lr == args.learning_rate else f"_lr{lr:g}")
-    result = run(name, "all", "val", args.epochs, learning_rate=lr)
-    references[name] = {"result": result, "validation": score("validation", *result)}
+    result = run(f"scratch_lr{lr:g}", "all", "val", args.epochs, lr)
+    references[lr] = {"result": result, "validation": score("validation", *result)}
   overall = lambda r: (r["new"]["P@1"] * r["new"]["points"] + r["old"]["P@1"]
                        * r["old"]["points"]) / (r["new"]["points"] + r["old"]["points"])
-  scratch_run = max(references, key=lambda n: overall(references[n]["validation"]))
-  scratch, ref = references[scratch_run]["result"], references[scratch_run]["validation"]
+  lr = max(references, key=lambda n: overall(references[n]["validation"]))
+  scratch_run = f"scratch_lr{lr:g}"
+  scratch, ref = references[lr]["result"], references[lr]["validation"]
+  old_seconds, old_model = run(f"old_model_lr{lr:g}", "old", "val_old", args.epochs, lr)
+  widened = os.path.join(args.out, f"widened_lr{lr:g}")
+  if not os.path.exists(widened):
+    bundle.widen(old_model, widened, Y.shape[1])
 
   # ---- The fine-tuning recipes, each judged on the validation slice only.
   scored = []
@@ -260,9 +261,10 @@ def main():
                                     second[~is_new & keep]]), kind="stable")
     log = f"fresh_new{v['new_repeat']}x_other{v['other_fraction']:g}"
     write(log, X[fresh], Y[fresh])
-    tag = _tag(v, args)
-    result = run(tag, log, "val", v["epochs"], init_from=old_model,
-                 learning_rate=v["learning_rate"], schedule=v["schedule"])
+    v["learning_rate"] = v["learning_rate"] or lr
+    tag = _tag(v)
+    result = run(os.path.join(f"from_lr{lr:g}", tag), log, "val", v["epochs"],
+                 v["learning_rate"], init_from=old_model, schedule=v["schedule"])
     row = score("validation", *result)
     scored.append({"variant": v, "run": tag, "validation": row, "ratios": _ratios(row, ref),
                    "result": result})
@@ -277,7 +279,7 @@ def main():
          "points": {"old_model": int(first_old.size), "all": int(fit.size),
                     "validation": int(val.size), "test": int(X_test.shape[0])},
          "old_model_train_seconds": old_seconds, "reference": scratch_run,
-         "references": {n: r["validation"] for n, r in references.items()},
+         "references": {f"scratch_lr{n:g}": r["validation"] for n, r in references.items()},
          "variants": [{k: s[k] for k in ("variant", "run", "validation", "ratios")}
                       for s in scored],
          "chosen": chosen["run"], "rows": rows, "goal": goal,
@@ -288,7 +290,7 @@ def main():
         f"product: {int(groups['validation']['new'][0].sum()):,} of {val.size:,} / "
         f"{int(groups['test']['new'][0].sum()):,} of {X_test.shape[0]:,}")
   _table(f"validation (from scratch, {scratch_run} chosen; then each recipe):",
-         {**{n: r["validation"] for n, r in references.items()},
+         {**{f"scratch_lr{n:g}": r["validation"] for n, r in references.items()},
           **{s["run"]: s["validation"] for s in scored}})
   for s in scored:
     print(f"  {s['run']}: " + ", ".join(f"{k} {v:.2f}" for k, v in s["ratios"].items()
