@@ -55,7 +55,11 @@ class Predictor:
     self.params = params
     self.mesh = sharding.make_mesh((("data", 1), ("rep", 1)), self.spec.R, 1,
                                    devices=jax.devices()[:1])
-    self.parts = config_lib.build(config, self.num_features, self.spec.K, total_steps=1)
+    # Serving runs the repetitions side by side whatever training did: sequential
+    # repetitions save a training step's memory, and cost a single query time.
+    served = config.copy_and_resolve_references()
+    served.model.sequential_reps = False
+    self.parts = config_lib.build(served, self.num_features, self.spec.K, total_steps=1)
     self._decoders: dict[tuple, decode.Decoder] = {}
     self._fused: dict[tuple, Any] = {}
     self._logits = None

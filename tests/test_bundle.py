@@ -154,3 +154,16 @@ def test_a_query_pays_at_most_a_quarter_of_padding():
     w = query_width(nnz)
     assert w >= max(nnz, SMALL_BATCH_MIN_NNZ)
     assert w <= max(1.25 * nnz, SMALL_BATCH_MIN_NNZ)
+
+
+def test_a_model_trained_with_sequential_repetitions_is_served_side_by_side():
+  """Sequential repetitions are a training-memory choice: the Predictor runs the
+  repetitions side by side (faster for a single query) and answers the same."""
+  info, config, params = bundle.load(os.path.join(V1, "xc"))
+  config.model.sequential_reps = True
+  p = Predictor(os.path.join(V1, "xc"), info, config, params)
+  assert p.config.model.sequential_reps and not p.parts.model.sequential
+  X = sp.random(3, 100, density=0.1, format="csr", random_state=2, dtype=np.float32)
+  a, b = p.predict_topk(X, k=5), Predictor.load(os.path.join(V1, "xc")).predict_topk(X, k=5)
+  np.testing.assert_array_equal(a[1], b[1])
+  np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
