@@ -321,9 +321,17 @@ def test_stanza_without_a_required_field_names_its_first_line(tmp_path):
     debian.read_packages("Packages", "\n\n")
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(
-    debian.LISTS_DIR, "deb.debian.org_debian_" + debian.PACKAGES_LIST.format(suite="bookworm")
-    + ".lz4")), reason="bookworm's apt lists are not fetched (apt-get update)")
+def _fetched(list_name):
+  """Whether apt has bookworm's list ``list_name`` under LISTS_DIR, in any compression."""
+  stem = os.path.join(debian.LISTS_DIR, "deb.debian.org_debian_" + list_name.format(
+      suite="bookworm"))
+  return any(os.path.exists(stem + ext) for ext in ("", ".lz4", ".xz", ".gz", ".bz2", ".lzma",
+                                                    ".zst"))
+
+
+@pytest.mark.skipif(not (_fetched(debian.PACKAGES_LIST) and _fetched(debian.TRANSLATION_LIST)),
+                    reason="bookworm's Packages and Translation-en lists are not both fetched "
+                    "(apt-get update -o Acquire::Languages=en)")
 def test_real_bookworm_lists(tmp_path):
   out = tmp_path / "out"
   stats = debian.build(str(out), xc=False)  # About 10 s on the 2-core dev VM.
