@@ -79,5 +79,8 @@ def test_a_tiny_growth_run_reads_validation_in_every_run_and_reports_the_choice(
     config = json.loads((out / run / "results.json").read_text())["config"]
     assert os.path.basename(config["data"]["test"]).startswith("val")
   assert not (out / "test.txt").exists()
+  other = subprocess.run(cmd[:-4] + ["--seed", "1"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+  assert other.returncode != 0 and "shape.json" in other.stderr  # Stale files are refused.
   assert set(report["rows"]) == {"widened, no training", f"fine-tuned ({report['chosen']})",
                                  f"from scratch ({report['reference']})"}

@@ -36,7 +36,7 @@ smallest margin of (worst accuracy ratio / 0.9) and (0.2 / time ratio). Only the
 recipe, the widened model and the reference are then scored on the test queries, once;
 every run's own final evaluation reads the validation file. Writes OUT/grow.json (every
 run's validation figures, the choices, the test table) and prints the tables; finished runs
-in OUT are reused.
+in OUT are reused (an OUT made with other data or model flags is refused: OUT/shape.json).
 """
 
 from __future__ import annotations
@@ -201,6 +201,15 @@ def main():
   from mach_jax.data.xc import write_xc
 
   os.makedirs(args.out, exist_ok=True)
+  # Files and finished runs in OUT are reused: refuse an OUT made with other data or models.
+  shape = {k: getattr(args, k) for k in ("classes", "features", "train", "test", "seed", "R",
+                                         "B", "epochs", "validation_fraction")}
+  shape_path = os.path.join(args.out, "shape.json")
+  if os.path.exists(shape_path) and json.load(open(shape_path)) != shape:
+    raise SystemExit(f"{shape_path}: {args.out} was made with {json.load(open(shape_path))}, "
+                     f"not {shape}; use another --out")
+  with open(shape_path, "w") as f:
+    json.dump(shape, f)
   X, Y, X_test, Y_test, K_old, names_new = _split(args)
   held = np.random.default_rng([args.seed, 3]).random(X.shape[0]) < args.validation_fraction
   fit = np.flatnonzero(~held)
