@@ -22,6 +22,7 @@ from mach_jax import (
   config as config_lib,
   decode,
   inference,
+  model as model_lib,
   sharding,
   steps,
 )
@@ -46,13 +47,13 @@ def query_width(nnz: int) -> int:
 class Predictor:
   """Top-k classes for new points from an exported model folder, on one device."""
 
-  def __init__(self, path: str, info: dict, config: ml_collections.ConfigDict, params: Any):
+  def __init__(self, path: str, info: dict, config: ml_collections.ConfigDict, params: Any,
+               feature_major: bool = True):
     self.path = path
     self.info = info
     self.config = config
     self.spec = HashSpec.from_dict(info["hash_spec"])
     self.num_features = int(info["num_features"])
-    self.params = params
     self.mesh = sharding.make_mesh((("data", 1), ("rep", 1)), self.spec.R, 1,
                                    devices=jax.devices()[:1])
     # Serving runs the repetitions side by side whatever training did: sequential
@@ -60,14 +61,21 @@ class Predictor:
     served = config.copy_and_resolve_references()
     served.model.sequential_reps = False
     self.parts = config_lib.build(served, self.num_features, self.spec.K, total_steps=1)
+    model = self.parts.model
+    # Per-repetition tables over unhashed features are served feature-major unless
+    # ``feature_major`` is False (``model_lib.to_feature_major``; faster, and the same
+    # answers): ``params`` hold the table in that layout then.
+    self.feature_major = (feature_major and model.sparse_input and not model.shared_input
+                          and self.spec.input_dim == 0 and jax.process_count() == 1)
+    self.params = model_lib.to_feature_major(params) if self.feature_major else params
     self._decoders: dict[tuple, decode.Decoder] = {}
     self._fused: dict[tuple, Any] = {}
     self._logits = None
 
   @classmethod
-  def load(cls, path: str) -> "Predictor":
+  def load(cls, path: str, feature_major: bool = True) -> "Predictor":
     info, config, params = bundle.load(path)
-    return cls(path, info, config, params)
+    return cls(path, info, config, params, feature_major=feature_major)
 
   @property
   def calibration(self) -> calibration_lib.Calibration:
@@ -136,10 +144,16 @@ class Predictor:
     program, for the decoder of ``key`` (compiled once per batch shape)."""
     fkey = (key, k, estimator)
     if fkey not in self._fused:
-      decoder, model, spec = self._decoders[key], self.parts.model, self.spec
+      decoder, forward = self._decoders[key], self._forward
       self._fused[fkey] = jax.jit(lambda params, batch: decoder.topk(
-          steps.logits_step(params, batch, model=model, spec=spec), k, estimator))
+          forward(params, batch), k, estimator))
     return self._fused[fkey]
+
+  def _forward(self, params, batch):
+    """Bucket logits [R, b, B] of a batch on one device, from ``self.params``' layout."""
+    if self.feature_major:
+      return model_lib.feature_major_logits(self.parts.model, params, batch)
+    return steps.logits_step(params, batch, model=self.parts.model, spec=self.spec)
 
   def predict_proba(self, X: sp.csr_matrix, threshold: float = 0.5, *,
                     calibrated: bool = True, batch_size: int | None = None,
@@ -178,6 +192,8 @@ class Predictor:
     return X
 
   def _logits_fn(self):
+    if self._logits is None and self.feature_major:  # One process, one device.
+      self._logits = jax.jit(self._forward)
     if self._logits is None:
       keys = ("dense", "labels", "mask") if self.config.model.dense_input else \
           ("indices", "values", "segments", "labels", "mask")

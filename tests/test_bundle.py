@@ -167,3 +167,20 @@ def test_a_model_trained_with_sequential_repetitions_is_served_side_by_side():
   a, b = p.predict_topk(X, k=5), Predictor.load(os.path.join(V1, "xc")).predict_topk(X, k=5)
   np.testing.assert_array_equal(a[1], b[1])
   np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
+
+
+def test_the_served_feature_major_table_answers_as_the_table_as_trained():
+  """The Predictor serves the input table feature-major ([D, R * H]); both its paths answer
+  as the forward pass over the table as trained ([R, D, H]) does."""
+  served = Predictor.load(os.path.join(V1, "xc"))
+  trained = Predictor.load(os.path.join(V1, "xc"), feature_major=False)
+  R, D, H = trained.params["reps"]["embedding"].shape
+  assert served.feature_major and not trained.feature_major
+  assert served.params["reps"]["embedding"].shape == (D, R * H)
+  X = sp.random(40, 100, density=0.1, format="csr", random_state=3, dtype=np.float32)
+  assert served.config.eval.batch_size > 2
+  for rows, batch_size in ((X[:2], 2), (X, served.config.eval.batch_size)):  # Fused; batched.
+    a = served.predict_topk(rows, k=5, batch_size=batch_size)
+    b = trained.predict_topk(rows, k=5, batch_size=batch_size)
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-5)

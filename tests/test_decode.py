@@ -74,6 +74,24 @@ def test_chunked_topk_equals_brute_force(estimator):
     assert np.asarray(classes).max() < spec.K
 
 
+@pytest.mark.parametrize("estimator", decode.ESTIMATORS)
+def test_class_scores_of_a_batch_and_of_single_rows_equal_numpy(estimator):
+  """Scores of a batch, and of each of its rows alone, equal numpy's."""
+  spec = HashSpec("murmur", K=300, B=16, R=5)
+  values = decode.rep_values(estimator, "softmax",
+                             jax.random.normal(jax.random.key(2), (5, 6, 16)))
+  buckets = spec.bucket_table().T  # [K, R]
+  gathered = np.stack([np.asarray(values)[r][:, buckets[:, r]] for r in range(5)])  # [R, b, K]
+  expected = {"mean": gathered.mean(0), "log_mean": gathered.mean(0),
+              "unbiased": 16 / 15 * (gathered.mean(0) - 1 / 16), "logit_sum": gathered.sum(0),
+              "min": gathered.min(0), "median": np.median(gathered, 0)}[estimator]
+  batch = class_scores(values, jnp.asarray(buckets), estimator)
+  np.testing.assert_allclose(batch, expected, rtol=1e-5, atol=1e-6)
+  for i in range(6):
+    row = class_scores(values[:, i:i + 1], jnp.asarray(buckets), estimator)
+    np.testing.assert_allclose(row[0], expected[i], rtol=1e-5, atol=1e-6)
+
+
 def test_unbiased_and_mean_rank_alike():
   spec = HashSpec("murmur", K=500, B=32, R=8)
   dec = decode.Decoder(spec, "bce", batch_size=4)

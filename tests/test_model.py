@@ -84,3 +84,32 @@ def test_dense_input_variant_matches_sparse(batch):
 def test_embedding_bag_mode_is_validated():
   with pytest.raises(ValueError, match="embedding_bag"):
     model_lib.use_dense_bag("fast", 1, 1, 1)
+
+
+@pytest.mark.parametrize("mode", ["gather", "dense"])
+@pytest.mark.parametrize("rows", [1, 64])
+def test_feature_major_table_serves_the_same_logits(batch, mode, rows):
+  m = model_lib.MACH(num_repetitions=R, num_features=D, num_buckets=B, hidden=(H, 24),
+                     embedding_bag=mode)
+  params = _init(m, batch)
+  # Distinct biases, so a repetition reading another's bias would show.
+  params["reps"]["embedding_bias"] = jax.random.normal(jax.random.key(1), (R, H))
+  x = batch if rows == 64 else {**batch, "mask": batch["mask"][:1],
+                                "segments": jnp.zeros_like(batch["segments"])}
+  served = model_lib.to_feature_major(params)
+  assert served["reps"]["embedding"].shape == (D, R * H)
+  np.testing.assert_array_equal(served["reps"]["embedding"][7, H:2 * H],
+                                params["reps"]["embedding"][1, 7])
+  np.testing.assert_allclose(model_lib.feature_major_logits(m, served, x),
+                             m.apply({"params": params}, x), rtol=1e-4, atol=1e-5)
+
+
+def test_feature_major_logits_refuse_hashed_or_shared_inputs(batch):
+  m = model_lib.MACH(num_repetitions=R, num_features=D, num_buckets=B, hidden=(H,))
+  served = model_lib.to_feature_major(_init(m, batch))
+  hashed = {**batch, "indices": jnp.tile(batch["indices"], (R, 1)),
+            "values": jnp.tile(batch["values"], (R, 1))}
+  with pytest.raises(ValueError, match="model.apply"):
+    model_lib.feature_major_logits(m, served, hashed)
+  with pytest.raises(ValueError, match="model.apply"):
+    model_lib.feature_major_logits(m.clone(shared_input=True), served, batch)

@@ -8,7 +8,9 @@ never mach_jax, which lives in another environment. Writes DIR/preds.npy (top-5 
 per test point, -1 where fewer were returned) and prints one "RESULT {json}" line with
 train_s, predict_ms_per_query (batch and single query), model_mb, peak_rss_mb and the unix
 times at which main() started and training ended (for time-to-target benchmarks). Metrics
-are computed by the caller with mach_jax's own metric code.
+are computed by the caller with mach_jax's own metric code. With --predict_only it loads the
+model an earlier run saved in DIR/model, trains nothing, and writes
+DIR/preds_predict_only.npy.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import scipy.sparse as sp
 
 THREADS = 2
 SINGLE_QUERIES = 200  # Single-query latency is averaged over this many test points.
+PREDS = {False: "preds.npy", True: "preds_predict_only.npy"}  # Top 5s, by --predict_only.
 
 
 def read_xc(path: str):
@@ -75,6 +78,20 @@ def top5(rows) -> np.ndarray:
   return out
 
 
+def load_saved(system: str, model_dir: str):
+  """The prediction function of the model an earlier run saved in ``model_dir``."""
+  if system == "napkinxc":
+    from napkinxc.models import PLT
+    model = PLT(model_dir, threads=THREADS)
+    model.load()
+    return lambda X: top5(model.predict(X, top_k=5))
+  if system == "omikuji":
+    import omikuji
+    return omikuji_predict(omikuji.Model.load(model_dir))
+  from pecos.xmc.xlinear.model import XLinearModel
+  return pecos_predict(XLinearModel.load(model_dir))
+
+
 def run_napkinxc(Xtr, Ytr, Xte, model_dir):
   from napkinxc.models import PLT
 
@@ -99,7 +116,10 @@ def run_omikuji(train_path, Xte, model_dir, tmp):
   model = omikuji.Model.train_on_data(loadable, hp, n_threads=THREADS)
   train_s = time.perf_counter() - t0
   model.save(model_dir)
+  return train_s, omikuji_predict(model), model_dir
 
+
+def omikuji_predict(model):
   def predict(X):
     X = sp.csr_matrix(X)
     rows = []
@@ -108,7 +128,7 @@ def run_omikuji(train_path, Xte, model_dir, tmp):
                        X.data[X.indptr[i]:X.indptr[i + 1]].tolist()))
       rows.append([label for label, _ in model.predict(feats, top_k=5)])
     return top5(rows)
-  return train_s, predict, model_dir
+  return predict
 
 
 def run_pecos(Xtr, Ytr, Xte, model_dir):
@@ -121,7 +141,10 @@ def run_pecos(Xtr, Ytr, Xte, model_dir):
   model = XLinearModel.train(Xtr, Ytr, C=chain, threads=THREADS)
   train_s = time.perf_counter() - t0
   model.save(model_dir)
+  return train_s, pecos_predict(model), model_dir
 
+
+def pecos_predict(model):
   def predict(X):
     P = sp.csr_matrix(model.predict(sp.csr_matrix(X), only_topk=5, threads=THREADS))
     rows = []
@@ -129,7 +152,7 @@ def run_pecos(Xtr, Ytr, Xte, model_dir):
       idx, val = P.indices[P.indptr[i]:P.indptr[i + 1]], P.data[P.indptr[i]:P.indptr[i + 1]]
       rows.append(idx[np.argsort(-val, kind="stable")].tolist())
     return top5(rows)
-  return train_s, predict, model_dir
+  return predict
 
 
 def main():
@@ -139,18 +162,21 @@ def main():
   p.add_argument("--train", required=True)
   p.add_argument("--test", required=True)
   p.add_argument("--out", required=True)
+  p.add_argument("--predict_only", action="store_true",
+                 help="time the model saved in OUT/model instead of training one")
   args = p.parse_args()
   os.makedirs(args.out, exist_ok=True)
-  Xtr, Ytr, _, _ = read_xc(args.train)
   Xte, _, _, _ = read_xc(args.test)
   model_dir = os.path.join(args.out, "model")
   with tempfile.TemporaryDirectory() as tmp:
-    if args.system == "napkinxc":
-      train_s, predict, saved = run_napkinxc(Xtr, Ytr, Xte, model_dir)
+    if args.predict_only:
+      train_s, predict, saved = None, load_saved(args.system, model_dir), model_dir
     elif args.system == "omikuji":
       train_s, predict, saved = run_omikuji(args.train, Xte, model_dir, tmp)
     else:
-      train_s, predict, saved = run_pecos(Xtr, Ytr, Xte, model_dir)
+      Xtr, Ytr, _, _ = read_xc(args.train)
+      run = run_napkinxc if args.system == "napkinxc" else run_pecos
+      train_s, predict, saved = run(Xtr, Ytr, Xte, model_dir)
     trained = time.time()
     t0 = time.perf_counter()
     preds = predict(Xte)
@@ -160,7 +186,7 @@ def main():
     for i in range(n):
       predict(Xte[i:i + 1])
     single_ms = 1e3 * (time.perf_counter() - t0) / n
-  np.save(os.path.join(args.out, "preds.npy"), preds)
+  np.save(os.path.join(args.out, PREDS[args.predict_only]), preds)
   print("RESULT " + json.dumps({
       "train_s": train_s, "started_unix_time": started, "trained_unix_time": trained,
       "predict_ms_per_query_batch": batch_ms,

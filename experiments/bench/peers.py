@@ -36,6 +36,7 @@ import sys
 import time
 
 from experiments.bench import workers
+from experiments.bench.peer_worker import PREDS
 
 SYSTEMS = ("mach", "full_softmax", "mach_text", "napkinxc", "omikuji", "pecos")
 MACH_SYSTEMS = ("mach", "full_softmax", "mach_text")
@@ -94,7 +95,8 @@ def mach_worker(args) -> dict:
   if args.system == "full_softmax":
     config.model.hash_family = "identity"
   workdir = os.path.join(args.out, "run")
-  results = train.train_and_evaluate(config, workdir)
+  if not args.predict_only:
+    results = train.train_and_evaluate(config, workdir)
   predictor = Predictor.load(os.path.join(workdir, "model"))
   X = read_xc(args.test).X
   predictor.predict_topk(X[:1], 5)  # Compile before timing: the batch's shapes, and a
@@ -107,7 +109,9 @@ def mach_worker(args) -> dict:
   for i in range(n):
     predictor.predict_topk(X[i:i + 1], 5, batch_size=1)
   single_ms = 1e3 * (time.perf_counter() - t0) / n
-  np.save(os.path.join(args.out, "preds.npy"), preds)
+  np.save(os.path.join(args.out, PREDS[args.predict_only]), preds)
+  if args.predict_only:
+    return predict_only_result(batch_ms, single_ms)
   # The memory arithmetic, R·(D·H + H + H·B + B) with one hidden layer, against the count of
   # the trained parameters (the full softmax is R = 1, B = K).
   spec, hidden = results["hash_spec"], tuple(config.model.hidden)
@@ -121,6 +125,11 @@ def mach_worker(args) -> dict:
           "model_mb": results["bundle_bytes"] / 2**20,
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
           "num_params": results["num_params"]}
+
+
+def predict_only_result(batch_ms: float, single_ms: float) -> dict:
+  return {"predict_ms_per_query_batch": batch_ms, "predict_ms_per_query_single": single_ms,
+          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def text_files(test: str) -> tuple[str, str, str]:
@@ -166,7 +175,8 @@ def mach_text_worker(args) -> dict:
     raise SystemExit(f"{test_log}: its lines are not {args.test}'s points in the same order "
                      "with the same labels; rebuild the set")
   workdir = os.path.join(args.out, "run")
-  results = train.train_and_evaluate(config, workdir)
+  if not args.predict_only:
+    results = train.train_and_evaluate(config, workdir)
   searcher = Searcher.load(workdir)
   # Compile before timing: every width a single query may take (Predictor.warm_up), and one
   # batch's shapes; the batch pass may still compile a wider batch's (a few times per set:
@@ -181,7 +191,9 @@ def mach_text_worker(args) -> dict:
   for q in queries[:n]:
     searcher.search(q, 5, batch_size=1)
   single_ms = 1e3 * (time.perf_counter() - t0) / n
-  np.save(os.path.join(args.out, "preds.npy"), preds)
+  np.save(os.path.join(args.out, PREDS[args.predict_only]), preds)
+  if args.predict_only:
+    return predict_only_result(batch_ms, single_ms)
   spec = results["hash_spec"]
   widths = "·".join(str(w) for w in (spec.get("input_dim") or config.data.featurizer.num_features,
                                      *config.model.hidden, spec["B"]))
@@ -202,9 +214,10 @@ def worker_env() -> dict:
 
 
 def run_system(system: str, dataset: str, train: str, test: str, out: str,
-               peers_python: str, text_epochs: int = 0) -> dict:
+               peers_python: str, text_epochs: int = 0, predict_only: bool = False) -> dict:
   env = worker_env()
   argv = ["--system", system, "--train", train, "--test", test, "--out", out]
+  argv += ["--predict_only"] * predict_only
   if system == "mach_text":
     argv += ["--text_epochs", str(text_epochs)]
   if system in MACH_SYSTEMS:
@@ -229,6 +242,22 @@ COLUMNS = ["dataset", "system", "P@1", "P@3", "P@5", "nDCG@5", "PSP@5", "train_s
            "model_mb", "num_params", "params_formula"]
 
 
+def write_predict_only(out: str, rows: list[dict]) -> None:
+  """OUT/predict.md: prediction re-timed from the saved models, side by side."""
+  head = (f"Prediction re-timed from the models saved in {out}, measured "
+          f"{time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} ({os.cpu_count()} cores), "
+          "each system in its own process with 2 threads.\n\n")
+  lines = ["| set | system | P@1 | P@5 | predict ms/query (batch / single) | peak RSS MB | "
+           "same top 5 as the training run |", "|" + "---|" * 7]
+  for r in rows:
+    lines.append(f"| {r['dataset']} | {r['system']} | {r['P@1']:.4f} | {r['P@5']:.4f} | "
+                 f"{r['predict_ms_per_query_batch']:.3f} / {r['predict_ms_per_query_single']:.2f} "
+                 f"| {r['peak_rss_mb']:.0f} | {r['same_top5']:.4f} |")
+  with open(os.path.join(out, "predict.md"), "w") as f:
+    f.write(head + "\n".join(lines) + "\n")
+  print(head + "\n".join(lines))
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--datasets", default="bibtex,delicious,corel5k")
@@ -241,6 +270,9 @@ def main():
   p.add_argument("--setup_only", action="store_true", help="only create the peers' venv")
   p.add_argument("--text_epochs", type=int, default=0,
                  help="mach_text: at most this many epochs (0: the text config's cap)")
+  p.add_argument("--predict_only", action="store_true",
+                 help="time prediction again with the models an earlier run saved in OUT "
+                      "(trains nothing); writes OUT/predict.md")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--system", help=argparse.SUPPRESS)
   p.add_argument("--dataset", help=argparse.SUPPRESS)
@@ -274,12 +306,19 @@ def main():
     inv_p = 1.0 / metrics.propensities(train_Y)
     for system in systems:
       out = os.path.join(args.out, dataset, system)
+      if args.predict_only and not os.path.exists(os.path.join(out, PREDS[False])):
+        raise SystemExit(f"--predict_only: {out} holds no earlier run of {system}")
       res = run_system(system, dataset, train_path, test_path, out, peers_python,
-                       args.text_epochs)
-      preds = np.load(os.path.join(out, "preds.npy"), allow_pickle=False)
+                       args.text_epochs, args.predict_only)
+      preds = np.load(os.path.join(out, PREDS[args.predict_only]), allow_pickle=False)
       m = metrics.evaluate(preds, test_Y, inv_p)
+      if args.predict_only:  # The reloaded model's answers against the training run's.
+        res["same_top5"] = float(
+            (preds == np.load(os.path.join(out, PREDS[False]))).all(axis=1).mean())
       rows.append({"dataset": dataset, "system": system, **m, **res})
       print({k: rows[-1].get(k) for k in COLUMNS}, flush=True)
+  if args.predict_only:
+    return write_predict_only(args.out, rows)
   with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
     w.writeheader()

@@ -95,6 +95,24 @@ def width_ab(predictor, rows, k: int) -> dict[str, dict[str, float]]:
   return {name: percentiles(v) for name, v in ms.items()}
 
 
+def layout_ab(path: str, rows, k: int) -> dict[str, dict[str, float]]:
+  """Interleaved A/B of the input table's serving layout: every row answered by
+  ``predict_topk`` of a Predictor holding the table as trained ([R, D, H]) and of one
+  holding it feature-major ([D, R * H]), in alternating order."""
+  from mach_jax.predictor import Predictor
+  predictors = {"as_trained": Predictor.load(path, feature_major=False),
+                "feature_major": Predictor.load(path)}
+  for p in predictors.values():
+    p.warm_up(k=k)
+  ms = {name: [] for name in predictors}
+  for i, X in enumerate(rows):
+    for name, p in (predictors.items() if i % 2 else reversed(predictors.items())):
+      t0 = time.perf_counter()
+      p.predict_topk(X, k=k)
+      ms[name].append((time.perf_counter() - t0) * 1e3)
+  return {name: percentiles(v) for name, v in ms.items()}
+
+
 def print_stages(s: dict[str, float]) -> None:
   print("stages, median ms: " + "  ".join(f"{k} {v:.3f}" for k, v in s.items()))
 
@@ -124,17 +142,21 @@ def xc_latency(args) -> None:
     t0 = time.perf_counter()
     predictor.predict_topk(X[i], k=args.k)
     ms.append((time.perf_counter() - t0) * 1e3)
+  rows = [X[i] for i in range(args.warmup, X.shape[0])]
   out = {"workdir": args.workdir, "k": args.k, "K": predictor.spec.K,
-         "in_process_ms": percentiles(ms),
-         "stages_ms": stages(predictor, [X[i] for i in range(args.warmup, X.shape[0])], args.k)}
+         "feature_major": predictor.feature_major, "in_process_ms": percentiles(ms),
+         "stages_ms": stages(predictor, rows, args.k)}
+  if args.ab_widths:
+    out["width_ab_ms"] = width_ab(predictor, rows, args.k)
+  if args.ab_layout:
+    out["layout_ab_ms"] = layout_ab(os.path.join(args.workdir, bundle.BUNDLE_DIR), rows,
+                                    args.k)
+  for ab in ("width_ab_ms", "layout_ab_ms"):
+    for name, p in out.get(ab, {}).items():
+      print(f"{name:>14}: p50 {p['p50']:7.2f}  p95 {p['p95']:7.2f}  p99 {p['p99']:7.2f}")
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "serve_latency.json"), "w") as f:
     json.dump(out, f, indent=2)
-  if args.ab_widths:
-    out["width_ab_ms"] = width_ab(predictor, [X[i] for i in range(args.warmup, X.shape[0])],
-                                  args.k)
-    for name, p in out["width_ab_ms"].items():
-      print(f"{name:>14}: p50 {p['p50']:7.2f}  p95 {p['p95']:7.2f}  p99 {p['p99']:7.2f}")
   p = out["in_process_ms"]
   print(f"in_process_ms: p50 {p['p50']:7.2f}  p95 {p['p95']:7.2f}  p99 {p['p99']:7.2f}  "
         f"({p['n']} points)")
@@ -151,6 +173,9 @@ def main() -> None:
   parser.add_argument("--out", default="runs/serve_latency")
   parser.add_argument("--ab_widths", action="store_true",
                       help="XC models: also an interleaved A/B of the query padding rules")
+  parser.add_argument("--ab_layout", action="store_true",
+                      help="XC models: also an interleaved A/B of the input table's layout "
+                           "(as trained, feature-major)")
   args = parser.parse_args()
 
   if _is_xc(args.queries):
