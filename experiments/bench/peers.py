@@ -20,7 +20,9 @@ are computed here by mach_jax.metrics. Data: ../shared/data/<set>/{train,test}.t
 --data_root; wordnet and debian from runs/data/<set> (--built_root), built there first when
 missing (wordnet needs Debian's wordnet-base; debian the apt lists, docs/debian.md).
 Writes OUT/results.csv and OUT/results.md, whose parameter column is checked against the
-formula R·(D·H + H + H·B + B).
+formula R·(D·H + H + H·B + B). With --predict_only it trains nothing: each system loads the
+model the earlier run saved under OUT and times prediction again, side by side; the table
+(OUT/predict.md) says whether each reloaded model gives the top 5 it gave when trained.
 """
 
 from __future__ import annotations
