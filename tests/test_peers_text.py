@@ -37,12 +37,12 @@ def _tiny_set(folder, misaligned=False):
     f.writelines(f"{i}\t{w}\n" for i, w in enumerate(WORDS))
 
 
-def _bench(tmp_path, name):
+def _bench(tmp_path, name, *extra, out=None):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   return subprocess.run(
       [sys.executable, "-m", "experiments.bench.peers", "--datasets", name,
        "--systems", "mach_text", "--data_root", str(tmp_path), "--text_epochs", "3",
-       "--out", str(tmp_path / f"out_{name}")],
+       "--out", str(out or tmp_path / f"out_{name}"), *extra],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -53,6 +53,15 @@ def test_mach_text_learns_a_tiny_text_set_and_refuses_misaligned_logs(tmp_path):
   (row,) = list(csv.DictReader(open(tmp_path / "out_fruit" / "results.csv")))
   assert row["system"] == "mach_text" and float(row["P@1"]) >= 0.5
   assert int(row["num_params"]) > 0 and float(row["train_s"]) > 0
+
+  # --predict_only: the saved model, loaded again, answers as it did when trained.
+  again = _bench(tmp_path, "fruit", "--predict_only")
+  assert again.returncode == 0, again.stderr[-3000:]
+  table = open(tmp_path / "out_fruit" / "predict.md").read()
+  assert f"| fruit | mach_text | {float(row['P@1']):.4f} |" in table
+  assert table.rstrip().endswith("| 1.0000 |")
+  empty = _bench(tmp_path, "fruit", "--predict_only", out=tmp_path / "nothing_here")
+  assert empty.returncode != 0 and "holds no earlier run of mach_text" in empty.stderr
 
   _tiny_set(tmp_path / "shifted", misaligned=True)
   out = _bench(tmp_path, "shifted")
