@@ -170,7 +170,7 @@ def row_sparse_adam(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: 
     mu, nu = moments(grads, state.mu, state.nu)
     # The step reads the kept moments, the very values stored: computed from the old
     # moments instead, XLA:CPU copied both [D, H] moment tables each step to update them in
-    # place (Debian/WordNet text shapes: 84 of 518 ms; experiments/bench/NOTES.md).
+    # place (the text config on text WordNet: 492 -> 370 ms a step; experiments/bench/NOTES.md).
     mu, nu = keep(state.mu, mu), keep(state.nu, nu)
     new = keep(table, step(table, mu, nu, count))
     return new.astype(table.dtype), RowSparseAdamState(
