@@ -315,8 +315,8 @@ def main():
       preds = np.load(os.path.join(out, PREDS[args.predict_only]), allow_pickle=False)
       m = metrics.evaluate(preds, test_Y, inv_p)
       if args.predict_only:  # The reloaded model's answers against the training run's.
-        res["same_top5"] = float(
-            (preds == np.load(os.path.join(out, PREDS[False]))).all(axis=1).mean())
+        trained = np.load(os.path.join(out, PREDS[False]), allow_pickle=False)
+        res["same_top5"] = float((preds == trained).all(axis=1).mean())
       rows.append({"dataset": dataset, "system": system, **m, **res})
       print({k: rows[-1].get(k) for k in COLUMNS}, flush=True)
   if args.predict_only:
