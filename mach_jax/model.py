@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mach_jax import initializers
+
 REP_AXIS = "rep"
 TABLE = "embedding"  # The input table's parameter name: [R, D, H] under params['reps'].
 SHARED = "shared"  # With a shared input: params['shared'] holds the one [D, H] table.
@@ -123,7 +125,7 @@ def sparse_input_layer(module: nn.Module, x, num_features: int, H: int, mode: st
                        table_dtype) -> jax.Array:
   """The input layer's [b, H] pre-activation: ``module``'s [D, H] table ``TABLE`` and its
   bias, met by the batch's nonzeros as ``mode`` says (see ``use_dense_bag``)."""
-  table = module.param(TABLE, nn.initializers.normal(stddev=0.01), (num_features, H),
+  table = module.param(TABLE, initializers.normal(stddev=0.01), (num_features, H),
                        table_dtype)
   bias = module.param("embedding_bias", nn.initializers.zeros, (H,))
   b, T = x["mask"].shape[0], x["indices"].shape[0]
