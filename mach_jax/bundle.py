@@ -26,6 +26,7 @@ import numpy as np
 
 from mach_jax import (
   calibration as calibration_lib,
+  checkpoint as checkpoint_lib,
   config as config_lib,
   model as model_lib,
   provenance,
@@ -61,8 +62,9 @@ def export(path: str, params: Any, spec: HashSpec, config, num_features: int,
   if main:
     for leftover in (partial, old):  # From an export that was killed.
       shutil.rmtree(leftover, ignore_errors=True)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.join(partial, "params"), params, force=True)
+  with ocp.Checkpointer(checkpoint_lib.arrays_handler()) as ckptr:
+    ckptr.save(os.path.join(partial, "params"), args=checkpoint_lib.save_args(params),
+               force=True)
   if main:
     if featurizer is not None and featurizer.idf is not None:
       np.save(os.path.join(partial, IDF_FILE), featurizer.idf, allow_pickle=False)
@@ -146,14 +148,15 @@ def load(path: str) -> tuple[dict, ml_collections.ConfigDict, Any]:
   import orbax.checkpoint as ocp
   path = os.path.abspath(path)
   info = read_info(path)
-  with ocp.StandardCheckpointer() as ckptr:
+  with ocp.Checkpointer(checkpoint_lib.arrays_handler()) as ckptr:
     meta = ckptr.metadata(os.path.join(path, "params"))
     tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
     check_shapes(tree, info, ml_collections.ConfigDict(info["config"]), path)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                           tree)
-    params = ckptr.restore(os.path.join(path, "params"), target)
+    params = ckptr.restore(os.path.join(path, "params"),
+                           args=checkpoint_lib.restore_args(target))
   return info, ml_collections.ConfigDict(info["config"]), params
 
 
@@ -200,7 +203,7 @@ def load_params_like(path: str, target: Any, spec: HashSpec, num_features: int) 
                      f" cannot start this run (hash spec {spec.to_dict()}, D={num_features}); "
                      "only a larger catalogue K may differ: match model.R, model.B, the hash "
                      "family and seed, the input hash and the featurizer")
-  with ocp.StandardCheckpointer() as ckptr:
+  with ocp.Checkpointer(checkpoint_lib.arrays_handler()) as ckptr:
     meta = ckptr.metadata(os.path.join(path, "params"))
     tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
     got = {jax.tree_util.keystr(k): tuple(v.shape)
@@ -211,9 +214,8 @@ def load_params_like(path: str, target: Any, spec: HashSpec, num_features: int) 
       diff = sorted(set(got.items()) ^ set(want.items()))[:4]
       raise ValueError(f"{path}: its arrays differ from this run's ({diff}); match "
                        "model.hidden and the model's other sizes")
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                           sharding=x.sharding), target)
-    return ckptr.restore(os.path.join(path, "params"), abstract)
+    return ckptr.restore(os.path.join(path, "params"), args=checkpoint_lib.restore_args(
+        checkpoint_lib.abstract_like(target)))
 
 
 def set_calibration(path: str, calibration: dict) -> None:

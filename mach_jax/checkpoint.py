@@ -2,9 +2,9 @@
 
 A checkpoint holds two items:
 
-  * ``state``: the training state pytree (params, optimizer state, step), saved with
-    ``StandardSave`` and restored with ``StandardRestore(target)`` where the target is a tree
-    of ``jax.ShapeDtypeStruct`` carrying the *current* mesh's shardings. That is what lets a
+  * ``state``: the training state pytree (params, optimizer state, step), saved by
+    ``arrays_handler`` (orbax's PyTree handler, uncompressed) and restored onto a target
+    tree of ``jax.ShapeDtypeStruct`` carrying the *current* mesh's shardings. That is what lets a
     run saved on 8 devices resume on 1 or on 4: without a target orbax either fails
     ("topology mismatch") or silently restores the optimizer state with another structure.
   * ``meta`` (JSON): the data position (epoch, batches done in that epoch, shuffle seed),
@@ -60,6 +60,31 @@ def async_saves() -> bool:
   return jax.devices()[0].platform != "cpu"
 
 
+def arrays_handler() -> ocp.PyTreeCheckpointHandler:
+  """The orbax handler of every array tree mach-jax writes (checkpoints, model folders).
+
+  OCDBT and zarr2 as orbax's default, without its zstd compression: compressing holds
+  encoded copies of the chunks in memory while a save runs, about the state's size again
+  for trained (random-looking) float32 values, which compress by only 8%
+  (``experiments.bench.checkpoint_memory``; NOTES.md, "Memory"). Reading does not depend
+  on it: compressed checkpoints written before restore as they did.
+  """
+  return _orbax().PyTreeCheckpointHandler(use_compression=False)
+
+
+def save_args(tree: Any) -> Any:
+  """The orbax save argument of ``tree`` for ``arrays_handler``."""
+  return _orbax().args.PyTreeSave(tree)
+
+
+def restore_args(target: Any) -> Any:
+  """The orbax restore argument that reads a tree onto ``target``'s shapes, dtypes and
+  shardings (a tree of ``jax.ShapeDtypeStruct``), for ``arrays_handler``."""
+  ocp = _orbax()
+  return ocp.args.PyTreeRestore(
+      target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+
+
 @dataclasses.dataclass
 class KeepBest:
   """An orbax preservation policy: keep the checkpoint of the run's best evaluation.
@@ -93,7 +118,9 @@ def make_manager(workdir: str, keep: int = 2, keep_best: bool = False
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
       enable_async_checkpointing=async_saves(), create=True)
   manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
-                                  options=options, item_names=("state", "meta"))
+                                  options=options,
+                                  item_handlers={"state": arrays_handler(),
+                                                 "meta": ocp.JsonCheckpointHandler()})
   if keep_best:
     _KEEP_BEST[manager] = policies[-1]
   return manager
@@ -117,7 +144,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> N
   if manager in _KEEP_BEST and (meta.get("best") or {}).get("step") is not None:
     _KEEP_BEST[manager].step = meta["best"]["step"]
   try:
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+    manager.save(step, args=ocp.args.Composite(state=save_args(state),
                                                meta=ocp.args.JsonSave(meta)),
                  force=True)
   except Exception as e:  # orbax/tensorstore report a full disk as ValueError, OSError...
@@ -178,7 +205,7 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
       if meta is None:
         raise early
       out = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+          state=restore_args(target), meta=ocp.args.JsonRestore()))
     except Exception as e:  # orbax/tensorstore raise many types for damaged files.
       path = os.path.join(str(manager.directory), str(step))
       msg = f"checkpoint {path} could not be restored ({type(e).__name__}: {str(e)[:300]})"

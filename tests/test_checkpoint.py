@@ -248,3 +248,35 @@ def test_saves_are_synchronous_on_cpu(tmp_path):
   assert jax.devices()[0].platform == "cpu" and not checkpoint.async_saves()
   manager = checkpoint.make_manager(str(tmp_path))
   assert not manager._options.enable_async_checkpointing  # noqa: SLF001
+
+
+def _disk_bytes(path):
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def test_checkpoints_are_written_uncompressed(tmp_path):
+  """A compressing save holds encoded chunk copies in memory (arrays_handler): 4 MiB of zeros
+  would take a few KB compressed, so anything less than 4 MiB on disk means compression."""
+  manager = checkpoint.make_manager(str(tmp_path))
+  state = {"w": jax.numpy.zeros((1024, 1024), jax.numpy.float32)}
+  checkpoint.save(manager, 1, state, {"step": 1})
+  assert _disk_bytes(tmp_path / checkpoint.CHECKPOINT_DIR / "1" / "state") >= 4 * 2**20
+  back = checkpoint.restore_latest(manager, checkpoint.abstract_like(state))
+  np.testing.assert_array_equal(back.state["w"], state["w"])
+
+
+def test_a_compressed_checkpoint_of_an_earlier_version_restores(tmp_path):
+  """Checkpoints written with orbax's default (zstd-compressed) StandardSave still resume."""
+  import orbax.checkpoint as ocp
+  state = {"w": jax.random.normal(jax.random.key(0), (64, 32)), "step": jax.numpy.int32(7)}
+  old = ocp.CheckpointManager(str(tmp_path / checkpoint.CHECKPOINT_DIR),
+                              options=ocp.CheckpointManagerOptions(create=True),
+                              item_names=("state", "meta"))
+  old.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      meta=ocp.args.JsonSave({"step": 3})))
+  old.wait_until_finished()
+  back = checkpoint.restore_latest(checkpoint.make_manager(str(tmp_path)),
+                                   checkpoint.abstract_like(state))
+  assert back.step == 3 and back.meta == {"step": 3}
+  np.testing.assert_array_equal(back.state["w"], state["w"])
+  assert int(back.state["step"]) == 7

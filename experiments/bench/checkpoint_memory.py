@@ -1,12 +1,17 @@
-"""Peak RSS of an orbax save while donating steps run on, asynchronous against synchronous.
+"""Peak RSS of an orbax save while donating steps run on: asynchronous, synchronous, and the
+library's own store.
 
     python -m experiments.bench.checkpoint_memory --mb 1536
 
-A state of ``--mb`` MB (two float32 leaves) is stepped by a jitted ``x * 1.0001`` with
-``donate_argnums=0``, as training steps are; ``CheckpointManager.save`` starts, five more
-steps run, and the save is waited for. Each mode runs in its own process; RSS is sampled
-every 10 ms. Prints the peak RSS above the state, per mode. This is the measurement behind
-``mach_jax.checkpoint.async_saves`` (experiments/bench/NOTES.md, "Memory").
+A state of ``--mb`` MB (two float32 leaves of standard-normal values, as trained weights
+look to a compressor; ``--constant`` for constant ones) is stepped by a jitted
+``x * 1.0001`` with ``donate_argnums=0``, as training steps are; a save starts, five more
+steps run, and the save is waited for. Modes: ``async`` and ``sync`` save with orbax's
+default ``StandardSave`` (zstd-compressed); ``library`` with ``mach_jax.checkpoint.save``.
+Each mode runs in its own process; RSS is sampled every 10 ms. Prints the peak RSS above
+the state, the save's seconds and its bytes on disk, per mode. The measurement behind
+``mach_jax.checkpoint.async_saves`` and ``arrays_handler`` (experiments/bench/NOTES.md,
+"Memory").
 """
 
 from __future__ import annotations
@@ -26,13 +31,19 @@ def rss_mb() -> float:
     return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
 
 
-def one(asynchronous: bool, mb: int) -> dict:
+def one(mode: str, mb: int, constant: bool) -> dict:
   import jax
   import jax.numpy as jnp
   import orbax.checkpoint as ocp
 
-  n = mb * 2**20 // 8  # Two float32 leaves.
-  state = {"a": jnp.full((n,), 1.5), "b": jnp.ones((n,))}
+  from mach_jax import checkpoint, initializers
+
+  rows = mb * 2**20 // 8 // 1024  # Two float32 leaves of [rows, 1024].
+  if constant:
+    state = {"a": jnp.full((rows, 1024), 1.5), "b": jnp.ones((rows, 1024))}
+  else:  # Drawn in blocks: no whole-size temporaries left in the allocator's pools.
+    draw = jax.jit(initializers.normal(1.0), static_argnums=1)
+    state = {k: draw(jax.random.key(i), (rows, 1024)) for i, k in enumerate("ab")}
   step = jax.jit(lambda s: jax.tree.map(lambda x: x * 1.0001, s), donate_argnums=0)
   state = jax.block_until_ready(step(state))
   base, peak, done = rss_mb(), [0.0], threading.Event()
@@ -43,35 +54,49 @@ def one(asynchronous: bool, mb: int) -> dict:
       time.sleep(0.01)
   sampler = threading.Thread(target=sample)
   sampler.start()
+  start = time.perf_counter()
   with tempfile.TemporaryDirectory() as d:
-    manager = ocp.CheckpointManager(d, options=ocp.CheckpointManagerOptions(
-        enable_async_checkpointing=asynchronous, create=True), item_names=("state",))
-    manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+    if mode == "library":
+      manager = checkpoint.make_manager(d)
+      checkpoint.save(manager, 1, state, {"step": 1})
+    else:
+      manager = ocp.CheckpointManager(d, options=ocp.CheckpointManagerOptions(
+          enable_async_checkpointing=mode == "async", create=True), item_names=("state",))
+      manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
     for _ in range(5):
       state = step(state)
     jax.block_until_ready(state)
     manager.wait_until_finished()
+    seconds = time.perf_counter() - start
     done.set()
     sampler.join()
-  return {"async": asynchronous, "state_mb": mb, "peak_above_state_mb": peak[0] - base}
+    disk = sum(os.path.getsize(os.path.join(p, f)) for p, _, fs in os.walk(d) for f in fs)
+  return {"mode": mode, "state_mb": mb, "constant": constant,
+          "peak_above_state_mb": peak[0] - base, "seconds": seconds, "disk_mb": disk / 2**20}
 
 
 def main(argv=None) -> list[dict]:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--mb", type=int, default=1536, help="state size in MB")
-  ap.add_argument("--one", choices=["async", "sync"], help=argparse.SUPPRESS)
+  ap.add_argument("--constant", action="store_true",
+                  help="constant-valued leaves (compress to nothing) instead of normal ones")
+  ap.add_argument("--modes", default="async,sync,library",
+                  help="comma-separated: async, sync (orbax defaults), library")
+  ap.add_argument("--one", choices=["async", "sync", "library"], help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
   if args.one:
-    print(json.dumps(one(args.one == "async", args.mb)))
+    print(json.dumps(one(args.one, args.mb, args.constant)))
     return []
   rows = []
-  for mode in ("async", "sync"):
+  for mode in args.modes.split(","):
     out = subprocess.run([sys.executable, "-m", "experiments.bench.checkpoint_memory",
-                          "--mb", str(args.mb), "--one", mode], check=True,
+                          "--mb", str(args.mb), "--one", mode]
+                         + ["--constant"] * args.constant, check=True,
                          capture_output=True, text=True, env={**os.environ}).stdout
     rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"{mode:>5}: peak RSS {rows[-1]['peak_above_state_mb']:.0f} MB above a "
-          f"{args.mb} MB state")
+    r = rows[-1]
+    print(f"{mode:>7}: peak RSS {r['peak_above_state_mb']:.0f} MB above a {args.mb} MB state, "
+          f"{r['seconds']:.1f} s, {r['disk_mb']:.0f} MB on disk")
   return rows
 
 
