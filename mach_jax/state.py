@@ -45,17 +45,10 @@ class TrainState(NamedTuple):
 INIT_CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
-def init_state(model: model_lib.MACH, tx: optax.GradientTransformation,
-               table_tx: optim.RowSparseTransform | None, rng: jax.Array,
-               batch: dict[str, Any], mesh: Mesh | None = None,
-               abstract: bool = False, spec: HashSpec | None = None) -> TrainState:
-  """Parameters from ``rng``; optimizer states initialised per repetition.
-
-  With a ``mesh``, the state is created directly in its sharded layout (split on 'rep');
-  the values do not depend on the mesh (JAX's partitionable threefry RNG). ``abstract``
-  returns its shapes, dtypes and shardings only (a restore target that costs no memory).
-  ``spec`` is needed when it has an input hash (``spec.input_dim`` > 0).
-  """
+def _init_fn(model: model_lib.MACH, tx: optax.GradientTransformation,
+             table_tx: optim.RowSparseTransform | None, batch: dict[str, Any],
+             spec: HashSpec | None) -> Callable[[jax.Array], TrainState]:
+  """rng -> the initial ``TrainState`` (parameters, and optimizer states per repetition)."""
   x = steps.model_input(jax.tree.map(np.asarray, batch), model.sparse_input, spec)
 
   def init(rng):
@@ -67,19 +60,45 @@ def init_state(model: model_lib.MACH, tx: optax.GradientTransformation,
                    else jax.vmap(table_tx.init)(table))
     return TrainState(jnp.zeros((), jnp.int32), params, optim.init_states(tx, rest),
                       table_state)
+  return init
 
+
+def init_program(model: model_lib.MACH, tx: optax.GradientTransformation,
+                 table_tx: optim.RowSparseTransform | None, rng: jax.Array,
+                 batch: dict[str, Any], mesh: Mesh | None = None,
+                 spec: HashSpec | None = None):
+  """The compiled program that makes the initial state from a key like ``rng``.
+
+  With a ``mesh`` it writes the state directly in its sharded layout (split on 'rep').
+  Its ``memory_analysis()`` is what initialising costs beside the state itself
+  (``experiments.bench.step_profile``). ``spec`` is needed when it has an input hash
+  (``spec.input_dim`` > 0).
+  """
+  init = _init_fn(model, tx, table_tx, batch, spec)
   if mesh is None:
     jitted, platform = jax.jit(init), jax.default_backend()
   else:
-    shapes = jax.eval_shape(init, rng)
-    shardings = sharding.state_shardings(mesh, shapes)
-    if abstract:
-      return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          shapes, shardings)
-    jitted = jax.jit(init, out_shardings=shardings)
-    platform = mesh.devices.flat[0].platform
+    shardings = sharding.state_shardings(mesh, jax.eval_shape(init, rng))
+    jitted, platform = jax.jit(init, out_shardings=shardings), mesh.devices.flat[0].platform
   options = INIT_CPU_COMPILER_OPTIONS if platform == "cpu" else None
-  return jitted.lower(rng).compile(compiler_options=options)(rng)
+  return jitted.lower(rng).compile(compiler_options=options)
+
+
+def init_state(model: model_lib.MACH, tx: optax.GradientTransformation,
+               table_tx: optim.RowSparseTransform | None, rng: jax.Array,
+               batch: dict[str, Any], mesh: Mesh | None = None,
+               abstract: bool = False, spec: HashSpec | None = None) -> TrainState:
+  """Parameters from ``rng``; optimizer states initialised per repetition (``init_program``).
+
+  The values do not depend on the mesh (JAX's partitionable threefry RNG). ``abstract``
+  (with a ``mesh``) returns its shapes, dtypes and shardings only (a restore target that
+  costs no memory).
+  """
+  if abstract and mesh is not None:
+    shapes = jax.eval_shape(_init_fn(model, tx, table_tx, batch, spec), rng)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, sharding.state_shardings(mesh, shapes))
+  return init_program(model, tx, table_tx, rng, batch, mesh, spec)(rng)
 
 
 class TrainSetup(NamedTuple):
@@ -93,11 +112,15 @@ class TrainSetup(NamedTuple):
   logits_fn: Callable  # jit(params, batch) -> [R, b, B].
   batch_shardings: Any
 
+  def init_program(self):
+    """The compiled program of the initial state (``init_program``), a function of the key."""
+    p = self.parts
+    return init_program(p.model, p.tx, p.table_tx, jax.random.key(p.config.seed),
+                        self.first_batch, self.mesh, p.spec)
+
   def initial_state(self) -> TrainState:
     """The initial state (computed now; the same values as ``initialize=True`` gives)."""
-    p = self.parts
-    return init_state(p.model, p.tx, p.table_tx, jax.random.key(p.config.seed),
-                      self.first_batch, self.mesh)
+    return self.init_program()(jax.random.key(self.parts.config.seed))
 
   def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """A host batch as global arrays in the step's layout."""

@@ -74,6 +74,7 @@ def profile(config, epochs: int, trace_steps: int) -> dict:
       tc.batch_size, shuffle=True, seed=config.seed, epoch=0, widths=setup.widths,
       dense=config.model.dense_input, num_shards=mesh.shape[sharding.DATA_AXIS])]
   memory = setup.train_step.lower(state, batches[0]).compile().memory_analysis()
+  init_memory = setup.init_program().memory_analysis()
   state, first_s, _ = timed_steps(setup, state, batches, 1)
   state, seconds, m = timed_steps(setup, state, batches, epochs * len(batches))
   ms_per_step = seconds / (epochs * len(batches)) * 1e3
@@ -88,6 +89,7 @@ def profile(config, epochs: int, trace_steps: int) -> dict:
           "steps_timed": epochs * len(batches), "batch_size": tc.batch_size,
           "temp_mb": memory.temp_size_in_bytes / 2**20,
           "state_mb": memory.argument_size_in_bytes / 2**20,
+          "init_temp_mb": init_memory.temp_size_in_bytes / 2**20,
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
           "R": spec.R, "B": spec.B, "D": train_set.num_features, "input_dim": spec.input_dim,
           "hidden": list(config.model.hidden), "mesh": dict(mesh.shape),
@@ -121,7 +123,8 @@ def main(argv):
         f"{res['hidden']}, mesh {res['mesh']}, {res['device']}, {res['cores']} cores); "
         f"first step {res['first_step_s']:.2f} s")
   print(f"compiled step (XLA's accounting, first batch shape): {res['temp_mb']:.0f} MB of "
-        f"temporaries, {res['state_mb']:.0f} MB of arguments; peak RSS of the process "
+        f"temporaries, {res['state_mb']:.0f} MB of arguments; the initial state's program: "
+        f"{res['init_temp_mb']:.0f} MB of temporaries; peak RSS of the process "
         f"{res['peak_rss_mb']:.0f} MB")
   listed = res["ops"][:_TOP.value]
   print(f"ops by time, {sum(o['ms_per_step'] for o in res['ops']):.2f} ms/step in all "
