@@ -2,7 +2,7 @@
 
 import pytest
 
-from experiments.bench import speed
+from experiments.bench import peers, speed
 
 
 def _row(system, repeat, t, **kw):
@@ -39,11 +39,11 @@ def test_mach_only_rows_and_config_overrides():
   assert "mach-jax config with model.R=8" in md
   cells = [c.strip() for c in md.splitlines()[-1].split("|")[1:-1]]
   assert cells[2:6] == ["12.0", "–", "–", "1/1"]
-  assert speed.parse_set("optimizer.learning_rate=3e-3") == ("optimizer.learning_rate", 0.003)
-  assert speed.parse_set("model.hash_family=balanced") == ("model.hash_family", "balanced")
-  assert speed.parse_set("model.hidden=(256,)") == ("model.hidden", (256,))
+  assert peers.parse_set("optimizer.learning_rate=3e-3") == ("optimizer.learning_rate", 0.003)
+  assert peers.parse_set("model.hash_family=balanced") == ("model.hash_family", "balanced")
+  assert peers.parse_set("model.hidden=(256,)") == ("model.hidden", (256,))
   with pytest.raises(SystemExit, match="expected field=value"):
-    speed.parse_set("model.R")
+    peers.parse_set("model.R")
 
 
 @pytest.mark.parametrize("name", ["bibtex", "delicious"])

@@ -12,6 +12,9 @@ Systems, each trained and timed in its own process on 2 cores:
   napkinxc      napkinXC PLT, loss="l2"
   omikuji       omikuji (Parabel-style trees), default hyper-parameters
   pecos         PECOS XR-Linear, PIFA label embedding + hierarchical k-means
+  mach@NAME     mach-jax with the set's config changed by a --point (repeatable):
+                --point "in16k: model.input_dim=16384" runs the system mach@in16k; the
+                points run after --systems, and experiments.bench.frontier plots them all
 
 The peers run in their own venv (default .venv-peers, created on first use: libpecos needs
 numpy<2 and scipy<1.14 and is installed with --no-deps to avoid pulling torch); mach_jax
@@ -46,6 +49,31 @@ PEER_PACKAGES = ["numpy<2", "scipy<1.14", "scikit-learn", "napkinxc==0.7.2", "om
 PECOS = "libpecos==1.2.8"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SINGLE_QUERIES = 200
+
+
+def parse_set(item: str) -> tuple[str, object]:
+  """'optimizer.learning_rate=3e-3' -> ('optimizer.learning_rate', 0.003)."""
+  import ast
+
+  field, sep, value = item.partition("=")
+  if not sep or not field:
+    raise SystemExit(f"--set: expected field=value, got {item!r}")
+  try:
+    return field, ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    return field, value  # A bare string such as murmur.
+
+
+def parse_point(text: str) -> tuple[str, list[str]]:
+  """'in16k: model.input_dim=16384 model.R=8' -> ('mach@in16k', [field=value, ...])."""
+  name, sep, rest = text.partition(":")
+  name, sets = name.strip(), rest.split()
+  if not sep or not name or not sets or not all(c.isalnum() or c in "-_." for c in name):
+    raise SystemExit(f"--point: expected 'NAME: field=value ...' (NAME of letters, digits, "
+                     f"-_.), got {text!r}")
+  for item in sets:
+    parse_set(item)  # Fail before any run.
+  return f"mach@{name}", sets
 
 
 def ensure_peers_venv(path: str) -> str:
@@ -84,6 +112,7 @@ def mach_worker(args) -> dict:
   import numpy as np
   from absl import logging
 
+  from experiments import sweep
   from mach_jax import model as model_lib, train
   from mach_jax.data.xc import read_xc
   from mach_jax.predictor import Predictor
@@ -96,6 +125,7 @@ def mach_worker(args) -> dict:
   config.eval.estimators = (config.eval.estimator,)
   if args.system == "full_softmax":
     config.model.hash_family = "identity"
+  config = sweep.apply(config, dict(parse_set(item) for item in args.set or ()))
   workdir = os.path.join(args.out, "run")
   if not args.predict_only:
     results = train.train_and_evaluate(config, workdir)
@@ -115,13 +145,19 @@ def mach_worker(args) -> dict:
   if args.predict_only:
     return predict_only_result(batch_ms, single_ms)
   # The memory arithmetic, R·(D·H + H + H·B + B) with one hidden layer, against the count of
-  # the trained parameters (the full softmax is R = 1, B = K).
+  # the trained parameters (the full softmax is R = 1, B = K; with an input hash D is each
+  # repetition's input_dim; a shared input layer counts D·H + H once).
   spec, hidden = results["hash_spec"], tuple(config.model.hidden)
-  formula = model_lib.num_params_formula(X.shape[1], hidden, spec["B"], spec["R"])
+  D = spec.get("input_dim") or X.shape[1]
+  formula = model_lib.num_params_formula(D, hidden, spec["B"], spec["R"])
+  if config.model.shared_input:
+    formula -= (spec["R"] - 1) * (D * hidden[0] + hidden[0])
   if formula != results["num_params"]:
     raise SystemExit(f"{args.system} on {args.dataset}: {results['num_params']} parameters "
                      f"counted, {formula} by the formula")
-  widths = "·".join(str(w) for w in (X.shape[1], *hidden, spec["B"]))
+  widths = "·".join(str(w) for w in (D, *hidden, spec["B"]))
+  if config.model.shared_input:
+    widths += f", input layer {D}·{hidden[0]} shared"
   return {"train_s": results["train_seconds"], "params_formula": f"{spec['R']}x({widths})",
           "predict_ms_per_query_batch": batch_ms, "predict_ms_per_query_single": single_ms,
           "model_mb": results["bundle_bytes"] / 2**20,
@@ -216,13 +252,15 @@ def worker_env() -> dict:
 
 
 def run_system(system: str, dataset: str, train: str, test: str, out: str,
-               peers_python: str, text_epochs: int = 0, predict_only: bool = False) -> dict:
+               peers_python: str, text_epochs: int = 0, predict_only: bool = False,
+               sets: tuple[str, ...] = ()) -> dict:
+  """One system's row; ``sets``: the field=value changes of a mach@NAME point."""
   env = worker_env()
   argv = ["--system", system, "--train", train, "--test", test, "--out", out]
-  argv += ["--predict_only"] * predict_only
+  argv += ["--predict_only"] * predict_only + [f"--set={item}" for item in sets]
   if system == "mach_text":
     argv += ["--text_epochs", str(text_epochs)]
-  if system in MACH_SYSTEMS:
+  if system in MACH_SYSTEMS or system.startswith("mach@"):
     return workers.run("experiments.bench.peers", argv + ["--dataset", dataset],
                        f"{system} on {dataset}", env)
   cmd = [peers_python, os.path.join(ROOT, "experiments", "bench", "peer_worker.py"), *argv]
@@ -241,7 +279,7 @@ def params_cell(row: dict) -> str:
 
 COLUMNS = ["dataset", "system", "P@1", "P@3", "P@5", "nDCG@5", "PSP@5", "train_s",
            "predict_ms_per_query_batch", "predict_ms_per_query_single", "peak_rss_mb",
-           "model_mb", "num_params", "params_formula"]
+           "model_mb", "num_params", "params_formula", "changes"]
 
 
 def write_predict_only(out: str, rows: list[dict]) -> None:
@@ -275,7 +313,11 @@ def main():
   p.add_argument("--predict_only", action="store_true",
                  help="time prediction again with the models an earlier run saved in OUT "
                       "(trains nothing); writes OUT/predict.md")
+  p.add_argument("--point", action="append", default=[],
+                 help="'NAME: field=value ...': one more mach-jax system, mach@NAME, the set's "
+                      "config with those changes (repeatable)")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--set", action="append", help=argparse.SUPPRESS)
   p.add_argument("--system", help=argparse.SUPPRESS)
   p.add_argument("--dataset", help=argparse.SUPPRESS)
   p.add_argument("--train", help=argparse.SUPPRESS)
@@ -284,12 +326,16 @@ def main():
   if args.worker:
     workers.emit(mach_text_worker(args) if args.system == "mach_text" else mach_worker(args))
     return
-  systems = args.systems.split(",")
+  systems = args.systems.split(",") if args.systems else []
   unknown = set(systems) - set(SYSTEMS)
   if unknown:
     raise SystemExit(f"--systems: unknown {sorted(unknown)}; choose from {SYSTEMS}")
+  points = dict(parse_point(p) for p in args.point)
+  if len(points) < len(args.point):
+    raise SystemExit("--point: two points share a NAME")
+  systems += list(points)
   peers_python = None
-  if args.setup_only or set(systems) - set(MACH_SYSTEMS):
+  if args.setup_only or any(s not in MACH_SYSTEMS and s not in points for s in systems):
     peers_python = ensure_peers_venv(args.peers_venv)
   if args.setup_only:
     print(peers_python)
@@ -311,7 +357,8 @@ def main():
       if args.predict_only and not os.path.exists(os.path.join(out, PREDS[False])):
         raise SystemExit(f"--predict_only: {out} holds no earlier run of {system}")
       res = run_system(system, dataset, train_path, test_path, out, peers_python,
-                       args.text_epochs, args.predict_only)
+                       args.text_epochs, args.predict_only, tuple(points.get(system, ())))
+      res["changes"] = " ".join(points.get(system, ()))
       preds = np.load(os.path.join(out, PREDS[args.predict_only]), allow_pickle=False)
       m = metrics.evaluate(preds, test_Y, inv_p)
       if args.predict_only:  # The reloaded model's answers against the training run's.
@@ -335,6 +382,8 @@ def main():
                  f"{r['P@5']:.3f} | {r['nDCG@5']:.3f} | {r['PSP@5']:.3f} | {r['train_s']:.1f} | "
                  f"{r['predict_ms_per_query_batch']:.3f} / {r['predict_ms_per_query_single']:.2f} "
                  f"| {r['peak_rss_mb']:.0f} | {r['model_mb']:.1f} | {params_cell(r)} |")
+  lines += [""] + [f"- {name}: the set's config with {' '.join(sets)}"
+                   for name, sets in points.items()] if points else []
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(head + "\n".join(lines) + "\n")
   print(head + "\n".join(lines))

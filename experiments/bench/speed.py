@@ -59,7 +59,7 @@ def mach_worker(args) -> dict:
   logging.set_verbosity(logging.WARNING)
   module = __import__(f"experiments.configs.{args.dataset}", fromlist=["get_config"])
   config = module.get_config(*([args.variant] if args.variant else []))
-  config = sweep.apply(config, dict(parse_set(item) for item in args.set))
+  config = sweep.apply(config, dict(peers.parse_set(item) for item in args.set))
   config.seed += args.repeat
   config.data.train, config.data.test = args.train, args.test
   config.train.update(progress_bar=False, target_metric="P@1", target_value=args.target)
@@ -79,19 +79,6 @@ def mach_worker(args) -> dict:
     out["setup_s"] = to_target - sum(out[k] for k in ("startup_s", "import_s", "data_s",
                                                       "compile_s", "steps_s"))
   return out
-
-
-def parse_set(item: str) -> tuple[str, object]:
-  """'optimizer.learning_rate=3e-3' -> ('optimizer.learning_rate', 0.003)."""
-  import ast
-
-  field, sep, value = item.partition("=")
-  if not sep or not field:
-    raise SystemExit(f"--set: expected field=value, got {item!r}")
-  try:
-    return field, ast.literal_eval(value)
-  except (ValueError, SyntaxError):
-    return field, value  # A bare string such as murmur.
 
 
 def cache_env(cache_dir: str) -> dict:
@@ -223,7 +210,7 @@ def main():
   if not systems or set(systems) - {"mach", "omikuji"}:
     raise SystemExit(f"--systems: expected mach, omikuji or both, got {args.systems!r}")
   for item in args.set:
-    parse_set(item)  # Fail before any run.
+    peers.parse_set(item)  # Fail before any run.
   peers_python = peers.ensure_peers_venv(args.peers_venv) if "omikuji" in systems else None
 
   from mach_jax.data.xc import read_xc
