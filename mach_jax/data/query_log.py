@@ -186,7 +186,7 @@ class QueryLog:
 
   def _head(self) -> XCData:
     """The first window's queries (at most 65,536), featurized once for widths and the
-    first batch."""
+    first batch, and kept until ``batches`` starts."""
     if getattr(self, "_head_data", None) is not None:
       return self._head_data
     parts, n = [], 0
@@ -222,6 +222,7 @@ class QueryLog:
     not trained on).
     """
     widths = widths or self.widths(batch_size // num_shards)
+    self._head_data = None  # Set-up is over; the first window is read again below.
     emitted = 0
     carry: XCData | None = None
     window: list[tuple[sp.csr_matrix, sp.csr_matrix]] = []
