@@ -1,5 +1,7 @@
 """Optimizers: row-sparse (lazy) Adam for the input table, and its config checks."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -151,3 +153,32 @@ def test_whole_table_update_equals_gathering_the_touched_rows(monkeypatch, kwarg
   # different order (seen: |diff| <= 4e-9 after 3 steps).
   for a, b in zip(jax.tree.leaves(masked), jax.tree.leaves(gathered)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_set_rows_writes_the_same_bits_and_drops_padding(dtype):
+  x = jax.random.normal(jax.random.key(0), (50, 8)).astype(dtype)
+  rows = jnp.array([3, 49, 50, 7], jnp.int32)  # 50 is padding.
+  values = jax.random.normal(jax.random.key(1), (4, 8), jnp.float32)
+  got = optim.set_rows(x, rows, values)
+  want = x.at[rows].set(values.astype(dtype), mode="drop")
+  assert got.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(got.view(jnp.uint16) if dtype == jnp.bfloat16
+                                           else got),
+                                np.asarray(want.view(jnp.uint16) if dtype == jnp.bfloat16
+                                           else want))
+
+
+def test_a_bfloat16_table_is_not_widened_to_float32_around_its_update():
+  """XLA:CPU has no bfloat16 scatter: a plain one converted the whole table (and each moment
+  table) to float32 and back every step, 8x the step's time on WordNet."""
+  D, H = 4096, 16
+  tx = optim.row_sparse_adam(1e-2)
+  table = jnp.zeros((D, H), jnp.bfloat16)
+  state = jax.tree.map(lambda a: a.astype(jnp.bfloat16) if a.ndim == 2 else a, tx.init(table))
+  rows = jnp.arange(0, 64, dtype=jnp.int32)
+  hlo = jax.jit(tx.update).lower(table, rows, jnp.ones((64, H)), state).compile().as_text()
+  # A convert fused into the gather of 64 rows reads only those; a fusion whose *output* is
+  # a float32 table is the whole-table round trip.
+  assert not re.search(rf"= f32\[{D},{H}\]\{{1,0\}} fusion\(", hlo)
+  assert re.search(rf"= u16\[{D},{H}\]\{{1,0\}} fusion\(", hlo)  # The scatter, on bits.
