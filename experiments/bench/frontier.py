@@ -46,8 +46,8 @@ def dominated(row: dict, rows: list[dict], cost: str) -> bool:
 
 
 def table(name: str, rows: list[dict]) -> str:
-  lines = [f"### {name}", "", "| system | P@1 | P@5 | model MB | train s | parameters | peak RSS MB "
-           "| frontier (size / time) |", "|" + "---|" * 8]
+  lines = [f"### {name}", "", "| system | P@1 | P@5 | model MB | train s | parameters "
+           "| peak RSS MB | frontier (size / time) |", "|" + "---|" * 8]
   for r in sorted(rows, key=lambda r: r["model_mb"]):
     marks = " / ".join("yes" if not dominated(r, rows, c) else "–" for c in ("model_mb",
                                                                               "train_s"))
