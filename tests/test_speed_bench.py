@@ -78,6 +78,11 @@ def test_step_profile_times_the_step_and_names_its_ops():
   assert [o["ms_per_step"] for o in ops] == sorted((o["ms_per_step"] for o in ops), reverse=True)
   # XLA's op names, not the executor's or Python's events.
   assert not any(o["op"].startswith(("ThunkExecutor", "$")) for o in ops)
+  assert res["temp_mb"] > 0 and res["init_temp_mb"] >= 0
+  # --epochs 0: the same accounting, nothing run.
+  only = step_profile.profile(c, epochs=0, trace_steps=3)
+  assert set(only) == {"temp_mb", "state_mb", "init_temp_mb", "R", "B", "D"}
+  assert only["temp_mb"] == res["temp_mb"] and only["state_mb"] == res["state_mb"]
 
 
 def test_throughput_worker_counts_flops_and_extrapolates_the_epoch():

@@ -68,13 +68,18 @@ def profile(config, epochs: int, trace_steps: int) -> dict:
                               train_set.label_counts().sum() / train_set.num_points,
                               train_set.num_features)
   tc = config.train
-  setup = state_lib.create_train_state(config, train_set)
+  setup = state_lib.create_train_state(config, train_set, initialize=bool(epochs))
   spec, mesh, state = setup.parts.spec, setup.mesh, setup.state
   batches = [setup.put(b) for b in train_set.batches(
       tc.batch_size, shuffle=True, seed=config.seed, epoch=0, widths=setup.widths,
       dense=config.model.dense_input, num_shards=mesh.shape[sharding.DATA_AXIS])]
   memory = setup.train_step.lower(state, batches[0]).compile().memory_analysis()
   init_memory = setup.init_program().memory_analysis()
+  accounting = {"temp_mb": memory.temp_size_in_bytes / 2**20,
+                "state_mb": memory.argument_size_in_bytes / 2**20,
+                "init_temp_mb": init_memory.temp_size_in_bytes / 2**20}
+  if not epochs:  # XLA's accounting only: nothing is run.
+    return {**accounting, "R": spec.R, "B": spec.B, "D": train_set.num_features}
   state, first_s, _ = timed_steps(setup, state, batches, 1)
   state, seconds, m = timed_steps(setup, state, batches, epochs * len(batches))
   ms_per_step = seconds / (epochs * len(batches)) * 1e3
@@ -87,9 +92,7 @@ def profile(config, epochs: int, trace_steps: int) -> dict:
   ops = op_times(trace_dir, trace_steps)
   return {"ms_per_step": ms_per_step, "first_step_s": first_s, "data_s": t_data,
           "steps_timed": epochs * len(batches), "batch_size": tc.batch_size,
-          "temp_mb": memory.temp_size_in_bytes / 2**20,
-          "state_mb": memory.argument_size_in_bytes / 2**20,
-          "init_temp_mb": init_memory.temp_size_in_bytes / 2**20,
+          **accounting,
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
           "R": spec.R, "B": spec.B, "D": train_set.num_features, "input_dim": spec.input_dim,
           "hidden": list(config.model.hidden), "mesh": dict(mesh.shape),
@@ -104,7 +107,8 @@ def _flags():
   global _CONFIG, _EPOCHS, _TRACE_STEPS, _TOP, _OUT, _DUMP
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                             lock_config=True)
-  _EPOCHS = flags.DEFINE_integer("epochs", 3, "timed passes over one epoch's batches")
+  _EPOCHS = flags.DEFINE_integer("epochs", 3, "timed passes over one epoch's batches (0: "
+                                 "XLA's memory accounting of the step only, nothing run)")
   _TRACE_STEPS = flags.DEFINE_integer("trace_steps", 30, "steps recorded by the profiler")
   _TOP = flags.DEFINE_integer("top", 15, "ops listed")
   _OUT = flags.DEFINE_string("out", "", "folder for step_profile.json (optional)")
@@ -118,6 +122,12 @@ def main(argv):
     os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_dump_to="
                                         + os.path.abspath(_DUMP.value), "--xla_dump_hlo_as_text"])
   res = profile(_CONFIG.value, _EPOCHS.value, _TRACE_STEPS.value)
+  if not _EPOCHS.value:
+    print(f"compiled step (XLA's accounting, first batch shape, R={res['R']}, B={res['B']}, "
+          f"D={res['D']}): {res['temp_mb']:.0f} MB of temporaries, {res['state_mb']:.0f} MB "
+          f"of arguments; the initial state's program: {res['init_temp_mb']:.0f} MB of "
+          "temporaries")
+    return
   print(f"{res['ms_per_step']:.2f} ms/step over {res['steps_timed']} steps (batch "
         f"{res['batch_size']}, R={res['R']}, B={res['B']}, D={res['D']}, hidden "
         f"{res['hidden']}, mesh {res['mesh']}, {res['device']}, {res['cores']} cores); "
