@@ -25,8 +25,8 @@ import ml_collections
 import numpy as np
 
 from mach_jax import (
+  array_store,
   calibration as calibration_lib,
-  checkpoint as checkpoint_lib,
   config as config_lib,
   model as model_lib,
   provenance,
@@ -62,8 +62,8 @@ def export(path: str, params: Any, spec: HashSpec, config, num_features: int,
   if main:
     for leftover in (partial, old):  # From an export that was killed.
       shutil.rmtree(leftover, ignore_errors=True)
-  with ocp.Checkpointer(checkpoint_lib.arrays_handler()) as ckptr:
-    ckptr.save(os.path.join(partial, "params"), args=checkpoint_lib.save_args(params),
+  with ocp.Checkpointer(array_store.arrays_handler()) as ckptr:
+    ckptr.save(os.path.join(partial, "params"), args=array_store.save_args(params),
                force=True)
   if main:
     if featurizer is not None and featurizer.idf is not None:
@@ -148,7 +148,7 @@ def load(path: str) -> tuple[dict, ml_collections.ConfigDict, Any]:
   import orbax.checkpoint as ocp
   path = os.path.abspath(path)
   info = read_info(path)
-  with ocp.Checkpointer(checkpoint_lib.arrays_handler()) as ckptr:
+  with ocp.Checkpointer(array_store.arrays_handler()) as ckptr:
     meta = ckptr.metadata(os.path.join(path, "params"))
     tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
     check_shapes(tree, info, ml_collections.ConfigDict(info["config"]), path)
@@ -156,7 +156,7 @@ def load(path: str) -> tuple[dict, ml_collections.ConfigDict, Any]:
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                           tree)
     params = ckptr.restore(os.path.join(path, "params"),
-                           args=checkpoint_lib.restore_args(target))
+                           args=array_store.restore_args(target))
   return info, ml_collections.ConfigDict(info["config"]), params
 
 
@@ -203,7 +203,7 @@ def load_params_like(path: str, target: Any, spec: HashSpec, num_features: int) 
                      f" cannot start this run (hash spec {spec.to_dict()}, D={num_features}); "
                      "only a larger catalogue K may differ: match model.R, model.B, the hash "
                      "family and seed, the input hash and the featurizer")
-  with ocp.Checkpointer(checkpoint_lib.arrays_handler()) as ckptr:
+  with ocp.Checkpointer(array_store.arrays_handler()) as ckptr:
     meta = ckptr.metadata(os.path.join(path, "params"))
     tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
     got = {jax.tree_util.keystr(k): tuple(v.shape)
@@ -214,8 +214,8 @@ def load_params_like(path: str, target: Any, spec: HashSpec, num_features: int) 
       diff = sorted(set(got.items()) ^ set(want.items()))[:4]
       raise ValueError(f"{path}: its arrays differ from this run's ({diff}); match "
                        "model.hidden and the model's other sizes")
-    return ckptr.restore(os.path.join(path, "params"), args=checkpoint_lib.restore_args(
-        checkpoint_lib.abstract_like(target)))
+    return ckptr.restore(os.path.join(path, "params"), args=array_store.restore_args(
+        array_store.abstract_like(target)))
 
 
 def set_calibration(path: str, calibration: dict) -> None:

@@ -2,11 +2,12 @@
 
 A checkpoint holds two items:
 
-  * ``state``: the training state pytree (params, optimizer state, step), saved by
-    ``arrays_handler`` (orbax's PyTree handler, uncompressed) and restored onto a target
-    tree of ``jax.ShapeDtypeStruct`` carrying the *current* mesh's shardings. That is what lets a
-    run saved on 8 devices resume on 1 or on 4: without a target orbax either fails
-    ("topology mismatch") or silently restores the optimizer state with another structure.
+  * ``state``: the training state pytree (params, optimizer state, step), written by
+    ``array_store.arrays_handler`` (orbax's PyTree handler, uncompressed) and restored onto
+    a target tree of ``jax.ShapeDtypeStruct`` carrying the *current* mesh's shardings. That
+    is what lets a run saved on 8 devices resume on 1 or on 4: without a target orbax
+    either fails ("topology mismatch") or silently restores the optimizer state with
+    another structure.
   * ``meta`` (JSON): the data position (epoch, batches done in that epoch, shuffle seed),
     the hash spec, the config, the library versions and the training time so far.
 
@@ -34,19 +35,19 @@ import jax
 from absl import logging
 
 from mach_jax import provenance
+from mach_jax.array_store import (  # noqa: F401  (abstract_like: part of this API)
+  abstract_like,
+  arrays_handler,
+  orbax as _orbax,
+  restore_args,
+  save_args,
+)
 from mach_jax.hashing import HashSpec
 
 if TYPE_CHECKING:
   import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = "checkpoints"
-
-
-def _orbax():
-  """orbax.checkpoint, imported on first use: 0.2 s of every process start otherwise (2-core
-  CPU VM), paid by runs that never checkpoint (sweeps, the speed benchmark)."""
-  import orbax.checkpoint as ocp
-  return ocp
 
 
 def async_saves() -> bool:
@@ -58,31 +59,6 @@ def async_saves() -> bool:
   nothing). On an accelerator that copy lives in host memory, and training goes on.
   """
   return jax.devices()[0].platform != "cpu"
-
-
-def arrays_handler() -> ocp.PyTreeCheckpointHandler:
-  """The orbax handler of every array tree mach-jax writes (checkpoints, model folders).
-
-  OCDBT and zarr2 as orbax's default, without its zstd compression: compressing holds
-  encoded copies of the chunks in memory while a save runs, about the state's size again
-  for trained (random-looking) float32 values, which compress by only 8%
-  (``experiments.bench.checkpoint_memory``; NOTES.md, "Memory"). Reading does not depend
-  on it: compressed checkpoints written before restore as they did.
-  """
-  return _orbax().PyTreeCheckpointHandler(use_compression=False)
-
-
-def save_args(tree: Any) -> Any:
-  """The orbax save argument of ``tree`` for ``arrays_handler``."""
-  return _orbax().args.PyTreeSave(tree)
-
-
-def restore_args(target: Any) -> Any:
-  """The orbax restore argument that reads a tree onto ``target``'s shapes, dtypes and
-  shardings (a tree of ``jax.ShapeDtypeStruct``), for ``arrays_handler``."""
-  ocp = _orbax()
-  return ocp.args.PyTreeRestore(
-      target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
 
 
 @dataclasses.dataclass
@@ -162,12 +138,6 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> N
            "exists: ")
         + "free space (or lower config.checkpoint.keep) and rerun the same command to "
         "resume") from e
-
-
-def abstract_like(state: Any) -> Any:
-  """ShapeDtypeStructs with the shardings of ``state`` (an array or abstract tree)."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                      state)
 
 
 @dataclasses.dataclass
