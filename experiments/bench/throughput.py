@@ -107,7 +107,8 @@ def worker(args) -> dict:
   from mach_jax import config as config_lib, model as model_lib, state as state_lib
 
   c = config_lib.default_config()
-  c.model.update(R=args.reps, B=args.B, hidden=(args.H,), loss="softmax_hist", dtype=args.dtype)
+  c.model.update(R=args.reps, B=args.B, hidden=(args.H,), loss="softmax_hist", dtype=args.dtype,
+                 sequential_reps=getattr(args, "sequential", False))
   c.mesh = (("data", 1), ("rep", 1))
   c.optimizer.row_sparse = True
   c.train.batch_size = args.batch
@@ -118,6 +119,16 @@ def worker(args) -> dict:
   compiled = setup.train_step.lower(state, batches[0]).compile()
   state, _, _ = timed_steps(setup, state, batches, args.warmup)
   state, elapsed, _ = timed_steps(setup, state, batches, args.steps)
+  ops = []
+  if getattr(args, "trace_steps", 0):
+    import tempfile
+
+    from experiments.bench.step_profile import op_times
+    trace_dir = tempfile.mkdtemp(prefix="throughput_trace_")
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      state, _, _ = timed_steps(setup, state, batches, args.trace_steps)
+    ops = [{"op": n, "ms_per_step": ms, "calls_per_step": c}
+           for n, ms, c in op_times(trace_dir, args.trace_steps)[:15]]
   device = jax.devices()[0]
   stats = device.memory_stats() or {}
   steps_per_s = args.steps / elapsed
@@ -135,7 +146,8 @@ def worker(args) -> dict:
           "params": model_lib.count_params(state.params),
           "peak_bytes_in_use": stats.get("peak_bytes_in_use"),
           "bytes_limit": stats.get("bytes_limit"),
-          "device_kind": device.device_kind, "platform": device.platform}
+          "device_kind": device.device_kind, "platform": device.platform,
+          "sequential_reps": bool(getattr(args, "sequential", False)), "ops": ops}
 
 
 def epoch_hours(row: dict, queries: int, total_R: int, gpus: int) -> float:
@@ -182,6 +194,11 @@ def main():
   p.add_argument("--queries", type=int, default=70_000_000)
   p.add_argument("--total_R", type=int, default=32)
   p.add_argument("--gpus", type=int, default=8)
+  p.add_argument("--shapes", default="", help="'D,H,B,reps,batch;...' instead of --preset")
+  p.add_argument("--sequential", action="store_true",
+                 help="config.model.sequential_reps: repetitions one after another")
+  p.add_argument("--trace_steps", type=int, default=0,
+                 help="also profile this many steps and list the 15 slowest ops per shape")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   for name in ("--D", "--H", "--B", "--reps", "--batch"):
     p.add_argument(name, type=int, help=argparse.SUPPRESS)
@@ -193,10 +210,15 @@ def main():
     raise SystemExit(f"--total_R={args.total_R} must split evenly over --gpus={args.gpus}")
   os.makedirs(args.out, exist_ok=True)
   rows = []
-  for D, H, B, reps, batch in PRESETS[args.preset]:
+  shapes = ([tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
+            if args.shapes else PRESETS[args.preset])
+  if any(len(s) != 5 for s in shapes):
+    raise SystemExit(f"--shapes={args.shapes!r}: expected 'D,H,B,reps,batch' groups split by ';'")
+  for D, H, B, reps, batch in shapes:
     argv = ["--out", args.out, "--dtype", args.dtype, "--nnz", str(args.nnz),
             "--steps", str(args.steps), "--warmup", str(args.warmup),
             "--num_batches", str(args.num_batches), "--peak_n", str(args.peak_n),
+            "--trace_steps", str(args.trace_steps), *(["--sequential"] * args.sequential),
             "--D", str(D), "--H", str(H), "--B", str(B), "--reps", str(reps),
             "--batch", str(batch)]
     rows.append(workers.run("experiments.bench.throughput", argv,
