@@ -124,7 +124,7 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MAC
       # the untouched rows (and their moments) by a mask rather than gathering rows.
       present = lambda i: jnp.zeros(D + 1, bool).at[i].set(True)[:D]
       touched = present(ids) if ids.ndim == 1 else jax.vmap(present)(ids)  # [D] or [R', D]
-      model = model.clone(embedding_bag="gather")
+      model = model.clone(embedding_bag=model_lib.gathered_rows_bag(model.embedding_bag))
     else:
       size = min(ids.shape[-1], D) + 1  # At least one slot stays padding (a zero row).
       touch = functools.partial(touched_rows, num_rows=D, size=size)
@@ -137,8 +137,9 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MAC
             table, touched)
       params = model_lib.join_table(rows, rest)
       x = {**x, "indices": local_ids}
-      # The same module over the gathered rows: a table of `size` rows, looked up by gather.
-      model = model.clone(num_features=size, embedding_bag="gather")
+      # The same module over the gathered rows: a table of `size` rows.
+      model = model.clone(num_features=size,
+                          embedding_bag=model_lib.gathered_rows_bag(model.embedding_bag))
 
   def loss_fn(params):
     logits = model.apply({"params": params}, x)

@@ -49,7 +49,7 @@ def popular_baseline(train_Y, test_Y):
 
 def tiny_setup(mesh_spec, R: int = 8, num_batches: int = 1, clip_norm: float = 0.0,
                row_sparse: bool = False, input_dim: int = 0, shared_input: bool = False,
-               sequential: bool = False):
+               sequential: bool = False, embedding_bag: str = "auto"):
   """``create_train_state`` of the tiny config on ``mesh_spec``, and its first batches.
 
   Returns (TrainSetup, host batches in training order).
@@ -61,6 +61,7 @@ def tiny_setup(mesh_spec, R: int = 8, num_batches: int = 1, clip_norm: float = 0
   c.model.input_dim = input_dim
   c.model.shared_input = shared_input
   c.model.sequential_reps = sequential
+  c.model.embedding_bag = embedding_bag
   tr, _ = data_lib.load(c.data)
   setup = state_lib.create_train_state(c, tr, total_steps=100)
   batches = list(tr.batches(c.train.batch_size, shuffle=True, widths=setup.widths,

@@ -155,6 +155,23 @@ def test_whole_table_update_equals_gathering_the_touched_rows(monkeypatch, kwarg
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"input_dim": 256}], ids=["rows", "input_hash"])
+def test_row_sparse_step_with_a_dense_bag_equals_the_gather(kwargs):
+  """GPUs densify the gathered rows' bag ('auto' there; model.gathered_rows_bag): the same
+  update as the segment-sum of the CPU's gather, up to the order of the sums."""
+  def train(bag):
+    setup, batches = tiny_setup((("data", 1), ("rep", 1)), R=4, num_batches=3,
+                                row_sparse=True, embedding_bag=bag, **kwargs)
+    state = setup.state
+    for b in batches:
+      state, _ = setup.run(state, b)
+    return jax.tree.map(np.asarray, (state.params, state.table_opt_state))
+
+  dense, gather = train("dense"), train("gather")
+  for a, b in zip(jax.tree.leaves(dense), jax.tree.leaves(gather)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_set_rows_writes_the_same_bits_and_drops_padding(dtype):
   x = jax.random.normal(jax.random.key(0), (50, 8)).astype(dtype)

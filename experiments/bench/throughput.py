@@ -23,8 +23,8 @@ merged; one label each out of K = 49.46M, the paper's Amazon catalogue), and rep
   (queries / batch) steps at the measured rate of a shape with total_R / gpus repetitions
   per device (or, for another count, scaled linearly in repetitions).
 
-Writes OUT/throughput.json and OUT/throughput.md. No GPU was lent to the session that wrote
-this, so it has only run on CPU (tests/test_speed_bench.py runs the tiny preset).
+Writes OUT/throughput.json and OUT/throughput.md. Figures on one H200: docs/scaling.md
+(tests/test_speed_bench.py runs the tiny preset on CPU).
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def worker(args) -> dict:
 
   c = config_lib.default_config()
   c.model.update(R=args.reps, B=args.B, hidden=(args.H,), loss="softmax_hist", dtype=args.dtype,
-                 sequential_reps=getattr(args, "sequential", False))
+                 sequential_reps=getattr(args, "sequential", False),
+                 embedding_bag=getattr(args, "embedding_bag", "auto"))
   c.mesh = (("data", 1), ("rep", 1))
   c.optimizer.row_sparse = True
   c.train.batch_size = args.batch
@@ -147,7 +148,8 @@ def worker(args) -> dict:
           "peak_bytes_in_use": stats.get("peak_bytes_in_use"),
           "bytes_limit": stats.get("bytes_limit"),
           "device_kind": device.device_kind, "platform": device.platform,
-          "sequential_reps": bool(getattr(args, "sequential", False)), "ops": ops}
+          "sequential_reps": bool(getattr(args, "sequential", False)),
+          "embedding_bag": getattr(args, "embedding_bag", "auto"), "ops": ops}
 
 
 def epoch_hours(row: dict, queries: int, total_R: int, gpus: int) -> float:
@@ -197,6 +199,8 @@ def main():
   p.add_argument("--shapes", default="", help="'D,H,B,reps,batch;...' instead of --preset")
   p.add_argument("--sequential", action="store_true",
                  help="config.model.sequential_reps: repetitions one after another")
+  p.add_argument("--embedding_bag", default="auto", choices=("auto", "dense", "gather"),
+                 help="config.model.embedding_bag")
   p.add_argument("--trace_steps", type=int, default=0,
                  help="also profile this many steps and list the 15 slowest ops per shape")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -219,6 +223,7 @@ def main():
             "--steps", str(args.steps), "--warmup", str(args.warmup),
             "--num_batches", str(args.num_batches), "--peak_n", str(args.peak_n),
             "--trace_steps", str(args.trace_steps), *(["--sequential"] * args.sequential),
+            "--embedding_bag", args.embedding_bag,
             "--D", str(D), "--H", str(H), "--B", str(B), "--reps", str(reps),
             "--batch", str(batch)]
     rows.append(workers.run("experiments.bench.throughput", argv,
