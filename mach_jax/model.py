@@ -94,7 +94,7 @@ def use_dense_bag(mode: str, num_rows: int, num_features: int, num_nonzeros: int
 def gathered_rows_bag(mode: str, platform: str | None = None) -> str:
   """The bag of row-sparse Adam's table of gathered (or masked) rows.
 
-  On CPU 'auto' means 'gather' there: the table is at most the batch's own rows, and the
+  On CPU, 'auto' becomes 'gather': this table holds at most the batch's own rows, and the
   CPU rule above was measured on whole tables. Elsewhere 'auto' stays 'auto' (a GPU
   densifies); 'dense' and 'gather' are kept as asked.
   """
