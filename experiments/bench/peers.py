@@ -15,6 +15,12 @@ Systems, each trained and timed in its own process on 2 cores:
   mach@NAME     mach-jax with the set's config changed by a --point (repeatable):
                 --point "in16k: model.input_dim=16384" runs the system mach@in16k; the
                 points run after --systems, and experiments.bench.frontier plots them all
+  mach_text@NAME  the same for mach_text, by --text_point
+
+--text_config names the config mach_text and its points start from (default text;
+"products:hashed_input" calls experiments/configs/products.py's get_config("hashed_input")):
+a set written by experiments.datasets.query_xc (the synthetic catalogue's query log and its
+XC files) runs with --text_config products and --data_root runs/data.
 
 The peers run in their own venv (default .venv-peers, created on first use: libpecos needs
 numpy<2 and scipy<1.14 and is installed with --no-deps to avoid pulling torch); mach_jax
@@ -64,7 +70,7 @@ def parse_set(item: str) -> tuple[str, object]:
     return field, value  # A bare string such as murmur.
 
 
-def parse_point(text: str) -> tuple[str, list[str]]:
+def parse_point(text: str, system: str = "mach") -> tuple[str, list[str]]:
   """'in16k: model.input_dim=16384 model.R=8' -> ('mach@in16k', [field=value, ...])."""
   name, sep, rest = text.partition(":")
   name, sets = name.strip(), rest.split()
@@ -73,7 +79,7 @@ def parse_point(text: str) -> tuple[str, list[str]]:
                      f"-_.), got {text!r}")
   for item in sets:
     parse_set(item)  # Fail before any run.
-  return f"mach@{name}", sets
+  return f"{system}@{name}", sets
 
 
 def ensure_peers_venv(path: str) -> str:
@@ -190,19 +196,22 @@ def mach_text_worker(args) -> dict:
   import numpy as np
   from absl import logging
 
-  from experiments.configs import text
+  from experiments import sweep
   from mach_jax import train
   from mach_jax.data.xc import read_xc
   from mach_jax.search import Searcher, read_queries
 
   logging.set_verbosity(logging.WARNING)
   train_log, test_log, catalogue = text_files(args.test)
-  config = text.get_config()
+  name, _, variant = args.text_config.partition(":")
+  module = __import__(f"experiments.configs.{name}", fromlist=["get_config"])
+  config = module.get_config(variant) if variant else module.get_config()
   config.data.update(train=train_log, test=test_log, catalogue=catalogue)
   config.train.progress_bar = False
   config.eval.estimators = (config.eval.estimator,)
   if args.text_epochs:
     config.train.num_epochs = args.text_epochs
+  config = sweep.apply(config, dict(parse_set(item) for item in args.set or ()))
   Y = read_xc(args.test).Y
   queries = read_queries(test_log)
   labels = [sorted({int(i) for i in line.rstrip("\n").split("\t")[1].split(",") if i})
@@ -253,14 +262,14 @@ def worker_env() -> dict:
 
 def run_system(system: str, dataset: str, train: str, test: str, out: str,
                peers_python: str, text_epochs: int = 0, predict_only: bool = False,
-               sets: tuple[str, ...] = ()) -> dict:
+               sets: tuple[str, ...] = (), text_config: str = "text") -> dict:
   """One system's row; ``sets``: the field=value changes of a mach@NAME point."""
   env = worker_env()
   argv = ["--system", system, "--train", train, "--test", test, "--out", out]
   argv += ["--predict_only"] * predict_only + [f"--set={item}" for item in sets]
-  if system == "mach_text":
-    argv += ["--text_epochs", str(text_epochs)]
-  if system in MACH_SYSTEMS or system.startswith("mach@"):
+  if system.split("@")[0] == "mach_text":
+    argv += ["--text_epochs", str(text_epochs), "--text_config", text_config]
+  if system.split("@")[0] in MACH_SYSTEMS:
     return workers.run("experiments.bench.peers", argv + ["--dataset", dataset],
                        f"{system} on {dataset}", env)
   cmd = [peers_python, os.path.join(ROOT, "experiments", "bench", "peer_worker.py"), *argv]
@@ -316,6 +325,12 @@ def main():
   p.add_argument("--point", action="append", default=[],
                  help="'NAME: field=value ...': one more mach-jax system, mach@NAME, the set's "
                       "config with those changes (repeatable)")
+  p.add_argument("--text_point", action="append", default=[],
+                 help="'NAME: field=value ...': one more system, mach_text@NAME, mach_text's "
+                      "config with those changes (repeatable)")
+  p.add_argument("--text_config", default="text",
+                 help="the config of mach_text and its points: experiments/configs/<NAME>.py, "
+                      "or NAME:VARIANT for get_config(VARIANT)")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--set", action="append", help=argparse.SUPPRESS)
   p.add_argument("--system", help=argparse.SUPPRESS)
@@ -324,14 +339,16 @@ def main():
   p.add_argument("--test", help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.worker:
-    workers.emit(mach_text_worker(args) if args.system == "mach_text" else mach_worker(args))
+    text = args.system.split("@")[0] == "mach_text"
+    workers.emit(mach_text_worker(args) if text else mach_worker(args))
     return
   systems = args.systems.split(",") if args.systems else []
   unknown = set(systems) - set(SYSTEMS)
   if unknown:
     raise SystemExit(f"--systems: unknown {sorted(unknown)}; choose from {SYSTEMS}")
-  points = dict(parse_point(p) for p in args.point)
-  if len(points) < len(args.point):
+  points = dict([parse_point(p) for p in args.point] +
+                [parse_point(p, "mach_text") for p in args.text_point])
+  if len(points) < len(args.point) + len(args.text_point):
     raise SystemExit("--point: two points share a NAME")
   systems += list(points)
   peers_python = None
@@ -347,6 +364,10 @@ def main():
   from mach_jax.data.xc import read_xc
 
   os.makedirs(args.out, exist_ok=True)
+  def base(system):
+    return (f"experiments/configs/{args.text_config}" if system.startswith("mach_text")
+            else "the set's config")
+
   rows = []
   for dataset in args.datasets.split(","):
     train_path, test_path = data_paths(args.data_root, args.built_root, dataset)
@@ -357,7 +378,8 @@ def main():
       if args.predict_only and not os.path.exists(os.path.join(out, PREDS[False])):
         raise SystemExit(f"--predict_only: {out} holds no earlier run of {system}")
       res = run_system(system, dataset, train_path, test_path, out, peers_python,
-                       args.text_epochs, args.predict_only, tuple(points.get(system, ())))
+                       args.text_epochs, args.predict_only, tuple(points.get(system, ())),
+                       args.text_config)
       res["changes"] = " ".join(points.get(system, ()))
       preds = np.load(os.path.join(out, PREDS[args.predict_only]), allow_pickle=False)
       m = metrics.evaluate(preds, test_Y, inv_p)
@@ -382,7 +404,7 @@ def main():
                  f"{r['P@5']:.3f} | {r['nDCG@5']:.3f} | {r['PSP@5']:.3f} | {r['train_s']:.1f} | "
                  f"{r['predict_ms_per_query_batch']:.3f} / {r['predict_ms_per_query_single']:.2f} "
                  f"| {r['peak_rss_mb']:.0f} | {r['model_mb']:.1f} | {params_cell(r)} |")
-  lines += [""] + [f"- {name}: the set's config with {' '.join(sets)}"
+  lines += [""] + [f"- {name}: {base(name)} with {' '.join(sets)}"
                    for name, sets in points.items()] if points else []
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(head + "\n".join(lines) + "\n")
