@@ -54,7 +54,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.num_labels = 0
   c.data.buffer_size = 100_000
   # Query logs only: a training log whose featurized matrices fit in this many MB is
-  # featurized once and kept in memory for later epochs; 0 featurizes every epoch.
+  # featurized once and kept in memory for later epochs (not in a one-epoch run); 0
+  # featurizes every epoch.
   c.data.cache_mb = 2048
   # Query logs only: the text featurizer (mach_jax.data.text), saved with the model so that
   # serving rebuilds exactly the function it was trained with.

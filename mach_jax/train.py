@@ -63,7 +63,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
   writer = loop.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
 
   # ---- Input ---------------------------------------------------------------------------
-  train, validation, test = data_lib.load_splits(config.data)
+  train, validation, test = data_lib.load_splits(config.data, config.train.num_epochs)
   counts = train.label_counts()
   config = config_lib.resolve(config, train.num_labels, counts.sum() / train.num_points,
                               train.num_features)

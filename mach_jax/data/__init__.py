@@ -60,7 +60,7 @@ def load(data_config) -> tuple[XCData | QueryLog, XCData]:
   return splits.train, splits.test
 
 
-def load_splits(data_config) -> Splits:
+def load_splits(data_config, passes: int = 2) -> Splits:
   """Train, validation and test data for ``config.data``, by ``data_config.name``:
 
   * ``'synthetic'``: ``make_catalogue(**data_config.synthetic)``;
@@ -71,7 +71,9 @@ def load_splits(data_config) -> Splits:
     ``catalogue`` (one product per line) when that is 0.
 
   With ``validation_fraction`` > 0 the validation slice is carved out of the training data
-  (``mach_jax.data.validation``); the test split is never touched by it.
+  (``mach_jax.data.validation``); the test split is never touched by it. ``passes``: how many
+  times training will read the data (the run's epochs); with one, a streamed log keeps no
+  cache (``data.cache_mb``), which only a second pass would read.
   """
   d = data_config
   holdout = (d.validation_fraction, d.validation_seed)
@@ -80,7 +82,7 @@ def load_splits(data_config) -> Splits:
     K = d.num_labels or count_lines(_require(d, "catalogue"))
     f = featurizer(d)
     train = QueryLog(train_path, f, K, buffer_size=d.buffer_size, holdout=holdout,
-                     cache_mb=d.cache_mb)
+                     cache_mb=d.cache_mb if passes > 1 else 0)
     if d.featurizer.idf:  # Fitted on the training part only: never on validation or test.
       f = train.featurizer = f.fit_idf(train.texts())
     held = (QueryLog(train_path, f, K, holdout=holdout, part="validation").to_xc()
