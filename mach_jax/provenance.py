@@ -18,7 +18,20 @@ def library_versions() -> dict[str, str]:
 
 
 def peak_rss_bytes() -> int:
-  """This process's peak resident memory so far (0 where the OS does not say)."""
+  """This process's peak resident memory so far (0 where the OS does not say).
+
+  On Linux the high-water mark of the running program's own memory (``VmHWM`` in
+  /proc/self/status). Not ``ru_maxrss``: a process started by another inherits, through the
+  fork before its exec, the parent's RSS as the floor of its ``ru_maxrss`` (a worker of a
+  benchmark whose parent held 11 GB reported 11 GB, whatever it used itself).
+  """
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) * 1024  # kB.
+  except OSError:  # No procfs: not Linux.
+    pass
   try:
     import resource
   except ImportError:  # Not on POSIX.

@@ -16,10 +16,10 @@ import argparse
 import json
 import os
 import platform
-import resource
 import time
 
 from experiments.bench import workers
+from mach_jax import provenance
 
 
 def _timed(fn, *args, repeat=3):
@@ -76,7 +76,7 @@ def worker(args) -> dict:
     got = np.asarray(got)
     row[f"cand_m{m}_recall@5"] = float(np.mean([len(set(a) & set(b)) / 5
                                                 for a, b in zip(ref, got)]))
-  row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  row["peak_rss_mb"] = provenance.peak_rss_bytes() / 2**20
   row["device"] = str(jax.devices()[0].device_kind)
   return row
 

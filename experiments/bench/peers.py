@@ -41,13 +41,13 @@ import csv
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 
 from experiments.bench import workers
 from experiments.bench.peer_worker import PREDS
+from mach_jax import provenance
 
 SYSTEMS = ("mach", "full_softmax", "mach_text", "napkinxc", "omikuji", "pecos")
 MACH_SYSTEMS = ("mach", "full_softmax", "mach_text")
@@ -167,13 +167,13 @@ def mach_worker(args) -> dict:
   return {"train_s": results["train_seconds"], "params_formula": f"{spec['R']}x({widths})",
           "predict_ms_per_query_batch": batch_ms, "predict_ms_per_query_single": single_ms,
           "model_mb": results["bundle_bytes"] / 2**20,
-          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          "peak_rss_mb": provenance.peak_rss_bytes() / 2**20,
           "num_params": results["num_params"]}
 
 
 def predict_only_result(batch_ms: float, single_ms: float) -> dict:
   return {"predict_ms_per_query_batch": batch_ms, "predict_ms_per_query_single": single_ms,
-          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+          "peak_rss_mb": provenance.peak_rss_bytes() / 2**20}
 
 
 def text_files(test: str) -> tuple[str, str, str]:
@@ -247,7 +247,7 @@ def mach_text_worker(args) -> dict:
   return {"train_s": results["train_seconds"], "params_formula": f"{spec['R']}x({widths})",
           "predict_ms_per_query_batch": batch_ms, "predict_ms_per_query_single": single_ms,
           "model_mb": results["bundle_bytes"] / 2**20,
-          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          "peak_rss_mb": provenance.peak_rss_bytes() / 2**20,
           "num_params": results["num_params"], "epochs": results["selected"]["epoch"]
           if results.get("selected") else None}
 

@@ -22,7 +22,6 @@ import gzip
 import json
 import os
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -59,7 +58,13 @@ def profile(config, epochs: int, trace_steps: int) -> dict:
   import numpy as np
 
   from experiments.bench.timing import timed_steps
-  from mach_jax import config as config_lib, data as data_lib, sharding, state as state_lib
+  from mach_jax import (
+    config as config_lib,
+    data as data_lib,
+    provenance,
+    sharding,
+    state as state_lib,
+  )
 
   t0 = time.perf_counter()
   train_set, _ = data_lib.load(config.data)
@@ -93,7 +98,7 @@ def profile(config, epochs: int, trace_steps: int) -> dict:
   return {"ms_per_step": ms_per_step, "first_step_s": first_s, "data_s": t_data,
           "steps_timed": epochs * len(batches), "batch_size": tc.batch_size,
           **accounting,
-          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          "peak_rss_mb": provenance.peak_rss_bytes() / 2**20,
           "R": spec.R, "B": spec.B, "D": train_set.num_features, "input_dim": spec.input_dim,
           "hidden": list(config.model.hidden), "mesh": dict(mesh.shape),
           "device": str(jax.devices()[0].device_kind), "host": platform.node(),
