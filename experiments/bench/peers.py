@@ -263,7 +263,8 @@ def worker_env() -> dict:
 def run_system(system: str, dataset: str, train: str, test: str, out: str,
                peers_python: str, text_epochs: int = 0, predict_only: bool = False,
                sets: tuple[str, ...] = (), text_config: str = "text") -> dict:
-  """One system's row; ``sets``: the field=value changes of a mach@NAME point."""
+  """One system's row; ``sets``: the field=value changes of a mach@NAME or mach_text@NAME
+  point."""
   env = worker_env()
   argv = ["--system", system, "--train", train, "--test", test, "--out", out]
   argv += ["--predict_only"] * predict_only + [f"--set={item}" for item in sets]
@@ -364,6 +365,7 @@ def main():
   from mach_jax.data.xc import read_xc
 
   os.makedirs(args.out, exist_ok=True)
+
   def base(system):
     return (f"experiments/configs/{args.text_config}" if system.startswith("mach_text")
             else "the set's config")
