@@ -53,10 +53,13 @@ def mach_loss_sums(name: str, logits: jax.Array, buckets: jax.Array, label_mask:
     per_row = optax.sigmoid_binary_cross_entropy(logits, targets).sum(axis=-1)
     weight = row_mask
   elif name == "softmax_hist":
-    hist = bucket_targets(buckets, label_mask, B, "add")
-    targets = hist / jnp.maximum(hist.sum(axis=-1, keepdims=True), 1.0)
-    per_row = optax.softmax_cross_entropy(logits, targets)
-    weight = row_mask * (label_mask.sum(axis=-1) > 0)
+    # -sum_B hist/n * log_softmax = logsumexp - (1/n) sum_l logits[bucket_l]: the same
+    # cross-entropy read from the L label buckets, with no [R, b, B] histogram or target.
+    n = label_mask.sum(axis=-1)  # [b]
+    picked = jnp.take_along_axis(logits, buckets, axis=-1)  # [R, b, L]
+    per_row = (jax.nn.logsumexp(logits, axis=-1)
+               - (picked * label_mask[None]).sum(axis=-1) / jnp.maximum(n, 1.0)[None])
+    weight = row_mask * (n > 0)
   else:
     raise ValueError(f"loss={name!r}: expected one of {LOSSES}")
   return (per_row * weight[None]).sum(axis=1), weight.sum()

@@ -58,3 +58,34 @@ def test_unknown_loss():
   logits, buckets, lm, rm = _case()
   with pytest.raises(ValueError, match="loss="):
     mach_loss("hinge", logits, buckets, lm, rm)
+
+
+def _hist_reference(logits, buckets, label_mask, row_mask):
+  """softmax_hist as a dense [R, b, B] histogram target (the definition)."""
+  hist = losses.bucket_targets(buckets, label_mask, logits.shape[-1], "add")
+  targets = hist / jnp.maximum(hist.sum(axis=-1, keepdims=True), 1.0)
+  weight = row_mask * (label_mask.sum(axis=-1) > 0)
+  per_row = -(targets * jax.nn.log_softmax(logits)).sum(-1)
+  return (per_row * weight).sum(1) / jnp.maximum(weight.sum(), 1.0)
+
+
+def test_softmax_hist_gradient_equals_the_dense_histogram_definition():
+  logits, buckets, lm, rm = _case()
+  for fn in (lambda z: mach_loss("softmax_hist", z, buckets, lm, rm),
+             lambda z: _hist_reference(z, buckets, lm, rm)):
+    np.testing.assert_allclose(fn(logits), _hist_reference(logits, buckets, lm, rm),
+                               rtol=1e-6)
+  got = jax.grad(lambda z: mach_loss("softmax_hist", z, buckets, lm, rm).sum())(logits)
+  ref = jax.grad(lambda z: _hist_reference(z, buckets, lm, rm).sum())(logits)
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_softmax_hist_gradient_keeps_at_most_two_logit_sized_buffers():
+  R, b, B, L = 4, 256, 2048, 4
+  logits = jnp.zeros((R, b, B))
+  buckets = jnp.zeros((R, b, L), jnp.int32)
+  lm, rm = jnp.ones((b, L), bool), jnp.ones(b)
+  grad = jax.jit(jax.grad(lambda z: mach_loss("softmax_hist", z, buckets, lm, rm).sum()))
+  temp = grad.lower(logits).compile().memory_analysis().temp_size_in_bytes
+  # The dense histogram and its normalised target were two more [R, b, B] buffers.
+  assert temp <= 2 * logits.nbytes, temp
