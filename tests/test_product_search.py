@@ -10,6 +10,7 @@ import pytest
 
 from experiments.configs import products as products_config
 from experiments.datasets import products as products_data
+from mach_jax import model as model_lib
 from mach_jax import train
 from mach_jax.search import Searcher
 
@@ -32,6 +33,17 @@ def small_config(root):
   c.optimizer.warmup_steps = 20
   c.checkpoint.enabled = False
   return c
+
+
+@pytest.mark.parametrize("variant", ["hashed_input", "quarter"])
+def test_hashed_variants_hold_under_a_quarter_of_the_full_softmax(variant):
+  c = products_config.get_config(variant)
+  D, K = c.data.featurizer.num_features, 1_000_000
+  mach = model_lib.num_params_formula(c.model.input_dim, c.model.hidden, c.model.B, c.model.R)
+  # Issue 15's yardstick: the full softmax of the shipped H = 64 network, 81.8M.
+  full = model_lib.num_params_full_softmax(D, (64,), K)
+  assert full == 81_777_280
+  assert mach <= full / 4, (variant, mach)
 
 
 @pytest.fixture(scope="module")
