@@ -10,8 +10,7 @@ import pytest
 
 from experiments.configs import products as products_config
 from experiments.datasets import products as products_data
-from mach_jax import model as model_lib
-from mach_jax import train
+from mach_jax import model as model_lib, train
 from mach_jax.search import Searcher
 
 NUM_PRODUCTS = 20_000
