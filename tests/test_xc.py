@@ -114,6 +114,23 @@ def test_fast_and_line_readers_agree(tmp_path):
   assert xc._read_lines("x", lines, 1, 5, 4).Y.indices.tolist() == [1, 3]
 
 
+def test_grammar_is_checked_in_every_block_of_lines(tmp_path):
+  """The vectorised reader checks the features' grammar block by block (bounded memory); a
+  bad token in a late block still stops it, and the line reader names the line."""
+  from mach_jax.data import xc
+  n = 3 * xc._CHECK_LINES + 5
+  rows = [f"{i % 4} {i % 7}:1.5 9:2" for i in range(n)]
+  good = _write(tmp_path, f"{n} 10 4\n" + "\n".join(rows) + "\n")
+  lines = open(good).read().splitlines(keepends=True)[1:]
+  assert xc._read_fast(lines, n, 10, 4) is not None
+  rows[n - 2] = "1 +3:1.5"  # Only the grammar rejects "+3"; line n (the header is line 1).
+  lines[n - 2] = rows[n - 2] + "\n"
+  assert xc._read_fast(lines, n, 10, 4) is None
+  bad = _write(tmp_path, f"{n} 10 4\n" + "\n".join(rows) + "\n", name="bad.txt")
+  with pytest.raises(XCFormatError, match=rf"bad.txt:{n}\b"):
+    read_xc(bad)
+
+
 def _same(a, b):
   assert a.X.shape == b.X.shape and a.Y.shape == b.Y.shape
   for m, n in ((a.X, b.X), (a.Y, b.Y)):
