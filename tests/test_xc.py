@@ -120,8 +120,8 @@ def test_grammar_is_checked_in_every_block_of_lines(tmp_path):
   from mach_jax.data import xc
   n = 3 * xc._CHECK_LINES + 5
   rows = [f"{i % 4} {i % 7}:1.5 9:2" for i in range(n)]
-  good = _write(tmp_path, f"{n} 10 4\n" + "\n".join(rows) + "\n")
-  lines = open(good).read().splitlines(keepends=True)[1:]
+  _write(tmp_path, f"{n} 10 4\n" + "\n".join(rows) + "\n")
+  lines = (tmp_path / "d.txt").read_text().splitlines(keepends=True)[1:]
   assert xc._read_fast(lines, n, 10, 4) is not None
   rows[n - 2] = "1 +3:1.5"  # Only the grammar rejects "+3"; line n (the header is line 1).
   lines[n - 2] = rows[n - 2] + "\n"

@@ -195,13 +195,17 @@ def _read_fast(lines: list[str], N: int, D: int, L: int) -> XCData | None:
     feats.append(" ".join(tokens))
     x_len.append(len(tokens))
   label_text = ",".join(labels)
-  feat_text = "".join(f + " " for f in feats if f)
+  if not _LABELS.fullmatch(label_text):
+    return None
   # The features' grammar is checked on blocks of lines: one match over the whole text keeps
   # a backtracking record per token (a 999,000-line file of 19M tokens: 10 GB).
-  if not _LABELS.fullmatch(label_text) or not all(
-      _FEATURES.fullmatch("".join(f + " " for f in feats[i:i + _CHECK_LINES] if f))
-      for i in range(0, len(feats), _CHECK_LINES)):
-    return None
+  blocks = []
+  for i in range(0, len(feats), _CHECK_LINES):
+    blocks.append("".join(f + " " for f in feats[i:i + _CHECK_LINES] if f))
+    if not _FEATURES.fullmatch(blocks[-1]):
+      return None
+  feat_text = "".join(blocks)
+  del blocks
   y_tokens = label_text.split(",") if label_text else []
   if "" in y_tokens:  # '1,,2' or a trailing comma: the line reader decides.
     return None
