@@ -156,3 +156,49 @@ def test_a_one_pass_run_keeps_no_cache(tmp_path):
     for _ in train.chunks():
       pass
     assert (train._cached is not None) == bool(want)
+
+
+def test_a_row_stack_gives_the_rows_of_its_parts_stacked():
+  import scipy.sparse as sp
+  from mach_jax.data.query_log import RowStack
+  rng = np.random.default_rng(0)
+  parts = [sp.random(n, 30, density=0.2, format="csr", random_state=i, dtype=np.float32)
+           for i, n in enumerate((5, 1, 17, 9))]
+  whole = sp.vstack(parts, format="csr")
+  stack = RowStack(parts)
+  assert stack.shape == whole.shape
+  for rows in (rng.permutation(32)[:13], np.arange(6, 18), [31, 0, 5], [4], []):
+    got, want = stack[rows], whole[np.asarray(rows, np.int64)]
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got.toarray(), want.toarray())
+
+
+def test_a_window_is_not_copied_into_one_matrix(tmp_path, monkeypatch):
+  """Batches are cut from the window's chunks: nothing stacks more rows than a batch's
+  (a stacked window would hold the window's featurized queries twice), and the batches are
+  those of the stacked window."""
+  import scipy.sparse as sp
+  path = str(write_log(tmp_path / "q.tsv", 700))
+  log = QueryLog(path, F, 50, buffer_size=300, read_chunk=50)
+  w = log.widths(64)
+  stacked_rows = []
+  vstack = sp.vstack
+  monkeypatch.setattr(sp, "vstack", lambda blocks, **k: stacked_rows.append(
+      sum(b.shape[0] for b in blocks)) or vstack(blocks, **k))
+  got = list(log.batches(64, seed=3, epoch=1, widths=w))
+  monkeypatch.setattr(sp, "vstack", vstack)
+  assert stacked_rows and max(stacked_rows) <= 64
+  # The same batches from the stacked windows: rebuild them by the order's definition.
+  X, Y = log.to_xc().X, log.to_xc().Y
+  n, start, carry, want = X.shape[0], 0, np.zeros(0, np.int64), []
+  for index, stop in enumerate((300, 600, 700)):
+    window = np.concatenate([carry, np.arange(start, stop)])
+    order = window[np.random.default_rng([3, 1, index]).permutation(window.size)]
+    full = window.size if stop == n else window.size // 64 * 64
+    want += [order[i:i + 64] for i in range(0, full, 64)]
+    carry, start = order[full:], stop
+  assert len(got) == len(want)
+  for b, rows in zip(got, want):
+    ref = batching.make_batch(X, Y, rows, 64, w)
+    for k in b:
+      np.testing.assert_array_equal(b[k], ref[k], err_msg=k)
