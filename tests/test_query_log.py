@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from mach_jax.data import batching
-from mach_jax.data.query_log import QueryLog, QueryLogError
+from mach_jax.data.query_log import QueryLog, QueryLogError, RowStack
 from mach_jax.data.text import TextFeaturizer
 from tests.helpers import write_log
 
@@ -159,8 +160,6 @@ def test_a_one_pass_run_keeps_no_cache(tmp_path):
 
 
 def test_a_row_stack_gives_the_rows_of_its_parts_stacked():
-  import scipy.sparse as sp
-  from mach_jax.data.query_log import RowStack
   rng = np.random.default_rng(0)
   parts = [sp.random(n, 30, density=0.2, format="csr", random_state=i, dtype=np.float32)
            for i, n in enumerate((5, 1, 17, 9))]
@@ -177,7 +176,6 @@ def test_a_window_is_not_copied_into_one_matrix(tmp_path, monkeypatch):
   """Batches are cut from the window's chunks: nothing stacks more rows than a batch's
   (a stacked window would hold the window's featurized queries twice), and the batches are
   those of the stacked window."""
-  import scipy.sparse as sp
   path = str(write_log(tmp_path / "q.tsv", 700))
   log = QueryLog(path, F, 50, buffer_size=300, read_chunk=50)
   w = log.widths(64)
