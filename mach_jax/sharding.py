@@ -16,6 +16,7 @@ The jitted, sharded steps are made here from the pure ones of ``mach_jax.steps``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -279,7 +280,17 @@ def make_train_step(parts: Parts, mesh: Mesh, state, batch) -> Callable:
 
 
 def make_logits_fn(parts: Parts, mesh: Mesh, params, batch) -> Callable:
-  """jit(params, batch) -> logits [R, b, B], each device computing its own repetitions."""
+  """jit(params, batch) -> logits [R, b, B], each device computing its own repetitions.
+
+  A device runs its repetitions over sparse input one after another (``model.sequential``)
+  whatever training did: side by side, a batch's rows of every repetition's table are
+  gathered at once, [R, T, H] (800 MB for 512 text queries at R = 8, H = 256), and a batch
+  took 2.2x as long (experiments/bench/NOTES.md). A data-parallel mesh keeps the model as
+  it is.
+  """
+  model = parts.model
+  if model.sparse_input and not model.shared_input and mesh.shape[DATA_AXIS] == 1:
+    parts = dataclasses.replace(parts, model=model.clone(sequential=True))
   local_model, hash_params = _local_parts(parts, mesh)
   data_axis, batch_specs = _batch_layout(mesh, batch)
 
