@@ -56,8 +56,9 @@ class Predictor:
     self.num_features = int(info["num_features"])
     self.mesh = sharding.make_mesh((("data", 1), ("rep", 1)), self.spec.R, 1,
                                    devices=jax.devices()[:1])
-    # Serving runs the repetitions side by side whatever training did: sequential
-    # repetitions save a training step's memory, and cost a single query time.
+    # A few rows run the repetitions side by side whatever training did (one after another
+    # costs a single query time); full batches go through ``sharding.make_logits_fn``,
+    # which runs them one after another.
     served = config.copy_and_resolve_references()
     served.model.sequential_reps = False
     self.parts = config_lib.build(served, self.num_features, self.spec.K, total_steps=1)

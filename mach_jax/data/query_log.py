@@ -41,9 +41,9 @@ class RowStack:
   """The rows of several CSR matrices one after another, without copying them into one.
 
   A shuffle window is its chunks (and the rows carried over from the last window): stacking
-  them into one matrix would hold every featurized query of the window twice while its
-  batches are made, and with the cache the window is the cached chunks (text WordNet: all
-  75K points, 240 MB). ``stack[rows]`` copies only those rows, in their order.
+  them into one matrix would hold the window's featurized queries twice while its batches
+  are made (text WordNet, one epoch: 91 MB more peak RSS; experiments/bench/NOTES.md).
+  ``stack[rows]`` copies only those rows, in their order.
 
   Args:
     parts: CSR matrices with the same number of columns.
