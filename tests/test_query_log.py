@@ -187,7 +187,8 @@ def test_a_window_is_not_copied_into_one_matrix(tmp_path, monkeypatch):
   monkeypatch.setattr(sp, "vstack", vstack)
   assert stacked_rows and max(stacked_rows) <= 64
   # The same batches from the stacked windows: rebuild them by the order's definition.
-  X, Y = log.to_xc().X, log.to_xc().Y
+  whole = log.to_xc()
+  X, Y = whole.X, whole.Y
   n, start, carry, want = X.shape[0], 0, np.zeros(0, np.int64), []
   for index, stop in enumerate((300, 600, 700)):
     window = np.concatenate([carry, np.arange(start, stop)])
