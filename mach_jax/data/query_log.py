@@ -62,7 +62,8 @@ class RowStack:
       part = int(used[0]) if used.size else 0
       return self.parts[part][rows - self.starts[part]]
     order = np.argsort(which, kind="stable")  # The rows grouped by part, each in its order.
-    pieces = [self.parts[p][rows[order][which[order] == p] - self.starts[p]] for p in used]
+    grouped, owner = rows[order], which[order]
+    pieces = [self.parts[p][grouped[owner == p] - self.starts[p]] for p in used]
     position = np.empty_like(order)
     position[order] = np.arange(order.size)
     return sp.vstack(pieces, format="csr")[position]
