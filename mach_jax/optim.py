@@ -106,7 +106,7 @@ class RowSparseAdamState(NamedTuple):
 
 
 class RowSparseTransform(NamedTuple):
-  """An optax-style triple for a table updated by rows.
+  """An optax-style set of functions for a table updated by rows.
 
   Attributes:
     init: ``table [D, H] -> state``.
@@ -115,12 +115,21 @@ class RowSparseTransform(NamedTuple):
     dense_update: ``(table [D, H], touched bool [D], grads [D, H], state) -> (table,
       state)``: the same update of the touched rows, as one pass over the whole table
       (cheaper than gathering and scattering rows when a batch touches most of them).
+    dense_update_at: ``(tables [R, D, H], r, touched bool [D], grads [D, H], states) ->
+      (tables, states)``: ``dense_update`` of repetition r of stacked tables and their
+      stacked states (every leaf [R, ...]), written in place.
   """
   init: Callable[[jax.Array], RowSparseAdamState]
   update: Callable[[jax.Array, jax.Array, jax.Array, RowSparseAdamState],
                    tuple[jax.Array, RowSparseAdamState]]
   dense_update: Callable[[jax.Array, jax.Array, jax.Array, RowSparseAdamState],
                          tuple[jax.Array, RowSparseAdamState]]
+  dense_update_at: Callable[[jax.Array, jax.Array, jax.Array, jax.Array, RowSparseAdamState],
+                            tuple[jax.Array, RowSparseAdamState]]
+
+
+# Rows per block of ``dense_update_at``: 2 MB of a float32 table at H = 256.
+DENSE_BLOCK_ROWS = 2048
 
 
 def set_rows(x: jax.Array, rows: jax.Array, values: jax.Array) -> jax.Array:
@@ -191,7 +200,39 @@ def row_sparse_adam(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: 
     return new.astype(table.dtype), RowSparseAdamState(
         count=count, mu=mu.astype(state.mu.dtype), nu=nu.astype(state.nu.dtype))
 
-  return RowSparseTransform(init, update, dense_update)
+  def dense_update_at(tables, r, touched, grads, states):
+    R, D, H = tables.shape
+    count = jax.lax.dynamic_index_in_dim(states.count, r, keepdims=False) + 1
+
+    def block(parts, start, size):
+      """The update of rows [start, start + size) of repetition r, written in place."""
+      table_all, mu_all, nu_all = parts
+      take = lambda a: jax.lax.dynamic_slice(a, (r, start, 0), (1, size, H))[0]
+      put = lambda a, v: jax.lax.dynamic_update_slice(a, v[None].astype(a.dtype),
+                                                      (r, start, 0))
+      mask = jax.lax.dynamic_slice_in_dim(touched, start, size)[:, None]
+      old_mu, old_nu = take(mu_all), take(nu_all)
+      mu, nu = moments(jax.lax.dynamic_slice_in_dim(grads, start, size), old_mu, old_nu)
+      mu_all = put(mu_all, jnp.where(mask, mu, f32(old_mu)))
+      nu_all = put(nu_all, jnp.where(mask, nu, f32(old_nu)))
+      # The step reads the moments back from the tables just written: computed from the
+      # old moments, it would have to run before their in-place writes, and XLA:CPU instead
+      # copied both [R, D, H] moment tables (experiments/bench/NOTES.md).
+      table = take(table_all)
+      new = step(table, f32(take(mu_all)), f32(take(nu_all)), count)
+      return put(table_all, jnp.where(mask, new, f32(table))), mu_all, nu_all
+
+    # Blocks of rows small enough to stay in cache between their reads and writes.
+    size = min(D, DENSE_BLOCK_ROWS)
+    parts = jax.lax.fori_loop(0, D // size, lambda i, p: block(p, i * size, size),
+                              (tables, states.mu, states.nu))
+    if D % size:
+      parts = block(parts, D - D % size, D % size)
+    table_all, mu_all, nu_all = parts
+    counts = jax.lax.dynamic_update_index_in_dim(states.count, count, r, 0)
+    return table_all, RowSparseAdamState(count=counts, mu=mu_all, nu=nu_all)
+
+  return RowSparseTransform(init, update, dense_update, dense_update_at)
 
 
 def make_table_optimizer(config, total_steps: int) -> RowSparseTransform | None:

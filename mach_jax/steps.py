@@ -8,7 +8,7 @@ To change the loss, edit ``mach_jax.losses``; the optimizer, ``mach_jax.optim``.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -72,46 +72,25 @@ def whole_table_update(num_nonzeros: int, num_rows: int) -> bool:
   return num_nonzeros >= num_rows
 
 
-def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MACH,
-               tx: optax.GradientTransformation, spec: HashSpec, loss: str,
-               table_tx: optim.RowSparseTransform | None = None,
-               hash_params: jax.Array | None = None, input_params: jax.Array | None = None,
-               data_axis: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One update of the repetitions in ``state``. Returns (new state, metrics).
+class _Gradients(NamedTuple):
+  """What ``_gradients`` gives the update: the loss and the gradient, and how the table
+  (when ``table_tx`` is set) is to be updated."""
+  loss: jax.Array  # [R']
+  grads: Any  # Of ``params``, the table's part replaced as ``rows`` says.
+  params: Any  # The parameters that were differentiated: the gathered rows in the table's place.
+  whole: bool  # The table's gradient is whole, [R', D, H], to update by the mask ``touched``.
+  touched: jax.Array | None  # bool [R', D] (whole) or int rows [R', U], [D] / [U] when shared.
 
-  Labels are hashed here, on device, per repetition (``hash_params``: the rows of
-  ``spec.params()`` of the repetitions this call owns; default all), and so are the input
-  features when ``spec.input_dim`` > 0 (``input_params``, see ``model_input``). The
-  gradient is pulled back from the per-repetition loss vector with a cotangent of ones, so
-  no scalar sum over 'rep' appears (that would be a cross-device reduction under sharding).
 
-  Under ``shard_map`` with ``data_axis`` set, ``batch`` is this device's block of rows: the
-  row count is summed over the axis so the loss is the global mean, and the gradient of the
-  parameters (invariant over 'data') is summed over it by JAX itself (check_vma) -- the only
-  collective of the step.
-
-  With ``table_tx`` the step differentiates with respect to the input-table rows the batch
-  touches (one unique over the batch's feature ids) instead of the whole table, and updates
-  only those rows with row-sparse Adam; when the batch could touch every row
-  (``whole_table_update``) it differentiates the whole table and updates the touched rows
-  by a mask, with the same result.
-
-  A shared input layer (``model.shared_input``) is invariant over 'rep': its gradient is the
-  sum of every repetition's, which under ``shard_map`` JAX completes with a psum over 'rep'
-  of the layer's output gradient, [b, H] per step (the one collective a 'rep' mesh then
-  has; counted in tests/test_shared_input.py).
-
-  Metrics: ``loss`` [R], per repetition. (No gradient norm: it would cost a transpose of the
-  table's gradient that nothing reads.)
-  """
-  if data_axis is not None and model.sequential:
-    raise ValueError("config.model.sequential_reps=True runs on meshes without data "
-                     "parallelism: set the mesh's 'data' axis to 1 (repetitions over 'rep' "
-                     "only), or sequential_reps=False")
+def _gradients(params, batch: dict[str, Any], *, model: model_lib.MACH, spec: HashSpec,
+               loss: str, table_tx: optim.RowSparseTransform | None,
+               hash_params: jax.Array | None, input_params: jax.Array | None,
+               data_axis: str | None) -> _Gradients:
+  """The per-repetition loss of ``batch`` and its gradient (``train_step``'s first half)."""
   label_mask = batch["labels"] >= 0
   buckets = spec.buckets(batch["labels"], jnp, params=hash_params)  # [R, b, L]
-  params = state.params
   x = model_input(batch, model.sparse_input, spec, input_params)
+  whole, touched = False, None
   if table_tx is not None:
     table, rest = model_lib.split_table(params)  # [R', D, H], or [D, H] when shared.
     shared = table.ndim == 2
@@ -152,22 +131,129 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MAC
   (grads,) = pullback(jnp.ones_like(per_rep_loss))
   if data_axis is not None:
     per_rep_loss = jax.lax.psum(per_rep_loss, data_axis)
+  return _Gradients(per_rep_loss, grads, params, whole, touched)
+
+
+def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MACH,
+               tx: optax.GradientTransformation, spec: HashSpec, loss: str,
+               table_tx: optim.RowSparseTransform | None = None,
+               hash_params: jax.Array | None = None, input_params: jax.Array | None = None,
+               data_axis: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update of the repetitions in ``state``. Returns (new state, metrics).
+
+  Labels are hashed here, on device, per repetition (``hash_params``: the rows of
+  ``spec.params()`` of the repetitions this call owns; default all), and so are the input
+  features when ``spec.input_dim`` > 0 (``input_params``, see ``model_input``). The
+  gradient is pulled back from the per-repetition loss vector with a cotangent of ones, so
+  no scalar sum over 'rep' appears (that would be a cross-device reduction under sharding).
+
+  Under ``shard_map`` with ``data_axis`` set, ``batch`` is this device's block of rows: the
+  row count is summed over the axis so the loss is the global mean, and the gradient of the
+  parameters (invariant over 'data') is summed over it by JAX itself (check_vma) -- the only
+  collective of the step.
+
+  With ``table_tx`` the step differentiates with respect to the input-table rows the batch
+  touches (one unique over the batch's feature ids) instead of the whole table, and updates
+  only those rows with row-sparse Adam; when the batch could touch every row
+  (``whole_table_update``) it differentiates the whole table and updates the touched rows
+  by a mask, with the same result.
+
+  With ``model.sequential`` (per-repetition tables) the whole step, forward, backward and
+  update, runs one repetition at a time (``_one_repetition_at_a_time``).
+
+  A shared input layer (``model.shared_input``) is invariant over 'rep': its gradient is the
+  sum of every repetition's, which under ``shard_map`` JAX completes with a psum over 'rep'
+  of the layer's output gradient, [b, H] per step (the one collective a 'rep' mesh then
+  has; counted in tests/test_shared_input.py).
+
+  Metrics: ``loss`` [R], per repetition. (No gradient norm: it would cost a transpose of the
+  table's gradient that nothing reads.)
+  """
+  if data_axis is not None and model.sequential:
+    raise ValueError("config.model.sequential_reps=True runs on meshes without data "
+                     "parallelism: set the mesh's 'data' axis to 1 (repetitions over 'rep' "
+                     "only), or sequential_reps=False")
+  if model.sequential and not model.shared_input:
+    return _one_repetition_at_a_time(state, batch, model=model, tx=tx, spec=spec, loss=loss,
+                                     table_tx=table_tx, hash_params=hash_params,
+                                     input_params=input_params)
+  g = _gradients(state.params, batch, model=model, spec=spec, loss=loss, table_tx=table_tx,
+                 hash_params=hash_params, input_params=input_params, data_axis=data_axis)
   table_opt_state = state.table_opt_state
   if table_tx is None:
-    updates, opt_state = optim.update_states(tx, grads, state.opt_state, params)
-    params = optax.apply_updates(params, updates)
+    updates, opt_state = optim.update_states(tx, g.grads, state.opt_state, g.params)
+    params = optax.apply_updates(g.params, updates)
   else:
-    row_grads, rest_grads = model_lib.split_table(grads)
+    table, rest = model_lib.split_table(state.params)
+    row_grads, rest_grads = model_lib.split_table(g.grads)
     updates, opt_state = optim.update_states(tx, rest_grads, state.opt_state, rest)
-    apply = table_tx.dense_update if whole else table_tx.update
-    if shared:
-      table, table_state = apply(table, touched, row_grads, table_opt_state[model_lib.SHARED])
+    apply = table_tx.dense_update if g.whole else table_tx.update
+    if table.ndim == 2:  # Shared.
+      table, table_state = apply(table, g.touched, row_grads,
+                                 table_opt_state[model_lib.SHARED])
       table_opt_state = {model_lib.SHARED: table_state}
     else:
       table, table_opt_state = jax.vmap(
-          apply, in_axes=(0, 0 if touched.ndim == 2 else None, 0, 0))(
-              table, touched, row_grads, table_opt_state)
+          apply, in_axes=(0, 0 if g.touched.ndim == 2 else None, 0, 0))(
+              table, g.touched, row_grads, table_opt_state)
     params = model_lib.join_table(table, optax.apply_updates(rest, updates))
+  new_state = state._replace(step=state.step + 1, params=params, opt_state=opt_state,
+                             table_opt_state=table_opt_state)
+  return new_state, {"loss": g.loss}
+
+
+def _one_repetition_at_a_time(state: TrainState, batch: dict[str, Any], *,
+                              model: model_lib.MACH, tx: optax.GradientTransformation,
+                              spec: HashSpec, loss: str,
+                              table_tx: optim.RowSparseTransform | None,
+                              hash_params: jax.Array | None, input_params: jax.Array | None
+                              ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """``train_step`` of R' independent repetitions as a loop over them.
+
+  Iteration r runs the step of a one-repetition model on repetition r's slice of the state
+  (every leaf but ``step`` is [R', ...]) and writes the new slice back in place: the same
+  update as all R' at once, with one repetition's temporaries live instead of R', its
+  table's gradient [D, H] among them.
+  """
+  one = model.clone(num_repetitions=1, sequential=False)
+  if hash_params is None:
+    hash_params = jnp.asarray(spec.params())
+  if input_params is None:
+    input_params = jnp.asarray(spec.input_params())
+
+  def body(carry, r):
+    params, opt_state, table_opt_state = carry
+    take = lambda a: jax.lax.dynamic_slice_in_dim(a, r, 1)
+    put = lambda a, v: jax.lax.dynamic_update_slice_in_dim(a, v, r, 0)
+    mine = jax.tree.map(take, params)
+    g = _gradients(mine, batch, model=one, spec=spec, loss=loss, table_tx=table_tx,
+                   hash_params=take(hash_params), input_params=take(input_params),
+                   data_axis=None)
+    if table_tx is None:
+      updates, new_opt = optim.update_states(tx, g.grads, jax.tree.map(take, opt_state),
+                                             g.params)
+      params = jax.tree.map(put, params, optax.apply_updates(g.params, updates))
+      return (params, jax.tree.map(put, opt_state, new_opt), None), g.loss[0]
+    table, rest = model_lib.split_table(params)
+    row_grads, rest_grads = model_lib.split_table(g.grads)
+    updates, new_opt = optim.update_states(tx, rest_grads, jax.tree.map(take, opt_state),
+                                           jax.tree.map(take, rest))
+    rest = jax.tree.map(put, rest, optax.apply_updates(jax.tree.map(take, rest), updates))
+    touched = g.touched[0] if g.touched.ndim == 2 else g.touched  # Hashed, or not.
+    if g.whole:
+      table, table_opt_state = table_tx.dense_update_at(table, r, touched, row_grads[0],
+                                                        table_opt_state)
+    else:
+      new_table, new_state = table_tx.update(table[r], touched, row_grads[0],
+                                             jax.tree.map(lambda a: a[r], table_opt_state))
+      table = put(table, new_table[None])
+      table_opt_state = jax.tree.map(lambda a, v: put(a, v[None]), table_opt_state, new_state)
+    params = model_lib.join_table(table, rest)
+    return (params, jax.tree.map(put, opt_state, new_opt), table_opt_state), g.loss[0]
+
+  carry = (state.params, state.opt_state, state.table_opt_state)
+  (params, opt_state, table_opt_state), per_rep_loss = jax.lax.scan(
+      body, carry, jnp.arange(model.num_repetitions))
   new_state = state._replace(step=state.step + 1, params=params, opt_state=opt_state,
                              table_opt_state=table_opt_state)
   return new_state, {"loss": per_rep_loss}

@@ -118,7 +118,8 @@ def test_table_lr_scale_scales_only_the_table_step(schedule):
 
   def moved(scale):
     c.optimizer.table_lr_scale = scale
-    init, update, _ = optim.make_table_optimizer(c, 100)
+    tx = optim.make_table_optimizer(c, 100)
+    init, update = tx.init, tx.update
     state = init(table)
     for _ in range(3):  # Past the warm-up, so the cosine rate is not zero.
       new, state = update(table, rows, grads, state)
@@ -199,3 +200,41 @@ def test_a_bfloat16_table_is_not_widened_to_float32_around_its_update():
   # a float32 table is the whole-table round trip.
   assert not re.search(rf"= f32\[{D},{H}\]\{{1,0\}} fusion\(", hlo)
   assert re.search(rf"= u16\[{D},{H}\]\{{1,0\}} fusion\(", hlo)  # The scatter, on bits.
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dense_update_at_updates_one_repetition_in_blocks_like_dense_update(dtype):
+  """``dense_update_at`` (the per-repetition step's in-place update, in blocks of
+  ``DENSE_BLOCK_ROWS`` rows and a remainder) writes repetition r as ``dense_update`` would
+  and leaves the other repetitions' tables and moments alone."""
+  R, D, H, r = 3, 2 * optim.DENSE_BLOCK_ROWS + 37, 8, 1
+  rng = np.random.default_rng(0)
+  tx = optim.row_sparse_adam(1e-2)
+  tables = jnp.asarray(rng.normal(size=(R, D, H)), dtype)
+  states = jax.vmap(tx.init)(tables)
+  states = states._replace(mu=jnp.asarray(rng.normal(size=(R, D, H)), dtype),
+                           nu=jnp.asarray(rng.uniform(size=(R, D, H)), dtype),
+                           count=jnp.asarray([4, 7, 2], jnp.int32))
+  touched = jnp.asarray(rng.uniform(size=D) < 0.5)
+  grads = jnp.asarray(rng.normal(size=(D, H)), jnp.float32)
+  got_tables, got = jax.jit(tx.dense_update_at)(tables, r, touched, grads, states)
+  want_table, want = tx.dense_update(tables[r], touched, grads,
+                                     jax.tree.map(lambda a: a[r], states))
+  f32 = lambda a: np.asarray(a, np.float32)
+  tol = dict(rtol=1e-6, atol=1e-7) if dtype == jnp.float32 else dict(rtol=2 ** -8, atol=0)
+  for a, b in [(got.mu[r], want.mu), (got.nu[r], want.nu)]:
+    np.testing.assert_allclose(f32(a), f32(b), **tol)
+  if dtype == jnp.float32:
+    np.testing.assert_allclose(f32(got_tables[r]), f32(want_table), **tol)
+  else:
+    # The step reads the moments back as stored, in bfloat16: within a unit of rounding of
+    # the old value and of the step, and equal to the bit for nearly every entry.
+    got_table, want_table, old = f32(got_tables[r]), f32(want_table), f32(tables[r])
+    bound = 2 ** -7 * (np.abs(old) + np.abs(want_table - old))
+    assert (np.abs(got_table - want_table) <= bound).all()
+    assert (got_table != want_table).mean() < 0.01
+  assert int(got.count[r]) == 8
+  others = np.asarray([i for i in range(R) if i != r])
+  for a, b in [(got_tables, tables), (got.mu, states.mu), (got.nu, states.nu),
+               (got.count, states.count)]:
+    np.testing.assert_array_equal(f32(a)[others], f32(b)[others])
