@@ -115,6 +115,9 @@ class RowSparseTransform(NamedTuple):
     dense_update: ``(table [D, H], touched bool [D], grads [D, H], state) -> (table,
       state)``: the same update of the touched rows, as one pass over the whole table
       (cheaper than gathering and scattering rows when a batch touches most of them).
+    update_at: ``(tables [R, D, H], r, rows [U], row_grads [U, H], states) -> (tables,
+      states)``: ``update`` of repetition r of stacked tables and their stacked states
+      (every leaf [R, ...]), scattered in place.
     dense_update_at: ``(tables [R, D, H], r, touched bool [D], grads [D, H], states) ->
       (tables, states)``: ``dense_update`` of repetition r of stacked tables and their
       stacked states (every leaf [R, ...]), written in place.
@@ -124,6 +127,8 @@ class RowSparseTransform(NamedTuple):
                    tuple[jax.Array, RowSparseAdamState]]
   dense_update: Callable[[jax.Array, jax.Array, jax.Array, RowSparseAdamState],
                          tuple[jax.Array, RowSparseAdamState]]
+  update_at: Callable[[jax.Array, jax.Array, jax.Array, jax.Array, RowSparseAdamState],
+                      tuple[jax.Array, RowSparseAdamState]]
   dense_update_at: Callable[[jax.Array, jax.Array, jax.Array, jax.Array, RowSparseAdamState],
                             tuple[jax.Array, RowSparseAdamState]]
 
@@ -132,8 +137,9 @@ class RowSparseTransform(NamedTuple):
 DENSE_BLOCK_ROWS = 2048
 
 
-def set_rows(x: jax.Array, rows: jax.Array, values: jax.Array) -> jax.Array:
+def set_rows(x: jax.Array, rows, values: jax.Array) -> jax.Array:
   """``x.at[rows].set(values)`` in ``x``'s dtype; padding ids (>= len(x)) are dropped.
+  ``rows`` may be an index tuple, ``(r, rows)`` for stacked [R, D, H] tables.
 
   A 16-bit float table is scattered as its uint16 bits: XLA:CPU has no bfloat16 scatter
   and otherwise widens the whole table to float32 and back around it, three [R, D, H]
@@ -188,6 +194,17 @@ def row_sparse_adam(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: 
     return put(table, new), RowSparseAdamState(count=count, mu=put(state.mu, mu),
                                                nu=put(state.nu, nu))
 
+  def update_at(tables, r, rows, row_grads, states):
+    count = jax.lax.dynamic_index_in_dim(states.count, r, keepdims=False) + 1
+    index = (r, rows)
+    take = lambda x: x.at[index].get(mode="fill", fill_value=0)
+    mu, nu = moments(row_grads, take(states.mu), take(states.nu))
+    new = step(take(tables), mu, nu, count)
+    put = lambda x, v: set_rows(x, index, v)
+    counts = jax.lax.dynamic_update_index_in_dim(states.count, count, r, 0)
+    return put(tables, new), RowSparseAdamState(count=counts, mu=put(states.mu, mu),
+                                                nu=put(states.nu, nu))
+
   def dense_update(table, touched, grads, state):
     count = state.count + 1
     keep = lambda x, v: jnp.where(touched[:, None], v, f32(x))
@@ -232,7 +249,7 @@ def row_sparse_adam(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: 
     counts = jax.lax.dynamic_update_index_in_dim(states.count, count, r, 0)
     return table_all, RowSparseAdamState(count=counts, mu=mu_all, nu=nu_all)
 
-  return RowSparseTransform(init, update, dense_update, dense_update_at)
+  return RowSparseTransform(init, update, dense_update, update_at, dense_update_at)
 
 
 def make_table_optimizer(config, total_steps: int) -> RowSparseTransform | None:

@@ -240,14 +240,8 @@ def _one_repetition_at_a_time(state: TrainState, batch: dict[str, Any], *,
                                            jax.tree.map(take, rest))
     rest = jax.tree.map(put, rest, optax.apply_updates(jax.tree.map(take, rest), updates))
     touched = g.touched[0] if g.touched.ndim == 2 else g.touched  # Hashed, or not.
-    if g.whole:
-      table, table_opt_state = table_tx.dense_update_at(table, r, touched, row_grads[0],
-                                                        table_opt_state)
-    else:
-      new_table, new_state = table_tx.update(table[r], touched, row_grads[0],
-                                             jax.tree.map(lambda a: a[r], table_opt_state))
-      table = put(table, new_table[None])
-      table_opt_state = jax.tree.map(lambda a, v: put(a, v[None]), table_opt_state, new_state)
+    apply = table_tx.dense_update_at if g.whole else table_tx.update_at
+    table, table_opt_state = apply(table, r, touched, row_grads[0], table_opt_state)
     params = model_lib.join_table(table, rest)
     return (params, jax.tree.map(put, opt_state, new_opt), table_opt_state), g.loss[0]
 
