@@ -88,8 +88,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.loss = "bce"  # bce | softmax_hist | softmax | auto (see resolve).
   c.model.dense_input = False  # Dense [b, D] input instead of sparse nonzeros.
   c.model.embedding_bag = "auto"  # auto | dense | gather (sparse input only; same result).
-  # Run the repetitions one after another (lax.map) instead of side by side (vmap): the
-  # same result with one repetition's temporaries live at a time (long text: less memory).
+  # Run each training step one repetition at a time (forward, backward and update) instead
+  # of side by side (vmap): the same result with one repetition's temporaries live. Faster
+  # and leaner for large row-sparse tables; slower for small models (NOTES.md).
   c.model.sequential_reps = False
   c.model.dtype = "float32"
   # Storage of the sparse input table and its row-sparse Adam moments: float32 | bfloat16

@@ -196,7 +196,9 @@ class MACH(nn.Module):
   same stacked parameters) instead of side by side (vmap): the same parameters and the
   same logits, but only one repetition's temporaries are live at a time. On long text the
   embedding bag's gathered rows, [R, T, H] under vmap (805 MB at R = 8, T = 98,304,
-  H = 256), are most of a step's memory (experiments/bench/NOTES.md).
+  H = 256), are most of a step's memory (experiments/bench/NOTES.md). With per-repetition
+  tables, ``steps.train_step`` goes further and runs the whole step (forward, backward,
+  update) one repetition at a time.
   """
 
   num_repetitions: int

@@ -30,8 +30,8 @@ def get_config():
   # softmax over the bucket histogram for every set led BCE on text WordNet's validation
   # slice for two epochs and lost to it over a whole run (docs/text.md).
   c.model.update(R=0, B=0, input_dim=-1, hidden=(256,), loss="auto")
-  # Repetitions one after another within a device: the same numbers, one repetition's
-  # [T, H] rows live at a time (experiments/bench/NOTES.md: less memory, not slower).
+  # The step one repetition at a time within a device: the same numbers, one repetition's
+  # temporaries live at a time (experiments/bench/NOTES.md: less memory, not slower).
   c.model.sequential_reps = True
   # 3e-3: the best of 1e-3 / 3e-3 / 1e-2 in experiments.tune's validation probes on text
   # WordNet (docs/text.md); experiments.tune chooses again on the data at hand.

@@ -30,6 +30,9 @@ def get_config():
   # the rows a batch touches, with a larger step for them.
   c.optimizer.row_sparse = True
   c.optimizer.table_lr_scale = 5.0
+  # The step one repetition at a time: 1.2x the examples/s and 190 MB less peak RSS
+  # (experiments/bench/NOTES.md).
+  c.model.sequential_reps = True
   c.optimizer.learning_rate = 1e-2
   c.optimizer.schedule = "cosine"
   c.optimizer.warmup_steps = 300
