@@ -76,10 +76,12 @@ class _Gradients(NamedTuple):
   """What ``_gradients`` gives the update: the loss and the gradient, and how the table
   (when ``table_tx`` is set) is to be updated."""
   loss: jax.Array  # [R']
-  grads: Any  # Of ``params``, the table's part replaced as ``rows`` says.
-  params: Any  # The parameters that were differentiated: the gathered rows in the table's place.
+  grads: Any  # The gradient of ``params``.
+  params: Any  # What was differentiated: the parameters, or the gathered rows [R', U, H]
+  # in the table's place (``whole`` False).
   whole: bool  # The table's gradient is whole, [R', D, H], to update by the mask ``touched``.
-  touched: jax.Array | None  # bool [R', D] (whole) or int rows [R', U], [D] / [U] when shared.
+  touched: jax.Array | None  # bool [R', D] (whole) or row ids [R', U]; [D] / [U] when the
+  # repetitions read the same ids (no input hash).
 
 
 def _gradients(params, batch: dict[str, Any], *, model: model_lib.MACH, spec: HashSpec,
