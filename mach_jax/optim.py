@@ -218,7 +218,7 @@ def row_sparse_adam(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: 
         count=count, mu=mu.astype(state.mu.dtype), nu=nu.astype(state.nu.dtype))
 
   def dense_update_at(tables, r, touched, grads, states):
-    R, D, H = tables.shape
+    _, D, H = tables.shape
     count = jax.lax.dynamic_index_in_dim(states.count, r, keepdims=False) + 1
 
     def block(parts, start, size):
