@@ -237,10 +237,11 @@ def _one_repetition_at_a_time(state: TrainState, batch: dict[str, Any], *,
       params = jax.tree.map(put, params, optax.apply_updates(g.params, updates))
       return (params, jax.tree.map(put, opt_state, new_opt), None), g.loss[0]
     table, rest = model_lib.split_table(params)
+    _, my_rest = model_lib.split_table(mine)
     row_grads, rest_grads = model_lib.split_table(g.grads)
     updates, new_opt = optim.update_states(tx, rest_grads, jax.tree.map(take, opt_state),
-                                           jax.tree.map(take, rest))
-    rest = jax.tree.map(put, rest, optax.apply_updates(jax.tree.map(take, rest), updates))
+                                           my_rest)
+    rest = jax.tree.map(put, rest, optax.apply_updates(my_rest, updates))
     touched = g.touched[0] if g.touched.ndim == 2 else g.touched  # Hashed, or not.
     apply = table_tx.dense_update_at if g.whole else table_tx.update_at
     table, table_opt_state = apply(table, r, touched, row_grads[0], table_opt_state)
