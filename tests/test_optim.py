@@ -70,8 +70,11 @@ def test_first_step_equals_dense_adam_then_untouched_rows_stay_put():
                               np.asarray(get(before))[:, touched])
 
 
-def test_row_sparse_step_is_collective_free_on_a_rep_mesh():
-  setup, batches = tiny_setup((("data", 1), ("rep", 8)), R=8, row_sparse=True)
+@pytest.mark.parametrize("kwargs", [{}, {"sequential": True, "input_dim": 256},
+                                    {"sequential": True}])
+def test_row_sparse_step_is_collective_free_on_a_rep_mesh(kwargs):
+  """Also one repetition at a time (``sequential``), with and without the input hash."""
+  setup, batches = tiny_setup((("data", 1), ("rep", 8)), R=8, row_sparse=True, **kwargs)
   assert setup.parts.table_tx is not None
   hlo = setup.train_step.lower(setup.state, setup.put(batches[0])).compile().as_text()
   assert sharding.collectives(hlo) == {}
