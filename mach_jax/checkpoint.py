@@ -34,11 +34,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import jax
 from absl import logging
 
-from mach_jax import provenance
+from mach_jax import host_memory, provenance
 from mach_jax.array_store import (  # noqa: F401  (abstract_like: part of this API)
   abstract_like,
   arrays_handler,
   orbax as _orbax,
+  read_in_place,
   restore_args,
   save_args,
 )
@@ -123,6 +124,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> N
     manager.save(step, args=ocp.args.Composite(state=save_args(state),
                                                meta=ocp.args.JsonSave(meta)),
                  force=True)
+    host_memory.release()  # The chunks a synchronous save wrote from.
   except Exception as e:  # orbax/tensorstore report a full disk as ValueError, OSError...
     directory = str(manager.directory)
     for name in os.listdir(directory) if os.path.isdir(directory) else ():
@@ -182,10 +184,50 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
       errors.append(msg)
       warnings.warn(msg + "; falling back to the previous checkpoint", RuntimeWarning)
       continue
+    host_memory.release()
     return Restored(step=step, state=out.state, meta=dict(out.meta))
   if errors:
     raise RuntimeError("no checkpoint could be restored:\n" + "\n".join(errors))
   return None
+
+
+def restore_in_place(manager: ocp.CheckpointManager, step: int, state: Any,
+                     fields: tuple[str, ...] | None = None) -> Any:
+  """The state saved at ``step``, read into ``state``'s own arrays one chunk at a time.
+
+  What a run does when it goes back to an earlier state (a plateau's decay, the best
+  evaluation's parameters at the end): ``restore_latest`` would hold the state it reads
+  twice over beside the one it replaces, this holds one stored chunk
+  (``array_store.read_in_place``; ``experiments.bench.checkpoint_memory``). Where that is
+  not possible (several processes or devices, a tree stored otherwise) the arrays are
+  dropped and the state restored whole.
+
+  Args:
+    manager: the run's store (``make_manager``).
+    step: a finished checkpoint of it.
+    state: a ``TrainState`` (or any NamedTuple) of arrays, which are donated and must not
+      be used afterwards, or of ``jax.ShapeDtypeStruct``s with the run's shardings.
+    fields: read only these fields of ``state``; the others come back as they were.
+
+  Returns:
+    ``state`` with the saved values.
+  """
+  rest = {f: getattr(state, f) for f in state._fields if fields and f not in fields}
+  picked = state._replace(**{f: None for f in rest})
+  target = abstract_like(picked)
+  try:
+    if jax.process_count() > 1:
+      raise ValueError("several processes")
+    read = read_in_place(os.path.join(str(manager.directory), str(step), "state"), picked)
+  except (ValueError, OSError) as e:  # Raised before anything is overwritten.
+    logging.info("restoring checkpoint %d whole (%s)", step, e)
+    state = picked = None
+    ocp = _orbax()
+    target = target._replace(**{f: jax.tree.map(lambda _: ocp.PLACEHOLDER, v)
+                                for f, v in abstract_like(rest).items()})
+    read = restore_latest(manager, target, only=step).state
+  host_memory.release()
+  return read._replace(**rest)
 
 
 # ---------------------------------------------------------------------------------------

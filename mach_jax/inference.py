@@ -15,7 +15,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from mach_jax import decode, metrics, sharding
+from mach_jax import decode, host_memory, metrics, sharding
 from mach_jax.data import batching
 
 
@@ -70,6 +70,7 @@ def evaluate(params, logits_fn: Callable, decoder: decode.Decoder, test, inv_pro
   preds = predict_topk(params, logits_fn, decoder, X, Y, batch_size=ev.batch_size, k=ev.k,
                        estimators=tuple(ev.estimators), mesh=mesh,
                        dense=config.model.dense_input)
+  host_memory.release()  # The score blocks just freed.
   return {e: metrics.evaluate(classes, Y, inv_propensity, ks=eval_ks(ev.k))
           for e, (_, classes) in preds.items()}
 

@@ -65,15 +65,17 @@ class Plateau:
     """``setup`` with the step at the rate of the decays made so far."""
     return rescaled(setup, self.config, self.scale, *self.shape) if self.decays else setup
 
-  def decay(self, manager, setup: state_lib.TrainSetup, best: loop.Best):
-    """Read the best state back and rebuild the step at the next rate.
+  def decay(self, manager, setup: state_lib.TrainSetup, best: loop.Best,
+            state: state_lib.TrainState):
+    """Read the best state back into ``state``'s arrays (donated: ``restore_in_place``) and
+    rebuild the step at the next rate.
 
     Returns:
       (state, setup, event): the best evaluation's state, ``setup`` with the decayed step,
       and what to log (the decay's number, the step gone back to, the new learning rate).
     """
     manager.wait_until_finished()
-    state = checkpoint_lib.restore_latest(manager, setup.state, only=best.record["step"]).state
+    state = checkpoint_lib.restore_in_place(manager, best.record["step"], state)
     self.decays += 1
     best.record["stale"] = 0
     event = {"decay": self.decays, "restored_step": best.record["step"],

@@ -16,7 +16,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from mach_jax import config as config_lib, model as model_lib, optim, sharding, steps
+from mach_jax import (
+  config as config_lib,
+  host_memory,
+  model as model_lib,
+  optim,
+  sharding,
+  steps,
+)
 from mach_jax.hashing import IDENTITY, HashSpec
 
 
@@ -120,7 +127,9 @@ class TrainSetup(NamedTuple):
 
   def initial_state(self) -> TrainState:
     """The initial state (computed now; the same values as ``initialize=True`` gives)."""
-    return self.init_program()(jax.random.key(self.parts.config.seed))
+    state = jax.block_until_ready(self.init_program()(jax.random.key(self.parts.config.seed)))
+    host_memory.release()  # The initialisation's temporaries.
+    return state
 
   def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """A host batch as global arrays in the step's layout."""

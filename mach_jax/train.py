@@ -24,6 +24,7 @@ from mach_jax import (
   checkpoint as checkpoint_lib,
   config as config_lib,
   data as data_lib,
+  host_memory,
   inference,
   loop,
   metrics,
@@ -130,8 +131,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
 
   def decay(epoch: int) -> None:  # Back to the best state, on at the next learning rate.
     nonlocal setup, state
-    state = None  # Never two states in memory.
-    state, setup, event = plateau.decay(manager, setup, best)
+    state, setup, event = plateau.decay(manager, setup, best, state)  # Into state's arrays.
     writer.write({"step": step, "epoch": epoch, **event})
 
   if plateau.due(best) and start_epoch < tc.num_epochs:  # Stopped before its decay.
@@ -159,6 +159,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
       end_of_epoch = i + 1 == steps_per_epoch
       if loop.itstime(step, tc.log_every_steps, last=end_of_epoch):
         values = guard.check()
+        host_memory.release()  # What the featurizer and the batches freed since the last log.
         record = {"step": step, "epoch": epoch + 1, "loss": float(values[-1].mean()),
                   "loss_per_rep": values[-1].tolist(),
                   "examples_per_second": examples / watch.seconds()}
@@ -213,9 +214,8 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
   if best.params is not None:
     params = best.params
   elif validation is not None and best.record and best.record["step"] != step:
-    params = None  # Read the best state back with no other state in memory.
-    params = checkpoint_lib.restore_latest(manager, setup.state,
-                                           only=best.record["step"]).state.params
+    params = checkpoint_lib.restore_in_place(  # Into the last parameters' arrays.
+        manager, best.record["step"], setup.state._replace(params=params), ("params",)).params
   t_eval = time.time()
   res = evaluate(params, test) if ev.final_test else {}
   eval_seconds = time.time() - t_eval

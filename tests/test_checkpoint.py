@@ -280,3 +280,87 @@ def test_a_compressed_checkpoint_of_an_earlier_version_restores(tmp_path):
   assert back.step == 3 and back.meta == {"step": 3}
   np.testing.assert_array_equal(back.state["w"], state["w"])
   assert int(back.state["step"]) == 7
+
+
+def _state(seed=0):
+  """A TrainState whose table spans several stored chunks (see _chunked), a bfloat16 leaf
+  and a scalar."""
+  from mach_jax.state import TrainState
+  k = jax.random.split(jax.random.key(seed), 2)
+  return TrainState(step=jax.numpy.int32(seed + 3),
+                    params={"table": jax.random.normal(k[0], (4, 300, 16)),
+                            "out": jax.random.normal(k[1], (4, 16, 8)).astype(jax.numpy.bfloat16)},
+                    opt_state=({"mu": jax.numpy.full((4, 7), float(seed))},),
+                    table_opt_state=None)
+
+
+@pytest.fixture
+def chunked(monkeypatch):
+  """Chunks of 4 KiB: the table is stored as many chunks, as a real table of GBs would be."""
+  from mach_jax import array_store
+  monkeypatch.setattr(array_store, "CHUNK_BYTES", 4096)
+
+
+def _equal(a, b):
+  return jax.tree.all(jax.tree.map(lambda x, y: bool((np.asarray(x) == np.asarray(y)).all()
+                                                     and x.dtype == y.dtype), a, b))
+
+
+def test_restore_in_place_reads_a_checkpoint_into_the_given_arrays(tmp_path, chunked):
+  manager = checkpoint.make_manager(str(tmp_path))
+  saved = _state(0)
+  checkpoint.save(manager, 3, saved, {"step": 3})
+  table = os.path.join(str(tmp_path), checkpoint.CHECKPOINT_DIR, "3", "state")
+  import tensorstore as ts
+  store = ts.open({"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": f"file://{table}/",
+                                                  "path": "params.table"}}).result()
+  assert np.prod(store.shape) // np.prod(store.chunk_layout.read_chunk.shape) >= 4
+  current = _state(1)  # The state a run holds when it goes back: other values, same layout.
+  back = checkpoint.restore_in_place(manager, 3, current)
+  assert _equal(back, saved)
+  assert current.params["table"].is_deleted()  # Its buffer was written, not a new one.
+  # Only the parameters, into fresh arrays (the end of a run, its optimizer state freed).
+  fresh = checkpoint.abstract_like(_state(1))
+  back = checkpoint.restore_in_place(manager, 3, fresh, fields=("params",))
+  assert _equal(back.params, saved.params) and back.opt_state == fresh.opt_state
+
+
+def test_restore_in_place_restores_a_sharded_state_whole(tmp_path, chunked):
+  """Arrays over several devices are not read chunk by chunk: the whole-state path runs."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  mesh = Mesh(np.array(jax.devices()[:4]), ("rep",))
+  put = lambda t: jax.tree.map(  # noqa: E731
+      lambda x: jax.device_put(x, NamedSharding(mesh, P("rep") if x.ndim else P())), t)
+  manager = checkpoint.make_manager(str(tmp_path))
+  saved = put(_state(0))
+  checkpoint.save(manager, 3, saved, {"step": 3})
+  back = checkpoint.restore_in_place(manager, 3, put(_state(1)))
+  assert _equal(back, saved)
+  assert back.params["table"].sharding == saved.params["table"].sharding
+
+
+def test_restore_in_place_reads_a_checkpoint_stored_as_one_chunk(tmp_path):
+  """Checkpoints written before chunking (one chunk per array, compressed) read in place."""
+  import orbax.checkpoint as ocp
+  saved = _state(0)
+  old = ocp.CheckpointManager(str(tmp_path / checkpoint.CHECKPOINT_DIR),
+                              options=ocp.CheckpointManagerOptions(create=True),
+                              item_names=("state", "meta"))
+  old.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(saved),
+                                      meta=ocp.args.JsonSave({"step": 3})))
+  old.wait_until_finished()
+  current = _state(1)
+  back = checkpoint.restore_in_place(checkpoint.make_manager(str(tmp_path)), 3, current)
+  assert _equal(back, saved) and current.params["table"].is_deleted()
+
+
+def test_a_chunk_is_written_in_place():
+  """The program that writes a read chunk into a state array aliases the array and holds
+  nothing of its size: reading back a state costs one chunk, not one array."""
+  from mach_jax import array_store
+  array = jax.ShapeDtypeStruct((8, 32768, 256), np.float32)
+  block = jax.ShapeDtypeStruct((8, 4096, 256), np.float32)
+  compiled = array_store._write_block.lower(array, block, (0, 4096, 0)).compile()  # noqa: SLF001
+  mem = compiled.memory_analysis()
+  assert mem.alias_size_in_bytes == 8 * 32768 * 256 * 4
+  assert mem.temp_size_in_bytes <= 8 * 4096 * 256 * 4

@@ -1,17 +1,22 @@
-"""Peak RSS of an orbax save while donating steps run on: asynchronous, synchronous, and the
-library's own store.
+"""Peak RSS of an orbax save while donating steps run on (asynchronous, synchronous, the
+library's own store), and of reading a saved state back (whole, or in place).
 
     python -m experiments.bench.checkpoint_memory --mb 1536
+    python -m experiments.bench.checkpoint_memory --mb 1536 --modes restore_whole,restore_in_place
 
 A state of ``--mb`` MB (two float32 leaves of standard-normal values, as trained weights
 look to a compressor; ``--constant`` for constant ones) is stepped by a jitted
 ``x * 1.0001`` with ``donate_argnums=0``, as training steps are; a save starts, five more
 steps run, and the save is waited for. Modes: ``async`` and ``sync`` save with orbax's
 default ``StandardSave`` (zstd-compressed); ``library`` with ``mach_jax.checkpoint.save``.
+``restore_whole`` and ``restore_in_place`` save with the library, then read the state back
+as a run going back to an earlier state does: the state dropped and restored by
+``checkpoint.restore_latest``, or read into its own arrays by ``checkpoint.restore_in_place``
+(``host_memory.release`` first, so that neither starts from memory the save left).
 Each mode runs in its own process; RSS is sampled every 10 ms. Prints the peak RSS above
-the state, the save's seconds and its bytes on disk, per mode. The measurement behind
-``mach_jax.checkpoint.async_saves`` and ``arrays_handler`` (experiments/bench/NOTES.md,
-"Memory").
+the state, the save's (or the restore's) seconds and the bytes on disk, per mode. The
+measurement behind ``mach_jax.checkpoint.async_saves``, ``arrays_handler`` and
+``restore_in_place`` (experiments/bench/NOTES.md, "Memory").
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import sys
 import tempfile
 import threading
 import time
+
+MODES = ("async", "sync", "library", "restore_whole", "restore_in_place")
 
 
 def rss_mb() -> float:
@@ -46,6 +53,8 @@ def one(mode: str, mb: int, constant: bool) -> dict:
     state = {k: draw(jax.random.key(i), (rows, 1024)) for i, k in enumerate("ab")}
   step = jax.jit(lambda s: jax.tree.map(lambda x: x * 1.0001, s), donate_argnums=0)
   state = jax.block_until_ready(step(state))
+  if mode.startswith("restore"):
+    return restore(mode, mb, state)
   base, peak, done = rss_mb(), [0.0], threading.Event()
 
   def sample():
@@ -75,27 +84,70 @@ def one(mode: str, mb: int, constant: bool) -> dict:
           "peak_above_state_mb": peak[0] - base, "seconds": seconds, "disk_mb": disk / 2**20}
 
 
+def restore(mode: str, mb: int, state) -> dict:
+  """Peak RSS above ``state`` while it is read back from a checkpoint of itself."""
+  import jax
+
+  from mach_jax import checkpoint, host_memory
+  from mach_jax.state import TrainState
+  state = TrainState(step=None, params=state, opt_state=None, table_opt_state=None)
+  with tempfile.TemporaryDirectory() as d:
+    manager = checkpoint.make_manager(d)
+    checkpoint.save(manager, 1, state, {"step": 1})
+    target = checkpoint.abstract_like(state)
+    host_memory.release()
+    base, peak, done = rss_mb(), [0.0], threading.Event()
+
+    def sample():
+      while not done.is_set():
+        peak[0] = max(peak[0], rss_mb())
+        time.sleep(0.01)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    start = time.perf_counter()
+    if mode == "restore_whole":
+      state = None
+      state = checkpoint.restore_latest(manager, target, only=1).state
+    else:
+      state = checkpoint.restore_in_place(manager, 1, state)
+    jax.block_until_ready(state)
+    seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    disk = sum(os.path.getsize(os.path.join(p, f)) for p, _, fs in os.walk(d) for f in fs)
+  return {"mode": mode, "state_mb": mb, "constant": False,
+          "peak_above_state_mb": peak[0] - base, "seconds": seconds, "disk_mb": disk / 2**20}
+
+
 def main(argv=None) -> list[dict]:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--mb", type=int, default=1536, help="state size in MB")
   ap.add_argument("--constant", action="store_true",
                   help="constant-valued leaves (compress to nothing) instead of normal ones")
   ap.add_argument("--modes", default="async,sync,library",
-                  help="comma-separated: async, sync (orbax defaults), library")
-  ap.add_argument("--one", choices=["async", "sync", "library"], help=argparse.SUPPRESS)
+                  help="comma-separated: async, sync (orbax defaults), library, "
+                  "restore_whole, restore_in_place")
+  ap.add_argument("--chunk_mb", type=float, default=None,
+                  help="stored chunks of at most this many MB (0: one per array, as saved "
+                  "before 2026-12-05); default: array_store.CHUNK_BYTES")
+  ap.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
+  if args.chunk_mb is not None:
+    from mach_jax import array_store
+    array_store.CHUNK_BYTES = int(args.chunk_mb * 2**20)
   if args.one:
     print(json.dumps(one(args.one, args.mb, args.constant)))
     return []
   rows = []
   for mode in args.modes.split(","):
+    chunk = [f"--chunk_mb={args.chunk_mb}"] if args.chunk_mb is not None else []
     out = subprocess.run([sys.executable, "-m", "experiments.bench.checkpoint_memory",
                           "--mb", str(args.mb), "--one", mode]
-                         + ["--constant"] * args.constant, check=True,
+                         + ["--constant"] * args.constant + chunk, check=True,
                          capture_output=True, text=True, env={**os.environ}).stdout
     rows.append(json.loads(out.strip().splitlines()[-1]))
     r = rows[-1]
-    print(f"{mode:>7}: peak RSS {r['peak_above_state_mb']:.0f} MB above a {args.mb} MB state, "
+    print(f"{mode:>16}: peak RSS {r['peak_above_state_mb']:.0f} MB above a {args.mb} MB state, "
           f"{r['seconds']:.1f} s, {r['disk_mb']:.0f} MB on disk")
   return rows
 
