@@ -8,24 +8,22 @@ from __future__ import annotations
 
 import ast
 import functools
-import itertools
 import json
 import os
 from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 if TYPE_CHECKING:
   import orbax.checkpoint as ocp
 
 __all__ = ["orbax", "arrays_handler", "save_args", "restore_args", "abstract_like",
-           "read_in_place", "CHUNK_BYTES"]
+           "read_in_place", "PIECE_BYTES"]
 
-# Arrays are stored in chunks of at most this many bytes (orbax splits the largest
-# dimensions first: an [8, 32768, 256] float32 table is stored as eight [8, 4096, 256]
-# chunks), so that ``read_in_place`` holds one chunk, not one array, beside the tree.
-CHUNK_BYTES = 32 << 20
+# ``read_in_place`` moves an array to the device in pieces of at most this many bytes.
+PIECE_BYTES = 32 << 20
 
 
 def orbax():
@@ -48,10 +46,14 @@ def arrays_handler() -> ocp.PyTreeCheckpointHandler:
 
 
 def save_args(tree: Any) -> Any:
-  """The orbax save argument of ``tree`` for ``arrays_handler`` (chunks of ``CHUNK_BYTES``)."""
-  ocp = orbax()
-  return ocp.args.PyTreeSave(tree, save_args=jax.tree.map(  # (0: one chunk per array.)
-      lambda _: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES or None), tree))
+  """The orbax save argument of ``tree`` for ``arrays_handler``.
+
+  One stored chunk per array: orbax's smaller chunks (``SaveArgs.chunk_byte_size``) are
+  copies, made for the whole tree at once while a save runs (+517 MB for a 512 MB tree of
+  [8, 32768, 256] arrays; experiments/bench/NOTES.md), and ``read_in_place`` reads an
+  uncompressed chunk in pieces anyway.
+  """
+  return orbax().args.PyTreeSave(tree)
 
 
 def restore_args(target: Any) -> Any:
@@ -87,13 +89,23 @@ def _name(path) -> str:
                   for k in path)
 
 
+def _pieces(shape: tuple[int, ...], itemsize: int) -> list[tuple[int, int]]:
+  """[start, stop) ranges of the first axis, each at most ``PIECE_BYTES`` (or one row)."""
+  if not shape:
+    return [(0, 1)]
+  rows = max(1, PIECE_BYTES // max(1, int(np.prod(shape[1:])) * itemsize))
+  return [(i, min(i + rows, shape[0])) for i in range(0, shape[0], rows)]
+
+
 def read_in_place(directory: str, tree: Any) -> Any:
-  """The arrays saved in ``directory`` (a tree written with ``save_args``), read one stored
-  chunk at a time into ``tree``'s arrays, which are donated and overwritten in place.
+  """The arrays saved in ``directory`` (a tree written with ``save_args``), read piece by
+  piece into ``tree``'s arrays, which are donated and overwritten in place.
 
   A whole-tree orbax restore reads each array into host memory and then copies it to the
-  device: beside the tree it replaces it holds up to two copies of the tree. This holds
-  one stored chunk (``CHUNK_BYTES``; an array written before chunking is one chunk).
+  device: beside the tree it replaces it holds up to two copies of the tree (NOTES.md). An
+  uncompressed stored chunk (what ``arrays_handler`` writes) is read here in byte ranges of
+  ``PIECE_BYTES``, each written into its place at once: one piece is held beside the tree.
+  A compressed one (written before 2026-12-02) is read whole, then written piece by piece.
 
   Args:
     directory: the saved tree's folder (a checkpoint's ``<step>/state``).
@@ -105,35 +117,46 @@ def read_in_place(directory: str, tree: Any) -> Any:
     ``tree`` with the saved values.
 
   Raises:
-    ValueError: a leaf is not one device's array, or names, shapes or dtypes differ from
-      what was saved (nothing has been overwritten then).
+    ValueError: a leaf is not one device's array, or its name, shape or dtype differs from
+      what was saved (raised before anything is overwritten).
   """
   import tensorstore as ts
   leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
   saved = _saved_arrays(directory)
   context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
-  stores = []
+  base = "file://" + os.path.abspath(directory) + "/"
+  kv = ts.KvStore.open({"driver": "ocdbt", "base": base}, context=context).result()
+  keys = {k.decode() for k in kv.list().result()}
+  plans = []
   for path, leaf in leaves:  # Check everything before overwriting anything.
     name = _name(path)
-    if name not in saved or len(leaf.sharding.device_set) != 1:
-      raise ValueError(f"cannot read {name!r} of {directory} in place: "
-                       + ("not saved there" if name not in saved else "not on one device"))
-    store = ts.open({"driver": "zarr", "kvstore": {
-        "driver": "ocdbt", "base": "file://" + os.path.abspath(directory) + "/", "path": name}},
-        open=True, read=True, context=context).result()
-    if tuple(store.shape) != tuple(leaf.shape) or store.dtype.numpy_dtype != leaf.dtype:
-      raise ValueError(f"{name!r} of {directory} is {store.dtype.numpy_dtype}"
-                       f"{list(store.shape)}, not {leaf.dtype}{list(leaf.shape)}")
-    stores.append(store)
+    if name not in saved or f"{name}/.zarray" not in keys:
+      raise ValueError(f"cannot read {name!r} of {directory} in place: not saved there")
+    if len(leaf.sharding.device_set) != 1:
+      raise ValueError(f"cannot read {name!r} of {directory} in place: not on one device")
+    meta = json.loads(kv[f"{name}/.zarray"])
+    if tuple(meta["shape"]) != tuple(leaf.shape) or jnp.dtype(meta["dtype"]) != leaf.dtype:
+      raise ValueError(f"{name!r} of {directory} is {meta['dtype']}{meta['shape']}, not "
+                       f"{leaf.dtype}{list(leaf.shape)}")
+    key = f"{name}/" + (meta.get("dimension_separator", ".").join("0" * leaf.ndim) or "0")
+    raw = (meta["compressor"] is None and not meta["filters"] and meta["order"] == "C"
+           and meta["chunks"] == meta["shape"] and key in keys)
+    plans.append((name, key if raw else None))
   out = []
-  for (_, leaf), store in zip(leaves, stores):
+  for (_, leaf), (name, key) in zip(leaves, plans):
     device = next(iter(leaf.sharding.device_set))
     array = (leaf if isinstance(leaf, jax.Array)
              else jnp.zeros(leaf.shape, leaf.dtype, device=device))
-    chunk = store.chunk_layout.read_chunk.shape or leaf.shape
-    for origin in itertools.product(*(range(0, n, c) for n, c in zip(leaf.shape, chunk))):
-      index = tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, chunk, leaf.shape))
-      block = jax.device_put(store[index].read().result(), device)
-      array = _write_block(array, block, origin) if leaf.ndim else block
+    row = int(np.prod(leaf.shape[1:])) * leaf.dtype.itemsize
+    stored = None if key else ts.open({"driver": "zarr", "kvstore": {
+        "driver": "ocdbt", "base": base, "path": name}}, context=context).result().read().result()
+    for lo, hi in _pieces(leaf.shape, leaf.dtype.itemsize):
+      if key:
+        piece = np.frombuffer(kv.read(key, byte_range=slice(lo * row, hi * row)).result().value,
+                              leaf.dtype).reshape((hi - lo,) + leaf.shape[1:])
+      else:
+        piece = stored[lo:hi] if leaf.ndim else stored
+      block = jax.device_put(piece, device)
+      array = _write_block(array, block, (lo,) + (0,) * (leaf.ndim - 1)) if leaf.ndim else block
     out.append(array)
   return jax.tree_util.tree_unflatten(treedef, out)

@@ -78,7 +78,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
   steps_per_epoch = -(-train.num_points // tc.batch_size)
   total_steps = steps_per_epoch * tc.num_epochs
   optim.check_schedule(config.optimizer, total_steps)
-  setup = state_lib.create_train_state(config, train, total_steps, initialize=False)
+  setup = state_lib.create_train_state(config, train, total_steps, initialize=False).ahead()
   spec, mesh = setup.parts.spec, setup.mesh
   D, K = train.num_features, train.num_labels
   num_params = model_lib.count_params(setup.state.params)

@@ -283,22 +283,22 @@ def test_a_compressed_checkpoint_of_an_earlier_version_restores(tmp_path):
 
 
 def _state(seed=0):
-  """A TrainState whose table spans several stored chunks (see _chunked), a bfloat16 leaf
-  and a scalar."""
+  """A TrainState with a table of many pieces (see ``pieces``), a bfloat16 leaf and a scalar."""
   from mach_jax.state import TrainState
   k = jax.random.split(jax.random.key(seed), 2)
   return TrainState(step=jax.numpy.int32(seed + 3),
-                    params={"table": jax.random.normal(k[0], (4, 300, 16)),
+                    params={"table": jax.random.normal(k[0], (40, 30, 16)),
                             "out": jax.random.normal(k[1], (4, 16, 8)).astype(jax.numpy.bfloat16)},
                     opt_state=({"mu": jax.numpy.full((4, 7), float(seed))},),
                     table_opt_state=None)
 
 
 @pytest.fixture
-def chunked(monkeypatch):
-  """Chunks of 4 KiB: the table is stored as many chunks, as a real table of GBs would be."""
+def pieces(monkeypatch):
+  """Pieces of 4 KiB: the table moves in many, as a real table of GBs would."""
   from mach_jax import array_store
-  monkeypatch.setattr(array_store, "CHUNK_BYTES", 4096)
+  monkeypatch.setattr(array_store, "PIECE_BYTES", 4096)
+  assert len(array_store._pieces((40, 30, 16), 4)) == 20  # noqa: SLF001
 
 
 def _equal(a, b):
@@ -306,15 +306,10 @@ def _equal(a, b):
                                                      and x.dtype == y.dtype), a, b))
 
 
-def test_restore_in_place_reads_a_checkpoint_into_the_given_arrays(tmp_path, chunked):
+def test_restore_in_place_reads_a_checkpoint_into_the_given_arrays(tmp_path, pieces):
   manager = checkpoint.make_manager(str(tmp_path))
   saved = _state(0)
   checkpoint.save(manager, 3, saved, {"step": 3})
-  table = os.path.join(str(tmp_path), checkpoint.CHECKPOINT_DIR, "3", "state")
-  import tensorstore as ts
-  store = ts.open({"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": f"file://{table}/",
-                                                  "path": "params.table"}}).result()
-  assert np.prod(store.shape) // np.prod(store.chunk_layout.read_chunk.shape) >= 4
   current = _state(1)  # The state a run holds when it goes back: other values, same layout.
   back = checkpoint.restore_in_place(manager, 3, current)
   assert _equal(back, saved)
@@ -325,7 +320,19 @@ def test_restore_in_place_reads_a_checkpoint_into_the_given_arrays(tmp_path, chu
   assert _equal(back.params, saved.params) and back.opt_state == fresh.opt_state
 
 
-def test_restore_in_place_restores_a_sharded_state_whole(tmp_path, chunked):
+def test_restore_in_place_refuses_a_different_layout_before_writing(tmp_path, pieces):
+  """A shape that differs from the checkpoint's falls back to the whole restore, which names
+  the mismatch; the given arrays are left as they were."""
+  manager = checkpoint.make_manager(str(tmp_path))
+  checkpoint.save(manager, 3, _state(0), {"step": 3})
+  other = _state(1)._replace(opt_state=({"mu": jax.numpy.ones((4, 8))},))
+  with pytest.raises(RuntimeError, match="could not be restored"):
+    with pytest.warns(RuntimeWarning):
+      checkpoint.restore_in_place(manager, 3, other)
+  assert not other.params["table"].is_deleted()
+
+
+def test_restore_in_place_restores_a_sharded_state_whole(tmp_path, pieces):
   """Arrays over several devices are not read chunk by chunk: the whole-state path runs."""
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
   mesh = Mesh(np.array(jax.devices()[:4]), ("rep",))
@@ -339,8 +346,8 @@ def test_restore_in_place_restores_a_sharded_state_whole(tmp_path, chunked):
   assert back.params["table"].sharding == saved.params["table"].sharding
 
 
-def test_restore_in_place_reads_a_checkpoint_stored_as_one_chunk(tmp_path):
-  """Checkpoints written before chunking (one chunk per array, compressed) read in place."""
+def test_restore_in_place_reads_a_compressed_checkpoint(tmp_path, pieces):
+  """Checkpoints written compressed (orbax's default, before 2026-12-02) read in place."""
   import orbax.checkpoint as ocp
   saved = _state(0)
   old = ocp.CheckpointManager(str(tmp_path / checkpoint.CHECKPOINT_DIR),
@@ -354,13 +361,13 @@ def test_restore_in_place_reads_a_checkpoint_stored_as_one_chunk(tmp_path):
   assert _equal(back, saved) and current.params["table"].is_deleted()
 
 
-def test_a_chunk_is_written_in_place():
-  """The program that writes a read chunk into a state array aliases the array and holds
-  nothing of its size: reading back a state costs one chunk, not one array."""
+def test_a_piece_is_written_in_place():
+  """The program that writes a piece read into a state array aliases the array and holds
+  nothing of its size: reading back a state costs one piece, not one array."""
   from mach_jax import array_store
   array = jax.ShapeDtypeStruct((8, 32768, 256), np.float32)
-  block = jax.ShapeDtypeStruct((8, 4096, 256), np.float32)
-  compiled = array_store._write_block.lower(array, block, (0, 4096, 0)).compile()  # noqa: SLF001
+  block = jax.ShapeDtypeStruct((1, 32768, 256), np.float32)
+  compiled = array_store._write_block.lower(array, block, (3, 0, 0)).compile()  # noqa: SLF001
   mem = compiled.memory_analysis()
   assert mem.alias_size_in_bytes == 8 * 32768 * 256 * 4
-  assert mem.temp_size_in_bytes <= 8 * 4096 * 256 * 4
+  assert mem.temp_size_in_bytes <= 32768 * 256 * 4

@@ -103,6 +103,29 @@ def test_train_step_is_donated_and_pure():
   assert all(x.is_deleted() for x in jax.tree.leaves(copy.params))
 
 
+def test_a_step_compiled_ahead_runs_its_program_and_matches_the_jitted_one():
+  """``TrainSetup.ahead``: the first batch's layout runs the program compiled before any
+  state existed; another layout (a wider batch) falls back to the jitted step. Both give
+  the jitted step's numbers."""
+  setup, batches = tiny_setup((("data", 1), ("rep", 1)), R=4, num_batches=2)
+  ahead = setup.ahead().train_step
+  assert isinstance(ahead, state_lib.CompiledStep)
+  calls = []
+  ahead.compiled = lambda *a, f=ahead.compiled: calls.append("compiled") or f(*a)
+  ahead.jitted = lambda *a, f=ahead.jitted: calls.append("jitted") or f(*a)
+  state, jitted_state = (jax.tree.map(jnp.copy, setup.state) for _ in range(2))
+  for b in batches:
+    state, m = ahead(state, setup.put(b))
+    jitted_state, jm = setup.train_step(jitted_state, setup.put(b))
+    np.testing.assert_array_equal(m["loss"], jm["loss"])
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(jitted_state), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  wide = {k: np.concatenate([v, np.zeros_like(v)]) if k in ("indices", "values", "segments")
+          else v for k, v in batches[0].items()}  # Twice the nonzeros' width, zero-padded.
+  _, m = ahead(state, setup.put(wide))
+  assert calls == ["compiled", "compiled", "jitted"] and np.isfinite(m["loss"]).all()
+
+
 def test_non_finite_loss_names_the_step(tmp_path):
   pending = [(7, np.ones(4)), (8, np.array([1.0, np.nan, 1.0, np.inf])), (9, np.full(4, np.nan))]
   with pytest.raises(loop.NonFiniteLossError, match=r"at step 8 in repetitions \[1, 3\]"):

@@ -127,23 +127,16 @@ def main(argv=None) -> list[dict]:
   ap.add_argument("--modes", default="async,sync,library",
                   help="comma-separated: async, sync (orbax defaults), library, "
                   "restore_whole, restore_in_place")
-  ap.add_argument("--chunk_mb", type=float, default=None,
-                  help="stored chunks of at most this many MB (0: one per array, as saved "
-                  "before 2026-12-05); default: array_store.CHUNK_BYTES")
   ap.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
-  if args.chunk_mb is not None:
-    from mach_jax import array_store
-    array_store.CHUNK_BYTES = int(args.chunk_mb * 2**20)
   if args.one:
     print(json.dumps(one(args.one, args.mb, args.constant)))
     return []
   rows = []
   for mode in args.modes.split(","):
-    chunk = [f"--chunk_mb={args.chunk_mb}"] if args.chunk_mb is not None else []
     out = subprocess.run([sys.executable, "-m", "experiments.bench.checkpoint_memory",
                           "--mb", str(args.mb), "--one", mode]
-                         + ["--constant"] * args.constant + chunk, check=True,
+                         + ["--constant"] * args.constant, check=True,
                          capture_output=True, text=True, env={**os.environ}).stdout
     rows.append(json.loads(out.strip().splitlines()[-1]))
     r = rows[-1]
