@@ -23,12 +23,13 @@ from mach_jax import (
 def rescaled(setup: state_lib.TrainSetup, config, scale: float, num_features: int,
              num_classes: int, total_steps: int) -> state_lib.TrainSetup:
   """``setup`` whose train step uses ``scale`` times the config's learning rate (the state's
-  layout is the same: Adam's moments do not depend on the rate)."""
+  layout is the same: Adam's moments do not depend on the rate), compiled now
+  (``TrainSetup.ahead``)."""
   c = config.copy_and_resolve_references()
   c.optimizer.learning_rate = config.optimizer.learning_rate * scale
   parts = config_lib.build(c, num_features, num_classes, total_steps)
-  return setup._replace(train_step=sharding.make_train_step(parts, setup.mesh, setup.state,
-                                                            setup.first_batch))
+  return setup._replace(train_step=sharding.make_train_step(
+      parts, setup.mesh, setup.state, setup.first_batch)).ahead()
 
 
 class Plateau:
