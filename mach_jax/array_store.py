@@ -153,7 +153,7 @@ def read_in_place(directory: str, tree: Any) -> Any:
     for lo, hi in _pieces(leaf.shape, leaf.dtype.itemsize):
       if key:
         piece = np.frombuffer(kv.read(key, byte_range=slice(lo * row, hi * row)).result().value,
-                              leaf.dtype).reshape((hi - lo,) + leaf.shape[1:])
+                              leaf.dtype).reshape(((hi - lo,) + leaf.shape[1:])[:leaf.ndim])
       else:
         piece = stored[lo:hi] if leaf.ndim else stored
       block = jax.device_put(piece, device)

@@ -302,8 +302,8 @@ def pieces(monkeypatch):
 
 
 def _equal(a, b):
-  return jax.tree.all(jax.tree.map(lambda x, y: bool((np.asarray(x) == np.asarray(y)).all()
-                                                     and x.dtype == y.dtype), a, b))
+  return jax.tree.all(jax.tree.map(lambda x, y: x.shape == y.shape and x.dtype == y.dtype
+                                   and bool((np.asarray(x) == np.asarray(y)).all()), a, b))
 
 
 def test_restore_in_place_reads_a_checkpoint_into_the_given_arrays(tmp_path, pieces):
