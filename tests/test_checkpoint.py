@@ -371,3 +371,10 @@ def test_a_piece_is_written_in_place():
   mem = compiled.memory_analysis()
   assert mem.alias_size_in_bytes == 8 * 32768 * 256 * 4
   assert mem.temp_size_in_bytes <= 32768 * 256 * 4
+
+
+def test_the_checkpoint_memory_bench_runs_its_restore_modes():
+  from experiments.bench import checkpoint_memory
+  rows = checkpoint_memory.main(["--mb", "8", "--modes", "restore_whole,restore_in_place"])
+  assert [r["mode"] for r in rows] == ["restore_whole", "restore_in_place"]
+  assert all(r["disk_mb"] >= 8 and r["seconds"] > 0 for r in rows)

@@ -38,6 +38,38 @@ def rss_mb() -> float:
     return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
 
 
+class Peak:
+  """RSS sampled every 10 ms from entering until ``stop`` (or leaving): ``above``, the
+  peak above the RSS on entering, in MB, and ``seconds``."""
+
+  def __enter__(self):
+    self.base, self.peak, self._done = rss_mb(), 0.0, threading.Event()
+    self._thread = threading.Thread(target=self._sample)
+    self._thread.start()
+    self._start = time.perf_counter()
+    return self
+
+  def _sample(self):
+    while not self._done.is_set():
+      self.peak = max(self.peak, rss_mb())
+      time.sleep(0.01)
+
+  def stop(self):
+    if not self._done.is_set():
+      self.seconds = time.perf_counter() - self._start
+      self._done.set()
+      self._thread.join()
+      self.above = self.peak - self.base
+
+  def __exit__(self, *exc):
+    self.stop()
+
+
+def _disk_mb(directory: str) -> float:
+  return sum(os.path.getsize(os.path.join(p, f))
+             for p, _, fs in os.walk(directory) for f in fs) / 2**20
+
+
 def one(mode: str, mb: int, constant: bool) -> dict:
   import jax
   import jax.numpy as jnp
@@ -55,16 +87,7 @@ def one(mode: str, mb: int, constant: bool) -> dict:
   state = jax.block_until_ready(step(state))
   if mode.startswith("restore"):
     return restore(mode, mb, state)
-  base, peak, done = rss_mb(), [0.0], threading.Event()
-
-  def sample():
-    while not done.is_set():
-      peak[0] = max(peak[0], rss_mb())
-      time.sleep(0.01)
-  sampler = threading.Thread(target=sample)
-  sampler.start()
-  start = time.perf_counter()
-  with tempfile.TemporaryDirectory() as d:
+  with tempfile.TemporaryDirectory() as d, Peak() as peak:
     if mode == "library":
       manager = checkpoint.make_manager(d)
       checkpoint.save(manager, 1, state, {"step": 1})
@@ -76,12 +99,10 @@ def one(mode: str, mb: int, constant: bool) -> dict:
       state = step(state)
     jax.block_until_ready(state)
     manager.wait_until_finished()
-    seconds = time.perf_counter() - start
-    done.set()
-    sampler.join()
-    disk = sum(os.path.getsize(os.path.join(p, f)) for p, _, fs in os.walk(d) for f in fs)
+    peak.stop()
+    disk = _disk_mb(d)
   return {"mode": mode, "state_mb": mb, "constant": constant,
-          "peak_above_state_mb": peak[0] - base, "seconds": seconds, "disk_mb": disk / 2**20}
+          "peak_above_state_mb": peak.above, "seconds": peak.seconds, "disk_mb": disk}
 
 
 def restore(mode: str, mb: int, state) -> dict:
@@ -96,27 +117,16 @@ def restore(mode: str, mb: int, state) -> dict:
     checkpoint.save(manager, 1, state, {"step": 1})
     target = checkpoint.abstract_like(state)
     host_memory.release()
-    base, peak, done = rss_mb(), [0.0], threading.Event()
-
-    def sample():
-      while not done.is_set():
-        peak[0] = max(peak[0], rss_mb())
-        time.sleep(0.01)
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    start = time.perf_counter()
-    if mode == "restore_whole":
-      state = None
-      state = checkpoint.restore_latest(manager, target, only=1).state
-    else:
-      state = checkpoint.restore_in_place(manager, 1, state)
-    jax.block_until_ready(state)
-    seconds = time.perf_counter() - start
-    done.set()
-    sampler.join()
-    disk = sum(os.path.getsize(os.path.join(p, f)) for p, _, fs in os.walk(d) for f in fs)
+    with Peak() as peak:
+      if mode == "restore_whole":
+        state = None
+        state = checkpoint.restore_latest(manager, target, only=1).state
+      else:
+        state = checkpoint.restore_in_place(manager, 1, state)
+      jax.block_until_ready(state)
+    disk = _disk_mb(d)
   return {"mode": mode, "state_mb": mb, "constant": False,
-          "peak_above_state_mb": peak[0] - base, "seconds": seconds, "disk_mb": disk / 2**20}
+          "peak_above_state_mb": peak.above, "seconds": peak.seconds, "disk_mb": disk}
 
 
 def main(argv=None) -> list[dict]:
