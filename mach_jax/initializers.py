@@ -26,8 +26,10 @@ from jax.extend.random import threefry2x32_p
 __all__ = ["normal"]
 
 # A block of this many bytes of float32 at a time, per repetition (its uint32 counters and
-# hashes take 4x that; vmapped over R repetitions, R times as much).
-BLOCK_BYTES = 4 << 20
+# hashes take 4x that; vmapped over R repetitions, R times as much). 1 MB: the text config's
+# initialisation holds 41 MB of temporaries instead of 144 MB at 4 MB, in the same time
+# (experiments/bench/NOTES.md).
+BLOCK_BYTES = 1 << 20
 
 
 def normal(stddev: float = 1e-2, block_bytes: int = BLOCK_BYTES):
