@@ -265,16 +265,21 @@ def test_checkpoints_are_written_uncompressed(tmp_path):
   np.testing.assert_array_equal(back.state["w"], state["w"])
 
 
-def test_a_compressed_checkpoint_of_an_earlier_version_restores(tmp_path):
-  """Checkpoints written with orbax's default (zstd-compressed) StandardSave still resume."""
+def _save_compressed(workdir, step, state):
+  """A checkpoint as earlier versions wrote it: orbax's default (zstd) StandardSave."""
   import orbax.checkpoint as ocp
-  state = {"w": jax.random.normal(jax.random.key(0), (64, 32)), "step": jax.numpy.int32(7)}
-  old = ocp.CheckpointManager(str(tmp_path / checkpoint.CHECKPOINT_DIR),
+  old = ocp.CheckpointManager(str(workdir / checkpoint.CHECKPOINT_DIR),
                               options=ocp.CheckpointManagerOptions(create=True),
                               item_names=("state", "meta"))
-  old.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                      meta=ocp.args.JsonSave({"step": 3})))
+  old.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                         meta=ocp.args.JsonSave({"step": step})))
   old.wait_until_finished()
+
+
+def test_a_compressed_checkpoint_of_an_earlier_version_restores(tmp_path):
+  """Checkpoints written with orbax's default (zstd-compressed) StandardSave still resume."""
+  state = {"w": jax.random.normal(jax.random.key(0), (64, 32)), "step": jax.numpy.int32(7)}
+  _save_compressed(tmp_path, 3, state)
   back = checkpoint.restore_latest(checkpoint.make_manager(str(tmp_path)),
                                    checkpoint.abstract_like(state))
   assert back.step == 3 and back.meta == {"step": 3}
@@ -348,14 +353,8 @@ def test_restore_in_place_restores_a_sharded_state_whole(tmp_path, pieces):
 
 def test_restore_in_place_reads_a_compressed_checkpoint(tmp_path, pieces):
   """Checkpoints written compressed (orbax's default, before 2026-12-02) read in place."""
-  import orbax.checkpoint as ocp
   saved = _state(0)
-  old = ocp.CheckpointManager(str(tmp_path / checkpoint.CHECKPOINT_DIR),
-                              options=ocp.CheckpointManagerOptions(create=True),
-                              item_names=("state", "meta"))
-  old.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(saved),
-                                      meta=ocp.args.JsonSave({"step": 3})))
-  old.wait_until_finished()
+  _save_compressed(tmp_path, 3, saved)
   current = _state(1)
   back = checkpoint.restore_in_place(checkpoint.make_manager(str(tmp_path)), 3, current)
   assert _equal(back, saved) and current.params["table"].is_deleted()
