@@ -193,11 +193,11 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
 
 def restore_in_place(manager: ocp.CheckpointManager, step: int, state: Any,
                      fields: tuple[str, ...] | None = None) -> Any:
-  """The state saved at ``step``, read into ``state``'s own arrays one chunk at a time.
+  """The state saved at ``step``, read into ``state``'s own arrays a piece at a time.
 
   What a run does when it goes back to an earlier state (a plateau's decay, the best
   evaluation's parameters at the end): ``restore_latest`` would hold the state it reads
-  twice over beside the one it replaces, this holds one stored chunk
+  twice over beside the one it replaces, this holds one 32 MB piece
   (``array_store.read_in_place``; ``experiments.bench.checkpoint_memory``). Where that is
   not possible (several processes or devices, a tree stored otherwise) the arrays are
   dropped and the state restored whole.
