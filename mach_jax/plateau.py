@@ -29,7 +29,7 @@ def rescaled(setup: state_lib.TrainSetup, config, scale: float, num_features: in
   c.optimizer.learning_rate = config.optimizer.learning_rate * scale
   parts = config_lib.build(c, num_features, num_classes, total_steps)
   return setup._replace(train_step=sharding.make_train_step(
-      parts, setup.mesh, setup.state, setup.first_batch)).ahead()
+      parts, setup.mesh, setup.state, setup.first_batch)).ahead(total_steps)
 
 
 class Plateau:

@@ -24,6 +24,7 @@ from mach_jax import (
   sharding,
   steps,
 )
+from mach_jax.data import batching
 from mach_jax.hashing import IDENTITY, HashSpec
 
 
@@ -108,27 +109,33 @@ def init_state(model: model_lib.MACH, tx: optax.GradientTransformation,
   return init_program(model, tx, table_tx, rng, batch, mesh, spec)(rng)
 
 
-class CompiledStep:
-  """A jitted step whose program for one batch layout was compiled ahead (``TrainSetup.ahead``).
+# A run of at least this many steps also compiles, ahead, its step for the next wider
+# batch: the 1M catalogue's log met its first at step 957 (of 9,756), and compiling it
+# then held 90 MB more for 14 s, the run's peak (experiments/bench/NOTES.md).
+AHEAD_WIDER_STEPS = 1000
 
-  Batches of that layout (every batch but a rare wider one) run the compiled program; any
-  other runs the jitted function, which compiles it then. ``lower`` is the jitted one's.
+
+class CompiledStep:
+  """A jitted step whose programs for some batch layouts were compiled ahead
+  (``TrainSetup.ahead``).
+
+  Batches of those layouts run their compiled program; any other (a rarer, wider batch)
+  runs the jitted function, which compiles it then. ``lower`` is the jitted one's.
   """
 
-  def __init__(self, jitted: Callable, state, batch: dict[str, jax.Array]):
-    self.jitted, self.layout = jitted, _layout(batch)
-    self.compiled = jitted.lower(state, batch).compile()
+  def __init__(self, jitted: Callable, state, batches: list[dict[str, jax.Array]]):
+    self.jitted = jitted
+    self.compiled = {_layout(b): jitted.lower(state, b).compile() for b in batches}
 
   def __call__(self, state, batch):
-    step = self.compiled if _layout(batch) == self.layout else self.jitted
-    return step(state, batch)
+    return self.compiled.get(_layout(batch), self.jitted)(state, batch)
 
   def lower(self, *args, **kwargs):
     return self.jitted.lower(*args, **kwargs)
 
 
-def _layout(batch: dict[str, Any]) -> dict[str, tuple]:
-  return {k: (v.shape, v.dtype) for k, v in batch.items()}
+def _layout(batch: dict[str, Any]) -> tuple:
+  return tuple(sorted((k, v.shape, str(v.dtype)) for k, v in batch.items()))
 
 
 class TrainSetup(NamedTuple):
@@ -154,16 +161,21 @@ class TrainSetup(NamedTuple):
     host_memory.release()  # The initialisation's temporaries.
     return state
 
-  def ahead(self) -> TrainSetup:
-    """This setup with its step compiled now, for the first batch's layout (``CompiledStep``).
+  def ahead(self, total_steps: int = 0) -> TrainSetup:
+    """This setup with its step compiled now (``CompiledStep``), for the first batch's
+    layout and, in a run of ``total_steps`` >= ``AHEAD_WIDER_STEPS``, for the next wider
+    one (``batching.widened``).
 
     A run calls it before it makes or reads its state, so that the compiler's memory and
     the state's never add up (``products.py:quarter``: 72 MB less peak RSS over its first
     60 steps; experiments/bench/NOTES.md).
     """
+    batches = [self.first_batch]
+    if total_steps >= AHEAD_WIDER_STEPS and "indices" in self.first_batch:
+      batches.append(batching.widened(self.first_batch, self.mesh.shape[sharding.DATA_AXIS]))
     step = CompiledStep(self.train_step, jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state),
-        self.put(self.first_batch))
+        [self.put(b) for b in batches])
     host_memory.release()  # The compiler's.
     return self._replace(train_step=step)
 

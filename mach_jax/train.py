@@ -75,10 +75,10 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
   t_data = time.time() - t_start
 
   # ---- Model, mesh, sharded state and steps ----------------------------------------------
-  steps_per_epoch = -(-train.num_points // tc.batch_size)
-  total_steps = steps_per_epoch * tc.num_epochs
+  total_steps = (steps_per_epoch := -(-train.num_points // tc.batch_size)) * tc.num_epochs
   optim.check_schedule(config.optimizer, total_steps)
-  setup = state_lib.create_train_state(config, train, total_steps, initialize=False).ahead()
+  setup = state_lib.create_train_state(config, train, total_steps,
+                                       initialize=False).ahead(total_steps)
   spec, mesh = setup.parts.spec, setup.mesh
   D, K = train.num_features, train.num_labels
   num_params = model_lib.count_params(setup.state.params)

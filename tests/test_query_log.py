@@ -201,3 +201,34 @@ def test_a_window_is_not_copied_into_one_matrix(tmp_path, monkeypatch):
     ref = batching.make_batch(X, Y, rows, 64, w)
     for k in b:
       np.testing.assert_array_equal(b[k], ref[k], err_msg=k)
+
+
+def test_the_next_window_is_read_after_the_last_one_is_let_go(tmp_path, monkeypatch):
+  """While a window's chunks are read and featurized, the previous window is no longer
+  held (one window's featurized queries in memory, not two)."""
+  import gc
+  import weakref
+
+  from mach_jax.data import query_log
+
+  windows = []
+
+  class Tracked(RowStack):
+    def __init__(self, parts):
+      super().__init__(parts)
+      windows.append(weakref.ref(self))
+
+  monkeypatch.setattr(query_log, "RowStack", Tracked)
+  log = QueryLog(str(write_log(tmp_path / "q.tsv", 700)), F, 50, buffer_size=200,
+                 read_chunk=50)
+  chunks = log.chunks
+  alive_at_reads = []
+
+  def watched():
+    for chunk in chunks():
+      gc.collect()
+      alive_at_reads.append(sum(w() is not None for w in windows))
+      yield chunk
+  monkeypatch.setattr(log, "chunks", watched)
+  assert len(list(log.batches(64, seed=0, epoch=0, widths=log.widths(64)))) == 11
+  assert len(windows) >= 3 * 2 and alive_at_reads and max(alive_at_reads) == 0

@@ -8,6 +8,7 @@ import pytest
 
 from experiments.configs import bibtex
 from mach_jax import data as data_lib, loop, state as state_lib, steps, train
+from mach_jax.data import batching
 from tests.helpers import flat, popular_baseline, shared_file, tiny_config, tiny_setup
 
 
@@ -103,16 +104,22 @@ def test_train_step_is_donated_and_pure():
   assert all(x.is_deleted() for x in jax.tree.leaves(copy.params))
 
 
+def _counting(step: state_lib.CompiledStep, calls: list) -> None:
+  """Record in ``calls`` which program each call of ``step`` runs."""
+  step.compiled = {k: (lambda *a, f=f: calls.append("compiled") or f(*a))
+                   for k, f in step.compiled.items()}
+  step.jitted = lambda *a, f=step.jitted: calls.append("jitted") or f(*a)
+
+
 def test_a_step_compiled_ahead_runs_its_program_and_matches_the_jitted_one():
   """``TrainSetup.ahead``: the first batch's layout runs the program compiled before any
   state existed; another layout (a wider batch) falls back to the jitted step. Both give
   the jitted step's numbers."""
   setup, batches = tiny_setup((("data", 1), ("rep", 1)), R=4, num_batches=2)
   ahead = setup.ahead().train_step
-  assert isinstance(ahead, state_lib.CompiledStep)
+  assert isinstance(ahead, state_lib.CompiledStep) and len(ahead.compiled) == 1
   calls = []
-  ahead.compiled = lambda *a, f=ahead.compiled: calls.append("compiled") or f(*a)
-  ahead.jitted = lambda *a, f=ahead.jitted: calls.append("jitted") or f(*a)
+  _counting(ahead, calls)
   state, jitted_state = (jax.tree.map(jnp.copy, setup.state) for _ in range(2))
   for b in batches:
     state, m = ahead(state, setup.put(b))
@@ -120,10 +127,40 @@ def test_a_step_compiled_ahead_runs_its_program_and_matches_the_jitted_one():
     np.testing.assert_array_equal(m["loss"], jm["loss"])
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(jitted_state), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  wide = {k: np.concatenate([v, np.zeros_like(v)]) if k in ("indices", "values", "segments")
-          else v for k, v in batches[0].items()}  # Twice the nonzeros' width, zero-padded.
-  _, m = ahead(state, setup.put(wide))
+  _, m = ahead(state, setup.put(batching.widened(batches[0])))
   assert calls == ["compiled", "compiled", "jitted"] and np.isfinite(m["loss"]).all()
+
+
+@pytest.mark.parametrize("data_shards", [1, 2])
+def test_a_long_run_compiles_the_next_wider_batch_ahead(data_shards):
+  """A run of ``AHEAD_WIDER_STEPS`` steps or more also compiles, ahead, the layout of the
+  next wider batch ``make_batch`` gives (one bucketed width up); a batch wider still falls
+  back to the jitted step."""
+  setup, _ = tiny_setup((("data", data_shards), ("rep", 8 // data_shards)), R=8)
+  first = setup.first_batch
+  T = first["indices"].size // data_shards
+  assert setup.ahead(state_lib.AHEAD_WIDER_STEPS - 1).train_step.compiled.keys() == {
+      state_lib._layout(first)}
+  ahead = setup.ahead(state_lib.AHEAD_WIDER_STEPS).train_step
+  calls = []
+  _counting(ahead, calls)
+  # A batch one width up, as make_batch packs it: its first block holds the k longest
+  # rows and the shortest, with k the fewest that take it past the floor T.
+  c = setup.parts.config
+  train_data, _ = data_lib.load(c.data)
+  X, Y, b = train_data.X, train_data.Y, c.train.batch_size
+  by_length = np.argsort(-np.diff(X.indptr), kind="stable")
+  for k in range(b // data_shards):
+    rows = np.concatenate([by_length[:k], by_length[::-1][:b - k]])
+    if np.diff(X.indptr)[rows[:b // data_shards]].sum() > T:
+      break
+  wide = batching.make_batch(X, Y, rows, b, setup.widths, num_shards=data_shards)
+  assert wide["indices"].size == batching.round_up_width(T + 1) * data_shards
+  assert state_lib._layout(wide) == state_lib._layout(batching.widened(first, data_shards))
+  state = jax.tree.map(jnp.copy, setup.state)
+  state, _ = ahead(state, setup.put(wide))
+  _, m = ahead(state, setup.put(batching.widened(wide, data_shards)))
+  assert calls == ["compiled", "jitted"] and np.isfinite(m["loss"]).all()
 
 
 def test_non_finite_loss_names_the_step(tmp_path):

@@ -112,6 +112,21 @@ def make_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, batch_size:
               segments=segments.reshape(-1), labels=labels, mask=mask)
 
 
+def widened(batch: dict[str, np.ndarray], num_shards: int = 1) -> dict[str, np.ndarray]:
+  """``batch`` padded to the next width of nonzeros (``round_up_width(T + 1)`` per shard):
+  the layout of the next wider batch ``make_batch`` can give, for compiling its step ahead.
+  A dense batch has no such width and is refused."""
+  if "indices" not in batch:
+    raise ValueError("a dense batch ([b, D] features) has no width of nonzeros to widen")
+  T = batch["indices"].size // num_shards
+  pad = round_up_width(T + 1) - T
+
+  def wider(x):
+    return np.pad(x.reshape(num_shards, T), ((0, 0), (0, pad))).reshape(-1)
+  return {k: wider(v) if k in ("indices", "values", "segments") else v
+          for k, v in batch.items()}
+
+
 def pack_features(X: sp.csr_matrix, batch_size: int, nnz: int,
                   dense: bool = False) -> dict[str, np.ndarray]:
   """Every row of X as one padded batch of features, for prediction (no labels).

@@ -272,21 +272,24 @@ class QueryLog:
       rest = order[full:]
       return X, Y, batches, (XCData(X=X[rest], Y=Y[rest]) if rest.size else None)
 
-    def windows():
-      nonlocal carry, window, count, index
-      for X, Y in self.chunks():
-        window.append((X, Y))
-        count += X.shape[0]
-        if count >= self.buffer_size:
-          out = flush(window, carry, index, last=False)
-          carry, window, count, index = out[3], [], 0, index + 1
-          yield out[:3]
-      if window or carry is not None:
-        yield flush(window, carry, index, last=True)[:3]
-
-    for X, Y, rows_list in windows():
+    def emit(X, Y, rows_list):
+      nonlocal emitted
       for rows in rows_list:
         if emitted >= start:
           yield batching.make_batch(X, Y, rows, batch_size, widths, dense=dense,
                                     num_shards=num_shards)
         emitted += 1
+
+    for chunk in self.chunks():
+      window.append(chunk)
+      count += chunk[0].shape[0]
+      del chunk
+      if count >= self.buffer_size:
+        X, Y, rows_list, carry = flush(window, carry, index, last=False)
+        window, count, index = [], 0, index + 1
+        yield from emit(X, Y, rows_list)
+        # Let this window go before the next is read and featurized (one window held,
+        # not two).
+        del X, Y, rows_list
+    if window or carry is not None:
+      yield from emit(*flush(window, carry, index, last=True)[:3])
