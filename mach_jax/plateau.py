@@ -38,13 +38,21 @@ class Plateau:
   Args:
     config: the run's (resolved) config.
     num_features, num_classes, total_steps: D, K and the run's steps (to rebuild the step).
+    setup: the run's setup before it holds a state: every decayed step is compiled now,
+      so that no compilation runs beside the state later (text WordNet's decay compiled
+      its step beside a 0.8 GB state; experiments/bench/NOTES.md). None: each is compiled
+      at its decay.
     decays: decays already made (a resumed run's, from its checkpoint's meta).
   """
 
   def __init__(self, config, num_features: int, num_classes: int, total_steps: int,
-               decays: int = 0):
+               setup: state_lib.TrainSetup | None = None, decays: int = 0):
     self.config, self.tc, self.decays = config, config.train, decays
     self.shape = (num_features, num_classes, total_steps)
+    self._steps = {}  # Decays made -> the step at that rate, compiled ahead.
+    if setup is not None and self.tc.decay_patience > 0:
+      self._steps = {d: rescaled(setup, config, self.tc.decay_factor ** d, *self.shape
+                                 ).train_step for d in range(1, self.tc.max_decays + 1)}
 
   @property
   def scale(self) -> float:
@@ -64,7 +72,13 @@ class Plateau:
 
   def resume(self, setup: state_lib.TrainSetup) -> state_lib.TrainSetup:
     """``setup`` with the step at the rate of the decays made so far."""
-    return rescaled(setup, self.config, self.scale, *self.shape) if self.decays else setup
+    if not self.decays:
+      return setup
+    step = self._steps.get(self.decays)
+    self._steps = {d: s for d, s in self._steps.items() if d > self.decays}  # Spent: freed.
+    if step is not None:
+      return setup._replace(train_step=step)
+    return rescaled(setup, self.config, self.scale, *self.shape)
 
   def decay(self, manager, setup: state_lib.TrainSetup, best: loop.Best,
             state: state_lib.TrainState):

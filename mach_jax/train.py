@@ -96,7 +96,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
              if ck.enabled else None)
   step, start_epoch, start_batch, trained, examples = 0, 0, 0, 0.0, 0
   best, restored = loop.Best(ck.best_metric), None
-  plateau = plateau_lib.Plateau(config, D, K, total_steps)
+  plateau = plateau_lib.Plateau(config, D, K, total_steps, setup)  # Compiles its steps.
   if manager is not None:
     restored = checkpoint_lib.restore_latest(
         manager, setup.state,

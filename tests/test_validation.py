@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from mach_jax import loop, train
+from mach_jax import loop, state as state_lib, train
 from mach_jax.data import load_splits, validation
 from mach_jax.data.query_log import QueryLog
 from mach_jax.data.text import TextFeaturizer
@@ -225,6 +225,20 @@ def test_a_plateau_goes_back_to_the_best_state_with_a_smaller_step(tmp_path):
   assert after["eval/P@1"] == best_before["eval/P@1"]
   assert after["eval/P@5"] == best_before["eval/P@5"]
   assert res["steps"] < c.train.num_epochs * (after["step"] - event["step"])  # Stopped early.
+
+
+def test_a_decayed_step_is_compiled_before_the_run_holds_a_state(tmp_path, monkeypatch):
+  """Every step program, the decayed ones included, is compiled before the state exists:
+  none is compiled beside it at the decay."""
+  events = []
+  init, initial = state_lib.CompiledStep.__init__, state_lib.TrainSetup.initial_state
+  monkeypatch.setattr(state_lib.CompiledStep, "__init__",
+                      lambda self, *a: events.append("compile") or init(self, *a))
+  monkeypatch.setattr(state_lib.TrainSetup, "initial_state",
+                      lambda self: events.append("state") or initial(self))
+  res = train.train_and_evaluate(_plateau_config(max_decays=2), str(tmp_path))
+  assert res["decays"] >= 1
+  assert events == ["compile"] * 3 + ["state"]  # The run's step, then one per decay.
 
 
 def test_a_run_stopped_between_its_plateau_and_the_decay_resumes_into_the_same_model(tmp_path):
