@@ -166,7 +166,7 @@ def mach_worker(args) -> dict:
     widths += f", input layer {D}·{hidden[0]} shared"
   return {"train_s": results["train_seconds"], "params_formula": f"{spec['R']}x({widths})",
           "predict_ms_per_query_batch": batch_ms, "predict_ms_per_query_single": single_ms,
-          **featurize, "model_mb": results["bundle_bytes"] / 2**20,
+          "model_mb": results["bundle_bytes"] / 2**20,
           "peak_rss_mb": provenance.peak_rss_bytes() / 2**20,
           "num_params": results["num_params"]}
 
