@@ -104,6 +104,17 @@ class JsonlWriter:
       f.write(json.dumps(record) + "\n")
 
 
+def eval_record(by_estimator: dict[str, dict[str, float]], main: str) -> dict[str, float]:
+  """A periodic evaluation's metrics for ``metrics.jsonl``: ``eval/P@1`` ... for the run's
+  estimator ``main``, ``eval/<estimator>/P@1`` ... for every other one it computed (the
+  curves an estimator ablation compares, from one run)."""
+  out = {f"eval/{k}": v for k, v in by_estimator[main].items()}
+  for estimator, values in by_estimator.items():
+    if estimator != main:
+      out.update({f"eval/{estimator}/{k}": v for k, v in values.items()})
+  return out
+
+
 class Best:
   """The best periodic evaluation so far on ``metric`` (higher is better) and its parameters.
 

@@ -178,14 +178,14 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
         seconds = watch.seconds()
         with watch.paused():
           t0 = time.time()
-          main = evaluate(state.params, held, subset)[ev.estimator]
+          main = (every := evaluate(state.params, held, subset))[ev.estimator]
           if validation is not None:
             # With checkpoints the best state is kept on disk (best_metric), not in memory.
             best.update(main, step, epoch + 1, state.params if manager is None else None)
           periodic_seconds, periodic_evals = periodic_seconds + time.time() - t0, periodic_evals + 1
           writer.write({"step": step, "epoch": epoch + 1, "eval_points":
                         len(subset) if subset is not None else held.num_points,
-                        **{f"eval/{k}": v for k, v in main.items()}})
+                        **loop.eval_record(every, ev.estimator)})
           logging.info("step %d (epoch %d): loss %.4f  P@1 %.4f  P@5 %.4f", step, epoch + 1,
                        record.get("loss", float("nan")), main["P@1"], main["P@5"])
           if manager is not None:
