@@ -129,6 +129,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.decay_patience = 0
   c.train.decay_factor = 0.1
   c.train.max_decays = 1
+  # Input dropout: each repetition drops each nonzero of a training batch with this
+  # probability (its own mask; the kept ones scaled by 1 / (1 - p)). Sparse input only.
+  c.train.input_dropout = 0.0
   # A model folder whose parameters start the run instead of a fresh initialisation (its
   # catalogue may since have grown: bundle.load_params_like). The optimizer starts afresh;
   # a run that resumes from its own checkpoint ignores this.
@@ -230,6 +233,8 @@ def check_loop(config) -> None:
                      "validation evaluation's state, which the checkpoint store keeps: set "
                      "config.data.validation_fraction > 0 and config.checkpoint.enabled=True "
                      "(or decay_patience=0)")
+  if not 0 <= tc.input_dropout < 1:
+    raise ValueError(f"config.train.input_dropout={tc.input_dropout}: expected 0 <= p < 1")
   if tc.decay_patience and not 0 < tc.decay_factor < 1:
     raise ValueError(f"config.train.decay_factor={tc.decay_factor}: expected 0 < f < 1")
 
