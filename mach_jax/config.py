@@ -129,9 +129,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.decay_patience = 0
   c.train.decay_factor = 0.1
   c.train.max_decays = 1
-  # Input dropout: each repetition drops each nonzero of a training batch with this
-  # probability (its own mask; the kept ones scaled by 1 / (1 - p)). Sparse input only.
+  # Dropout: each repetition drops each nonzero of a training batch (input_dropout), or
+  # each of its input layer's H activations (hidden_dropout), with this probability, by
+  # its own mask; what is kept is scaled by 1 / (1 - p). Sparse input only.
   c.train.input_dropout = 0.0
+  c.train.hidden_dropout = 0.0
   # A model folder whose parameters start the run instead of a fresh initialisation (its
   # catalogue may since have grown: bundle.load_params_like). The optimizer starts afresh;
   # a run that resumes from its own checkpoint ignores this.
@@ -233,8 +235,9 @@ def check_loop(config) -> None:
                      "validation evaluation's state, which the checkpoint store keeps: set "
                      "config.data.validation_fraction > 0 and config.checkpoint.enabled=True "
                      "(or decay_patience=0)")
-  if not 0 <= tc.input_dropout < 1:
-    raise ValueError(f"config.train.input_dropout={tc.input_dropout}: expected 0 <= p < 1")
+  for name in ("input_dropout", "hidden_dropout"):
+    if not 0 <= tc[name] < 1:
+      raise ValueError(f"config.train.{name}={tc[name]}: expected 0 <= p < 1")
   if tc.decay_patience and not 0 < tc.decay_factor < 1:
     raise ValueError(f"config.train.decay_factor={tc.decay_factor}: expected 0 < f < 1")
 

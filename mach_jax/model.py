@@ -30,6 +30,8 @@ from mach_jax import initializers
 REP_AXIS = "rep"
 TABLE = "embedding"  # The input table's parameter name: [R, D, H] under params['reps'].
 SHARED = "shared"  # With a shared input: params['shared'] holds the one [D, H] table.
+# Sparse-input entries that may hold one slice per repetition (leading axis R).
+PER_REP_INPUTS = ("indices", "values", "hidden_keep")
 
 
 def embedding_bag(table: jax.Array, indices: jax.Array, values: jax.Array,
@@ -120,6 +122,9 @@ class Repetition(nn.Module):
       cast to ``dtype`` where it is read.
     input_layer: False when the input layer is shared (``MACH.shared_input``): the
       repetition is then called on that layer's output h [b, H] and owns only the rest.
+
+  A sparse input may carry ``hidden_keep`` [b, H]: dropout's mask, already scaled, which
+  multiplies the input layer's activations (``steps.drop_hidden``; training only).
   """
 
   num_features: int
@@ -143,6 +148,8 @@ class Repetition(nn.Module):
     else:
       h = nn.Dense(self.hidden[0], dtype=self.dtype, name="input_dense")(x)
     h = nn.relu(h)
+    if isinstance(x, dict) and "hidden_keep" in x:  # Dropout's scaled mask [b, H].
+      h = h * x["hidden_keep"].astype(h.dtype)
     for i, width in enumerate(self.hidden[1:]):
       h = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"hidden_{i}")(h))
     logits = nn.Dense(self.num_buckets, dtype=self.dtype, name="output")(h)
@@ -222,7 +229,7 @@ class MACH(nn.Module):
       if x["indices"].shape[0] != self.num_repetitions:
         raise ValueError(f"per-repetition indices of shape {x['indices'].shape}: expected "
                          f"a leading axis of R={self.num_repetitions}")
-      in_axes = ({k: 0 if k in ("indices", "values") else None for k in x},)
+      in_axes = ({k: 0 if k in PER_REP_INPUTS else None for k in x},)
     if self.shared_input:
       if not self.sparse_input:
         raise ValueError("shared_input needs sparse input (config.model.dense_input=False)")

@@ -267,7 +267,8 @@ def make_train_step(parts: Parts, mesh: Mesh, state, batch) -> Callable:
                             loss=parts.config.model.loss, table_tx=parts.table_tx,
                             hash_params=label_params, input_params=input_params,
                             data_axis=data_axis,
-                            input_dropout=parts.config.train.input_dropout)
+                            input_dropout=parts.config.train.input_dropout,
+                            hidden_dropout=parts.config.train.hidden_dropout)
 
   state_specs = partition_specs(state)
   metric_specs = {"loss": P(REP_AXIS)}

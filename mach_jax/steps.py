@@ -37,9 +37,27 @@ def model_input(batch: dict[str, Any], sparse: bool, spec: HashSpec | None = Non
   return {**batch, "indices": ids, "values": values}
 
 
-# The key stream of input dropout: key(DROPOUT_STREAM) folded with the step, the 'data'
-# shard and each repetition's input-hash seed (``HashSpec.input_params``).
-DROPOUT_STREAM = 0x64726F70
+# The key streams of dropout: key(stream) folded with the step, the 'data' shard and each
+# repetition's input-hash seed (``HashSpec.input_params``).
+INPUT_DROPOUT_STREAM, HIDDEN_DROPOUT_STREAM = 0x64726F70, 0x68696464
+
+
+def _keep_masks(stream: int, rate: float, step: jax.Array, seeds: jax.Array, shape,
+                data_axis: str | None) -> jax.Array:
+  """bool [R', *shape]: each repetition's own draw of what dropout keeps."""
+  key = jax.random.fold_in(jax.random.key(stream), step)
+  if data_axis is not None:
+    key = jax.random.fold_in(key, jax.lax.axis_index(data_axis))
+  return jax.vmap(lambda s: jax.random.bernoulli(jax.random.fold_in(key, s), 1.0 - rate,
+                                                 shape))(seeds)
+
+
+def _per_repetition(x: dict[str, Any], R: int) -> dict[str, Any]:
+  """``x`` with ``indices`` and ``values`` [R', T] (broadcast when the repetitions read the
+  same features)."""
+  T = x["values"].shape[-1]
+  return {**x, "indices": jnp.broadcast_to(x["indices"], (R, T)),
+          "values": jnp.broadcast_to(x["values"], (R, T))}
 
 
 def drop_inputs(x: dict[str, Any], rate: float, step: jax.Array, seeds: jax.Array,
@@ -63,15 +81,22 @@ def drop_inputs(x: dict[str, Any], rate: float, step: jax.Array, seeds: jax.Arra
     Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from Overfitting",
     JMLR 2014; Wager et al., "Dropout Training as Adaptive Regularization", NeurIPS 2013.
   """
-  key = jax.random.fold_in(jax.random.key(DROPOUT_STREAM), step)
-  if data_axis is not None:
-    key = jax.random.fold_in(key, jax.lax.axis_index(data_axis))
-  R, T = seeds.shape[0], x["values"].shape[-1]
-  keep = jax.vmap(lambda s: jax.random.bernoulli(jax.random.fold_in(key, s), 1.0 - rate,
-                                                 (T,)))(seeds)  # [R', T]
-  values = jnp.broadcast_to(x["values"], (R, T))
-  values = jnp.where(keep, values / (1.0 - rate), jnp.zeros_like(values))
-  return {**x, "indices": jnp.broadcast_to(x["indices"], (R, T)), "values": values}
+  x = _per_repetition(x, seeds.shape[0])
+  keep = _keep_masks(INPUT_DROPOUT_STREAM, rate, step, seeds, x["values"].shape[-1:],
+                     data_axis)
+  values = x["values"]
+  return {**x, "values": jnp.where(keep, values / (1.0 - rate), jnp.zeros_like(values))}
+
+
+def drop_hidden(x: dict[str, Any], rate: float, step: jax.Array, seeds: jax.Array, H: int,
+                data_axis: str | None = None) -> dict[str, Any]:
+  """Dropout on the input layer's H activations: ``x`` with ``hidden_keep`` [R', b, H]
+  (0, or 1 / (1 - rate) with probability 1 - ``rate``), each repetition's own draw, which
+  ``model.Repetition`` multiplies in. Arguments as ``drop_inputs``'s."""
+  x = _per_repetition(x, seeds.shape[0])
+  keep = _keep_masks(HIDDEN_DROPOUT_STREAM, rate, step, seeds, (x["mask"].shape[0], H),
+                     data_axis)
+  return {**x, "hidden_keep": keep.astype(jnp.float32) / (1.0 - rate)}
 
 
 def touched_rows(ids: jax.Array, num_rows: int, size: int) -> tuple[jax.Array, jax.Array]:
@@ -125,14 +150,17 @@ def _gradients(params, batch: dict[str, Any], *, model: model_lib.MACH, spec: Ha
                loss: str, table_tx: optim.RowSparseTransform | None,
                hash_params: jax.Array | None, input_params: jax.Array | None,
                data_axis: str | None, input_dropout: float = 0.0,
-               step: jax.Array | None = None) -> _Gradients:
+               hidden_dropout: float = 0.0, step: jax.Array | None = None) -> _Gradients:
   """The per-repetition loss of ``batch`` and its gradient (``train_step``'s first half)."""
   label_mask = batch["labels"] >= 0
   buckets = spec.buckets(batch["labels"], jnp, params=hash_params)  # [R, b, L]
   x = model_input(batch, model.sparse_input, spec, input_params)
-  if input_dropout:
+  if input_dropout or hidden_dropout:
     seeds = jnp.asarray(spec.input_params()) if input_params is None else input_params
+  if input_dropout:
     x = drop_inputs(x, input_dropout, step, seeds, data_axis)
+  if hidden_dropout:
+    x = drop_hidden(x, hidden_dropout, step, seeds, model.hidden[0], data_axis)
   whole, touched = False, None
   if table_tx is not None:
     table, rest = model_lib.split_table(params)  # [R', D, H], or [D, H] when shared.
@@ -181,8 +209,8 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MAC
                tx: optax.GradientTransformation, spec: HashSpec, loss: str,
                table_tx: optim.RowSparseTransform | None = None,
                hash_params: jax.Array | None = None, input_params: jax.Array | None = None,
-               data_axis: str | None = None, input_dropout: float = 0.0
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+               data_axis: str | None = None, input_dropout: float = 0.0,
+               hidden_dropout: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update of the repetitions in ``state``. Returns (new state, metrics).
 
   Labels are hashed here, on device, per repetition (``hash_params``: the rows of
@@ -206,7 +234,8 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MAC
   update, runs one repetition at a time (``_one_repetition_at_a_time``).
 
   ``input_dropout`` > 0 drops each nonzero of the batch for each repetition with that
-  probability (``drop_inputs``; sparse input only); evaluation never drops.
+  probability (``drop_inputs``), ``hidden_dropout`` > 0 each of the input layer's H
+  activations (``drop_hidden``); sparse input only; evaluation never drops.
 
   A shared input layer (``model.shared_input``) is invariant over 'rep': its gradient is the
   sum of every repetition's, which under ``shard_map`` JAX completes with a psum over 'rep'
@@ -220,20 +249,19 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MAC
     raise ValueError("config.model.sequential_reps=True runs on meshes without data "
                      "parallelism: set the mesh's 'data' axis to 1 (repetitions over 'rep' "
                      "only), or sequential_reps=False")
-  if input_dropout and not model.sparse_input:
-    raise ValueError(f"config.train.input_dropout={input_dropout} drops sparse nonzeros: it "
-                     "needs config.model.dense_input=False (or input_dropout=0)")
-  if input_dropout and model.shared_input:
-    raise ValueError(f"config.train.input_dropout={input_dropout} draws a mask per "
-                     "repetition, which a shared input table cannot read: set "
-                     "input_dropout=0 or shared_input=False")
+  for name, rate in (("input_dropout", input_dropout), ("hidden_dropout", hidden_dropout)):
+    if rate and (not model.sparse_input or model.shared_input):
+      raise ValueError(f"config.train.{name}={rate} draws a mask per repetition over sparse "
+                       "input: it needs config.model.dense_input=False and "
+                       f"shared_input=False (or {name}=0)")
   if model.sequential and not model.shared_input:
     return _one_repetition_at_a_time(state, batch, model=model, tx=tx, spec=spec, loss=loss,
                                      table_tx=table_tx, hash_params=hash_params,
-                                     input_params=input_params, input_dropout=input_dropout)
+                                     input_params=input_params, input_dropout=input_dropout,
+                                     hidden_dropout=hidden_dropout)
   g = _gradients(state.params, batch, model=model, spec=spec, loss=loss, table_tx=table_tx,
                  hash_params=hash_params, input_params=input_params, data_axis=data_axis,
-                 input_dropout=input_dropout, step=state.step)
+                 input_dropout=input_dropout, hidden_dropout=hidden_dropout, step=state.step)
   table_opt_state = state.table_opt_state
   if table_tx is None:
     updates, opt_state = optim.update_states(tx, g.grads, state.opt_state, g.params)
@@ -262,7 +290,7 @@ def _one_repetition_at_a_time(state: TrainState, batch: dict[str, Any], *,
                               spec: HashSpec, loss: str,
                               table_tx: optim.RowSparseTransform | None,
                               hash_params: jax.Array | None, input_params: jax.Array | None,
-                              input_dropout: float = 0.0
+                              input_dropout: float = 0.0, hidden_dropout: float = 0.0
                               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """``train_step`` of R' independent repetitions as a loop over them.
 
@@ -284,7 +312,8 @@ def _one_repetition_at_a_time(state: TrainState, batch: dict[str, Any], *,
     mine = jax.tree.map(take, params)
     g = _gradients(mine, batch, model=one, spec=spec, loss=loss, table_tx=table_tx,
                    hash_params=take(hash_params), input_params=take(input_params),
-                   data_axis=None, input_dropout=input_dropout, step=state.step)
+                   data_axis=None, input_dropout=input_dropout,
+                   hidden_dropout=hidden_dropout, step=state.step)
     if table_tx is None:
       updates, new_opt = optim.update_states(tx, g.grads, jax.tree.map(take, opt_state),
                                              g.params)

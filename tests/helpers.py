@@ -50,7 +50,7 @@ def popular_baseline(train_Y, test_Y):
 def tiny_setup(mesh_spec, R: int = 8, num_batches: int = 1, clip_norm: float = 0.0,
                row_sparse: bool = False, input_dim: int = 0, shared_input: bool = False,
                sequential: bool = False, embedding_bag: str = "auto",
-               input_dropout: float = 0.0):
+               input_dropout: float = 0.0, hidden_dropout: float = 0.0):
   """``create_train_state`` of the tiny config on ``mesh_spec``, and its first batches.
 
   Returns (TrainSetup, host batches in training order).
@@ -63,7 +63,7 @@ def tiny_setup(mesh_spec, R: int = 8, num_batches: int = 1, clip_norm: float = 0
   c.model.shared_input = shared_input
   c.model.sequential_reps = sequential
   c.model.embedding_bag = embedding_bag
-  c.train.input_dropout = input_dropout
+  c.train.update(input_dropout=input_dropout, hidden_dropout=hidden_dropout)
   tr, _ = data_lib.load(c.data)
   setup = state_lib.create_train_state(c, tr, total_steps=100)
   batches = list(tr.batches(c.train.batch_size, shuffle=True, widths=setup.widths,

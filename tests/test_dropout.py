@@ -1,5 +1,6 @@
-"""Input dropout (``config.train.input_dropout``): each repetition drops each nonzero of a
-training batch with probability p, by its own seeded mask, and scales the rest by 1/(1-p).
+"""Dropout (``config.train.input_dropout``, ``hidden_dropout``): each repetition drops each
+nonzero of a training batch, or each of its input layer's activations, with probability p,
+by its own seeded mask, and scales the rest by 1/(1-p).
 The masks depend on the step and the repetition, not on the mesh or on how the
 repetitions are looped, so the repetitions stay independent."""
 
@@ -46,20 +47,31 @@ def test_the_mask_changes_with_the_step_and_repeats_for_the_same_step():
   np.testing.assert_array_equal(alone[0], a[1])
 
 
+def test_the_hidden_mask_is_each_repetitions_own_and_scaled():
+  x, p = _x(), 0.25
+  x["mask"] = jnp.ones(300, bool)
+  out = steps.drop_hidden(x, p, jnp.int32(5), jnp.asarray([3, 4], jnp.uint32), H=64)
+  keep = np.asarray(out["hidden_keep"])
+  assert keep.shape == (2, 300, 64) and out["indices"].shape == (2, 4000)
+  np.testing.assert_allclose(np.unique(keep), [0.0, 1 / (1 - p)], rtol=1e-6)
+  assert abs((keep == 0).mean() - p) < 0.02 and (keep[0] != keep[1]).any()
+
+
 ONE = (("data", 1), ("rep", 1))
 
 
+@pytest.mark.parametrize("dropout", [{"input_dropout": 0.3}, {"hidden_dropout": 0.3}])
 @pytest.mark.parametrize("kwargs", [
     {"row_sparse": True},  # The same features for every repetition: broadcast, then masked.
     {"row_sparse": True, "input_dim": 256},  # The input hash; the whole table by a mask.
     {},  # Dense Adam.
 ])
-def test_dropout_trains_the_same_one_by_one_side_by_side_and_across_devices(kwargs):
-  base = flat(run_steps(ONE, input_dropout=0.3, **kwargs))
+def test_dropout_trains_the_same_one_by_one_side_by_side_and_across_devices(kwargs, dropout):
+  base = flat(run_steps(ONE, **dropout, **kwargs))
   without = flat(run_steps(ONE, **kwargs))
   assert any(not np.allclose(base[k], without[k]) for k in base)  # Dropout did something.
-  for other in (run_steps(ONE, input_dropout=0.3, sequential=True, **kwargs),
-                run_steps((("data", 1), ("rep", 4)), input_dropout=0.3, **kwargs)):
+  for other in (run_steps(ONE, sequential=True, **dropout, **kwargs),
+                run_steps((("data", 1), ("rep", 4)), **dropout, **kwargs)):
     other = flat(other)
     for k in base:  # As tests/test_sequential_reps.py and test_sharding.py allow.
       np.testing.assert_allclose(other[k], base[k], rtol=2e-5, atol=1e-5, err_msg=k)
@@ -67,10 +79,10 @@ def test_dropout_trains_the_same_one_by_one_side_by_side_and_across_devices(kwar
 
 def test_a_rate_outside_zero_to_one_and_a_shared_table_are_refused():
   c = tiny_config()
-  c.train.input_dropout = 1.0
-  with pytest.raises(ValueError, match=r"config.train.input_dropout=1.0: expected 0 <= p < 1"):
+  c.train.hidden_dropout = 1.0
+  with pytest.raises(ValueError, match=r"config.train.hidden_dropout=1.0: expected 0 <= p < 1"):
     config_lib.check_loop(c)
   setup, batches = tiny_setup(ONE, row_sparse=True, shared_input=True, input_dropout=0.2)
-  with pytest.raises(ValueError, match="shared input table"):
+  with pytest.raises(ValueError, match="input_dropout=0.2 draws a mask per repetition"):
     setup.run(setup.state, batches[0])
 

@@ -22,7 +22,8 @@ R = 8
 
 # The repetition-local variants of the input layer: each must stay collective-free.
 INPUT_VARIANTS = [{}, {"input_dim": 256}, {"input_dim": 256, "row_sparse": True},
-                  {"input_dim": 256, "row_sparse": True, "input_dropout": 0.25}]
+                  {"input_dim": 256, "row_sparse": True, "input_dropout": 0.25,
+                   "hidden_dropout": 0.25}]
 INPUT_IDS = ["plain", "input_hash", "input_hash+row_sparse", "input_hash+row_sparse+dropout"]
 
 
