@@ -59,6 +59,19 @@ def test_fast_variants(name):
     module.get_config("quick")
 
 
+def test_wordnet_fast_variant_changes_only_the_repetitions_and_the_schedule():
+  from experiments.configs import wordnet
+  base, fast = wordnet.get_config().to_dict(), wordnet.get_config("fast").to_dict()
+  changed = {(g, k) for g in base if isinstance(base[g], dict)
+             for k in base[g] if base[g][k] != fast[g][k]}
+  assert changed == {("model", "R"), ("optimizer", "learning_rate"),
+                     ("optimizer", "warmup_steps"), ("train", "num_epochs")}
+  assert (fast["model"]["R"], fast["optimizer"]["learning_rate"],
+          fast["optimizer"]["warmup_steps"], fast["train"]["num_epochs"]) == (4, 2e-2, 50, 2)
+  with pytest.raises(ValueError, match="unknown variant 'quick'"):
+    wordnet.get_config("quick")
+
+
 def test_cache_env_sets_jax_persistent_cache_only_when_asked(tmp_path):
   assert speed.cache_env("") == {}
   env = speed.cache_env(str(tmp_path / "cache"))
