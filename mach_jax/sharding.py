@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mach_jax import steps
+from mach_jax.data import batching
 from mach_jax.model import REP_AXIS
 
 if TYPE_CHECKING:
@@ -293,6 +294,7 @@ def make_logits_fn(parts: Parts, mesh: Mesh, params, batch) -> Callable:
   model = parts.model
   if model.sparse_input and not model.shared_input and mesh.shape[DATA_AXIS] == 1:
     parts = dataclasses.replace(parts, model=model.clone(sequential=True))
+  batch = features(batch)
   local_model, hash_params = _local_parts(parts, mesh)
   data_axis, batch_specs = _batch_layout(mesh, batch)
 
@@ -303,8 +305,19 @@ def make_logits_fn(parts: Parts, mesh: Mesh, params, batch) -> Callable:
   fn = jax.shard_map(local_logits, mesh=mesh,
                      in_specs=(partition_specs(params), batch_specs),
                      out_specs=P(REP_AXIS, data_axis))
-  return jax.jit(fn, in_shardings=(state_shardings(mesh, params),
-                                   batch_shardings(mesh, batch)))
+  jitted = jax.jit(fn, in_shardings=(state_shardings(mesh, params),
+                                     batch_shardings(mesh, batch)))
+
+  def logits_fn(params, batch):
+    return jitted(params, features(batch))
+  logits_fn.lower = lambda params, batch: jitted.lower(params, features(batch))
+  return logits_fn
+
+
+def features(batch: dict[str, Any]) -> dict[str, Any]:
+  """``batch`` without what only training reads (a training batch's touched rows,
+  ``batching.HOST_ROWS``), as the logits function takes it."""
+  return {k: v for k, v in batch.items() if k not in batching.HOST_ROWS}
 
 
 def must_sync_each_step(mesh: Mesh) -> bool:

@@ -8,6 +8,7 @@ call to get the mesh, the initial state and the jitted steps of a config.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -164,15 +165,17 @@ class TrainSetup(NamedTuple):
   def ahead(self, total_steps: int = 0) -> TrainSetup:
     """This setup with its step compiled now (``CompiledStep``), for the first batch's
     layout and, in a run of ``total_steps`` >= ``AHEAD_WIDER_STEPS``, for the next wider
-    one (``batching.widened``).
+    one (``batching.widened``: nonzeros and rows) and the one with only more rows.
 
     A run calls it before it makes or reads its state, so that the compiler's memory and
     the state's never add up (``products.py:quarter``: 72 MB less peak RSS over its first
     60 steps; experiments/bench/NOTES.md).
     """
-    batches = [self.first_batch]
+    batches, shards = [self.first_batch], self.mesh.shape[sharding.DATA_AXIS]
     if total_steps >= AHEAD_WIDER_STEPS and "indices" in self.first_batch:
-      batches.append(batching.widened(self.first_batch, self.mesh.shape[sharding.DATA_AXIS]))
+      batches.append(batching.widened(self.first_batch, shards))
+      if "rows" in self.first_batch:
+        batches.append(batching.widened(self.first_batch, shards, nonzeros=False))
     step = CompiledStep(self.train_step, jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state),
         [self.put(b) for b in batches])
@@ -189,6 +192,16 @@ class TrainSetup(NamedTuple):
     if sharding.must_sync_each_step(self.mesh):
       jax.block_until_ready(metrics)
     return state, metrics
+
+
+def rows_on_host(parts: config_lib.Parts, batch: dict[str, np.ndarray], shards: int) -> bool:
+  """Whether training batches like ``batch`` carry the input-table rows they touch, found
+  on the host (``batching.touched_rows``): with row-sparse Adam, when a batch cannot touch
+  the whole table (``steps.whole_table_update``)."""
+  if parts.table_tx is None or "indices" not in batch:
+    return False
+  D = parts.spec.input_dim or parts.model.num_features
+  return not steps.whole_table_update(batch["indices"].size // shards, D)
 
 
 def create_train_state(config, source, total_steps: int | None = None,
@@ -217,6 +230,9 @@ def create_train_state(config, source, total_steps: int | None = None,
   widths = source.widths(tc.batch_size // shards)
   first = source.first_batch(tc.batch_size, widths, dense=config.model.dense_input,
                              num_shards=shards)
+  if rows_on_host(parts, first, shards):
+    widths = dataclasses.replace(widths, distinct=batching.distinct_floor(first, shards))
+    first = source.first_batch(tc.batch_size, widths, num_shards=shards)
   state = init_state(parts.model, parts.tx, parts.table_tx, jax.random.key(config.seed),
                      first, mesh, abstract=not initialize, spec=parts.spec)
   return TrainSetup(parts, mesh, widths, first, state,

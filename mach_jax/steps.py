@@ -176,10 +176,12 @@ def _gradients(params, batch: dict[str, Any], *, model: model_lib.MACH, spec: Ha
       touched = present(ids) if ids.ndim == 1 else jax.vmap(present)(ids)  # [D] or [R', D]
       model = model.clone(embedding_bag=model_lib.gathered_rows_bag(model.embedding_bag))
     else:
-      size = min(ids.shape[-1], D) + 1  # At least one slot stays padding (a zero row).
+      # Slots for the rows: the host's count (data.batching.touched_rows) when the batch
+      # carries it, else one per nonzero; at least one slot stays padding (a zero row).
+      size = batch["rows"].shape[-1] if "rows" in batch else min(ids.shape[-1], D) + 1
       touch = functools.partial(touched_rows, num_rows=D, size=size)
-      if ids.ndim == 1:
-        touched, local_ids = touch(ids)
+      if ids.ndim == 1:  # The features' own ids (no input hash, no dropout): the host's.
+        touched, local_ids = (batch["rows"], batch["local"]) if "rows" in batch else touch(ids)
         rows = jnp.take(table, touched, axis=0 if shared else 1, mode="fill", fill_value=0)
       else:
         touched, local_ids = jax.vmap(touch)(ids)

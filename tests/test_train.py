@@ -134,17 +134,20 @@ def test_a_step_compiled_ahead_runs_its_program_and_matches_the_jitted_one():
   assert calls == ["compiled", "compiled", "jitted"] and np.isfinite(m["loss"]).all()
 
 
-@pytest.mark.parametrize("data_shards", [1, 2])
-def test_a_long_run_compiles_the_next_wider_batch_ahead(data_shards):
+@pytest.mark.parametrize("data_shards, row_sparse", [(1, False), (2, False), (1, True)])
+def test_a_long_run_compiles_the_next_wider_batch_ahead(data_shards, row_sparse):
   """A run of ``AHEAD_WIDER_STEPS`` steps or more also compiles, ahead, the layout of the
-  next wider batch ``make_batch`` gives (one bucketed width up); a batch wider still falls
-  back to the jitted step."""
-  setup, _ = tiny_setup((("data", data_shards), ("rep", 8 // data_shards)), R=8)
+  next wider batch ``make_batch`` gives (one bucketed width up; with row-sparse Adam, of
+  nonzeros and of touched rows, and of rows alone); a batch wider still falls back to the
+  jitted step."""
+  setup, _ = tiny_setup((("data", data_shards), ("rep", 8 // data_shards)), R=8,
+                        row_sparse=row_sparse)
   first = setup.first_batch
   T = first["indices"].size // data_shards
   assert setup.ahead(state_lib.AHEAD_WIDER_STEPS - 1).train_step.compiled.keys() == {
       state_lib._layout(first)}
   ahead = setup.ahead(state_lib.AHEAD_WIDER_STEPS).train_step
+  assert len(ahead.compiled) == 3 if row_sparse else 2
   calls = []
   _counting(ahead, calls)
   # A batch one width up, as make_batch packs it: its first block holds the k longest

@@ -8,8 +8,16 @@ A batch of b points is a dict of NumPy arrays:
   labels   int32 [b, Lw] label ids, padded with -1
   mask     float32 [b] 1 for real points, 0 for padding rows (the last, partial batch)
 
-T and Lw have floors per data set (``Widths.for_data``): T's covers a batch of the mean
-nonzeros, Lw is the largest label count rounded up to a power of two. A batch that needs
+and, when ``Widths.distinct`` > 0 (training with row-sparse Adam), the rows of the input
+table the batch touches, found on the host while the device runs the previous step:
+
+  rows     int32 [U]   the distinct feature ids of the nonzeros (value != 0), ascending, then
+                       D (the number of features) as padding; U > the distinct count
+  local    int32 [T]   the slot in ``rows`` of each nonzero's id; U - 1 (padding) for the rest
+
+T, Lw and U have floors per data set (``Widths.for_data``, ``distinct_floor``): T's covers
+a batch of the mean nonzeros, Lw is the largest label count rounded up to a power of two,
+U is one batch's distinct count with a margin. A batch that needs
 more nonzeros gets the next bucketed width (eight steps per power of two, so padding stays
 under 12.5%), and nothing is ever truncated. The step compiles once per distinct width, a
 few times per run (Debian's long texts, batch 256: 73,728 for 98% of the batches, 81,920
@@ -28,6 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 
 STEPS_PER_OCTAVE = 8
+HOST_ROWS = ("rows", "local")  # The keys ``touched_rows`` adds to a training batch.
 
 
 def round_up_width(n: int, minimum: int = 8, steps_per_octave: int = STEPS_PER_OCTAVE) -> int:
@@ -45,10 +54,12 @@ def next_pow2(n: int, minimum: int = 1) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Widths:
-  """Minimum padded widths of a batch: nonzeros T and labels per point Lw."""
+  """Minimum padded widths of a batch: nonzeros T, labels per point Lw and, when > 0,
+  distinct rows U (0: the batch carries no ``rows`` / ``local``)."""
 
   nnz: int = 256
   labels: int = 1
+  distinct: int = 0
 
   @classmethod
   def for_data(cls, X: sp.csr_matrix, Y: sp.csr_matrix, batch_size: int) -> "Widths":
@@ -73,6 +84,9 @@ def make_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, batch_size:
 
   With ``dense=True`` the features come as ``dense`` float32 [b, D] instead of the
   flattened nonzeros (for the dense-input model).
+
+  With ``widths.distinct`` > 0 the batch also holds ``rows`` [S * U] and ``local`` [S * T]
+  (``touched_rows``), block s's over block s's nonzeros, U the same for every block.
   """
   rows = np.asarray(rows)
   n = rows.size
@@ -108,23 +122,75 @@ def make_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, batch_size:
     values[s, :hi - lo] = Xb.data[lo:hi]
     segments[s, :hi - lo] = np.repeat(np.arange(bounds[s + 1] - bounds[s], dtype=np.int32),
                                       row_nnz[bounds[s]:bounds[s + 1]])
-  return dict(indices=indices.reshape(-1), values=values.reshape(-1),
-              segments=segments.reshape(-1), labels=labels, mask=mask)
+  batch = dict(indices=indices.reshape(-1), values=values.reshape(-1),
+               segments=segments.reshape(-1), labels=labels, mask=mask)
+  if widths.distinct:
+    # A batch wider than the floor of nonzeros gets at least the next width of rows: the
+    # layouts then come in the order ``widened`` compiles them ahead.
+    floor = widths.distinct if T == widths.nnz else round_up_width(widths.distinct + 1)
+    batch.update(touched_rows(indices, values, X.shape[1], floor))
+  return batch
 
 
-def widened(batch: dict[str, np.ndarray], num_shards: int = 1) -> dict[str, np.ndarray]:
-  """``batch`` padded to the next width of nonzeros (``round_up_width(T + 1)`` per shard):
-  the layout of the next wider batch ``make_batch`` can give, for compiling its step ahead.
-  A dense batch has no such width and is refused."""
+def touched_rows(indices: np.ndarray, values: np.ndarray, num_rows: int,
+                 floor: int) -> dict[str, np.ndarray]:
+  """The distinct rows each block of a batch touches, and each nonzero's slot among them.
+
+  The host's side of row-sparse Adam: what ``steps.touched_rows`` computes on the device,
+  with a width U that follows the batch's distinct ids instead of its T nonzeros (a step's
+  gathers and scatters of table and moment rows cost by the rows, padding included;
+  experiments/bench/NOTES.md).
+
+  Args:
+    indices, values: [S, T] the nonzeros of S blocks; value 0 is padding.
+    num_rows: D, the id that pads ``rows``.
+    floor: the least U (``distinct_floor``); a block with more distinct ids widens U to the
+      next ``round_up_width`` above its count, so no id is ever dropped.
+
+  Returns:
+    ``rows`` int32 [S * U] and ``local`` int32 [S * T] (see the module docstring).
+  """
+  S, T = indices.shape
+  found = [np.unique(indices[s][values[s] != 0], return_inverse=True) for s in range(S)]
+  U = max(floor, round_up_width(max(ids.size for ids, _ in found) + 1))
+  rows = np.full((S, U), num_rows, np.int32)
+  local = np.full((S, T), U - 1, np.int32)
+  for s, (ids, slot) in enumerate(found):
+    rows[s, :ids.size] = ids
+    local[s, values[s] != 0] = slot
+  return dict(zip(HOST_ROWS, (rows.reshape(-1), local.reshape(-1))))
+
+
+def distinct_floor(batch: dict[str, np.ndarray], num_shards: int = 1,
+                   margin: float = 0.05) -> int:
+  """A floor for U from one batch: its blocks' largest distinct count, ``margin`` more, and
+  the padding slot, rounded up to a width, so that most batches share one U (one compiled
+  step) without padding it far past their rows."""
+  ids = batch["indices"].reshape(num_shards, -1)
+  real = batch["values"].reshape(num_shards, -1) != 0
+  count = max(np.unique(ids[s][real[s]]).size for s in range(num_shards))
+  return round_up_width(int(np.ceil(count * (1 + margin))) + 1)
+
+
+def widened(batch: dict[str, np.ndarray], num_shards: int = 1,
+            nonzeros: bool = True) -> dict[str, np.ndarray]:
+  """``batch`` padded to the next width of nonzeros (``round_up_width(T + 1)`` per shard)
+  and of rows when it has them: the layout of the next wider batch ``make_batch`` can give,
+  for compiling its step ahead. ``nonzeros=False`` widens the rows only (a batch of as
+  many nonzeros touching more rows). A dense batch has no such width and is refused."""
   if "indices" not in batch:
     raise ValueError("a dense batch ([b, D] features) has no width of nonzeros to widen")
-  T = batch["indices"].size // num_shards
-  pad = round_up_width(T + 1) - T
 
-  def wider(x):
-    return np.pad(x.reshape(num_shards, T), ((0, 0), (0, pad))).reshape(-1)
-  return {k: wider(v) if k in ("indices", "values", "segments") else v
-          for k, v in batch.items()}
+  def wider(x, fill=0):
+    n = x.size // num_shards
+    pad = round_up_width(n + 1) - n
+    return np.pad(x.reshape(num_shards, n), ((0, 0), (0, pad)),
+                  constant_values=fill).reshape(-1)
+  out = {k: wider(v) if nonzeros and k in ("indices", "values", "segments", "local") else v
+         for k, v in batch.items()}
+  if "rows" in batch:  # Padded with padding rows; every slot ``local`` names stays valid.
+    out["rows"] = wider(batch["rows"], fill=batch["rows"][-1])
+  return out
 
 
 def pack_features(X: sp.csr_matrix, batch_size: int, nnz: int,
