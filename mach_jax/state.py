@@ -8,7 +8,6 @@ call to get the mesh, the initial state and the jitted steps of a config.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -194,14 +193,14 @@ class TrainSetup(NamedTuple):
     return state, metrics
 
 
-def rows_on_host(parts: config_lib.Parts, batch: dict[str, np.ndarray], shards: int) -> bool:
-  """Whether training batches like ``batch`` carry the input-table rows they touch, found
-  on the host (``batching.touched_rows``): with row-sparse Adam, when a batch cannot touch
-  the whole table (``steps.whole_table_update``)."""
-  if parts.table_tx is None or "indices" not in batch:
+def rows_on_host(parts: config_lib.Parts, widths: batching.Widths, dense: bool) -> bool:
+  """Whether training batches of ``widths`` carry the input-table rows they touch, found on
+  the host (``batching.touched_rows``): with row-sparse Adam over sparse input, when a
+  batch cannot touch the whole table (``steps.whole_table_update``)."""
+  if parts.table_tx is None or dense:
     return False
   D = parts.spec.input_dim or parts.model.num_features
-  return not steps.whole_table_update(batch["indices"].size // shards, D)
+  return not steps.whole_table_update(widths.nnz, D)
 
 
 def create_train_state(config, source, total_steps: int | None = None,
@@ -228,11 +227,10 @@ def create_train_state(config, source, total_steps: int | None = None,
   mesh = sharding.make_mesh(mesh_spec, parts.spec.R, tc.batch_size, devices=mesh_devices)
   shards = mesh.shape[sharding.DATA_AXIS]
   widths = source.widths(tc.batch_size // shards)
+  if rows_on_host(parts, widths, config.model.dense_input):
+    widths = source.widths(tc.batch_size // shards, distinct=True)
   first = source.first_batch(tc.batch_size, widths, dense=config.model.dense_input,
                              num_shards=shards)
-  if rows_on_host(parts, first, shards):
-    widths = dataclasses.replace(widths, distinct=batching.distinct_floor(first, shards))
-    first = source.first_batch(tc.batch_size, widths, num_shards=shards)
   state = init_state(parts.model, parts.tx, parts.table_tx, jax.random.key(config.seed),
                      first, mesh, abstract=not initialize, spec=parts.spec)
   return TrainSetup(parts, mesh, widths, first, state,

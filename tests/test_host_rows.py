@@ -34,6 +34,25 @@ def test_a_block_with_more_distinct_ids_than_the_floor_widens_the_rows():
   np.testing.assert_array_equal(out["rows"][:20], np.arange(20))
 
 
+def test_the_floor_covers_shuffled_batches_not_just_the_first_rows():
+  """The first rows of a set are often alike (a sorted file): the floor comes from random
+  batches, so a shuffled epoch's batches share one width of rows."""
+  import scipy.sparse as sp
+  rng = np.random.default_rng(0)
+  N, D, nnz, b = 2000, 5000, 10, 64
+  ids = rng.integers(0, D, size=(N, nnz))
+  ids[:b] = rng.integers(0, 20, size=(b, nnz))  # The first batch touches at most 20 rows.
+  X = sp.csr_matrix((np.ones(N * nnz, np.float32), ids.ravel(), np.arange(0, N * nnz + 1, nnz)),
+                    shape=(N, D))
+  X.sum_duplicates()
+  Y = sp.csr_matrix((np.ones(N, np.float32), np.zeros(N, int), np.arange(N + 1)), shape=(N, 1))
+  widths = batching.Widths.for_data(X, Y, b, distinct=True)
+  assert widths.distinct > 500
+  shapes = {batching.make_batch(X, Y, rows, b, widths)["rows"].size
+            for rows in batching.batch_rows(N, b, shuffle=True, seed=1)}
+  assert shapes == {widths.distinct}
+
+
 def _without_host_rows(setup):
   """The same setup's step compiled for batches without ``rows`` / ``local``."""
   first = sharding.features(setup.first_batch)

@@ -20,6 +20,7 @@ slow next to a training step (text WordNet: about half of an epoch's time).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Iterator
@@ -231,11 +232,11 @@ class QueryLog:
                              Y=sp.vstack([p[1] for p in parts], format="csr"))
     return self._head_data
 
-  def widths(self, batch_size: int) -> batching.Widths:
+  def widths(self, batch_size: int, distinct: bool = False) -> batching.Widths:
     """Widths from the first window; a rarer, wider batch later gets the next width."""
     head = self._head()
-    w = batching.Widths.for_data(head.X, head.Y, batch_size)
-    return batching.Widths(nnz=w.nnz, labels=batching.next_pow2(max(self.max_labels, 1)))
+    w = batching.Widths.for_data(head.X, head.Y, batch_size, distinct)
+    return dataclasses.replace(w, labels=batching.next_pow2(max(self.max_labels, 1)))
 
   def first_batch(self, batch_size: int, widths: batching.Widths, dense: bool = False,
                   num_shards: int = 1) -> dict[str, np.ndarray]:

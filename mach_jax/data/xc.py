@@ -55,8 +55,8 @@ class XCData:
     """Training points per label."""
     return np.bincount(self.Y.indices, minlength=self.num_labels)
 
-  def widths(self, batch_size: int):
-    return batching.Widths.for_data(self.X, self.Y, batch_size)
+  def widths(self, batch_size: int, distinct: bool = False):
+    return batching.Widths.for_data(self.X, self.Y, batch_size, distinct)
 
   def first_batch(self, batch_size: int, widths, dense: bool = False, num_shards: int = 1):
     return batching.make_batch(self.X, self.Y, np.arange(min(batch_size, self.num_points)),
