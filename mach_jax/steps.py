@@ -227,8 +227,10 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MAC
   collective of the step.
 
   With ``table_tx`` the step differentiates with respect to the input-table rows the batch
-  touches (one unique over the batch's feature ids) instead of the whole table, and updates
-  only those rows with row-sparse Adam; when the batch could touch every row
+  touches instead of the whole table (the batch's ``rows`` and ``local`` when it carries
+  them, ``data.batching.touched_rows``; else ``touched_rows`` here, padded to one slot per
+  nonzero), and updates only those rows with row-sparse Adam; when the batch could touch
+  every row
   (``whole_table_update``) it differentiates the whole table and updates the touched rows
   by a mask, with the same result.
 
