@@ -147,7 +147,7 @@ def test_a_long_run_compiles_the_next_wider_batch_ahead(data_shards, row_sparse)
   assert setup.ahead(state_lib.AHEAD_WIDER_STEPS - 1).train_step.compiled.keys() == {
       state_lib._layout(first)}
   ahead = setup.ahead(state_lib.AHEAD_WIDER_STEPS).train_step
-  assert len(ahead.compiled) == 3 if row_sparse else 2
+  assert len(ahead.compiled) == (3 if row_sparse else 2)
   calls = []
   _counting(ahead, calls)
   # A batch one width up, as make_batch packs it: its first block holds the k longest
