@@ -109,6 +109,10 @@ def default_config() -> ml_collections.ConfigDict:
   # Pays off when D is much larger than a batch's distinct features; needs adam, no clip.
   c.optimizer.row_sparse = False
   c.optimizer.table_lr_scale = 1.0  # Input-table learning rate / the rest's (row_sparse only).
+  # With row_sparse: False moves every row each step by its decaying momentum (Adam itself,
+  # one in-place pass over the table a step); True leaves untouched rows and their moments
+  # as they are (LazyAdam; cheaper when a batch touches few rows). optim.row_sparse_adam.
+  c.optimizer.lazy_rows = True
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128

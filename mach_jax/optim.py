@@ -121,6 +121,9 @@ class RowSparseTransform(NamedTuple):
     dense_update_at: ``(tables [R, D, H], r, touched bool [D], grads [D, H], states) ->
       (tables, states)``: ``dense_update`` of repetition r of stacked tables and their
       stacked states (every leaf [R, ...]), written in place.
+    lazy: True when untouched rows stay as they are; False when every row's moments decay
+      and every row moves each step (Adam itself): the step then always updates by
+      ``dense_update``, whatever its batch touches.
   """
   init: Callable[[jax.Array], RowSparseAdamState]
   update: Callable[[jax.Array, jax.Array, jax.Array, RowSparseAdamState],
@@ -131,6 +134,7 @@ class RowSparseTransform(NamedTuple):
                       tuple[jax.Array, RowSparseAdamState]]
   dense_update_at: Callable[[jax.Array, jax.Array, jax.Array, jax.Array, RowSparseAdamState],
                             tuple[jax.Array, RowSparseAdamState]]
+  lazy: bool = True
 
 
 # Rows per block of ``dense_update_at``: 2 MB of a float32 table at H = 256.
@@ -155,12 +159,21 @@ def set_rows(x: jax.Array, rows, values: jax.Array) -> jax.Array:
 
 
 def row_sparse_adam(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: float = 0.999,
-                    eps: float = 1e-8) -> RowSparseTransform:
-  """Adam on the rows a batch touches only.
+                    eps: float = 1e-8, lazy: bool = True) -> RowSparseTransform:
+  """Adam on the rows a batch touches only (``lazy``), or on every row in place.
+
+  A lazy row moves only in the steps whose batch touches it, and its moments wait for it
+  (TensorFlow's LazyAdam): late in a run, a feature seen once moves by one step of about
+  ``learning_rate * (1 - b1) / sqrt(1 - b2)``, where Adam goes on moving it by its decaying
+  momentum, about ten times as far in all (the sum of ``(b1 / sqrt(b2))**j``, j >= 0, for
+  the defaults). With ``lazy=False`` every row's
+  moments decay and every row moves each step: Adam's own update, by one in-place pass over
+  the table (``dense_update``) instead of optax's dense gradient and state.
 
   Args:
     learning_rate: a float or an optax schedule of the step count.
     b1, b2, eps: Adam's hyper-parameters.
+    lazy: False for Adam's update of every row (see above).
 
   Returns:
     A ``RowSparseTransform``.
@@ -207,7 +220,8 @@ def row_sparse_adam(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: 
 
   def dense_update(table, touched, grads, state):
     count = state.count + 1
-    keep = lambda x, v: jnp.where(touched[:, None], v, f32(x))
+    keep = ((lambda x, v: jnp.where(touched[:, None], v, f32(x))) if lazy else
+            (lambda x, v: v))
     mu, nu = moments(grads, state.mu, state.nu)
     # The step reads the kept moments, the very values stored: computed from the old
     # moments instead, XLA:CPU copied both [D, H] moment tables each step to update them in
@@ -228,16 +242,17 @@ def row_sparse_adam(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: 
       put = lambda a, v: jax.lax.dynamic_update_slice(a, v[None].astype(a.dtype),
                                                       (r, start, 0))
       mask = jax.lax.dynamic_slice_in_dim(touched, start, size)[:, None]
+      keep = (lambda v, old: jnp.where(mask, v, f32(old))) if lazy else (lambda v, old: v)
       old_mu, old_nu = take(mu_all), take(nu_all)
       mu, nu = moments(jax.lax.dynamic_slice_in_dim(grads, start, size), old_mu, old_nu)
-      mu_all = put(mu_all, jnp.where(mask, mu, f32(old_mu)))
-      nu_all = put(nu_all, jnp.where(mask, nu, f32(old_nu)))
+      mu_all = put(mu_all, keep(mu, old_mu))
+      nu_all = put(nu_all, keep(nu, old_nu))
       # The step reads the moments back from the tables just written: computed from the
       # old moments, it would have to run before their in-place writes, and XLA:CPU instead
       # copied both [R, D, H] moment tables (experiments/bench/NOTES.md).
       table = take(table_all)
       new = step(table, f32(take(mu_all)), f32(take(nu_all)), count)
-      return put(table_all, jnp.where(mask, new, f32(table))), mu_all, nu_all
+      return put(table_all, keep(new, table)), mu_all, nu_all
 
     # Blocks of rows small enough to stay in cache between their reads and writes.
     size = min(D, DENSE_BLOCK_ROWS)
@@ -249,7 +264,7 @@ def row_sparse_adam(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: 
     counts = jax.lax.dynamic_update_index_in_dim(states.count, count, r, 0)
     return table_all, RowSparseAdamState(count=counts, mu=mu_all, nu=nu_all)
 
-  return RowSparseTransform(init, update, dense_update, update_at, dense_update_at)
+  return RowSparseTransform(init, update, dense_update, update_at, dense_update_at, lazy)
 
 
 def make_table_optimizer(config, total_steps: int) -> RowSparseTransform | None:
@@ -278,4 +293,4 @@ def make_table_optimizer(config, total_steps: int) -> RowSparseTransform | None:
     # vocabulary get few updates, and a larger step for the table alone lets them catch up.
     base = lr
     lr = (lambda count: scale * base(count)) if callable(base) else scale * base
-  return row_sparse_adam(lr)
+  return row_sparse_adam(lr, lazy=opt.lazy_rows)

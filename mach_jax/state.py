@@ -196,8 +196,9 @@ class TrainSetup(NamedTuple):
 def rows_on_host(parts: config_lib.Parts, widths: batching.Widths, dense: bool) -> bool:
   """Whether training batches of ``widths`` carry the input-table rows they touch, found on
   the host (``batching.touched_rows``): with row-sparse Adam over sparse input, when a
-  batch cannot touch the whole table (``steps.whole_table_update``)."""
-  if parts.table_tx is None or dense:
+  batch cannot touch the whole table (``steps.whole_table_update``) and untouched rows
+  stay as they are (``lazy``)."""
+  if parts.table_tx is None or dense or not parts.table_tx.lazy:
     return False
   D = parts.spec.input_dim or parts.model.num_features
   return not steps.whole_table_update(widths.nnz, D)

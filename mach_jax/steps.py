@@ -168,7 +168,7 @@ def _gradients(params, batch: dict[str, Any], *, model: model_lib.MACH, spec: Ha
     D = table.shape[-2]
     # Entries with value 0 (padding) touch nothing; they map to the zero row of id D.
     ids = jnp.where(x["values"] != 0, x["indices"], D)  # [T], or [R', T] when hashed.
-    whole = whole_table_update(ids.shape[-1], D)
+    whole = whole_table_update(ids.shape[-1], D) or not table_tx.lazy
     if whole:
       # The batch may touch every row: differentiate and update the whole table, keeping
       # the untouched rows (and their moments) by a mask rather than gathering rows.

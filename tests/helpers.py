@@ -50,7 +50,8 @@ def popular_baseline(train_Y, test_Y):
 def tiny_setup(mesh_spec, R: int = 8, num_batches: int = 1, clip_norm: float = 0.0,
                row_sparse: bool = False, input_dim: int = 0, shared_input: bool = False,
                sequential: bool = False, embedding_bag: str = "auto",
-               input_dropout: float = 0.0, hidden_dropout: float = 0.0):
+               input_dropout: float = 0.0, hidden_dropout: float = 0.0,
+               lazy_rows: bool = True):
   """``create_train_state`` of the tiny config on ``mesh_spec``, and its first batches.
 
   Returns (TrainSetup, host batches in training order).
@@ -58,7 +59,7 @@ def tiny_setup(mesh_spec, R: int = 8, num_batches: int = 1, clip_norm: float = 0
   c = tiny_config()
   c.model.R = R
   c.mesh = mesh_spec
-  c.optimizer.update(clip_norm=clip_norm, row_sparse=row_sparse)
+  c.optimizer.update(clip_norm=clip_norm, row_sparse=row_sparse, lazy_rows=lazy_rows)
   c.model.input_dim = input_dim
   c.model.shared_input = shared_input
   c.model.sequential_reps = sequential
