@@ -1,7 +1,11 @@
-"""host_memory.release: memory freed between live blocks goes back to the system."""
+"""host_memory.release: memory freed between live blocks goes back to the system; the
+memory bench's split of the resident set."""
+
+import os
 
 import pytest
 
+from experiments.bench import memory
 from mach_jax import host_memory
 
 
@@ -21,3 +25,14 @@ def test_release_returns_memory_freed_between_live_blocks():
   host_memory.release()
   assert _rss_mb() < held - 50
   assert len(blocks) == 1000
+
+
+def test_the_memory_bench_splits_the_resident_set_into_anonymous_and_file_parts():
+  rss, anon, file = memory.rss_mb(os.getpid())
+  block = bytearray(64 << 20)
+  block[::4096] = b"\1" * len(block[::4096])  # 64 MB of anonymous pages, touched.
+  rss2, anon2, file2 = memory.rss_mb(os.getpid())
+  assert anon2 - anon > 60 and abs(file2 - file) < 8
+  assert abs(rss2 - (anon2 + file2)) < 2  # No shared memory here: the two parts are all.
+  assert memory.rss_mb(2**22 + 1) == (0.0, 0.0, 0.0)  # No such process.
+  del block
