@@ -192,7 +192,8 @@ def main():
       run = run_napkinxc if args.system == "napkinxc" else run_pecos
       train_s, predict, saved = run(Xtr, Ytr, Xte, model_dir)
     trained = time.time()
-    t0 = time.perf_counter()
+    predict(Xte)  # Every system is timed on its second pass over the test set, warm (and
+    t0 = time.perf_counter()  # mach-jax's programs compiled: experiments/bench/peers.py).
     preds = predict(Xte)
     batch_ms = 1e3 * (time.perf_counter() - t0) / Xte.shape[0]
     n = min(SINGLE_QUERIES, Xte.shape[0])
