@@ -170,8 +170,9 @@ def _gradients(params, batch: dict[str, Any], *, model: model_lib.MACH, spec: Ha
     ids = jnp.where(x["values"] != 0, x["indices"], D)  # [T], or [R', T] when hashed.
     whole = whole_table_update(ids.shape[-1], D) or not table_tx.lazy
     if whole:
-      # The batch may touch every row: differentiate and update the whole table, keeping
-      # the untouched rows (and their moments) by a mask rather than gathering rows.
+      # The batch may touch every row, or every row moves (not lazy): differentiate and
+      # update the whole table; a lazy update keeps the untouched rows (and their moments)
+      # by the mask ``touched`` rather than gathering rows.
       present = lambda i: jnp.zeros(D + 1, bool).at[i].set(True)[:D]
       touched = present(ids) if ids.ndim == 1 else jax.vmap(present)(ids)  # [D] or [R', D]
       model = model.clone(embedding_bag=model_lib.gathered_rows_bag(model.embedding_bag))
