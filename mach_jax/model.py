@@ -25,84 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mach_jax import initializers
+from mach_jax import bag, initializers
 
 REP_AXIS = "rep"
 TABLE = "embedding"  # The input table's parameter name: [R, D, H] under params['reps'].
 SHARED = "shared"  # With a shared input: params['shared'] holds the one [D, H] table.
 # Sparse-input entries that may hold one slice per repetition (leading axis R).
 PER_REP_INPUTS = ("indices", "values", "hidden_keep")
-
-
-def embedding_bag(table: jax.Array, indices: jax.Array, values: jax.Array,
-                  segments: jax.Array, num_rows: int) -> jax.Array:
-  """Row i of the result is sum over nonzeros t of row i of values[t] * table[indices[t]].
-
-  One gather of T rows and one sorted segment-sum: no [b, max_nnz, H] temporary, so a
-  long row costs only its own nonzeros.
-
-  Args:
-    table: [D, H].
-    indices, values, segments: [T] flattened nonzeros of the batch (see data.batching).
-    num_rows: b.
-  """
-  rows = jnp.take(table, indices, axis=0) * values.astype(table.dtype)[:, None]
-  return jax.ops.segment_sum(rows, segments, num_segments=num_rows, indices_are_sorted=True)
-
-
-def densify(indices: jax.Array, values: jax.Array, segments: jax.Array, num_rows: int,
-            num_features: int, dtype=jnp.float32) -> jax.Array:
-  """The batch's flattened nonzeros as a dense [b, D] matrix (padding adds zeros)."""
-  return jnp.zeros((num_rows, num_features), dtype).at[segments, indices].add(
-      values.astype(dtype))
-
-
-# On XLA:CPU a gathered row element costs about as much as 130 multiply-adds of a GEMM
-# (measured on 2 cores: 16x12288x512 gather + segment-sum 170 ms; the equivalent dense
-# [128, 1836] x [1836, 512] x 16 product 50 ms). 'auto' densifies when b*D <= 64*T, and
-# only for b >= 16 rows: below that the product is bound by reading the whole [D, H] table
-# (one bibtex query, R = 16, H = 512: dense 27.5 ms, gather 1.2 ms; 2 cores, 2026-12-03).
-EMBEDDING_BAG_DENSE_RATIO = 64
-EMBEDDING_BAG_DENSE_MIN_ROWS = 16
-# On a GPU the segment-sum is a scatter-add of T x H atomic updates: 4 repetitions
-# of b = 2,048, T = 73,728, H = 2,048 spent 97 of a 117 ms step in it on an H200, against
-# 17 ms for the two densified [b, D'] x [D', H] products (8 repetitions: 942 ms against 34).
-# 'auto' there densifies while the dense [b, D] batch holds at most 2^30 entries.
-EMBEDDING_BAG_DENSE_GPU_MAX = 2**30
-
-
-def use_dense_bag(mode: str, num_rows: int, num_features: int, num_nonzeros: int,
-                  platform: str | None = None) -> bool:
-  """Whether ``mode`` meets a batch with a dense [b, D] product rather than a row gather.
-
-  Args:
-    mode: config.model.embedding_bag: 'dense', 'gather', or 'auto' (the measured rules above;
-      ``platform``, default ``jax.default_backend()``, picks the GPU or the CPU rule).
-    num_rows, num_features, num_nonzeros: b, D, T.
-  """
-  if mode == "dense":
-    return True
-  if mode == "gather":
-    return False
-  if mode == "auto":
-    if num_rows < EMBEDDING_BAG_DENSE_MIN_ROWS:
-      return False
-    if (platform or jax.default_backend()) == "gpu":
-      return num_rows * num_features <= EMBEDDING_BAG_DENSE_GPU_MAX
-    return num_rows * num_features <= EMBEDDING_BAG_DENSE_RATIO * num_nonzeros
-  raise ValueError(f"embedding_bag={mode!r}: expected auto|dense|gather")
-
-
-def gathered_rows_bag(mode: str, platform: str | None = None) -> str:
-  """The bag of row-sparse Adam's table of gathered (or masked) rows.
-
-  On CPU, 'auto' becomes 'gather': this table holds at most the batch's own rows, and the
-  CPU rule above was measured on whole tables. Elsewhere 'auto' stays 'auto' (a GPU
-  densifies); 'dense' and 'gather' are kept as asked.
-  """
-  if mode == "auto" and (platform or jax.default_backend()) == "cpu":
-    return "gather"
-  return mode
 
 
 class Repetition(nn.Module):
@@ -159,15 +88,15 @@ class Repetition(nn.Module):
 def sparse_input_layer(module: nn.Module, x, num_features: int, H: int, mode: str, dtype,
                        table_dtype) -> jax.Array:
   """The input layer's [b, H] pre-activation: ``module``'s [D, H] table ``TABLE`` and its
-  bias, met by the batch's nonzeros as ``mode`` says (see ``use_dense_bag``)."""
+  bias, met by the batch's nonzeros as ``mode`` says (see ``bag.use_dense_bag``)."""
   table = module.param(TABLE, initializers.normal(stddev=0.01), (num_features, H),
                        table_dtype)
   bias = module.param("embedding_bias", nn.initializers.zeros, (H,))
   b, T = x["mask"].shape[0], x["indices"].shape[0]
-  if use_dense_bag(mode, b, num_features, T):
-    dense = densify(x["indices"], x["values"], x["segments"], b, num_features, dtype)
+  if bag.use_dense_bag(mode, b, num_features, T):
+    dense = bag.densify(x["indices"], x["values"], x["segments"], b, num_features, dtype)
     return dense @ table.astype(dtype) + bias
-  return embedding_bag(table.astype(dtype), x["indices"], x["values"], x["segments"],
+  return bag.embedding_bag(table.astype(dtype), x["indices"], x["values"], x["segments"],
                        b) + bias
 
 
@@ -289,10 +218,10 @@ def feature_major_logits(model: MACH, params, x) -> jax.Array:
   R, H = bias.shape
   b, T, D = x["mask"].shape[0], x["indices"].shape[0], table.shape[0]
   table = table.astype(model.dtype)
-  if use_dense_bag(model.embedding_bag, b, D, T):
-    flat = densify(x["indices"], x["values"], x["segments"], b, D, model.dtype) @ table
+  if bag.use_dense_bag(model.embedding_bag, b, D, T):
+    flat = bag.densify(x["indices"], x["values"], x["segments"], b, D, model.dtype) @ table
   else:
-    flat = embedding_bag(table, x["indices"], x["values"], x["segments"], b)
+    flat = bag.embedding_bag(table, x["indices"], x["values"], x["segments"], b)
   h = flat.reshape(b, R, H).transpose(1, 0, 2) + bias[:, None, :]  # [R, b, H]
   heads = nn.vmap(Repetition, variable_axes={"params": 0}, split_rngs={"params": True},
                   in_axes=0, out_axes=0, axis_size=R, axis_name=REP_AXIS)

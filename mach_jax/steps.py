@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mach_jax import losses, model as model_lib, optim
+from mach_jax import bag, losses, model as model_lib, optim
 from mach_jax.hashing import HashSpec
 
 if TYPE_CHECKING:  # state.py builds on the steps (through sharding.py); only the type here.
@@ -175,7 +175,7 @@ def _gradients(params, batch: dict[str, Any], *, model: model_lib.MACH, spec: Ha
       # by the mask ``touched`` rather than gathering rows.
       present = lambda i: jnp.zeros(D + 1, bool).at[i].set(True)[:D]
       touched = present(ids) if ids.ndim == 1 else jax.vmap(present)(ids)  # [D] or [R', D]
-      model = model.clone(embedding_bag=model_lib.gathered_rows_bag(model.embedding_bag))
+      model = model.clone(embedding_bag=bag.gathered_rows_bag(model.embedding_bag))
     else:
       # Slots for the rows: the host's count (data.batching.touched_rows) when the batch
       # carries it, else one per nonzero; at least one slot stays padding (a zero row).
@@ -192,7 +192,7 @@ def _gradients(params, batch: dict[str, Any], *, model: model_lib.MACH, spec: Ha
       x = {**x, "indices": local_ids}
       # The same module over the gathered rows: a table of `size` rows.
       model = model.clone(num_features=size,
-                          embedding_bag=model_lib.gathered_rows_bag(model.embedding_bag))
+                          embedding_bag=bag.gathered_rows_bag(model.embedding_bag))
 
   def loss_fn(params):
     logits = model.apply({"params": params}, x)

@@ -81,24 +81,6 @@ def test_dense_input_variant_matches_sparse(batch):
                              dense.apply({"params": pd}, jnp.asarray(X)), rtol=1e-4, atol=1e-5)
 
 
-def test_embedding_bag_mode_is_validated():
-  with pytest.raises(ValueError, match="embedding_bag"):
-    model_lib.use_dense_bag("fast", 1, 1, 1)
-
-
-def test_auto_bag_rules_per_platform():
-  use = model_lib.use_dense_bag
-  # The H200 shape of the GPU rule's measurement: b = 2,048 over D' = 73,729 gathered rows.
-  assert use("auto", 2048, 73_729, 73_728, platform="gpu")
-  assert not use("auto", 2048, 73_729, 73_728, platform="cpu")  # b * D > 64 T.
-  assert use("auto", 64, 1_000, 1_000, platform="cpu")  # b * D <= 64 T.
-  assert not use("auto", 2048, 2**20, 73_728, platform="gpu")  # Over 2^30 dense entries.
-  assert not use("auto", 1, 100, 1_000, platform="gpu")  # One query: always gathered.
-  assert model_lib.gathered_rows_bag("auto", "cpu") == "gather"
-  assert model_lib.gathered_rows_bag("auto", "gpu") == "auto"
-  assert model_lib.gathered_rows_bag("dense", "cpu") == "dense"
-
-
 @pytest.mark.parametrize("mode", ["gather", "dense"])
 @pytest.mark.parametrize("rows", [1, 64])
 def test_feature_major_table_serves_the_same_logits(batch, mode, rows):

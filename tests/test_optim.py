@@ -193,7 +193,7 @@ def test_row_sparse_adam_without_lazy_rows_is_adam(kwargs):
 
 @pytest.mark.parametrize("kwargs", [{}, {"input_dim": 256}], ids=["rows", "input_hash"])
 def test_row_sparse_step_with_a_dense_bag_equals_the_gather(kwargs):
-  """GPUs densify the gathered rows' bag ('auto' there; model.gathered_rows_bag): the same
+  """GPUs densify the gathered rows' bag ('auto' there; bag.gathered_rows_bag): the same
   update as the segment-sum of the CPU's gather, up to the order of the sums."""
   def train(bag):
     setup, batches = tiny_setup((("data", 1), ("rep", 1)), R=4, num_batches=3,
