@@ -302,7 +302,10 @@ def _one_repetition_at_a_time(state: TrainState, batch: dict[str, Any], *,
   Iteration r runs the step of a one-repetition model on repetition r's slice of the state
   (every leaf but ``step`` is [R', ...]) and writes the new slice back in place: the same
   update as all R' at once, with one repetition's temporaries live instead of R', its
-  table's gradient [D, H] among them.
+  table's gradient [D, H] among them. With row-sparse tables (``table_tx``) only the table
+  is updated in the loop; the other parameters' gradients, small beside it, come out of
+  the loop stacked and are updated once after it, every repetition at once (updated in the
+  loop, XLA copied their stacked Adam moments twice per repetition).
   """
   one = model.clone(num_repetitions=1, sequential=False)
   if hash_params is None:
@@ -323,22 +326,23 @@ def _one_repetition_at_a_time(state: TrainState, batch: dict[str, Any], *,
       updates, new_opt = optim.update_states(tx, g.grads, jax.tree.map(take, opt_state),
                                              g.params)
       params = jax.tree.map(put, params, optax.apply_updates(g.params, updates))
-      return (params, jax.tree.map(put, opt_state, new_opt), None), g.loss[0]
+      return (params, jax.tree.map(put, opt_state, new_opt), None), (g.loss[0], None)
     table, rest = model_lib.split_table(params)
-    _, my_rest = model_lib.split_table(mine)
     row_grads, rest_grads = model_lib.split_table(g.grads)
-    updates, new_opt = optim.update_states(tx, rest_grads, jax.tree.map(take, opt_state),
-                                           my_rest)
-    rest = jax.tree.map(put, rest, optax.apply_updates(my_rest, updates))
     touched = g.touched[0] if g.touched.ndim == 2 else g.touched  # Hashed, or not.
     apply = table_tx.dense_update_at if g.whole else table_tx.update_at
     table, table_opt_state = apply(table, r, touched, row_grads[0], table_opt_state)
     params = model_lib.join_table(table, rest)
-    return (params, jax.tree.map(put, opt_state, new_opt), table_opt_state), g.loss[0]
+    return (params, opt_state, table_opt_state), (g.loss[0], jax.tree.map(
+        lambda a: a[0], rest_grads))
 
   carry = (state.params, state.opt_state, state.table_opt_state)
-  (params, opt_state, table_opt_state), per_rep_loss = jax.lax.scan(
+  (params, opt_state, table_opt_state), (per_rep_loss, rest_grads) = jax.lax.scan(
       body, carry, jnp.arange(model.num_repetitions))
+  if table_tx is not None:  # The other parameters, every repetition at once.
+    table, rest = model_lib.split_table(params)
+    updates, opt_state = optim.update_states(tx, rest_grads, opt_state, rest)
+    params = model_lib.join_table(table, optax.apply_updates(rest, updates))
   new_state = state._replace(step=state.step + 1, params=params, opt_state=opt_state,
                              table_opt_state=table_opt_state)
   return new_state, {"loss": per_rep_loss}
