@@ -115,9 +115,11 @@ class RowSparseTransform(NamedTuple):
     dense_update: ``(table [D, H], touched bool [D], grads [D, H], state) -> (table,
       state)``: the same update of the touched rows, as one pass over the whole table
       (cheaper than gathering and scattering rows when a batch touches most of them).
-    update_at: ``(tables [R, D, H], r, rows [U], row_grads [U, H], states) -> (tables,
-      states)``: ``update`` of repetition r of stacked tables and their stacked states
-      (every leaf [R, ...]), scattered in place.
+    update_at: ``(tables [R, D, H], r, rows [U], row_grads [U, H], states, current=None)
+      -> (tables, states)``: ``update`` of repetition r of stacked tables and their
+      stacked states (every leaf [R, ...]), scattered in place; ``current`` [U, H], the
+      rows as the caller already gathered them (padding rows 0), spares gathering them
+      again.
     dense_update_at: ``(tables [R, D, H], r, touched bool [D], grads [D, H], states) ->
       (tables, states)``: ``dense_update`` of repetition r of stacked tables and their
       stacked states (every leaf [R, ...]), written in place.
@@ -207,12 +209,12 @@ def row_sparse_adam(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: 
     return put(table, new), RowSparseAdamState(count=count, mu=put(state.mu, mu),
                                                nu=put(state.nu, nu))
 
-  def update_at(tables, r, rows, row_grads, states):
+  def update_at(tables, r, rows, row_grads, states, current=None):
     count = jax.lax.dynamic_index_in_dim(states.count, r, keepdims=False) + 1
     index = (r, rows)
     take = lambda x: x.at[index].get(mode="fill", fill_value=0)
     mu, nu = moments(row_grads, take(states.mu), take(states.nu))
-    new = step(take(tables), mu, nu, count)
+    new = step(take(tables) if current is None else current, mu, nu, count)
     put = lambda x, v: set_rows(x, index, v)
     counts = jax.lax.dynamic_update_index_in_dim(states.count, count, r, 0)
     return put(tables, new), RowSparseAdamState(count=counts, mu=put(states.mu, mu),

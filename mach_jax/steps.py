@@ -330,8 +330,13 @@ def _one_repetition_at_a_time(state: TrainState, batch: dict[str, Any], *,
     table, rest = model_lib.split_table(params)
     row_grads, rest_grads = model_lib.split_table(g.grads)
     touched = g.touched[0] if g.touched.ndim == 2 else g.touched  # Hashed, or not.
-    apply = table_tx.dense_update_at if g.whole else table_tx.update_at
-    table, table_opt_state = apply(table, r, touched, row_grads[0], table_opt_state)
+    if g.whole:
+      table, table_opt_state = table_tx.dense_update_at(table, r, touched, row_grads[0],
+                                                        table_opt_state)
+    else:  # The rows the forward gathered, [1, U, H], spare gathering them again.
+      table, table_opt_state = table_tx.update_at(
+          table, r, touched, row_grads[0], table_opt_state,
+          current=model_lib.split_table(g.params)[0][0])
     params = model_lib.join_table(table, rest)
     return (params, opt_state, table_opt_state), (g.loss[0], jax.tree.map(
         lambda a: a[0], rest_grads))
