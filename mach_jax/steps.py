@@ -178,16 +178,18 @@ def _gradients(params, batch: dict[str, Any], *, model: model_lib.MACH, spec: Ha
       model = model.clone(embedding_bag=bag.gathered_rows_bag(model.embedding_bag))
     else:
       # Slots for the rows: the host's count (data.batching.touched_rows) when the batch
-      # carries it, else one per nonzero; at least one slot stays padding (a zero row).
+      # carries it, else one per nonzero; at least one slot stays padding (id D). Only
+      # nonzeros of value 0 read a padding slot, so it may hold any finite row: the gather
+      # clips (row D - 1) rather than filling zeros, which cost a second pass over the
+      # [U, H] rows; its gradient is 0 and its update is dropped (``set_rows``).
       size = batch["rows"].shape[-1] if "rows" in batch else min(ids.shape[-1], D) + 1
       touch = functools.partial(touched_rows, num_rows=D, size=size)
       if ids.ndim == 1:  # The features' own ids (no input hash, no dropout): the host's.
         touched, local_ids = (batch["rows"], batch["local"]) if "rows" in batch else touch(ids)
-        rows = jnp.take(table, touched, axis=0 if shared else 1, mode="fill", fill_value=0)
+        rows = jnp.take(table, touched, axis=0 if shared else 1, mode="clip")
       else:
         touched, local_ids = jax.vmap(touch)(ids)
-        rows = jax.vmap(functools.partial(jnp.take, axis=0, mode="fill", fill_value=0))(
-            table, touched)
+        rows = jax.vmap(functools.partial(jnp.take, axis=0, mode="clip"))(table, touched)
       params = model_lib.join_table(rows, rest)
       x = {**x, "indices": local_ids}
       # The same module over the gathered rows: a table of `size` rows.
