@@ -223,8 +223,39 @@ def feature_major_logits(model: MACH, params, x) -> jax.Array:
   else:
     flat = bag.embedding_bag(table, x["indices"], x["values"], x["segments"], b)
   h = flat.reshape(b, R, H).transpose(1, 0, 2) + bias[:, None, :]  # [R, b, H]
+  return _heads(model, reps, h)
+
+
+def hashed_logits(model: MACH, params, x) -> jax.Array:
+  """Bucket logits [R, b, B], as ``model.apply`` gives them, of input-hashed features.
+
+  ``x`` holds each repetition's hashed view (indices and values [R, T], ``steps.
+  model_input``). The R tables [R, D', H] are read as one [R * D', H] table by one
+  embedding bag over the R * T nonzeros into R * b rows, so no repetition's table is
+  copied out of the stack (run one after another, each repetition's [D', H] slice was
+  copied before its bag). Gathered bags only (``bag.use_dense_bag`` false for [b, D'],
+  T); the serving path of ``mach_jax.predictor``.
+  """
+  if model.shared_input or not model.sparse_input or x["indices"].ndim != 2:
+    raise ValueError("hashed_logits serves per-repetition (input-hashed) features into "
+                     "per-repetition tables: use model.apply for this model")
+  reps = dict(params["reps"])
+  table, bias = reps.pop(TABLE), reps.pop("embedding_bias")  # [R, D', H], [R, H]
+  R, D, H = table.shape
+  b = x["mask"].shape[0]
+  offset = jnp.arange(R, dtype=x["indices"].dtype)[:, None]
+  flat = bag.embedding_bag(table.reshape(R * D, H).astype(model.dtype),
+                           (x["indices"] + offset * D).reshape(-1),
+                           x["values"].reshape(-1),
+                           (x["segments"][None] + offset * b).reshape(-1), R * b)
+  h = flat.reshape(R, b, H) + bias[:, None, :]  # [R, b, H]
+  return _heads(model, reps, h)
+
+
+def _heads(model: MACH, reps: dict, h: jax.Array) -> jax.Array:
+  """Logits [R, b, B] of the layers above the input table, from its output h [R, b, H]."""
   heads = nn.vmap(Repetition, variable_axes={"params": 0}, split_rngs={"params": True},
-                  in_axes=0, out_axes=0, axis_size=R, axis_name=REP_AXIS)
+                  in_axes=0, out_axes=0, axis_size=h.shape[0], axis_name=REP_AXIS)
   return heads(num_features=model.num_features, num_buckets=model.num_buckets,
                hidden=tuple(model.hidden), sparse_input=True, dtype=model.dtype,
                input_layer=False).apply({"params": reps}, h)

@@ -17,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mach_jax import (
+  bag,
   bundle,
   calibration as calibration_lib,
   config as config_lib,
@@ -69,6 +70,10 @@ class Predictor:
     self.feature_major = (feature_major and model.sparse_input and not model.shared_input
                           and self.spec.input_dim == 0 and jax.process_count() == 1)
     self.params = model_lib.to_feature_major(params) if self.feature_major else params
+    # Input-hashed per-repetition tables: one bag over the stacked tables
+    # (``model_lib.hashed_logits``) on one process.
+    self.hashed = (model.sparse_input and not model.shared_input and self.spec.input_dim > 0
+                   and jax.process_count() == 1)
     self._decoders: dict[tuple, decode.Decoder] = {}
     self._fused: dict[tuple, Any] = {}
     self._logits = None
@@ -154,7 +159,12 @@ class Predictor:
     """Bucket logits [R, b, B] of a batch on one device, from ``self.params``' layout."""
     if self.feature_major:
       return model_lib.feature_major_logits(self.parts.model, params, batch)
-    return steps.logits_step(params, batch, model=self.parts.model, spec=self.spec)
+    model, T = self.parts.model, batch["indices"].shape[-1] if "indices" in batch else 0
+    if self.hashed and not bag.use_dense_bag(model.embedding_bag, batch["mask"].shape[0],
+                                             self.spec.input_dim, T):
+      x = steps.model_input(batch, True, self.spec)
+      return model_lib.hashed_logits(model, params, x)
+    return steps.logits_step(params, batch, model=model, spec=self.spec)
 
   def predict_proba(self, X: sp.csr_matrix, threshold: float = 0.5, *,
                     calibrated: bool = True, batch_size: int | None = None,
@@ -193,7 +203,7 @@ class Predictor:
     return X
 
   def _logits_fn(self):
-    if self._logits is None and self.feature_major:  # One process, one device.
+    if self._logits is None and (self.feature_major or self.hashed):  # One device.
       self._logits = jax.jit(self._forward)
     if self._logits is None:
       keys = ("dense", "labels", "mask") if self.config.model.dense_input else \

@@ -178,10 +178,8 @@ def _gradients(params, batch: dict[str, Any], *, model: model_lib.MACH, spec: Ha
       model = model.clone(embedding_bag=bag.gathered_rows_bag(model.embedding_bag))
     else:
       # Slots for the rows: the host's count (data.batching.touched_rows) when the batch
-      # carries it, else one per nonzero; at least one slot stays padding (id D). Only
-      # nonzeros of value 0 read a padding slot, so it may hold any finite row: the gather
-      # clips (row D - 1) rather than filling zeros, which cost a second pass over the
-      # [U, H] rows; its gradient is 0 and its update is dropped (``set_rows``).
+      # carries it, else one per nonzero; at least one is padding (id D), read only by
+      # nonzeros of value 0: it clips to row D - 1 (a zero fill costs a pass over the rows).
       size = batch["rows"].shape[-1] if "rows" in batch else min(ids.shape[-1], D) + 1
       touch = functools.partial(touched_rows, num_rows=D, size=size)
       if ids.ndim == 1:  # The features' own ids (no input hash, no dropout): the host's.
@@ -335,10 +333,9 @@ def _one_repetition_at_a_time(state: TrainState, batch: dict[str, Any], *,
     if g.whole:
       table, table_opt_state = table_tx.dense_update_at(table, r, touched, row_grads[0],
                                                         table_opt_state)
-    else:  # The rows the forward gathered, [1, U, H], spare gathering them again.
+    else:  # With the rows the forward gathered, [U, H]: not gathered again.
       table, table_opt_state = table_tx.update_at(
-          table, r, touched, row_grads[0], table_opt_state,
-          current=model_lib.split_table(g.params)[0][0])
+          table, r, touched, row_grads[0], table_opt_state, model_lib.split_table(g.params)[0][0])
     params = model_lib.join_table(table, rest)
     return (params, opt_state, table_opt_state), (g.loss[0], jax.tree.map(
         lambda a: a[0], rest_grads))

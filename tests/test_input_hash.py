@@ -71,6 +71,22 @@ def test_each_repetition_reads_its_own_hashed_features(embedding_bag):
     np.testing.assert_allclose(logits[r], want, rtol=1e-4, atol=1e-5)
 
 
+def test_hashed_logits_read_the_stacked_tables_as_model_apply():
+  """The Predictor's path (one bag over the [R * D', H] stack) gives model.apply's logits."""
+  D, H, b = 300, 32, 48
+  tr, _ = make_catalogue(num_train=b, num_test=1, num_classes=50, num_features=D)
+  batch = batching.make_batch(tr.X, tr.Y, np.arange(b), b)
+  m = model_lib.MACH(num_repetitions=SPEC.R, num_features=SPEC.input_dim,
+                     num_buckets=SPEC.B, hidden=(H, 24), embedding_bag="gather")
+  x = steps.model_input(jax.tree.map(jnp.asarray, batch), True, SPEC)
+  params = m.init(jax.random.key(0), x)["params"]
+  params["reps"]["embedding_bias"] = jax.random.normal(jax.random.key(1), (SPEC.R, H))
+  np.testing.assert_allclose(model_lib.hashed_logits(m, params, x),
+                             m.apply({"params": params}, x), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="input-hashed"):
+    model_lib.hashed_logits(m, params, jax.tree.map(jnp.asarray, batch))
+
+
 def test_per_repetition_indices_must_match_R():
   m = model_lib.MACH(num_repetitions=2, num_features=8, num_buckets=4, hidden=(4,))
   x = {"indices": jnp.zeros((3, 5), jnp.int32), "values": jnp.ones((3, 5)),
