@@ -51,10 +51,10 @@ def embedding_bag(table: jax.Array, indices: jax.Array, values: jax.Array,
   return jax.lax.fori_loop(0, (T - first) // chunk, body, out)
 
 
-# On XLA:CPU one gather of all T rows and a segment-sum took 31-33 ms for b = 512 rows of
-# 192 nonzeros from a [32768, 256] table; chunks of 512-4,096 nonzeros, 9 ms (2-core Intel
-# Xeon, 2026-12-06; experiments/bench/NOTES.md, "The embedding bag in chunks"). A GPU
-# keeps the one-shot gather.
+# On XLA:CPU one gather of all T rows and a segment-sum took 34-40 ms for b = 512 rows of
+# 192 nonzeros from a [32768, 256] table; chunks of 512-4,096 nonzeros, 10-13 ms (`python
+# -m experiments.bench.bag`, 2-core Intel Xeon, 2026-12-06; experiments/bench/NOTES.md,
+# "The embedding bag in chunks"). A GPU keeps the one-shot gather.
 BAG_CHUNK_CPU = 1024
 
 

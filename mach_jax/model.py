@@ -97,7 +97,7 @@ def sparse_input_layer(module: nn.Module, x, num_features: int, H: int, mode: st
     dense = bag.densify(x["indices"], x["values"], x["segments"], b, num_features, dtype)
     return dense @ table.astype(dtype) + bias
   return bag.embedding_bag(table.astype(dtype), x["indices"], x["values"], x["segments"],
-                       b) + bias
+                           b) + bias
 
 
 class SharedInput(nn.Module):

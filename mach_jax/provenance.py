@@ -17,6 +17,18 @@ def library_versions() -> dict[str, str]:
   return out
 
 
+def cpu_model() -> str:
+  """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` knows elsewhere."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:  # No procfs: not Linux.
+    pass
+  return platform.processor() or platform.machine()
+
+
 def peak_rss_bytes() -> int:
   """This process's peak resident memory so far (0 where the OS does not say).
 

@@ -60,4 +60,5 @@ def test_bag_bench_times_every_way(tmp_path):
                   "--rounds", "1", "--repeat", "1", "--out", str(tmp_path)], check=True)
   out = json.load(open(tmp_path / "bag.json"))
   assert set(out["ms"]) == {"one gather", "chunk 16", "dense"} and out["T"] == 160
+  assert out["cpu"] and out["versions"]["jax"] != "missing"
   assert all(len(v) == 1 and v[0] > 0 for v in out["ms"].values())

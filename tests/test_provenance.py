@@ -23,3 +23,11 @@ def test_a_child_of_a_large_parent_reports_its_own_peak():
   assert held.sum() == 1 << 27
   assert ru_maxrss > 1000  # The failure mode: the parent's 1 GiB is the floor of ru_maxrss.
   assert 0 < ours < 500 and 0 < workers < 500  # What the child itself held (MB).
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="Linux only (/proc/cpuinfo)")
+def test_cpu_model_is_the_model_name_line():
+  from mach_jax import provenance
+  names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+           if line.startswith("model name")]
+  assert provenance.cpu_model() == names[0] if names else provenance.cpu_model()

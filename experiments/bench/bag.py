@@ -22,7 +22,6 @@ import time
 
 def ways(args):
   import jax
-  import jax.numpy as jnp
 
   from mach_jax import bag
 
@@ -62,6 +61,8 @@ def main():
   import jax
   import numpy as np
 
+  from mach_jax import provenance
+
   rng = np.random.default_rng(0)
   T = args.b * args.nnz
   tables = jax.numpy.asarray(rng.standard_normal((args.R, args.D, args.H), np.float32))
@@ -84,14 +85,15 @@ def main():
         best = min(best, time.perf_counter() - t0)
       times[name].append(1e3 * best)
       print(f"{name:>12}: {1e3 * best:8.2f} ms  (max |diff| from dense {err:.1e})", flush=True)
-  result = {"shape": {k: getattr(args, k) for k in ("D", "H", "b", "nnz", "R")}, "T": T,
-            "backward": args.backward, "ms": times, "host": platform.node(),
-            "cpu": platform.processor() or platform.machine(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-  if args.out:
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bag.json"), "w") as f:
-      json.dump(result, f, indent=1)
+  if not args.out:
+    return
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, "bag.json"), "w") as f:
+    json.dump({"shape": {k: getattr(args, k) for k in ("D", "H", "b", "nnz", "R")}, "T": T,
+               "backward": args.backward, "ms": times, "host": platform.node(),
+               "cpu": provenance.cpu_model(), "cores": os.cpu_count(),
+               "versions": provenance.library_versions(),
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, f, indent=1)
 
 
 if __name__ == "__main__":
