@@ -53,7 +53,7 @@ class Repetition(nn.Module):
       repetition is then called on that layer's output h [b, H] and owns only the rest.
 
   A sparse input may carry ``hidden_keep`` [b, H]: dropout's mask, already scaled, which
-  multiplies the input layer's activations (``steps.drop_hidden``; training only).
+  multiplies the input layer's activations (``dropout.drop_hidden``; training only).
   """
 
   num_features: int

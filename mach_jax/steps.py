@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mach_jax import bag, losses, model as model_lib, optim
+from mach_jax import bag, dropout, losses, model as model_lib, optim
 from mach_jax.hashing import HashSpec
 
 if TYPE_CHECKING:  # state.py builds on the steps (through sharding.py); only the type here.
@@ -35,68 +35,6 @@ def model_input(batch: dict[str, Any], sparse: bool, spec: HashSpec | None = Non
     return batch
   ids, values = spec.input_features(batch["indices"], batch["values"], jnp, input_params)
   return {**batch, "indices": ids, "values": values}
-
-
-# The key streams of dropout: key(stream) folded with the step, the 'data' shard and each
-# repetition's input-hash seed (``HashSpec.input_params``).
-INPUT_DROPOUT_STREAM, HIDDEN_DROPOUT_STREAM = 0x64726F70, 0x68696464
-
-
-def _keep_masks(stream: int, rate: float, step: jax.Array, seeds: jax.Array, shape,
-                data_axis: str | None) -> jax.Array:
-  """bool [R', *shape]: each repetition's own draw of what dropout keeps."""
-  key = jax.random.fold_in(jax.random.key(stream), step)
-  if data_axis is not None:
-    key = jax.random.fold_in(key, jax.lax.axis_index(data_axis))
-  return jax.vmap(lambda s: jax.random.bernoulli(jax.random.fold_in(key, s), 1.0 - rate,
-                                                 shape))(seeds)
-
-
-def _per_repetition(x: dict[str, Any], R: int) -> dict[str, Any]:
-  """``x`` with ``indices`` and ``values`` [R', T] (broadcast when the repetitions read the
-  same features)."""
-  T = x["values"].shape[-1]
-  return {**x, "indices": jnp.broadcast_to(x["indices"], (R, T)),
-          "values": jnp.broadcast_to(x["values"], (R, T))}
-
-
-def drop_inputs(x: dict[str, Any], rate: float, step: jax.Array, seeds: jax.Array,
-                data_axis: str | None = None) -> dict[str, Any]:
-  """Input dropout: each repetition keeps each nonzero of the batch with probability
-  1 - ``rate``, scaled by 1 / (1 - rate), and zeroes the rest (a zero value touches no row).
-
-  Args:
-    x: the sparse model input; ``indices`` and ``values`` [T] (the repetitions read the
-      same features) or [R', T] (each repetition's hashed view).
-    rate: the probability of dropping a nonzero, in [0, 1).
-    step: the update's number (int32 []): a new mask every step.
-    seeds: uint32 [R']: the repetitions' own seeds, so that each draws its own mask.
-    data_axis: under ``shard_map``, the axis over which batch rows are split (each block
-      draws its own mask).
-
-  Returns:
-    ``x`` with ``indices`` and ``values`` [R', T].
-
-  References:
-    Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from Overfitting",
-    JMLR 2014; Wager et al., "Dropout Training as Adaptive Regularization", NeurIPS 2013.
-  """
-  x = _per_repetition(x, seeds.shape[0])
-  keep = _keep_masks(INPUT_DROPOUT_STREAM, rate, step, seeds, x["values"].shape[-1:],
-                     data_axis)
-  values = x["values"]
-  return {**x, "values": jnp.where(keep, values / (1.0 - rate), jnp.zeros_like(values))}
-
-
-def drop_hidden(x: dict[str, Any], rate: float, step: jax.Array, seeds: jax.Array, H: int,
-                data_axis: str | None = None) -> dict[str, Any]:
-  """Dropout on the input layer's H activations: ``x`` with ``hidden_keep`` [R', b, H]
-  (0, or 1 / (1 - rate) with probability 1 - ``rate``), each repetition's own draw, which
-  ``model.Repetition`` multiplies in. Arguments as ``drop_inputs``'s."""
-  x = _per_repetition(x, seeds.shape[0])
-  keep = _keep_masks(HIDDEN_DROPOUT_STREAM, rate, step, seeds, (x["mask"].shape[0], H),
-                     data_axis)
-  return {**x, "hidden_keep": keep.astype(jnp.float32) / (1.0 - rate)}
 
 
 def touched_rows(ids: jax.Array, num_rows: int, size: int) -> tuple[jax.Array, jax.Array]:
@@ -158,9 +96,9 @@ def _gradients(params, batch: dict[str, Any], *, model: model_lib.MACH, spec: Ha
   if input_dropout or hidden_dropout:
     seeds = jnp.asarray(spec.input_params()) if input_params is None else input_params
   if input_dropout:
-    x = drop_inputs(x, input_dropout, step, seeds, data_axis)
+    x = dropout.drop_inputs(x, input_dropout, step, seeds, data_axis)
   if hidden_dropout:
-    x = drop_hidden(x, hidden_dropout, step, seeds, model.hidden[0], data_axis)
+    x = dropout.drop_hidden(x, hidden_dropout, step, seeds, model.hidden[0], data_axis)
   whole, touched = False, None
   if table_tx is not None:
     table, rest = model_lib.split_table(params)  # [R', D, H], or [D, H] when shared.
@@ -239,8 +177,8 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MAC
   update, runs one repetition at a time (``_one_repetition_at_a_time``).
 
   ``input_dropout`` > 0 drops each nonzero of the batch for each repetition with that
-  probability (``drop_inputs``), ``hidden_dropout`` > 0 each of the input layer's H
-  activations (``drop_hidden``); sparse input only; evaluation never drops.
+  probability (``dropout.drop_inputs``), ``hidden_dropout`` > 0 each of the input layer's H
+  activations (``dropout.drop_hidden``); sparse input only; evaluation never drops.
 
   A shared input layer (``model.shared_input``) is invariant over 'rep': its gradient is the
   sum of every repetition's, which under ``shard_map`` JAX completes with a psum over 'rep'

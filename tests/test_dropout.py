@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mach_jax import config as config_lib, steps
+from mach_jax import config as config_lib, dropout
 from tests.helpers import flat, run_steps, tiny_config, tiny_setup
 
 
@@ -21,7 +21,7 @@ def _x(T=4000):
 def test_each_repetition_drops_its_own_nonzeros_at_the_rate_and_scales_the_rest():
   x, p = _x(), 0.25
   seeds = jnp.asarray([7, 8, 9], jnp.uint32)
-  out = steps.drop_inputs(x, p, jnp.int32(3), seeds)
+  out = dropout.drop_inputs(x, p, jnp.int32(3), seeds)
   values, indices = np.asarray(out["values"]), np.asarray(out["indices"])
   assert values.shape == indices.shape == (3, 4000)
   np.testing.assert_array_equal(indices, np.broadcast_to(np.asarray(x["indices"]), (3, 4000)))
@@ -37,20 +37,20 @@ def test_each_repetition_drops_its_own_nonzeros_at_the_rate_and_scales_the_rest(
 
 def test_the_mask_changes_with_the_step_and_repeats_for_the_same_step():
   x, seeds = _x(), jnp.asarray([1, 2], jnp.uint32)
-  a = steps.drop_inputs(x, 0.5, jnp.int32(0), seeds)["values"]
-  again = steps.drop_inputs(x, 0.5, jnp.int32(0), seeds)["values"]
-  b = steps.drop_inputs(x, 0.5, jnp.int32(1), seeds)["values"]
+  a = dropout.drop_inputs(x, 0.5, jnp.int32(0), seeds)["values"]
+  again = dropout.drop_inputs(x, 0.5, jnp.int32(0), seeds)["values"]
+  b = dropout.drop_inputs(x, 0.5, jnp.int32(1), seeds)["values"]
   np.testing.assert_array_equal(a, again)
   assert (np.asarray(a) != np.asarray(b)).any()
   # A repetition's mask is its own seed's, whichever repetitions share the call.
-  alone = steps.drop_inputs(x, 0.5, jnp.int32(0), seeds[1:])["values"]
+  alone = dropout.drop_inputs(x, 0.5, jnp.int32(0), seeds[1:])["values"]
   np.testing.assert_array_equal(alone[0], a[1])
 
 
 def test_the_hidden_mask_is_each_repetitions_own_and_scaled():
   x, p = _x(), 0.25
   x["mask"] = jnp.ones(300, bool)
-  out = steps.drop_hidden(x, p, jnp.int32(5), jnp.asarray([3, 4], jnp.uint32), H=64)
+  out = dropout.drop_hidden(x, p, jnp.int32(5), jnp.asarray([3, 4], jnp.uint32), H=64)
   keep = np.asarray(out["hidden_keep"])
   assert keep.shape == (2, 300, 64) and out["indices"].shape == (2, 4000)
   np.testing.assert_allclose(np.unique(keep), [0.0, 1 / (1 - p)], rtol=1e-6)
