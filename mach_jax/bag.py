@@ -29,20 +29,42 @@ def embedding_bag(table: jax.Array, indices: jax.Array, values: jax.Array,
     chunk: nonzeros per step of the loop; 0 for one gather of all T rows and one
       segment-sum. Default: ``bag_chunk()``.
   """
-  chunk = bag_chunk() if chunk is None else chunk
-  T = indices.shape[0]
-
   def add(out, idx, val, seg):
     rows = jnp.take(table, idx, axis=0) * val.astype(table.dtype)[:, None]
     return out.at[seg].add(rows, indices_are_sorted=True, mode="drop")
 
   zeros = jnp.zeros((num_rows, table.shape[1]), table.dtype)
+  return _in_chunks(add, zeros, indices, values, segments, chunk)
+
+
+def embedding_bag_grad(out_grad: jax.Array, indices: jax.Array, values: jax.Array,
+                       segments: jax.Array, num_features: int,
+                       chunk: int | None = None) -> jax.Array:
+  """The table's gradient [D, H] from the bag's output gradient ``out_grad`` [b, H].
+
+  The bag is linear in the table: row d of the gradient is the sum over nonzeros t with
+  indices[t] = d of values[t] * out_grad[segments[t]]. What autodiff of ``embedding_bag``
+  gives, to float rounding, without needing the table itself (``steps`` reads it inside a
+  stack of tables and must not slice it out). The same chunks as the bag.
+  """
+  def add(grad, idx, val, seg):
+    rows = jnp.take(out_grad, seg, axis=0) * val.astype(out_grad.dtype)[:, None]
+    return grad.at[idx].add(rows, mode="drop")
+
+  zeros = jnp.zeros((num_features, out_grad.shape[1]), out_grad.dtype)
+  return _in_chunks(add, zeros, indices, values, segments, chunk)
+
+
+def _in_chunks(add, out, indices, values, segments, chunk: int | None):
+  """``add(out, indices, values, segments)`` over the [T] nonzeros, ``chunk`` at a time."""
+  chunk = bag_chunk() if chunk is None else chunk
+  T = indices.shape[0]
   if chunk <= 0 or T <= chunk:
-    return add(zeros, indices, values, segments)
+    return add(out, indices, values, segments)
   # The first piece (the remainder, or one chunk) outside the loop: the loop's carry then
   # has the type the table gives it (varying over a shard_map's axes, as the table is).
   first = T % chunk or chunk
-  out = add(zeros, indices[:first], values[:first], segments[:first])
+  out = add(out, indices[:first], values[:first], segments[:first])
 
   def body(c, out):
     piece = lambda a: jax.lax.dynamic_slice_in_dim(a, first + c * chunk, chunk)

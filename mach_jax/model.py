@@ -223,7 +223,7 @@ def feature_major_logits(model: MACH, params, x) -> jax.Array:
   else:
     flat = bag.embedding_bag(table, x["indices"], x["values"], x["segments"], b)
   h = flat.reshape(b, R, H).transpose(1, 0, 2) + bias[:, None, :]  # [R, b, H]
-  return _heads(model, reps, h)
+  return heads_logits(model, reps, h)
 
 
 def hashed_logits(model: MACH, params, x) -> jax.Array:
@@ -249,11 +249,13 @@ def hashed_logits(model: MACH, params, x) -> jax.Array:
                            x["values"].reshape(-1),
                            (x["segments"][None] + offset * b).reshape(-1), R * b)
   h = flat.reshape(R, b, H) + bias[:, None, :]  # [R, b, H]
-  return _heads(model, reps, h)
+  return heads_logits(model, reps, h)
 
 
-def _heads(model: MACH, reps: dict, h: jax.Array) -> jax.Array:
-  """Logits [R, b, B] of the layers above the input table, from its output h [R, b, H]."""
+def heads_logits(model: MACH, reps: dict, h: jax.Array) -> jax.Array:
+  """Logits [R, b, B] of the layers above the input table, from its pre-activation h
+  [R, b, H] (the bag plus its bias); ``reps``: ``params['reps']`` without the table and
+  its bias."""
   heads = nn.vmap(Repetition, variable_axes={"params": 0}, split_rngs={"params": True},
                   in_axes=0, out_axes=0, axis_size=h.shape[0], axis_name=REP_AXIS)
   return heads(num_features=model.num_features, num_buckets=model.num_buckets,

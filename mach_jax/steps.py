@@ -88,8 +88,14 @@ def _gradients(params, batch: dict[str, Any], *, model: model_lib.MACH, spec: Ha
                loss: str, table_tx: optim.RowSparseTransform | None,
                hash_params: jax.Array | None, input_params: jax.Array | None,
                data_axis: str | None, input_dropout: float = 0.0,
-               hidden_dropout: float = 0.0, step: jax.Array | None = None) -> _Gradients:
-  """The per-repetition loss of ``batch`` and its gradient (``train_step``'s first half)."""
+               hidden_dropout: float = 0.0, step: jax.Array | None = None,
+               stacked: tuple[jax.Array, jax.Array] | None = None) -> _Gradients:
+  """The per-repetition loss of ``batch`` and its gradient (``train_step``'s first half).
+
+  ``stacked``: (the [R, D, H] table, r) when ``params`` is repetition r's slice of it (one
+  repetition at a time); a whole-table gradient then reads the table where it lies
+  (``_whole_table_in_place``).
+  """
   label_mask = batch["labels"] >= 0
   buckets = spec.buckets(batch["labels"], jnp, params=hash_params)  # [R, b, L]
   x = model_input(batch, model.sparse_input, spec, input_params)
@@ -114,6 +120,10 @@ def _gradients(params, batch: dict[str, Any], *, model: model_lib.MACH, spec: Ha
       present = lambda i: jnp.zeros(D + 1, bool).at[i].set(True)[:D]
       touched = present(ids) if ids.ndim == 1 else jax.vmap(present)(ids)  # [D] or [R', D]
       model = model.clone(embedding_bag=bag.gathered_rows_bag(model.embedding_bag))
+      if stacked is not None and _reads_in_place(model, stacked[0], x):
+        per_rep_loss, grads = _whole_table_in_place(stacked, rest, x, buckets, label_mask,
+                                                    batch["mask"], model=model, loss=loss)
+        return _Gradients(per_rep_loss, grads, params, whole, touched)
     else:
       # Slots for the rows: the host's count (data.batching.touched_rows) when the batch
       # carries it, else one per nonzero; at least one is padding (id D), read only by
@@ -144,6 +154,56 @@ def _gradients(params, batch: dict[str, Any], *, model: model_lib.MACH, spec: Ha
   if data_axis is not None:
     per_rep_loss = jax.lax.psum(per_rep_loss, data_axis)
   return _Gradients(per_rep_loss, grads, params, whole, touched)
+
+
+def _reads_in_place(model: model_lib.MACH, table: jax.Array, x: dict[str, Any]) -> bool:
+  """Whether ``_whole_table_in_place`` serves this step: a gathered bag (not densified)
+  over a stacked table of the computation's dtype, with ids that fit int32."""
+  R, D, _ = table.shape
+  b, T = x["mask"].shape[0], x["indices"].shape[-1]
+  return (table.dtype == model.dtype and R * D < 2**31 and
+          not bag.use_dense_bag(model.embedding_bag, b, D, T))
+
+
+def _whole_table_in_place(stacked: tuple[jax.Array, jax.Array], rest, x: dict[str, Any],
+                          buckets: jax.Array, label_mask: jax.Array, mask: jax.Array, *,
+                          model: model_lib.MACH, loss: str) -> tuple[jax.Array, Any]:
+  """One repetition's loss [1] and gradient, its [D, H] table read inside the stack.
+
+  The embedding bag reads the stacked [R, D, H] table as one [R * D, H] table at ids
+  offset by r * D; the loss is differentiated with respect to the bag's output [b, H] and
+  the layers above it, and the table's gradient [D, H] is the output's gradient pulled
+  back through the bag (``bag.embedding_bag_grad``). Differentiated with respect to its
+  own slice, the slice was copied out of the stack first, every repetition of every step
+  (text WordNet: [32768, 256], about 41 ms of a 380 ms step; experiments/bench/NOTES.md).
+
+  Args:
+    stacked: (table [R, D, H], r).
+    rest: repetition r's other parameters (``model_lib.split_table``), each [1, ...].
+    x: the sparse model input; ``indices`` and ``values`` [T] or [1, T].
+    buckets, label_mask, mask: as ``losses.mach_loss_sums`` takes them.
+  """
+  table, r = stacked
+  R, D, H = table.shape
+  b = mask.shape[0]
+  row = lambda a: a[0] if a.ndim == 2 else a
+  ids, values, segments = row(x["indices"]), row(x["values"]), x["segments"]
+  out = bag.embedding_bag(table.reshape(R * D, H), ids + r * D, values, segments, b)
+  heads = dict(rest["reps"])
+  bias = heads.pop("embedding_bias")  # [1, H]
+  keep = x.get("hidden_keep")  # Dropout's [1, b, H]: relu(h) * keep = relu(h * keep).
+
+  def loss_fn(heads, bias, out):
+    h = (out + bias[0])[None]  # [1, b, H]
+    logits = model_lib.heads_logits(model, heads, h if keep is None else h * keep)
+    sums, count = losses.mach_loss_sums(loss, logits, buckets, label_mask, mask)
+    return sums / jnp.maximum(count, 1.0)
+
+  per_rep_loss, pullback = jax.vjp(loss_fn, heads, bias, out)
+  d_heads, d_bias, d_out = pullback(jnp.ones_like(per_rep_loss))
+  d_table = bag.embedding_bag_grad(d_out, ids, values, segments, D)  # [D, H]
+  rest_grads = {**rest, "reps": {**d_heads, "embedding_bias": d_bias}}
+  return per_rep_loss, model_lib.join_table(d_table[None], rest_grads)
 
 
 def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MACH,
@@ -259,7 +319,8 @@ def _one_repetition_at_a_time(state: TrainState, batch: dict[str, Any], *,
     g = _gradients(mine, batch, model=one, spec=spec, loss=loss, table_tx=table_tx,
                    hash_params=take(hash_params), input_params=take(input_params),
                    data_axis=None, input_dropout=input_dropout,
-                   hidden_dropout=hidden_dropout, step=state.step)
+                   hidden_dropout=hidden_dropout, step=state.step,
+                   stacked=(model_lib.split_table(params)[0], r))
     if table_tx is None:
       updates, new_opt = optim.update_states(tx, g.grads, jax.tree.map(take, opt_state),
                                              g.params)

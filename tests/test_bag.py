@@ -22,6 +22,9 @@ def test_embedding_bag_in_chunks_is_the_one_shot_sum(T):
     np.testing.assert_allclose(bag.embedding_bag(table, idx, val, seg, 5, chunk=chunk),
                                expect, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(grad(chunk), grad(0), rtol=1e-5, atol=1e-6)
+    # The gradient written out, from the output's gradient alone (no table): autodiff's.
+    np.testing.assert_allclose(bag.embedding_bag_grad(w, idx, val, seg, 50, chunk=chunk),
+                               grad(0), rtol=1e-5, atol=1e-6)
   hlo = jax.jit(lambda t: bag.embedding_bag(t, idx, val, seg, 5, chunk=16)).lower(
       table).as_text()
   assert ("while" in hlo) == (T > 16)  # The chunks are a loop, not T gathered rows at once.

@@ -57,6 +57,22 @@ def test_sequential_step_holds_one_repetition_and_copies_no_table(input_dim):
   assert sizes[True] < 0.3 * sizes[False], sizes
 
 
+def test_the_whole_table_step_reads_each_repetition_inside_the_stack(monkeypatch):
+  """One repetition at a time, a whole-table gradient (input hash, long batches) reads
+  repetition r's [D, H] table inside the stacked [R, D, H] table: no slice of it is copied
+  out before the embedding bag's loop over chunks, and the numbers are unchanged (above)."""
+  from mach_jax import bag, optim
+  monkeypatch.setattr(bag, "BAG_CHUNK_CPU", 64)  # The tiny batch in a loop of chunks,
+  monkeypatch.setattr(optim, "DENSE_BLOCK_ROWS", 64)  # the update in blocks of 64 rows.
+  setup, batches = tiny_setup(ONE, R=8, row_sparse=True, input_dim=256, sequential=True)
+  hlo = setup.train_step.lower(setup.state, setup.put(batches[0])).compile().as_text()
+  R, D, H = setup.state.params["reps"]["embedding"].shape
+  assert re.search(r"while", hlo)
+  slices = re.findall(rf"= f32\[(?:1,)?{D},{H}\]\S* fusion\([^\n]*?calls=%wrapped_dynamic-slice",
+                      hlo)
+  assert not slices, slices
+
+
 @pytest.mark.parametrize("input_dim", [0, 256])
 def test_the_logits_function_runs_repetitions_one_at_a_time(input_dim):
   """``make_logits_fn`` (evaluation, the Predictor's batches) runs per-repetition tables one
