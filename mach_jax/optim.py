@@ -139,8 +139,22 @@ class RowSparseTransform(NamedTuple):
   lazy: bool = True
 
 
-# Rows per block of ``dense_update_at``: 2 MB of a float32 table at H = 256.
-DENSE_BLOCK_ROWS = 2048
+# Bytes of one float32 array's block in ``dense_update_at`` (table, moments and gradient
+# each read or written a block at a time). On XLA:CPU blocks of 128 KB (128 rows at
+# H = 256) stay in a core's cache between the moments' writes and the step that reads
+# them back: the text config's step on text WordNet took 218-266 ms against 317-359 ms
+# with 2 MB blocks (blocks of 32 to 128 rows within the noise; `experiments/bench/NOTES.md`,
+# 2-core Intel Xeon, 2026-12-06). Other platforms keep the 2 MB blocks (not measured there).
+DENSE_BLOCK_BYTES_CPU = 128 << 10
+DENSE_BLOCK_BYTES = 2 << 20
+
+
+def dense_block_rows(H: int, platform: str | None = None) -> int:
+  """Rows per block of ``dense_update_at`` for tables of width H on ``platform`` (default
+  ``jax.default_backend()``)."""
+  block = (DENSE_BLOCK_BYTES_CPU if (platform or jax.default_backend()) == "cpu"
+           else DENSE_BLOCK_BYTES)
+  return max(1, block // (4 * H))
 
 
 def set_rows(x: jax.Array, rows, values: jax.Array) -> jax.Array:
@@ -259,7 +273,7 @@ def row_sparse_adam(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: 
       return put(table_all, keep(new, table)), mu_all, nu_all
 
     # Blocks of rows small enough to stay in cache between their reads and writes.
-    size = min(D, DENSE_BLOCK_ROWS)
+    size = min(D, dense_block_rows(H))
     parts = jax.lax.fori_loop(0, D // size, lambda i, p: block(p, i * size, size),
                               (tables, states.mu, states.nu))
     if D % size:

@@ -240,9 +240,10 @@ def test_a_bfloat16_table_is_not_widened_to_float32_around_its_update():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_dense_update_at_updates_one_repetition_in_blocks_like_dense_update(dtype):
   """``dense_update_at`` (the per-repetition step's in-place update, in blocks of
-  ``DENSE_BLOCK_ROWS`` rows and a remainder) writes repetition r as ``dense_update`` would
+  ``dense_block_rows`` rows and a remainder) writes repetition r as ``dense_update`` would
   and leaves the other repetitions' tables and moments alone."""
-  R, D, H, r = 3, 2 * optim.DENSE_BLOCK_ROWS + 37, 8, 1
+  R, H, r = 3, 8, 1
+  D = 2 * optim.dense_block_rows(H) + 37
   rng = np.random.default_rng(0)
   tx = optim.row_sparse_adam(1e-2)
   tables = jnp.asarray(rng.normal(size=(R, D, H)), dtype)
@@ -273,3 +274,9 @@ def test_dense_update_at_updates_one_repetition_in_blocks_like_dense_update(dtyp
   for a, b in [(got_tables, tables), (got.mu, states.mu), (got.nu, states.nu),
                (got.count, states.count)]:
     np.testing.assert_array_equal(f32(a)[others], f32(b)[others])
+
+
+def test_dense_blocks_are_small_on_cpu_and_whole_rows_anywhere():
+  assert optim.dense_block_rows(256, "cpu") == optim.DENSE_BLOCK_BYTES_CPU // 1024 == 128
+  assert optim.dense_block_rows(256, "gpu") == 2048
+  assert optim.dense_block_rows(1 << 20, "cpu") == 1  # Wider than a block: one row.
