@@ -298,12 +298,17 @@ def _state(seed=0):
                     table_opt_state=None)
 
 
-@pytest.fixture
-def pieces(monkeypatch):
-  """Pieces of 4 KiB: the table moves in many, as a real table of GBs would."""
+@pytest.fixture(params=[4096, 1024])
+def pieces(monkeypatch, request):
+  """Small pieces: the table moves in many, as a real table of GBs would; of 4 KiB, two
+  [30, 16] rows of its first axis each; of 1 KiB, 16 rows of its second axis (a row of
+  the first axis is larger than a piece)."""
   from mach_jax import array_store
-  monkeypatch.setattr(array_store, "PIECE_BYTES", 4096)
-  assert len(array_store._pieces((40, 30, 16), 4)) == 20  # noqa: SLF001
+  monkeypatch.setattr(array_store, "PIECE_BYTES", request.param)
+  blocks = array_store._pieces((40, 30, 16), 4)  # noqa: SLF001
+  assert len(blocks) == {4096: 20, 1024: 80}[request.param]
+  assert blocks[1] == {4096: ((2, 0, 0), (2, 30, 16)), 1024: ((0, 16, 0), (1, 14, 16))}[
+      request.param]
 
 
 def _equal(a, b):
@@ -374,6 +379,9 @@ def test_a_piece_is_written_in_place():
 
 def test_the_checkpoint_memory_bench_runs_its_restore_modes():
   from experiments.bench import checkpoint_memory
-  rows = checkpoint_memory.main(["--mb", "8", "--modes", "restore_whole,restore_in_place"])
-  assert [r["mode"] for r in rows] == ["restore_whole", "restore_in_place"]
+  from mach_jax.array_store import PIECE_BYTES
+  rows = checkpoint_memory.main(["--mb", "8", "--modes", "restore_whole,restore_in_place",
+                                 "--piece_mb", "0,1"])
+  assert [r["mode"] for r in rows] == ["restore_whole"] + ["restore_in_place"] * 2
+  assert [r.get("piece_mb") for r in rows] == [None, PIECE_BYTES >> 20, 1]
   assert all(r["disk_mb"] >= 8 and r["seconds"] > 0 for r in rows)

@@ -3,6 +3,7 @@ library's own store), and of reading a saved state back (whole, or in place).
 
     python -m experiments.bench.checkpoint_memory --mb 1536
     python -m experiments.bench.checkpoint_memory --mb 1536 --modes restore_whole,restore_in_place
+    python -m experiments.bench.checkpoint_memory --mb 768 --modes restore_in_place --piece_mb 32,8
 
 A state of ``--mb`` MB (two float32 leaves of standard-normal values, as trained weights
 look to a compressor; ``--constant`` for constant ones) is stepped by a jitted
@@ -12,7 +13,9 @@ default ``StandardSave`` (zstd-compressed); ``library`` with ``mach_jax.checkpoi
 ``restore_whole`` and ``restore_in_place`` save with the library, then read the state back
 as a run going back to an earlier state does: the state dropped and restored by
 ``checkpoint.restore_latest``, or read into its own arrays by ``checkpoint.restore_in_place``
-(``host_memory.release`` first, so that neither starts from memory the save left).
+(``host_memory.release`` first, so that neither starts from memory the save left);
+``--piece_mb`` sets the pieces ``restore_in_place`` reads (``array_store.PIECE_BYTES``),
+a row per size.
 Each mode runs in its own process; RSS is sampled every 10 ms. Prints the peak RSS above
 the state, the save's (or the restore's) seconds and the bytes on disk, per mode. The
 measurement behind ``mach_jax.checkpoint.async_saves``, ``arrays_handler`` and
@@ -70,7 +73,7 @@ def _disk_mb(directory: str) -> float:
              for p, _, fs in os.walk(directory) for f in fs) / 2**20
 
 
-def one(mode: str, mb: int, constant: bool) -> dict:
+def one(mode: str, mb: int, constant: bool, piece_mb: int = 0) -> dict:
   import jax
   import jax.numpy as jnp
   import orbax.checkpoint as ocp
@@ -86,7 +89,7 @@ def one(mode: str, mb: int, constant: bool) -> dict:
   step = jax.jit(lambda s: jax.tree.map(lambda x: x * 1.0001, s), donate_argnums=0)
   state = jax.block_until_ready(step(state))
   if mode.startswith("restore"):
-    return restore(mode, mb, state)
+    return restore(mode, mb, state, piece_mb)
   with tempfile.TemporaryDirectory() as d, Peak() as peak:
     if mode == "library":
       manager = checkpoint.make_manager(d)
@@ -105,11 +108,14 @@ def one(mode: str, mb: int, constant: bool) -> dict:
           "peak_above_state_mb": peak.above, "seconds": peak.seconds, "disk_mb": disk}
 
 
-def restore(mode: str, mb: int, state) -> dict:
-  """Peak RSS above ``state`` while it is read back from a checkpoint of itself."""
+def restore(mode: str, mb: int, state, piece_mb: int = 0) -> dict:
+  """Peak RSS above ``state`` while it is read back from a checkpoint of itself (in place:
+  in pieces of ``piece_mb`` MB, 0 for the library's ``PIECE_BYTES``)."""
   import jax
 
-  from mach_jax import checkpoint, host_memory
+  from mach_jax import array_store, checkpoint, host_memory
+  if piece_mb:
+    array_store.PIECE_BYTES = piece_mb << 20
   from mach_jax.state import TrainState
   state = TrainState(step=None, params=state, opt_state=None, table_opt_state=None)
   with tempfile.TemporaryDirectory() as d:
@@ -126,6 +132,7 @@ def restore(mode: str, mb: int, state) -> dict:
       jax.block_until_ready(state)
     disk = _disk_mb(d)
   return {"mode": mode, "state_mb": mb, "constant": False,
+          **({"piece_mb": array_store.PIECE_BYTES >> 20} if mode == "restore_in_place" else {}),
           "peak_above_state_mb": peak.above, "seconds": peak.seconds, "disk_mb": disk}
 
 
@@ -137,21 +144,26 @@ def main(argv=None) -> list[dict]:
   ap.add_argument("--modes", default="async,sync,library",
                   help="comma-separated: async, sync (orbax defaults), library, "
                   "restore_whole, restore_in_place")
+  ap.add_argument("--piece_mb", default="0",
+                  help="comma-separated piece sizes in MB for restore_in_place (0: the "
+                  "library's array_store.PIECE_BYTES)")
   ap.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
   if args.one:
-    print(json.dumps(one(args.one, args.mb, args.constant)))
+    print(json.dumps(one(args.one, args.mb, args.constant, int(args.piece_mb))))
     return []
   rows = []
   for mode in args.modes.split(","):
-    out = subprocess.run([sys.executable, "-m", "experiments.bench.checkpoint_memory",
-                          "--mb", str(args.mb), "--one", mode]
-                         + ["--constant"] * args.constant, check=True,
-                         capture_output=True, text=True, env={**os.environ}).stdout
-    rows.append(json.loads(out.strip().splitlines()[-1]))
-    r = rows[-1]
-    print(f"{mode:>16}: peak RSS {r['peak_above_state_mb']:.0f} MB above a {args.mb} MB state, "
-          f"{r['seconds']:.1f} s, {r['disk_mb']:.0f} MB on disk")
+    for piece_mb in (args.piece_mb.split(",") if mode == "restore_in_place" else ["0"]):
+      out = subprocess.run([sys.executable, "-m", "experiments.bench.checkpoint_memory",
+                            "--mb", str(args.mb), "--one", mode, "--piece_mb", piece_mb]
+                           + ["--constant"] * args.constant, check=True,
+                           capture_output=True, text=True, env={**os.environ}).stdout
+      rows.append(json.loads(out.strip().splitlines()[-1]))
+      r = rows[-1]
+      pieces = f" (pieces of {r['piece_mb']} MB)" if "piece_mb" in r else ""
+      print(f"{mode:>16}{pieces}: peak RSS {r['peak_above_state_mb']:.0f} MB above a "
+            f"{args.mb} MB state, {r['seconds']:.1f} s, {r['disk_mb']:.0f} MB on disk")
   return rows
 
 
