@@ -197,7 +197,7 @@ def restore_in_place(manager: ocp.CheckpointManager, step: int, state: Any,
 
   What a run does when it goes back to an earlier state (a plateau's decay, the best
   evaluation's parameters at the end): ``restore_latest`` would hold the state it reads
-  twice over beside the one it replaces, this holds one 32 MB piece
+  twice over beside the one it replaces, this holds one 2 MB piece
   (``array_store.read_in_place``; ``experiments.bench.checkpoint_memory``). Where that is
   not possible (several processes or devices, a tree stored otherwise) the arrays are
   dropped and the state restored whole.

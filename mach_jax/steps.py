@@ -320,7 +320,7 @@ def _one_repetition_at_a_time(state: TrainState, batch: dict[str, Any], *,
                    hash_params=take(hash_params), input_params=take(input_params),
                    data_axis=None, input_dropout=input_dropout,
                    hidden_dropout=hidden_dropout, step=state.step,
-                   stacked=(model_lib.split_table(params)[0], r))
+                   stacked=None if table_tx is None else (model_lib.split_table(params)[0], r))
     if table_tx is None:
       updates, new_opt = optim.update_states(tx, g.grads, jax.tree.map(take, opt_state),
                                              g.params)
