@@ -15,7 +15,8 @@ as a run going back to an earlier state does: the state dropped and restored by
 ``checkpoint.restore_latest``, or read into its own arrays by ``checkpoint.restore_in_place``
 (``host_memory.release`` first, so that neither starts from memory the save left);
 ``--piece_mb`` sets the pieces ``restore_in_place`` reads (``array_store.PIECE_BYTES``),
-a row per size.
+a row per size; a restore's row also gives the RSS it left above the state when it
+returned (memory freed after its ``host_memory.release`` stays resident).
 Each mode runs in its own process; RSS is sampled every 10 ms. Prints the peak RSS above
 the state, the save's (or the restore's) seconds and the bytes on disk, per mode. The
 measurement behind ``mach_jax.checkpoint.async_saves``, ``arrays_handler`` and
@@ -129,11 +130,13 @@ def restore(mode: str, mb: int, state, piece_mb: int = 0) -> dict:
         state = checkpoint.restore_latest(manager, target, only=1).state
       else:
         state = checkpoint.restore_in_place(manager, 1, state)
+      after = rss_mb() - peak.base  # What the restore left resident when it returned.
       jax.block_until_ready(state)
     disk = _disk_mb(d)
   return {"mode": mode, "state_mb": mb, "constant": False,
           **({"piece_mb": array_store.PIECE_BYTES >> 20} if mode == "restore_in_place" else {}),
-          "peak_above_state_mb": peak.above, "seconds": peak.seconds, "disk_mb": disk}
+          "peak_above_state_mb": peak.above, "after_mb": after, "seconds": peak.seconds,
+          "disk_mb": disk}
 
 
 def main(argv=None) -> list[dict]:
@@ -162,8 +165,9 @@ def main(argv=None) -> list[dict]:
       rows.append(json.loads(out.strip().splitlines()[-1]))
       r = rows[-1]
       pieces = f" (pieces of {r['piece_mb']} MB)" if "piece_mb" in r else ""
+      after = f", {r['after_mb']:.0f} MB left on return" if "after_mb" in r else ""
       print(f"{mode:>16}{pieces}: peak RSS {r['peak_above_state_mb']:.0f} MB above a "
-            f"{args.mb} MB state, {r['seconds']:.1f} s, {r['disk_mb']:.0f} MB on disk")
+            f"{args.mb} MB state{after}, {r['seconds']:.1f} s, {r['disk_mb']:.0f} MB on disk")
   return rows
 
 
