@@ -226,9 +226,9 @@ def restore_in_place(manager: ocp.CheckpointManager, step: int, state: Any,
     target = target._replace(**{f: jax.tree.map(lambda _: ocp.PLACEHOLDER, v)
                                 for f, v in abstract_like(rest).items()})
     read = restore_latest(manager, target, only=step).state
-  # The pieces' writes run asynchronously: wait for them, so that the memory of the pieces
-  # still in flight is freed before it is handed back (released before, about 55 MB of the
-  # text config's state stayed with the allocator until the next release; NOTES.md).
+  # The pieces' writes run asynchronously: wait for them, so that the pieces still in
+  # flight are freed before freed memory is handed back (`checkpoint_memory` reports what
+  # a restore leaves resident).
   jax.block_until_ready(read)
   host_memory.release()
   return read._replace(**rest)
