@@ -113,6 +113,12 @@ def default_config() -> ml_collections.ConfigDict:
   # one in-place pass over the table a step); True leaves untouched rows and their moments
   # as they are (LazyAdam; cheaper when a batch touches few rows). optim.row_sparse_adam.
   c.optimizer.lazy_rows = True
+  # With row_sparse: one Adam second moment per input-table row, the mean over its H entries,
+  # instead of one per entry ([D, 1] instead of [D, H]; optim.row_sparse_adam).
+  c.optimizer.rowwise_nu = False
+  # With row_sparse: storage of the input table's Adam moments, float32 | bfloat16; '' is
+  # model.table_dtype. The arithmetic stays float32.
+  c.optimizer.table_moments_dtype = ""
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128

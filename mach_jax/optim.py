@@ -102,7 +102,8 @@ class RowSparseAdamState(NamedTuple):
   """State of row-sparse Adam for one repetition's [D, H] table."""
   count: jax.Array  # int32 []
   mu: jax.Array  # [D, H]
-  nu: jax.Array  # [D, H]
+  nu: jax.Array  # [D, H], or [D, 1] with one second moment per row (``rowwise``).
+  # Moments of a 16-bit float dtype are stored as their uint16 bits (``row_sparse_adam``).
 
 
 class RowSparseTransform(NamedTuple):
@@ -157,6 +158,20 @@ def dense_block_rows(H: int, platform: str | None = None) -> int:
   return max(1, block // (4 * H))
 
 
+def _is_half(dtype) -> bool:
+  return jnp.dtype(dtype).itemsize == 2 and jnp.issubdtype(dtype, jnp.floating)
+
+
+def _bits(x: jax.Array) -> jax.Array:
+  """A 16-bit float array as its uint16 bits; any other array as it is."""
+  return jax.lax.bitcast_convert_type(x, jnp.uint16) if _is_half(x.dtype) else x
+
+
+def _unbits(x: jax.Array, dtype) -> jax.Array:
+  """``_bits``' inverse, for an array stored as ``dtype``."""
+  return jax.lax.bitcast_convert_type(x, dtype) if _is_half(dtype) else x
+
+
 def set_rows(x: jax.Array, rows, values: jax.Array) -> jax.Array:
   """``x.at[rows].set(values)`` in ``x``'s dtype; padding ids (>= len(x)) are dropped.
   ``rows`` may be an index tuple, ``(r, rows)`` for stacked [R, D, H] tables.
@@ -167,15 +182,12 @@ def set_rows(x: jax.Array, rows, values: jax.Array) -> jax.Array:
   slower than float32; experiments/bench/NOTES.md). The bits written are the same.
   """
   values = values.astype(x.dtype)
-  if x.dtype.itemsize != 2 or not jnp.issubdtype(x.dtype, jnp.floating):
-    return x.at[rows].set(values, mode="drop")
-  bits = lambda a: jax.lax.bitcast_convert_type(a, jnp.uint16)
-  return jax.lax.bitcast_convert_type(bits(x).at[rows].set(bits(values), mode="drop"),
-                                      x.dtype)
+  return _unbits(_bits(x).at[rows].set(_bits(values), mode="drop"), x.dtype)
 
 
 def row_sparse_adam(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: float = 0.999,
-                    eps: float = 1e-8, lazy: bool = True) -> RowSparseTransform:
+                    eps: float = 1e-8, lazy: bool = True, rowwise: bool = False,
+                    moments_dtype=None) -> RowSparseTransform:
   """Adam on the rows a batch touches only (``lazy``), or on every row in place.
 
   A lazy row moves only in the steps whose batch touches it, and its moments wait for it
@@ -186,25 +198,48 @@ def row_sparse_adam(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: 
   moments decay and every row moves each step: Adam's own update, by one in-place pass over
   the table (``dense_update``) instead of optax's dense gradient and state.
 
+  With ``rowwise`` a row keeps one second moment, the running mean over its H entries of
+  the squared gradient, instead of H of them (the row-wise second moment of embedding
+  optimizers: Caffe2's RowWiseSparseAdagrad, MXNet's GroupAdaGrad, PyTorch-BigGraph's
+  RowAdagrad): the state is [D, H] + [D, 1] instead of 2 x [D, H], and a pass over the
+  whole table moves five [D, H] arrays instead of seven.
+
   Args:
     learning_rate: a float or an optax schedule of the step count.
     b1, b2, eps: Adam's hyper-parameters.
     lazy: False for Adam's update of every row (see above).
+    rowwise: one second moment per row ([D, 1]) instead of per entry ([D, H]).
+    moments_dtype: the moments' dtype (default: the table's); the arithmetic is float32
+      whatever it is. 16-bit float moments are stored as their uint16 bits
+      (``jax.lax.bitcast_convert_type`` gives their values): XLA:CPU has no bfloat16
+      scatter or in-place slice update, and widens a whole bfloat16 array to float32 and
+      back around each one.
+
+  References:
+    Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
+    Lerer et al., "PyTorch-BigGraph: A Large-scale Graph Embedding System", SysML 2019
+    (row-wise AdaGrad for embedding tables).
 
   Returns:
     A ``RowSparseTransform``.
   """
 
+  def stored(table: jax.Array):
+    """The moments' dtype (16-bit floats are kept as their uint16 bits: see ``_bits``)."""
+    return jnp.dtype(moments_dtype or table.dtype)
+
   def init(table: jax.Array) -> RowSparseAdamState:
-    return RowSparseAdamState(count=jnp.zeros((), jnp.int32), mu=jnp.zeros_like(table),
-                              nu=jnp.zeros_like(table))
+    zeros = lambda shape: _bits(jnp.zeros(shape, stored(table)))
+    return RowSparseAdamState(count=jnp.zeros((), jnp.int32), mu=zeros(table.shape),
+                              nu=zeros((*table.shape[:-1], 1) if rowwise else table.shape))
 
   f32 = lambda x: x.astype(jnp.float32)
 
   def moments(g, mu, nu):
     """Adam's new moments, in float32 whatever the storage (a bfloat16 table, moments)."""
     g = f32(g)
-    return b1 * f32(mu) + (1 - b1) * g, b2 * f32(nu) + (1 - b2) * jnp.square(g)
+    g2 = jnp.mean(jnp.square(g), axis=-1, keepdims=True) if rowwise else jnp.square(g)
+    return b1 * f32(mu) + (1 - b1) * g, b2 * f32(nu) + (1 - b2) * g2
 
   def step(p, mu, nu, count):
     """The parameters after Adam's step from the new (float32) moments."""
@@ -215,72 +250,83 @@ def row_sparse_adam(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: 
     return f32(p) - lr * mu_hat / (jnp.sqrt(nu_hat) + eps)
 
   def update(table, rows, row_grads, state):
-    count = state.count + 1
+    count, dtype = state.count + 1, stored(table)
     # Padding rows (ids >= D) read row D - 1 and are dropped when written back: clipping
     # spares the select a zero fill costs over every gathered row.
     take = lambda x: jnp.take(x, rows, axis=0, mode="clip")
-    mu, nu = moments(row_grads, take(state.mu), take(state.nu))
+    mu, nu = moments(row_grads, _unbits(take(state.mu), dtype), _unbits(take(state.nu), dtype))
     new = step(take(table), mu, nu, count)
     put = lambda x, v: set_rows(x, rows, v)
-    return put(table, new), RowSparseAdamState(count=count, mu=put(state.mu, mu),
-                                               nu=put(state.nu, nu))
+    save = lambda x, v: put(x, _bits(v.astype(dtype)))
+    return put(table, new), RowSparseAdamState(count=count, mu=save(state.mu, mu),
+                                               nu=save(state.nu, nu))
 
   def update_at(tables, r, rows, row_grads, states, current=None):
     count = jax.lax.dynamic_index_in_dim(states.count, r, keepdims=False) + 1
-    index = (r, rows)
+    dtype, index = stored(tables), (r, rows)
     take = lambda x: x.at[index].get(mode="clip")  # Padding as in ``update``.
-    mu, nu = moments(row_grads, take(states.mu), take(states.nu))
+    mu, nu = moments(row_grads, _unbits(take(states.mu), dtype),
+                     _unbits(take(states.nu), dtype))
     new = step(take(tables) if current is None else current, mu, nu, count)
     put = lambda x, v: set_rows(x, index, v)
+    save = lambda x, v: put(x, _bits(v.astype(dtype)))
     counts = jax.lax.dynamic_update_index_in_dim(states.count, count, r, 0)
-    return put(tables, new), RowSparseAdamState(count=counts, mu=put(states.mu, mu),
-                                                nu=put(states.nu, nu))
+    return put(tables, new), RowSparseAdamState(count=counts, mu=save(states.mu, mu),
+                                                nu=save(states.nu, nu))
 
   def dense_update(table, touched, grads, state):
-    count = state.count + 1
+    count, dtype = state.count + 1, stored(table)
     keep = ((lambda x, v: jnp.where(touched[:, None], v, f32(x))) if lazy else
             (lambda x, v: v))
-    mu, nu = moments(grads, state.mu, state.nu)
+    old_mu, old_nu = _unbits(state.mu, dtype), _unbits(state.nu, dtype)
+    mu, nu = moments(grads, old_mu, old_nu)
     # The step reads the kept moments, the very values stored: computed from the old
     # moments instead, XLA:CPU copied both [D, H] moment tables each step to update them in
     # place (the text config on text WordNet: 492 -> 370 ms a step; experiments/bench/NOTES.md).
-    mu, nu = keep(state.mu, mu), keep(state.nu, nu)
+    mu, nu = keep(old_mu, mu), keep(old_nu, nu)
     new = keep(table, step(table, mu, nu, count))
     return new.astype(table.dtype), RowSparseAdamState(
-        count=count, mu=mu.astype(state.mu.dtype), nu=nu.astype(state.nu.dtype))
+        count=count, mu=_bits(mu.astype(dtype)), nu=_bits(nu.astype(dtype)))
 
   def dense_update_at(tables, r, touched, grads, states):
     _, D, H = tables.shape
     count = jax.lax.dynamic_index_in_dim(states.count, r, keepdims=False) + 1
+    # A 16-bit float table is sliced and written as its uint16 bits too, as its moments are
+    # stored: XLA:CPU widened the whole [R, D, H] array to float32 and back around each
+    # block's bfloat16 write (bfloat16 moments: 8.4 s against 13 ms a repetition;
+    # experiments/bench/NOTES.md).
+    dtypes = (tables.dtype, stored(tables), stored(tables))
 
     def block(parts, start, size):
       """The update of rows [start, start + size) of repetition r, written in place."""
-      table_all, mu_all, nu_all = parts
-      take = lambda a: jax.lax.dynamic_slice(a, (r, start, 0), (1, size, H))[0]
-      put = lambda a, v: jax.lax.dynamic_update_slice(a, v[None].astype(a.dtype),
-                                                      (r, start, 0))
+      (table_all, mu_all, nu_all), (t_dtype, m_dtype, _) = parts, dtypes
+      take = lambda a, dtype: _unbits(
+          jax.lax.dynamic_slice(a, (r, start, 0), (1, size, a.shape[2]))[0], dtype)
+      put = lambda a, v, dtype: jax.lax.dynamic_update_slice(
+          a, _bits(v[None].astype(dtype)), (r, start, 0))
       mask = jax.lax.dynamic_slice_in_dim(touched, start, size)[:, None]
       keep = (lambda v, old: jnp.where(mask, v, f32(old))) if lazy else (lambda v, old: v)
-      old_mu, old_nu = take(mu_all), take(nu_all)
+      old_mu, old_nu = take(mu_all, m_dtype), take(nu_all, m_dtype)
       mu, nu = moments(jax.lax.dynamic_slice_in_dim(grads, start, size), old_mu, old_nu)
-      mu_all = put(mu_all, keep(mu, old_mu))
-      nu_all = put(nu_all, keep(nu, old_nu))
+      mu_all = put(mu_all, keep(mu, old_mu), m_dtype)
+      nu_all = put(nu_all, keep(nu, old_nu), m_dtype)
       # The step reads the moments back from the tables just written: computed from the
       # old moments, it would have to run before their in-place writes, and XLA:CPU instead
       # copied both [R, D, H] moment tables (experiments/bench/NOTES.md).
-      table = take(table_all)
-      new = step(table, f32(take(mu_all)), f32(take(nu_all)), count)
-      return put(table_all, keep(new, table)), mu_all, nu_all
+      table = take(table_all, t_dtype)
+      new = step(table, f32(take(mu_all, m_dtype)), f32(take(nu_all, m_dtype)), count)
+      return put(table_all, keep(new, table), t_dtype), mu_all, nu_all
 
     # Blocks of rows small enough to stay in cache between their reads and writes.
     size = min(D, dense_block_rows(H))
     parts = jax.lax.fori_loop(0, D // size, lambda i, p: block(p, i * size, size),
-                              (tables, states.mu, states.nu))
+                              (_bits(tables), states.mu, states.nu))
     if D % size:
       parts = block(parts, D - D % size, D % size)
     table_all, mu_all, nu_all = parts
     counts = jax.lax.dynamic_update_index_in_dim(states.count, count, r, 0)
-    return table_all, RowSparseAdamState(count=counts, mu=mu_all, nu=nu_all)
+    return _unbits(table_all, tables.dtype), RowSparseAdamState(count=counts, mu=mu_all,
+                                                                nu=nu_all)
 
   return RowSparseTransform(init, update, dense_update, update_at, dense_update_at, lazy)
 
@@ -293,10 +339,16 @@ def make_table_optimizer(config, total_steps: int) -> RowSparseTransform | None:
   """
   opt = config.optimizer
   if not opt.row_sparse:
-    if opt.table_lr_scale != 1.0:
-      raise ValueError(f"config.optimizer.table_lr_scale={opt.table_lr_scale} needs "
-                       "config.optimizer.row_sparse=True")
+    for field, value, off in (("table_lr_scale", opt.table_lr_scale, 1.0),
+                              ("rowwise_nu", opt.rowwise_nu, False),
+                              ("table_moments_dtype", opt.table_moments_dtype, "")):
+      if value != off:
+        raise ValueError(f"config.optimizer.{field}={value} needs "
+                         "config.optimizer.row_sparse=True")
     return None
+  if opt.table_moments_dtype not in ("", "float32", "bfloat16"):
+    raise ValueError(f"config.optimizer.table_moments_dtype={opt.table_moments_dtype!r}: "
+                     "expected '' (the table's dtype), 'float32' or 'bfloat16'")
   problems = [f"config.optimizer.name={opt.name!r} (needs 'adam')" if opt.name != "adam" else "",
               f"config.optimizer.clip_norm={opt.clip_norm} (needs 0)" if opt.clip_norm else "",
               "config.model.dense_input=True (needs sparse input)"
@@ -311,4 +363,6 @@ def make_table_optimizer(config, total_steps: int) -> RowSparseTransform | None:
     # vocabulary get few updates, and a larger step for the table alone lets them catch up.
     base = lr
     lr = (lambda count: scale * base(count)) if callable(base) else scale * base
-  return row_sparse_adam(lr, lazy=opt.lazy_rows)
+  return row_sparse_adam(lr, lazy=opt.lazy_rows, rowwise=opt.rowwise_nu,
+                         moments_dtype=jnp.dtype(opt.table_moments_dtype or
+                                                 config.model.table_dtype))

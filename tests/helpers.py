@@ -51,7 +51,7 @@ def tiny_setup(mesh_spec, R: int = 8, num_batches: int = 1, clip_norm: float = 0
                row_sparse: bool = False, input_dim: int = 0, shared_input: bool = False,
                sequential: bool = False, embedding_bag: str = "auto",
                input_dropout: float = 0.0, hidden_dropout: float = 0.0,
-               lazy_rows: bool = True):
+               lazy_rows: bool = True, rowwise_nu: bool = False):
   """``create_train_state`` of the tiny config on ``mesh_spec``, and its first batches.
 
   Returns (TrainSetup, host batches in training order).
@@ -59,7 +59,8 @@ def tiny_setup(mesh_spec, R: int = 8, num_batches: int = 1, clip_norm: float = 0
   c = tiny_config()
   c.model.R = R
   c.mesh = mesh_spec
-  c.optimizer.update(clip_norm=clip_norm, row_sparse=row_sparse, lazy_rows=lazy_rows)
+  c.optimizer.update(clip_norm=clip_norm, row_sparse=row_sparse, lazy_rows=lazy_rows,
+                     rowwise_nu=rowwise_nu)
   c.model.input_dim = input_dim
   c.model.shared_input = shared_input
   c.model.sequential_reps = sequential
