@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from mach_jax import decode, model as model_lib, optim
+from mach_jax import decode, inference, model as model_lib, optim
 from mach_jax.hashing import IDENTITY, HashSpec
 
 
@@ -232,6 +232,13 @@ def check_loop(config) -> None:
   if ev.estimator not in ev.estimators:
     raise ValueError(f"config.eval.estimator={ev.estimator!r} is not among "
                      f"config.eval.estimators={tuple(ev.estimators)}: add it there")
+  reported = {f"{m}@{j}" for m in ("P", "nDCG", "R", "PSP", "PSnDCG")
+              for j in inference.eval_ks(ev.k)}
+  for field, metric in (("train.target_metric", tc.target_metric),
+                        ("checkpoint.best_metric", ck.best_metric)):
+    if metric and metric not in reported:
+      raise ValueError(f"config.{field}={metric!r} is not a metric the evaluations report "
+                       f"with config.eval.k={ev.k}: expected one of {sorted(reported)}")
   if tc.target_metric and not (ev.every_epochs or ev.every_steps):
     raise ValueError(f"config.train.target_metric={tc.target_metric!r} needs periodic "
                      "evaluations: set config.eval.every_epochs or config.eval.every_steps")

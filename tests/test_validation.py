@@ -264,3 +264,26 @@ def test_decay_needs_validation_and_checkpoints(tmp_path):
   c.checkpoint.enabled = False
   with pytest.raises(ValueError, match="decay_patience=1 goes back"):
     train.train_and_evaluate(c, str(tmp_path))
+
+
+@pytest.mark.parametrize("field, metric", [("checkpoint.best_metric", "P@7"),
+                                           ("checkpoint.best_metric", "ndcg@5"),
+                                           ("train.target_metric", "precision")])
+def test_a_metric_the_evaluations_do_not_report_is_refused_before_training(
+    tmp_path, field, metric):
+  c = tiny_config()
+  c.data.validation_fraction = 0.1
+  section, name = field.split(".")
+  c[section][name] = metric
+  with pytest.raises(ValueError, match=rf"config.{field}='{metric}' is not a metric .* "
+                                       r"expected one of .*'nDCG@5'"):
+    train.train_and_evaluate(c, str(tmp_path))
+  assert not os.listdir(tmp_path)  # Refused before anything was written.
+
+
+def test_the_text_config_judges_epochs_on_a_metric_it_reports():
+  from experiments.configs import text
+  from mach_jax import config as config_lib
+  c = text.get_config()
+  assert c.checkpoint.best_metric == "nDCG@5"
+  config_lib.check_loop(c)
