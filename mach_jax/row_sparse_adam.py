@@ -210,9 +210,9 @@ def row_sparse_adam(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: 
     old_mu, old_nu = _unbits(state.mu, dtype), _unbits(state.nu, dtype)
     mu, nu = moments(grads, old_mu, old_nu)
     # The step reads the kept moments, the values stored (before a 16-bit moment's
-    # rounding): computed from the old
-    # moments instead, XLA:CPU copied both [D, H] moment tables each step to update them in
-    # place (the text config on text WordNet: 492 -> 370 ms a step; experiments/bench/NOTES.md).
+    # rounding): computed from the old moments instead, XLA:CPU copied both [D, H] moment
+    # tables each step to update them in place (the text config on text WordNet: 492 -> 370
+    # ms a step; experiments/bench/NOTES.md).
     mu, nu = keep(old_mu, mu), keep(old_nu, nu)
     new = keep(table, step(table, mu, nu, count))
     return new.astype(table.dtype), RowSparseAdamState(
