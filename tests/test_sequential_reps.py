@@ -61,10 +61,10 @@ def test_the_whole_table_step_reads_each_repetition_inside_the_stack(monkeypatch
   """One repetition at a time, a whole-table gradient (input hash, long batches) reads
   repetition r's [D, H] table inside the stacked [R, D, H] table: no slice of it is copied
   out before the embedding bag's loop over chunks, and the numbers are unchanged (above)."""
-  from mach_jax import bag, optim
+  from mach_jax import bag, row_sparse_adam
   monkeypatch.setattr(bag, "BAG_CHUNK_CPU", 64)  # The tiny batch in a loop of chunks,
-  monkeypatch.setattr(optim, "DENSE_BLOCK_BYTES_CPU", 64 * 64 * 4)  # the update in blocks
-  # of 64 rows.
+  monkeypatch.setattr(row_sparse_adam, "DENSE_BLOCK_BYTES_CPU", 64 * 64 * 4)  # the update in
+  # blocks of 64 rows.
   setup, batches = tiny_setup(ONE, R=8, row_sparse=True, input_dim=256, sequential=True)
   hlo = setup.train_step.lower(setup.state, setup.put(batches[0])).compile().as_text()
   R, D, H = setup.state.params["reps"]["embedding"].shape
