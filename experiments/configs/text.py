@@ -34,12 +34,13 @@ def get_config():
   # temporaries live at a time (experiments/bench/NOTES.md: less memory, not slower).
   c.model.sequential_reps = True
   # 3e-3: the best of 1e-3 / 3e-3 / 1e-2 in experiments.tune's validation probes on text
-  # WordNet (docs/text.md); experiments.tune chooses again on the data at hand.
+  # WordNet, ranked by P@1 then (docs/text.md); experiments.tune chooses again on the data
+  # at hand.
   # One step size for the input table and the rest: a 10x table step won validation probes
   # on a quarter of the Debian set and lost on the whole set (docs/text.md).
   c.optimizer.update(name="adam", learning_rate=3e-3, row_sparse=True)
-  # An epoch without a better validation P@1: back to the best epoch's state at a tenth of
-  # the step (once); then two more without one end the run.
+  # An epoch without a better validation nDCG@5: back to the best epoch's state at a tenth
+  # of the step (once); then two more without one end the run.
   c.train.update(batch_size=256, num_epochs=10, decay_patience=1, decay_factor=0.1,
                  max_decays=1, early_stopping_patience=2, log_every_steps=200)
   # Epochs judged on nDCG@5, not P@1: on a 2% slice P@1 is the noisiest metric, and on text
