@@ -28,11 +28,14 @@ def test_release_returns_memory_freed_between_live_blocks():
 
 
 def test_the_memory_bench_splits_the_resident_set_into_anonymous_and_file_parts():
-  rss, anon, file = memory.rss_mb(os.getpid())
+  rss, anon, file, hwm = memory.rss_mb(os.getpid())
   block = bytearray(64 << 20)
   block[::4096] = b"\1" * len(block[::4096])  # 64 MB of anonymous pages, touched.
-  rss2, anon2, file2 = memory.rss_mb(os.getpid())
+  rss2, anon2, file2, hwm2 = memory.rss_mb(os.getpid())
   assert anon2 - anon > 60 and abs(file2 - file) < 8
   assert abs(rss2 - (anon2 + file2)) < 2  # No shared memory here: the two parts are all.
-  assert memory.rss_mb(2**22 + 1) == (0.0, 0.0, 0.0)  # No such process.
   del block
+  rss3, _, _, hwm3 = memory.rss_mb(os.getpid())
+  # The high-water mark keeps the block's pages after they are gone.
+  assert rss3 < rss2 - 60 and hwm3 >= hwm2 >= rss2
+  assert memory.rss_mb(2**22 + 1) == (0.0,) * 4  # No such process.

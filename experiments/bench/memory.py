@@ -4,8 +4,8 @@
         --config experiments/configs/wordnet.py --config.train.num_epochs=1
 
 Everything after ``--`` is passed to ``python -m experiments.train`` (with ``--workdir``
-set to OUT/run). Writes OUT/rss.tsv (seconds since start, then RSS and its anonymous and
-file-backed parts, in MB), OUT/train.log (the run's log, each line stamped with the same
+set to OUT/run). Writes OUT/rss.tsv (seconds since start, then RSS, its anonymous and
+file-backed parts and its high-water mark so far, in MB), OUT/train.log (the run's log, each line stamped with the same
 clock) and OUT/summary.json: the peak RSS, the state's bytes (parameters + optimizer state,
 from results.json) and their ratio, against the bound ``peak <= 1.5 x state + 0.5 GB``, and
 the sampled peaks of the two parts. The file-backed part is mostly jaxlib's code (its
@@ -23,16 +23,18 @@ import sys
 import threading
 import time
 
-FIELDS = ("VmRSS", "RssAnon", "RssFile")  # The resident set, its anonymous and file parts.
+# The resident set, its anonymous and file parts, and its high-water mark so far (when it
+# rises says when the peak was reached, even between two samples of the others).
+FIELDS = ("VmRSS", "RssAnon", "RssFile", "VmHWM")
 
 
-def rss_mb(pid: int) -> tuple[float, float, float]:
+def rss_mb(pid: int) -> tuple[float, ...]:
   """``FIELDS`` of ``pid`` and its children, summed, in MB (zeros once it has exited)."""
   total = dict.fromkeys(FIELDS, 0.0)
   try:
     pids = [pid] + [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
   except OSError:
-    return (0.0, 0.0, 0.0)
+    return (0.0,) * len(FIELDS)
   for p in pids:
     try:
       for line in open(f"/proc/{p}/status"):
@@ -57,7 +59,7 @@ def main(argv=None) -> dict:
                            "--workdir", workdir, "--config.train.progress_bar=False"],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
-  samples: list[tuple[float, tuple[float, float, float]]] = []
+  samples: list[tuple[float, tuple[float, ...]]] = []
 
   def sample():
     while proc.poll() is None:
@@ -82,6 +84,7 @@ def main(argv=None) -> dict:
   sampled = lambda i: max(m[i] for _, m in samples)
   summary = {"peak_rss_mb": peak_mb, "sampled_peak_mb": sampled(0),
              "sampled_peak_anon_mb": sampled(1), "sampled_peak_file_mb": sampled(2),
+             "peak_reached_s": next(t for t, m in samples if m[3] >= sampled(3)),
              "state_mb": state_mb, "peak_over_state": peak_mb / state_mb,
              "bound_mb": 1.5 * state_mb + 512, "within_bound": peak_mb <= 1.5 * state_mb + 512,
              "args": rest}
