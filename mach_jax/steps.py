@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mach_jax import bag, dropout, losses, model as model_lib, optim
+from mach_jax import bag, dropout, head_loss, losses, model as model_lib, optim
 from mach_jax.hashing import HashSpec
+from mach_jax.row_sparse_adam import touched_rows
 
 if TYPE_CHECKING:  # state.py builds on the steps (through sharding.py); only the type here.
   from mach_jax.state import TrainState
@@ -35,30 +36,6 @@ def model_input(batch: dict[str, Any], sparse: bool, spec: HashSpec | None = Non
     return batch
   ids, values = spec.input_features(batch["indices"], batch["values"], jnp, input_params)
   return {**batch, "indices": ids, "values": values}
-
-
-def touched_rows(ids: jax.Array, num_rows: int, size: int) -> tuple[jax.Array, jax.Array]:
-  """The distinct rows a batch touches, and where each entry finds its row among them.
-
-  What ``jnp.unique(ids, size=size, fill_value=num_rows, return_inverse=True)`` gives, by a
-  presence mask and its running count instead of a sort: O(T + D) rather than
-  O(T log T). The sorts were a tenth of a text step (8 repetitions of T = 65,536 ids;
-  experiments/bench/NOTES.md).
-
-  Args:
-    ids: int [T], row ids in [0, num_rows]; num_rows marks padding.
-    num_rows: D, the table's rows.
-    size: slots of the result, more than the distinct real ids (min(T, D) + 1 will do).
-
-  Returns:
-    (touched [size]: the distinct ids ascending, then num_rows; local [T] int32: the slot of
-    each entry's id, padding entries pointing to the last slot, which is always padding).
-  """
-  present = jnp.zeros(num_rows + 1, jnp.int32).at[ids].set(1).at[num_rows].set(0)
-  slot = jnp.cumsum(present) - 1
-  touched = jnp.nonzero(present, size=size, fill_value=num_rows)[0]
-  local = jnp.where(ids < num_rows, slot[jnp.minimum(ids, num_rows)], size - 1)
-  return touched.astype(ids.dtype), local.astype(jnp.int32)
 
 
 def whole_table_update(num_nonzeros: int, num_rows: int) -> bool:
@@ -105,7 +82,7 @@ def _gradients(params, batch: dict[str, Any], *, model: model_lib.MACH, spec: Ha
     x = dropout.drop_inputs(x, input_dropout, step, seeds, data_axis)
   if hidden_dropout:
     x = dropout.drop_hidden(x, hidden_dropout, step, seeds, model.hidden[0], data_axis)
-  whole, touched = False, None
+  whole, touched, sliced = False, None, False
   if table_tx is not None:
     table, rest = model_lib.split_table(params)  # [R', D, H], or [D, H] when shared.
     shared = table.ndim == 2
@@ -141,10 +118,25 @@ def _gradients(params, batch: dict[str, Any], *, model: model_lib.MACH, spec: Ha
       # The same module over the gathered rows: a table of `size` rows.
       model = model.clone(num_features=size,
                           embedding_bag=bag.gathered_rows_bag(model.embedding_bag))
+      b, T = x["mask"].shape[0], x["indices"].shape[-1]
+      sliced = (not shared and not bag.use_dense_bag(model.embedding_bag, b, size, T)
+                and head_loss.slice_rows(rows.shape[0], b, model.num_buckets) < b)
 
   def loss_fn(params):
-    logits = model.apply({"params": params}, x)
-    sums, count = losses.mach_loss_sums(loss, logits, buckets, label_mask, batch["mask"])
+    if sliced:  # The layers above the table over slices of the batch (head_loss).
+      table, rest = model_lib.split_table(params)
+      heads = dict(rest["reps"])
+      bias = heads.pop("embedding_bias")  # [R', H]
+      bag_of = lambda t, i, v: bag.embedding_bag(t.astype(model.dtype), i, v, x["segments"], b)
+      per_rep = lambda a: 0 if a.ndim == 2 else None
+      h = jax.vmap(bag_of, in_axes=(0, per_rep(x["indices"]), per_rep(x["values"])))(
+          table, x["indices"], x["values"]) + bias[:, None]
+      keep = x.get("hidden_keep")
+      sums, count = head_loss.head_loss_sums(model, heads, h if keep is None else h * keep,
+                                             buckets, label_mask, batch["mask"], loss)
+    else:
+      logits = model.apply({"params": params}, x)
+      sums, count = losses.mach_loss_sums(loss, logits, buckets, label_mask, batch["mask"])
     if data_axis is not None:
       count = jax.lax.psum(count, data_axis)
     return sums / jnp.maximum(count, 1.0)
@@ -195,8 +187,8 @@ def _whole_table_in_place(stacked: tuple[jax.Array, jax.Array], rest, x: dict[st
 
   def loss_fn(heads, bias, out):
     h = (out + bias[0])[None]  # [1, b, H]
-    logits = model_lib.heads_logits(model, heads, h if keep is None else h * keep)
-    sums, count = losses.mach_loss_sums(loss, logits, buckets, label_mask, mask)
+    sums, count = head_loss.head_loss_sums(model, heads, h if keep is None else h * keep,
+                                           buckets, label_mask, mask, loss)
     return sums / jnp.maximum(count, 1.0)
 
   per_rep_loss, pullback = jax.vjp(loss_fn, heads, bias, out)
@@ -252,6 +244,10 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model: model_lib.MAC
     raise ValueError("config.model.sequential_reps=True runs on meshes without data "
                      "parallelism: set the mesh's 'data' axis to 1 (repetitions over 'rep' "
                      "only), or sequential_reps=False")
+  if data_axis is not None and table_tx is not None:
+    raise ValueError("config.optimizer.row_sparse=True runs on meshes without data "
+                     "parallelism (each device's rows of a batch touch their own table rows): "
+                     "set the mesh's 'data' axis to 1, or row_sparse=False")
   for name, rate in (("input_dropout", input_dropout), ("hidden_dropout", hidden_dropout)):
     if rate and (not model.sparse_input or model.shared_input):
       raise ValueError(f"config.train.{name}={rate} draws a mask per repetition over sparse "

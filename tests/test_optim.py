@@ -337,3 +337,12 @@ def test_table_update_bench_times_every_way(tmp_path):
   out = json.load(open(tmp_path / "table_update.json"))
   assert set(out["ms_per_repetition"]) == {"float32", "bfloat16 moments", "rowwise nu", "both"}
   assert all(len(v) == 1 and v[0] > 0 for v in out["ms_per_repetition"].values())
+
+
+@pytest.mark.parametrize("input_dim", [0, 64])
+def test_row_sparse_adam_refuses_data_parallelism(input_dim):
+  """Each device's rows of a batch touch their own table rows: refused by name, not the
+  shard_map error about replication it used to end in."""
+  setup, batches = tiny_setup((("data", 2), ("rep", 4)), row_sparse=True, input_dim=input_dim)
+  with pytest.raises(ValueError, match="row_sparse=True runs on meshes without data"):
+    setup.run(setup.state, batches[0])

@@ -139,7 +139,7 @@ def touched_rows(indices: np.ndarray, values: np.ndarray, num_rows: int,
                  floor: int) -> dict[str, np.ndarray]:
   """The distinct rows each block of a batch touches, and each nonzero's slot among them.
 
-  The host's side of row-sparse Adam: what ``steps.touched_rows`` computes on the device,
+  The host's side of row-sparse Adam: what ``row_sparse_adam.touched_rows`` computes on the device,
   with a width U that follows the batch's distinct ids instead of its T nonzeros (a step's
   gathers and scatters of table and moment rows cost by the rows, padding included;
   experiments/bench/NOTES.md).
