@@ -5,10 +5,11 @@
 
 Everything after ``--`` is passed to ``python -m experiments.train`` (with ``--workdir``
 set to OUT/run). Writes OUT/rss.tsv (seconds since start, then RSS, its anonymous and
-file-backed parts and its high-water mark so far, in MB), OUT/train.log (the run's log, each line stamped with the same
-clock) and OUT/summary.json: the peak RSS, the state's bytes (parameters + optimizer state,
-from results.json) and their ratio, against the bound ``peak <= 1.5 x state + 0.5 GB``, and
-the sampled peaks of the two parts. The file-backed part is mostly jaxlib's code (its
+file-backed parts and its high-water mark so far, in MB), OUT/train.log (the run's log,
+each line stamped with the same clock) and OUT/summary.json: the peak RSS, when it was
+reached, the state's bytes (parameters + optimizer state, from results.json) and their
+ratio, against the bound ``peak <= 1.5 x state + 0.5 GB``, and the sampled peaks of the
+two parts. The file-backed part is mostly jaxlib's code (its
 ``libjax_common.so``: 144 of 170 MB after the first jitted op with jaxlib 0.10.2;
 experiments/bench/NOTES.md).
 """
