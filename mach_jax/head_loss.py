@@ -53,6 +53,9 @@ def head_loss_sums(model: model_lib.MACH, heads: dict, h: jax.Array, buckets: ja
 
   Returns:
     (the sum over counted rows of each repetition's loss [R'], the counted rows []).
+
+  Sliced, it is tested on meshes without a 'data' axis only (its callers, row-sparse Adam's
+  steps, run without one).
   """
   R, b, _ = h.shape
   rows = slice_rows(R, b, model.num_buckets) if rows is None else rows
