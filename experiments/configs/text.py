@@ -42,7 +42,7 @@ def get_config():
   # An epoch without a better validation nDCG@5: back to the best epoch's state at a tenth
   # of the step (once); then two more without one end the run. The cap of 20 epochs only
   # bounds a run that never plateaus: a cap of 10 ended text WordNet and Debian while
-  # validation still rose; at 20 text WordNet stopped by itself after 14 (docs/text.md).
+  # validation still rose; at 20 they stopped by themselves after 14 and 13 (docs/text.md).
   c.train.update(batch_size=256, num_epochs=20, decay_patience=1, decay_factor=0.1,
                  max_decays=1, early_stopping_patience=2, log_every_steps=200)
   # Epochs judged on nDCG@5, not P@1: on a 2% slice P@1 is the noisiest metric, and on text
