@@ -2,7 +2,7 @@
 
 A batch's logits [R', b, B] are a step's largest temporaries when b x B is large: on the
 1M catalogue's ``products.py:quarter`` (b = 1,024, B = 4,096) two [1024, 4096] float32
-buffers, the logits, their exponentials and their gradient, are 32 MB of the step's 56 MB
+buffers, the logits, their exponentials and their gradient, are 32 MB of the step's 54 MB
 (experiments/bench/NOTES.md). Over slices of the batch's rows only one slice's logits are
 live: each slice's loss is differentiated as it is computed (its gradient needs only the
 cotangent of a per-repetition sum, applied in the backward pass), so nothing is
