@@ -44,6 +44,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.train = ""
   c.data.test = ""
   # Keep parsed XC files here as .npz (read_xc): a sweep parses each file once. '' = never.
+  # Also where a query log's featurized cache (cache_mb) is written; '' = the workdir.
   c.data.cache_dir = ""
   c.data.synthetic = ml_collections.ConfigDict(dict(  # mach_jax.data.make_catalogue's args.
       num_train=50_000, num_test=5_000, num_classes=10_000, num_features=20_000,
@@ -54,8 +55,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.num_labels = 0
   c.data.buffer_size = 100_000
   # Query logs only: a training log whose featurized matrices fit in this many MB is
-  # featurized once and kept in memory for later epochs (not in a one-epoch run); 0
-  # featurizes every epoch.
+  # featurized once, into an unlinked file that later epochs read back (mach_jax.data.spill;
+  # not in a one-epoch run); 0 featurizes every epoch.
   c.data.cache_mb = 2048
   # Query logs only: the text featurizer (mach_jax.data.text), saved with the model so that
   # serving rebuilds exactly the function it was trained with.

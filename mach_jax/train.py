@@ -64,12 +64,13 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
   writer = loop.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
 
   # ---- Input ---------------------------------------------------------------------------
-  train, validation, test = data_lib.load_splits(config.data, config.train.num_epochs)
+  train, validation, test = data_lib.load_splits(  # (A test log is read at the end.)
+      config.data, config.train.num_epochs, cache_dir=workdir, stream_test=True)
   counts = train.label_counts()
   config = config_lib.resolve(config, train.num_labels, counts.sum() / train.num_points,
                               train.num_features)
   tc, ev, ck = config.train, config.eval, config.checkpoint
-  held = validation if validation is not None else test  # What periodic evaluations read.
+  held = validation if validation is not None else (test := data_lib.in_memory(test))
   inv_prop = 1.0 / metrics.propensities_from_counts(counts, train.num_points,
                                                     ev.propensity_A, ev.propensity_B)
   t_data = time.time() - t_start
@@ -216,15 +217,14 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
   elif validation is not None and best.record and best.record["step"] != step:
     params = checkpoint_lib.restore_in_place(  # Into the last parameters' arrays.
         manager, best.record["step"], setup.state._replace(params=params), ("params",)).params
-  t_eval = time.time()
+  t_eval, test = time.time(), data_lib.in_memory(test)  # A test log is featurized now.
   res = evaluate(params, test) if ev.final_test else {}
-  eval_seconds = time.time() - t_eval
   main = res.get(ev.estimator, {})
   results = {
       **main, "estimator": ev.estimator, "by_estimator": res,
       "train_seconds": train_seconds,
       "examples_per_second": examples / max(train_seconds, 1e-9),
-      "eval_seconds": eval_seconds, "periodic_eval_seconds": periodic_seconds,
+      "eval_seconds": time.time() - t_eval, "periodic_eval_seconds": periodic_seconds,
       "periodic_evals": periodic_evals, "first_step_seconds": first_step_seconds,
       "target": target, "data_seconds": t_data, "total_seconds": time.time() - t_start,
       "steps": step, "num_params": num_params, "num_params_full_softmax": num_params_full,

@@ -1,5 +1,7 @@
 """Streaming a query log from disk: every query once per epoch, bounded shuffle, clear errors."""
 
+import os
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -152,11 +154,45 @@ def test_a_one_pass_run_keeps_no_cache(tmp_path):
   c.train = str(write_log(tmp_path / "train.tsv", 300))
   c.test = str(write_log(tmp_path / "test.tsv", 20))
   for passes, want in ((1, 0), (2, 64 * 2**20)):
-    train = load_splits(c, passes).train
+    train = load_splits(c, passes, cache_dir=str(tmp_path)).train
     assert train.cache_bytes == want
     for _ in train.chunks():
       pass
     assert (train._cached is not None) == bool(want)
+    if want:  # In the directory given, unlinked: nothing is left behind.
+      where = os.readlink(f"/proc/self/fd/{train._cached._file.fileno()}")
+      assert where.startswith(str(tmp_path)) and where.endswith("(deleted)"), where
+
+
+def test_a_pass_stopped_early_leaves_no_cache(tmp_path):
+  """Only a complete pass fills the cache; a partial one (the first window read for the
+  batch shapes, an epoch resumed) closes its file and the next pass featurizes again."""
+  log = QueryLog(str(write_log(tmp_path / "q.tsv", 300)), F, 50, read_chunk=50, cache_mb=64,
+                 cache_dir=str(tmp_path))
+  chunks = log.chunks()
+  next(chunks)
+  chunks.close()
+  assert log._cached is None
+  assert sum(X.shape[0] for X, _ in log.chunks()) == 300 and len(log._cached) == 6
+
+
+def test_a_streamed_test_log_is_featurized_only_when_asked(tmp_path):
+  """stream_test: the test log is checked at start-up (a bad line fails before training)
+  but featurized by in_memory, to the same matrices as when it is held from the start."""
+  from mach_jax.config import default_config
+  from mach_jax.data import in_memory, load_splits
+  c = default_config().data
+  c.name, c.num_labels, c.validation_fraction = "queries", 50, 0.1
+  c.train = str(write_log(tmp_path / "train.tsv", 300))
+  c.test = str(write_log(tmp_path / "test.tsv", 40))
+  streamed = load_splits(c, stream_test=True).test
+  assert isinstance(streamed, QueryLog) and streamed.num_points == 40
+  held = load_splits(c).test
+  assert (in_memory(streamed).X != held.X).nnz == 0 and (in_memory(held).Y != held.Y).nnz == 0
+  with open(c.test, "a") as f:
+    f.write("a query without ids\n")
+  with pytest.raises(QueryLogError, match="test.tsv:41"):
+    load_splits(c, stream_test=True)
 
 
 def test_a_row_stack_gives_the_rows_of_its_parts_stacked():

@@ -51,7 +51,12 @@ class Splits(NamedTuple):
   """A run's data: what it trains on, what it tunes and selects on, what it reports."""
   train: XCData | QueryLog
   validation: XCData | None  # None when config.data.validation_fraction is 0.
-  test: XCData
+  test: XCData | QueryLog  # A QueryLog only when load_splits was asked to stream it.
+
+
+def in_memory(split: XCData | QueryLog) -> XCData:
+  """A split as an ``XCData``: a query log is featurized now."""
+  return split.to_xc() if isinstance(split, QueryLog) else split
 
 
 def load(data_config) -> tuple[XCData | QueryLog, XCData]:
@@ -60,7 +65,8 @@ def load(data_config) -> tuple[XCData | QueryLog, XCData]:
   return splits.train, splits.test
 
 
-def load_splits(data_config, passes: int = 2) -> Splits:
+def load_splits(data_config, passes: int = 2, *, cache_dir: str | None = None,
+                stream_test: bool = False) -> Splits:
   """Train, validation and test data for ``config.data``, by ``data_config.name``:
 
   * ``'synthetic'``: ``make_catalogue(**data_config.synthetic)``;
@@ -73,7 +79,11 @@ def load_splits(data_config, passes: int = 2) -> Splits:
   With ``validation_fraction`` > 0 the validation slice is carved out of the training data
   (``mach_jax.data.validation``); the test split is never touched by it. ``passes``: how many
   times training will read the data (the run's epochs); with one, a streamed log keeps no
-  cache (``data.cache_mb``), which only a second pass would read.
+  cache (``data.cache_mb``), which only a second pass would read. The cache's file goes to
+  ``data.cache_dir``, else ``cache_dir`` (the training loop passes its workdir), else the
+  system's temporary directory. ``stream_test``: a test log is checked line by line now and
+  returned as a ``QueryLog``, featurized only when ``in_memory`` asks (after training, when
+  a validation slice does the periodic evaluations).
   """
   d = data_config
   holdout = (d.validation_fraction, d.validation_seed)
@@ -82,12 +92,14 @@ def load_splits(data_config, passes: int = 2) -> Splits:
     K = d.num_labels or count_lines(_require(d, "catalogue"))
     f = featurizer(d)
     train = QueryLog(train_path, f, K, buffer_size=d.buffer_size, holdout=holdout,
-                     cache_mb=d.cache_mb if passes > 1 else 0)
+                     cache_mb=d.cache_mb if passes > 1 else 0,
+                     cache_dir=d.cache_dir or cache_dir)
     if d.featurizer.idf:  # Fitted on the training part only: never on validation or test.
       f = train.featurizer = f.fit_idf(train.texts())
     held = (QueryLog(train_path, f, K, holdout=holdout, part="validation").to_xc()
             if d.validation_fraction else None)
-    return Splits(train, held, QueryLog(test_path, f, K).to_xc())
+    test = QueryLog(test_path, f, K)
+    return Splits(train, held, test if stream_test else test.to_xc())
   if d.name == "synthetic":
     train, test = make_catalogue(**dict(d.synthetic))
   elif d.name == "xc":

@@ -12,10 +12,11 @@ The rows left over at the end of a window are carried into the next one, so an e
 exactly ceil(N / batch_size) batches and no query is dropped.
 
 Memory is bounded by the window: about ``buffer_size`` x (nonzeros per query) x 8 bytes
-plus the query strings of one chunk -- and by ``cache_mb``: a log whose featurized matrices
-fit in it is featurized once, by the first complete pass, and served from memory after that
-(the same chunks in the same order, so the same batches). Featurizing character n-grams is
-slow next to a training step (text WordNet: about half of an epoch's time).
+plus the query strings of one chunk. A log whose featurized matrices fit in ``cache_mb`` is
+featurized once, by the first complete pass, which writes them to an unlinked file in
+``cache_dir`` (``mach_jax.data.spill``); later epochs read the same chunks back in the same
+order, so the same batches. Featurizing character n-grams is slow next to a training step
+(text WordNet: about half of an epoch's time).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import scipy.sparse as sp
 
 from mach_jax.data import batching, validation
 from mach_jax.data.lines import iter_text_lines
+from mach_jax.data.spill import ChunkFile
 from mach_jax.data.text import TextFeaturizer
 from mach_jax.data.xc import XCData
 
@@ -135,13 +137,14 @@ class QueryLog:
 
   ``holdout=(fraction, seed)`` carves the validation slice (``data.validation``) out of the
   file: ``part='train'`` reads every other line, ``part='validation'`` only the held-out ones.
-  ``cache_mb``: keep the featurized chunks in memory when they fit in that many MB (0: never).
+  ``cache_mb``: keep the featurized chunks, when they fit in that many MB, in a temporary
+  file in ``cache_dir`` (None: the system's temporary directory) for later passes (0: never).
   """
 
   def __init__(self, path: str, featurizer: TextFeaturizer, num_labels: int, *,
                buffer_size: int = 100_000, read_chunk: int = 8192,
                holdout: tuple[float, int] = (0.0, 0), part: str = "train",
-               cache_mb: float = 0):
+               cache_mb: float = 0, cache_dir: str | None = None):
     if not os.path.exists(path):
       raise FileNotFoundError(f"{path}: no such query log")
     if buffer_size < 1 or read_chunk < 1:
@@ -151,8 +154,8 @@ class QueryLog:
     self.path, self.featurizer, self.num_labels = path, featurizer, int(num_labels)
     self.buffer_size, self.read_chunk = int(buffer_size), int(read_chunk)
     self.holdout, self.part = (float(holdout[0]), int(holdout[1])), part
-    self.cache_bytes = int(cache_mb * 2**20)
-    self._cached: list[tuple[sp.csr_matrix, sp.csr_matrix]] | None = None
+    self.cache_bytes, self.cache_dir = int(cache_mb * 2**20), cache_dir
+    self._cached: ChunkFile | None = None
     counts = np.zeros(self.num_labels, np.int64)
     n, widest = 0, 0
     for queries, labels, lines in self._lines(1 << 16):
@@ -197,19 +200,19 @@ class QueryLog:
     if self._cached is not None:
       yield from self._cached
       return
-    kept, size = ([] if self.cache_bytes else None), 0
-    for queries, labels, lines in self._lines(self.read_chunk):
-      where = [f"{self.path}:{i}" for i in lines]
-      X, Y = self.featurizer.transform(queries, where), label_matrix(labels, self.num_labels)
-      if kept is not None:
-        size += sum(a.nbytes for m in (X, Y) for a in (m.data, m.indices, m.indptr))
-        if size <= self.cache_bytes:
-          kept.append((X, Y))
-        else:
-          kept = None
-      yield X, Y
-    if kept is not None:  # Only a complete pass fills the cache.
-      self._cached = kept
+    spill = ChunkFile(self.cache_dir, self.cache_bytes) if self.cache_bytes else None
+    try:
+      for queries, labels, lines in self._lines(self.read_chunk):
+        where = [f"{self.path}:{i}" for i in lines]
+        X, Y = self.featurizer.transform(queries, where), label_matrix(labels, self.num_labels)
+        if spill is not None and not spill.append(X, Y):  # Too large: featurize every pass.
+          spill.close()
+          spill, self.cache_bytes = None, 0
+        yield X, Y
+      self._cached, spill = spill, None  # Only a complete pass fills the cache.
+    finally:
+      if spill is not None:  # A pass stopped early (the first window, a resumed epoch).
+        spill.close()
 
   def to_xc(self) -> XCData:
     """All of it in memory (for a held-out split)."""
