@@ -4,7 +4,8 @@
 
 Systems, each trained and timed in its own process on 2 cores (prediction: the whole test
 set in one call, timed on the second of two passes, then single queries):
-  mach          mach-jax with the set's tuned config (experiments/configs/<set>.py)
+  mach          mach-jax with the set's tuned config (experiments/configs/<set>.py), or with
+                its get_config(VARIANT) by --variant (the mach systems and their points)
   mach_text     mach-jax's default text config (experiments/configs/text.py) on the raw text
                 of a set the repository builds (debian, wordnet): its query logs train.tsv /
                 test.tsv and catalogue, the test lines in the XC test file's order (checked);
@@ -126,7 +127,7 @@ def mach_worker(args) -> dict:
 
   logging.set_verbosity(logging.WARNING)
   spec = __import__(f"experiments.configs.{args.dataset}", fromlist=["get_config"])
-  config = spec.get_config()
+  config = spec.get_config(args.variant) if args.variant else spec.get_config()
   config.data.train, config.data.test = args.train, args.test
   config.train.progress_bar = False
   config.eval.estimators = (config.eval.estimator,)
@@ -269,14 +270,17 @@ def worker_env() -> dict:
 
 def run_system(system: str, dataset: str, train: str, test: str, out: str,
                peers_python: str, text_epochs: int = 0, predict_only: bool = False,
-               sets: tuple[str, ...] = (), text_config: str = "text") -> dict:
+               sets: tuple[str, ...] = (), text_config: str = "text",
+               variant: str = "") -> dict:
   """One system's row; ``sets``: the field=value changes of a mach@NAME or mach_text@NAME
-  point."""
+  point; ``variant``: the set's config variant for the other mach-jax systems."""
   env = worker_env()
   argv = ["--system", system, "--train", train, "--test", test, "--out", out]
   argv += ["--predict_only"] * predict_only + [f"--set={item}" for item in sets]
   if system.split("@")[0] == "mach_text":
     argv += ["--text_epochs", str(text_epochs), "--text_config", text_config]
+  elif variant:
+    argv += ["--variant", variant]
   if system.split("@")[0] in MACH_SYSTEMS:
     return workers.run("experiments.bench.peers", argv + ["--dataset", dataset],
                        f"{system} on {dataset}", env)
@@ -347,6 +351,9 @@ def main():
   p.add_argument("--text_config", default="text",
                  help="the config of mach_text and its points: experiments/configs/<NAME>.py, "
                       "or NAME:VARIANT for get_config(VARIANT)")
+  p.add_argument("--variant", default="",
+                 help="mach, full_softmax and the mach@NAME points: the set's config variant, "
+                      "experiments/configs/<set>.py's get_config(VARIANT)")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--set", action="append", help=argparse.SUPPRESS)
   p.add_argument("--system", help=argparse.SUPPRESS)
@@ -396,8 +403,10 @@ def main():
         raise SystemExit(f"--predict_only: {out} holds no earlier run of {system}")
       res = run_system(system, dataset, train_path, test_path, out, peers_python,
                        args.text_epochs, args.predict_only, tuple(points.get(system, ())),
-                       args.text_config)
-      res["changes"] = " ".join(points.get(system, ()))
+                       args.text_config, args.variant)
+      variant = args.variant and system.split("@")[0] in ("mach", "full_softmax")
+      res["changes"] = " ".join([f"variant {args.variant}"] * bool(variant)
+                                + list(points.get(system, ())))
       preds = np.load(os.path.join(out, PREDS[args.predict_only]), allow_pickle=False)
       m = metrics.evaluate(preds, test_Y, inv_p)
       if args.predict_only:  # The reloaded model's answers against the training run's.

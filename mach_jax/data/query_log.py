@@ -29,11 +29,18 @@ from typing import Iterator
 import numpy as np
 import scipy.sparse as sp
 
+from mach_jax import host_memory
 from mach_jax.data import batching, validation
 from mach_jax.data.lines import iter_text_lines
 from mach_jax.data.spill import ChunkFile
 from mach_jax.data.text import TextFeaturizer
 from mach_jax.data.xc import XCData
+
+# Freed host memory is handed back (``host_memory.release``) after every window and every
+# this many batches: the rows copied out of a window and the featurizer's chunks leave freed
+# pages with the allocator between the training loop's own releases (Debian, text config:
+# 95 MB over 400 steps; experiments/bench/NOTES.md).
+RELEASE_EVERY = 64
 
 
 class QueryLogError(ValueError):
@@ -283,6 +290,8 @@ class QueryLog:
           yield batching.make_batch(X, Y, rows, batch_size, widths, dense=dense,
                                     num_shards=num_shards)
         emitted += 1
+        if emitted % RELEASE_EVERY == 0:  # What making the batches freed (see the constant).
+          host_memory.release()
 
     for chunk in self.chunks():
       window.append(chunk)
@@ -293,7 +302,8 @@ class QueryLog:
         window, count, index = [], 0, index + 1
         yield from emit(X, Y, rows_list)
         # Let this window go before the next is read and featurized (one window held,
-        # not two).
+        # not two), and hand its pages back to the system.
         del X, Y, rows_list
+        host_memory.release()
     if window or carry is not None:
       yield from emit(*flush(window, carry, index, last=True)[:3])
