@@ -39,7 +39,7 @@ from mach_jax.data.xc import XCData
 # Freed host memory is handed back (``host_memory.release``) after every window and every
 # this many batches: the rows copied out of a window and the featurizer's chunks leave freed
 # pages with the allocator between the training loop's own releases (Debian, text config:
-# 95 MB over 400 steps; experiments/bench/NOTES.md).
+# 95 MB over 200 steps; experiments/bench/NOTES.md).
 RELEASE_EVERY = 64
 
 

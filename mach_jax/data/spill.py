@@ -36,7 +36,8 @@ class ChunkFile:
       raise FileNotFoundError(f"{directory}: no such directory for the featurized-log cache "
                               "(config.data.cache_dir)")
     self._file = tempfile.TemporaryFile(dir=directory)
-    self._index: list[tuple[tuple[int, int], list[tuple[tuple[int, int], list]]]] = []
+    # Per chunk, for X then Y: (shape, [(offset, dtype, size) of data, indices, indptr]).
+    self._index: list[list[tuple[tuple[int, int], list[tuple[int, str, int]]]]] = []
     self.nbytes, self.limit_bytes = 0, int(limit_bytes)
 
   def __len__(self) -> int:
@@ -62,11 +63,13 @@ class ChunkFile:
     return True
 
   def _read(self, offset: int, dtype: str, size: int) -> np.ndarray:
+    """``size`` values at ``offset``. pread keeps no file position, so two readers can
+    interleave; it may return less than asked, hence the loop."""
     a = np.empty(size, np.dtype(dtype))
     view, done = memoryview(a).cast("B"), 0
-    while done < a.nbytes:  # pread may return less than asked; it keeps no file position,
-      got = os.preadv(self._file.fileno(), [view[done:]], offset + done)  # so readers can
-      if got <= 0:                                                        # interleave.
+    while done < a.nbytes:
+      got = os.preadv(self._file.fileno(), [view[done:]], offset + done)
+      if got <= 0:
         raise OSError(f"featurized-log cache: read {done} of {a.nbytes} bytes at {offset}")
       done += got
     return a
