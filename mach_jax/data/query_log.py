@@ -36,12 +36,6 @@ from mach_jax.data.spill import ChunkFile
 from mach_jax.data.text import TextFeaturizer
 from mach_jax.data.xc import XCData
 
-# Freed host memory is handed back (``host_memory.release``) after every window and every
-# this many batches: the rows copied out of a window and the featurizer's chunks leave freed
-# pages with the allocator between the training loop's own releases (Debian, text config:
-# 95 MB over 200 steps; experiments/bench/NOTES.md).
-RELEASE_EVERY = 64
-
 
 class QueryLogError(ValueError):
   """A malformed query log; the message names the file and the 1-based line."""
@@ -290,8 +284,6 @@ class QueryLog:
           yield batching.make_batch(X, Y, rows, batch_size, widths, dense=dense,
                                     num_shards=num_shards)
         emitted += 1
-        if emitted % RELEASE_EVERY == 0:  # What making the batches freed (see the constant).
-          host_memory.release()
 
     for chunk in self.chunks():
       window.append(chunk)
@@ -302,7 +294,8 @@ class QueryLog:
         window, count, index = [], 0, index + 1
         yield from emit(X, Y, rows_list)
         # Let this window go before the next is read and featurized (one window held,
-        # not two), and hand its pages back to the system.
+        # not two), and hand its pages back to the system (Debian, text config: 38 MB
+        # less peak RSS in the first epoch; experiments/bench/NOTES.md).
         del X, Y, rows_list
         host_memory.release()
     if window or carry is not None:
