@@ -19,6 +19,9 @@ set in one call, timed on the second of two passes, then single queries):
                 points run after --systems, and experiments.bench.frontier plots them all
   mach_text@NAME  the same for mach_text, by --text_point
 
+--text_set FIELD=VALUE (repeatable) changes mach_text and every mach_text@NAME point alike
+(e.g. a smaller feature hash for a quick run: --text_set data.featurizer.num_features=4096).
+
 --text_config names the config mach_text and its points start from (default text;
 "products:hashed_input" calls experiments/configs/products.py's get_config("hashed_input")):
 a set written by experiments.datasets.query_xc (the synthetic catalogue's query log and its
@@ -348,6 +351,9 @@ def main():
   p.add_argument("--text_point", action="append", default=[],
                  help="'NAME: field=value ...': one more system, mach_text@NAME, mach_text's "
                       "config with those changes (repeatable)")
+  p.add_argument("--text_set", action="append", default=[],
+                 help="FIELD=VALUE: a change to mach_text and every mach_text@NAME point "
+                      "(repeatable), listed in the table's changes")
   p.add_argument("--text_config", default="text",
                  help="the config of mach_text and its points: experiments/configs/<NAME>.py, "
                       "or NAME:VARIANT for get_config(VARIANT)")
@@ -373,6 +379,8 @@ def main():
                 [parse_point(p, "mach_text") for p in args.text_point])
   if len(points) < len(args.point) + len(args.text_point):
     raise SystemExit("--point: two points share a NAME")
+  for item in args.text_set:
+    parse_set(item)  # Fail before any run.
   systems += list(points)
   peers_python = None
   if args.setup_only or any(s not in MACH_SYSTEMS and s not in points for s in systems):
@@ -401,12 +409,13 @@ def main():
       out = os.path.join(args.out, dataset, system)
       if args.predict_only and not os.path.exists(os.path.join(out, PREDS[False])):
         raise SystemExit(f"--predict_only: {out} holds no earlier run of {system}")
+      sets = tuple(args.text_set if system.startswith("mach_text") else ()) + tuple(
+          points.get(system, ()))
       res = run_system(system, dataset, train_path, test_path, out, peers_python,
-                       args.text_epochs, args.predict_only, tuple(points.get(system, ())),
-                       args.text_config, args.variant)
+                       args.text_epochs, args.predict_only, sets, args.text_config,
+                       args.variant)
       variant = args.variant and system.split("@")[0] in ("mach", "full_softmax")
-      res["changes"] = " ".join([f"variant {args.variant}"] * bool(variant)
-                                + list(points.get(system, ())))
+      res["changes"] = " ".join([f"variant {args.variant}"] * bool(variant) + list(sets))
       preds = np.load(os.path.join(out, PREDS[args.predict_only]), allow_pickle=False)
       m = metrics.evaluate(preds, test_Y, inv_p)
       if args.predict_only:  # The reloaded model's answers against the training run's.
@@ -430,8 +439,10 @@ def main():
                  f"{r['P@5']:.3f} | {r['nDCG@5']:.3f} | {r['PSP@5']:.3f} | {r['train_s']:.1f} | "
                  f"{predict_cell(r)} | {r['peak_rss_mb']:.0f} | {r['model_mb']:.1f} | "
                  f"{params_cell(r)} |")
-  lines += [""] + [f"- {name}: {base(name)} with {' '.join(sets)}"
-                   for name, sets in points.items()] if points else []
+  notes = [f"- {name}: {base(name)} with {' '.join(sets)}" for name, sets in points.items()]
+  if args.text_set and any(s.startswith("mach_text") for s in systems):
+    notes.insert(0, f"- mach_text and its points: with {' '.join(args.text_set)}")
+  lines += [""] + notes if notes else []
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(head + "\n".join(lines) + "\n")
   print(head + "\n".join(lines))
