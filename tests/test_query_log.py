@@ -144,6 +144,37 @@ def test_featurized_cache_serves_later_epochs_with_the_same_batches(tmp_path, mo
         np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
+def test_windows_read_their_rows_from_the_cache_file_and_a_full_cache_mid_pass(tmp_path,
+                                                                            monkeypatch):
+  """With the cache on, a shuffle window holds its chunks as rows in the file (the first
+  pass's as soon as written), not as featurized arrays. A cache that fills mid-pass keeps
+  the chunks already in it readable for their window, the rest come from memory, and the
+  next pass featurizes again. The batches are the same as without a cache."""
+  from mach_jax.data import query_log
+  from mach_jax.data.spill import ChunkRows
+  path = str(write_log(tmp_path / "q.tsv", 700))
+  plain = QueryLog(path, F, 50, buffer_size=200, read_chunk=50)
+  X, Y = next(plain.chunks())
+  chunk_mb = sum(getattr(m, f).nbytes for m in (X, Y) for f in ("data", "indices", "indptr"))
+  w = plain.widths(64)
+  kinds = []
+  stack = query_log.RowStack
+  monkeypatch.setattr(query_log, "RowStack", lambda parts: kinds.append(
+      [type(p) for p in parts]) or stack(parts))
+  for cache_mb, from_file in ((64, [14, 14]), (3.5 * chunk_mb / 2**20, [3, 0])):
+    log = QueryLog(path, F, 50, buffer_size=200, read_chunk=50, cache_mb=cache_mb,
+                   cache_dir=str(tmp_path))
+    for epoch, want_file in enumerate(from_file):
+      kinds.clear()
+      got = list(log.batches(64, seed=3, epoch=epoch, widths=w))
+      assert sum(k == ChunkRows for ks in kinds for k in ks) == 2 * want_file
+      want = list(plain.batches(64, seed=3, epoch=epoch, widths=w))
+      for x, y in zip(got, want, strict=True):
+        for k in x:
+          np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+    assert (log._cached is not None) == (from_file[1] > 0)
+
+
 def test_a_one_pass_run_keeps_no_cache(tmp_path):
   """load_splits(passes=1) streams the log without caching it: nothing would read the cache,
   which would otherwise hold the whole featurized log (1.8 GB for 10M queries)."""

@@ -49,3 +49,37 @@ def test_a_chunk_past_the_limit_is_refused_and_nothing_written():
 def test_a_missing_directory_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="nowhere.*config.data.cache_dir"):
     ChunkFile(str(tmp_path / "nowhere"), 1 << 20)
+
+
+def test_a_chunks_rows_read_from_the_file_are_its_rows(tmp_path):
+  """ChunkRows[r] is X[r] for any order: runs of consecutive rows, repeats of none, rows
+  with no nonzeros, no rows at all."""
+  X, Y = _pair(3, 50)
+  X = sp.csr_matrix(sp.diags((np.arange(50) != 7).astype(np.float32)) @ X)  # Row 7 empty.
+  assert X[7].nnz == 0
+  spill = ChunkFile(str(tmp_path), 1 << 20)
+  spill.append(*_pair(9, 4))  # Chunk 1 does not start at offset 0.
+  spill.append(X, Y)
+  Xr, Yr = spill.chunk(1)
+  assert Xr.shape == X.shape and Yr.shape == Y.shape
+  rng = np.random.default_rng(0)
+  for rows in (rng.permutation(50), np.arange(10, 30), [7], [49, 0, 1, 2, 7, 8, 3],
+               np.zeros(0, np.int64)):
+    _same(Xr[rows], X[rows])
+    _same(Yr[rows], Y[rows])
+  spill.close()
+
+
+def test_the_file_stays_open_while_a_chunk_is_held_and_closes_after(tmp_path):
+  """A window may still hold chunks of a file the log has let go (a pass stopped early,
+  the cache full): those chunks stay readable, and the file closes with the last one."""
+  X, Y = _pair(1, 12)
+  spill = ChunkFile(str(tmp_path), 1 << 20)
+  spill.append(X, Y)
+  file = spill._file
+  Xr = spill.chunk(0)[0]
+  del spill
+  _same(Xr[[3, 4, 0]], X[[3, 4, 0]])
+  assert not file.closed
+  del Xr
+  assert file.closed

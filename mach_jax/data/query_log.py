@@ -11,12 +11,14 @@ in a batch, so a log sorted by time should be pre-shuffled once or given a large
 The rows left over at the end of a window are carried into the next one, so an epoch yields
 exactly ceil(N / batch_size) batches and no query is dropped.
 
-Memory is bounded by the window: about ``buffer_size`` x (nonzeros per query) x 8 bytes
-plus the query strings of one chunk. A log whose featurized matrices fit in ``cache_mb`` is
-featurized once, by the first complete pass, which writes them to an unlinked file in
-``cache_dir`` (``mach_jax.data.spill``); later epochs read the same chunks back in the same
-order, so the same batches. Featurizing character n-grams is slow next to a training step
-(text WordNet: about half of an epoch's time).
+A log whose featurized matrices fit in ``cache_mb`` is featurized once, by the first
+complete pass, which writes them to an unlinked file in ``cache_dir``
+(``mach_jax.data.spill``); later epochs read the same chunks back in the same order, so the
+same batches. Featurizing character n-grams is slow next to a training step (text WordNet:
+about half of an epoch's time). While the cache holds them, a window's chunks stay in the
+file and each batch reads its rows from there, so memory holds one chunk being featurized
+and the batches in flight. Without the cache, memory is bounded by the window: about
+``buffer_size`` x (nonzeros per query) x 8 bytes plus the query strings of one chunk.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ import scipy.sparse as sp
 from mach_jax import host_memory
 from mach_jax.data import batching, validation
 from mach_jax.data.lines import iter_text_lines
-from mach_jax.data.spill import ChunkFile
+from mach_jax.data.spill import ChunkFile, ChunkRows
 from mach_jax.data.text import TextFeaturizer
 from mach_jax.data.xc import XCData
+
+Rows = sp.csr_matrix | ChunkRows  # What a shuffle window's chunk can be: ``rows`` -> CSR.
 
 
 class QueryLogError(ValueError):
@@ -50,10 +54,11 @@ class RowStack:
   ``stack[rows]`` copies only those rows, in their order.
 
   Args:
-    parts: CSR matrices with the same number of columns.
+    parts: CSR matrices, or ``ChunkRows`` read from the cache file, with the same number
+      of columns.
   """
 
-  def __init__(self, parts: list[sp.csr_matrix]):
+  def __init__(self, parts: list[Rows]):
     self.parts = list(parts)
     self.starts = np.cumsum([0] + [p.shape[0] for p in self.parts])
     self.shape = (int(self.starts[-1]), self.parts[0].shape[1])
@@ -198,22 +203,29 @@ class QueryLog:
 
   def chunks(self) -> Iterator[tuple[sp.csr_matrix, sp.csr_matrix]]:
     """(X, Y) per chunk of lines, in file order, featurized (or from the cache)."""
+    return self._pass(rows_from_file=False)
+
+  def _pass(self, rows_from_file: bool) -> Iterator[tuple[Rows, Rows]]:
+    """``chunks``; with ``rows_from_file``, a chunk held by the cache file comes as its
+    ``ChunkRows`` (read a batch's rows at a time), the first pass's as soon as written."""
     if self._cached is not None:
-      yield from self._cached
+      if rows_from_file:
+        yield from map(self._cached.chunk, range(len(self._cached)))
+      else:
+        yield from self._cached
       return
     spill = ChunkFile(self.cache_dir, self.cache_bytes) if self.cache_bytes else None
-    try:
-      for queries, labels, lines in self._lines(self.read_chunk):
-        where = [f"{self.path}:{i}" for i in lines]
-        X, Y = self.featurizer.transform(queries, where), label_matrix(labels, self.num_labels)
-        if spill is not None and not spill.append(X, Y):  # Too large: featurize every pass.
-          spill.close()
-          spill, self.cache_bytes = None, 0
-        yield X, Y
-      self._cached, spill = spill, None  # Only a complete pass fills the cache.
-    finally:
-      if spill is not None:  # A pass stopped early (the first window, a resumed epoch).
-        spill.close()
+    for queries, labels, lines in self._lines(self.read_chunk):
+      where = [f"{self.path}:{i}" for i in lines]
+      X, Y = self.featurizer.transform(queries, where), label_matrix(labels, self.num_labels)
+      if spill is not None and not spill.append(X, Y):  # Too large: featurize every pass.
+        spill, self.cache_bytes = None, 0  # Closed once no window holds a chunk of it.
+      chunk = spill.chunk(len(spill) - 1) if rows_from_file and spill is not None else (X, Y)
+      del X, Y  # Not held here while the caller's window is made of ChunkRows.
+      yield chunk
+    # Only a complete pass fills the cache; a pass stopped early (the first window, a
+    # resumed epoch) lets its file go, and it is closed with its last chunk.
+    self._cached = spill
 
   def to_xc(self) -> XCData:
     """All of it in memory (for a held-out split)."""
@@ -262,7 +274,7 @@ class QueryLog:
     self._head_data = None  # Set-up is over; the first window is read again below.
     emitted = 0
     carry: XCData | None = None
-    window: list[tuple[sp.csr_matrix, sp.csr_matrix]] = []
+    window: list[tuple[Rows, Rows]] = []
     count, index = 0, 0
 
     def flush(parts, carry, index, last):
@@ -285,7 +297,7 @@ class QueryLog:
                                     num_shards=num_shards)
         emitted += 1
 
-    for chunk in self.chunks():
+    for chunk in self._pass(rows_from_file=True):
       window.append(chunk)
       count += chunk[0].shape[0]
       del chunk
