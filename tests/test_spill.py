@@ -67,6 +67,9 @@ def test_a_chunks_rows_read_from_the_file_are_its_rows(tmp_path):
                np.zeros(0, np.int64)):
     _same(Xr[rows], X[rows])
     _same(Yr[rows], Y[rows])
+  for bad in ([50], [-1, 3]):
+    with pytest.raises(IndexError, match="of a chunk of 50"):
+      Xr[bad]
   spill.close()
 
 

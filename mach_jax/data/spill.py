@@ -7,7 +7,7 @@ without it; experiments/bench/NOTES.md). Here it goes to an unlinked file (as tf
 ``Dataset.cache(filename)`` does), and each later epoch reads it back a chunk at a time,
 from the operating system's page cache while that holds it: the process keeps one chunk.
 A shuffle window can also hold its chunks as ``ChunkRows`` and read only a batch's rows
-(``chunk.rows(i)``), so that no epoch, the first included, holds a window of featurized
+(``ChunkFile.chunk(i)``), so that no epoch, the first included, holds a window of featurized
 queries in memory.
 
 The file has no name: it disappears when it is closed or the process ends, crash included.
@@ -43,7 +43,7 @@ class ChunkFile:
     # Closed by close(), or when the last reference (this or a chunk's ChunkRows) goes.
     self._closer = weakref.finalize(self, self._file.close)
     # Per chunk, for X then Y: (shape, [(offset, dtype, size) of data, indices, indptr],
-    # indptr): the row pointers stay in memory (4 bytes a row) for ``rows``.
+    # indptr): the row pointers stay in memory (4 bytes a row) for ``ChunkRows``.
     self._index: list[list[tuple[tuple[int, int], list[tuple[int, str, int]], np.ndarray]]] = []
     self.nbytes, self.limit_bytes = 0, int(limit_bytes)
 
@@ -103,9 +103,9 @@ class ChunkFile:
 class ChunkRows:
   """One chunk's X (``which`` = 0) or Y (1) in a ``ChunkFile``, read a few rows at a time.
 
-  ``rows[r]`` reads rows ``r`` (an int array, any order) into a CSR matrix, two ``pread``
-  calls per run of consecutive rows (its values, its column indices): the same matrix as
-  the chunk's ``X[r]``. It keeps its file open.
+  ``chunk_rows[r]`` reads rows ``r`` (ints in [0, n), any order) into a CSR matrix, two
+  ``pread`` calls per run of consecutive rows (its values, its column indices): the same
+  matrix as the chunk's ``X[r]``. It keeps its file open.
   """
 
   def __init__(self, file: ChunkFile, i: int, which: int):
@@ -115,6 +115,8 @@ class ChunkRows:
 
   def __getitem__(self, rows) -> sp.csr_matrix:
     rows = np.asarray(rows, np.int64).reshape(-1)
+    if rows.size and not 0 <= rows.min() <= rows.max() < self.shape[0]:
+      raise IndexError(f"rows {rows.min()}..{rows.max()} of a chunk of {self.shape[0]}")
     indptr = self._indptr
     lengths = indptr[rows + 1] - indptr[rows]
     out = np.zeros(rows.size + 1, np.int64)
