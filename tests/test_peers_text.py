@@ -12,9 +12,9 @@ import scipy.sparse as sp
 from mach_jax.data.xc import write_xc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The text config with a smaller feature hash: its 2^18 dimensions make an 800 MB state and
-# checkpoint, too much for a 16-item set's test.
-SMALL = ("--text_set", "data.featurizer.num_features=4096")
+# The text config with a smaller feature hash and layer: its 2^18 dimensions and H = 256 make
+# an 800 MB state and checkpoint, too much for a 16-item set's test.
+SMALL = ("--text_set", "data.featurizer.num_features=4096", "--text_set", "model.hidden=(32,)")
 WORDS = ("apple banana cherry grape lemon mango olive peach pear plum quince raspberry "
          "tomato walnut yam zucchini").split()
 

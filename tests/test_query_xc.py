@@ -74,14 +74,15 @@ def test_the_peers_bench_runs_mach_text_points_on_a_written_set(tmp_path):
       [sys.executable, "-m", "experiments.bench.peers", "--datasets", "fruit",
        "--systems", "mach_text", "--data_root", str(tmp_path), "--text_epochs", "3",
        "--text_config", "text", "--text_point", "r2: model.R=2",
-       "--text_set", "data.featurizer.num_features=4096", "--out", str(tmp_path / "bench")],
+       "--text_set", "data.featurizer.num_features=4096", "--text_set", "model.hidden=(32,)",
+       "--out", str(tmp_path / "bench")],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   rows = list(csv.DictReader(open(tmp_path / "bench" / "results.csv")))
   assert [r["system"] for r in rows] == ["mach_text", "mach_text@r2"]
-  small = "data.featurizer.num_features=4096"  # --text_set: every mach_text system's.
+  small = "data.featurizer.num_features=4096 model.hidden=(32,)"  # --text_set: both systems'.
   assert [r["changes"] for r in rows] == [small, f"{small} model.R=2"]
-  assert rows[1]["params_formula"].startswith("2x(4096·")
+  assert rows[1]["params_formula"].startswith("2x(4096·32·")
   assert not rows[0]["params_formula"].startswith("2x(")
   md = open(tmp_path / "bench" / "results.md").read()
   assert "mach_text@r2: experiments/configs/text with model.R=2" in md
