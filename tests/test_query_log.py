@@ -299,3 +299,20 @@ def test_the_next_window_is_read_after_the_last_one_is_let_go(tmp_path, monkeypa
   monkeypatch.setattr(log, "chunks", watched)
   assert len(list(log.batches(64, seed=0, epoch=0, widths=log.widths(64)))) == 11
   assert len(windows) >= 3 * 2 and alive_at_reads and max(alive_at_reads) == 0
+
+
+def test_the_batches_bench_makes_every_epochs_batches(tmp_path):
+  """experiments.bench.batches: ceil(N / b) batches an epoch, each epoch timed, the
+  resident set sampled (at least what it was after loading)."""
+  from experiments.bench import batches
+  from mach_jax.config import default_config
+  c = default_config()
+  c.data.name, c.data.num_labels = "queries", 50
+  c.data.train = str(write_log(tmp_path / "train.tsv", 700))
+  c.data.test = str(write_log(tmp_path / "test.tsv", 20))
+  c.data.featurizer.num_features = 1 << 12
+  c.train.batch_size, c.train.num_epochs = 64, 2
+  res = batches.measure(c, 2)
+  assert [e["batches"] for e in res["epochs"]] == [11, 11]
+  assert all(e["seconds"] > 0 for e in res["epochs"])
+  assert res["peak_rss_mb"] >= res["start_rss_mb"] > 0
