@@ -288,17 +288,19 @@ def test_the_next_window_is_read_after_the_last_one_is_let_go(tmp_path, monkeypa
   monkeypatch.setattr(query_log, "RowStack", Tracked)
   log = QueryLog(str(write_log(tmp_path / "q.tsv", 700)), F, 50, buffer_size=200,
                  read_chunk=50)
-  chunks = log.chunks
+  widths = log.widths(64)
+  passes = log._pass
   alive_at_reads = []
 
-  def watched():
-    for chunk in chunks():
+  def watched(rows_from_file):
+    for chunk in passes(rows_from_file):
       gc.collect()
       alive_at_reads.append(sum(w() is not None for w in windows))
       yield chunk
-  monkeypatch.setattr(log, "chunks", watched)
-  assert len(list(log.batches(64, seed=0, epoch=0, widths=log.widths(64)))) == 11
-  assert len(windows) >= 3 * 2 and alive_at_reads and max(alive_at_reads) == 0
+  monkeypatch.setattr(log, "_pass", watched)
+  assert len(list(log.batches(64, seed=0, epoch=0, widths=widths))) == 11
+  # Every one of the 14 chunks was read through the watched pass, with no window alive.
+  assert len(windows) >= 3 * 2 and len(alive_at_reads) == 14 and max(alive_at_reads) == 0
 
 
 def test_the_batches_bench_makes_every_epochs_batches(tmp_path):
