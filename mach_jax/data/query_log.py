@@ -306,8 +306,8 @@ class QueryLog:
         window, count, index = [], 0, index + 1
         yield from emit(X, Y, rows_list)
         # Let this window go before the next is read and featurized (one window held,
-        # not two), and hand its pages back to the system (Debian, text config: 38 MB
-        # less peak RSS in the first epoch; experiments/bench/NOTES.md).
+        # not two), and hand its freed pages, and its batches', back to the system
+        # (experiments/bench/NOTES.md).
         del X, Y, rows_list
         host_memory.release()
     if window or carry is not None:
