@@ -1,5 +1,7 @@
 """The time-to-target benchmark's bookkeeping (the runs themselves are benchmarks, not tests)."""
 
+import os
+
 import pytest
 
 from experiments.bench import peers, speed
@@ -77,6 +79,16 @@ def test_cache_env_sets_jax_persistent_cache_only_when_asked(tmp_path):
   env = speed.cache_env(str(tmp_path / "cache"))
   assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "cache")
   assert env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+
+
+def test_the_suite_compiles_into_the_persistent_cache_conftest_names():
+  import jax
+  import jax.numpy as jnp
+  folder = os.environ["JAX_COMPILATION_CACHE_DIR"]
+  assert jax.config.jax_compilation_cache_dir == folder
+  before = set(os.listdir(folder))
+  jax.jit(lambda x: jnp.cumsum(x * 3.25) - 1.75)(jnp.arange(1237.0))  # No other test's.
+  assert set(os.listdir(folder)) - before
 
 
 def test_step_profile_times_the_step_and_names_its_ops():
