@@ -8,8 +8,9 @@
 Reads the data as ``train_and_evaluate`` does (``load_splits`` with the run's number of
 passes, so a query log's featurized cache goes to a temporary folder as it would to the
 workdir), then makes ``--epochs`` epochs of batches through the same background prefetch,
-one data shard, and drops them. The process's resident set is sampled every 50 ms: what the
-input pipeline holds beside a run's state, and what each epoch costs the prefetch thread.
+one data shard, and drops them. The process's resident set is sampled every 10 ms
+(``checkpoint_memory.Peak``): what the input pipeline holds beside a run's state, and what
+each epoch costs the prefetch thread.
 The tool behind "A shuffle window's rows read from the featurized-log file" in
 experiments/bench/NOTES.md.
 """
@@ -18,54 +19,35 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import threading
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments.bench.checkpoint_memory import Peak
+
 _CONFIG = _EPOCHS = None  # Flags: see _flags().
-
-
-def rss_mb() -> float:
-  """This process's resident set, in MB."""
-  for line in open("/proc/self/status"):
-    if line.startswith("VmRSS:"):
-      return int(line.split()[1]) / 1024
-  return 0.0
 
 
 def measure(config, epochs: int) -> dict:
   """Seconds and batches per epoch, and the resident set (MB) before and at its highest."""
   from mach_jax.data import batching, load_splits
 
-  samples, stop = [], threading.Event()
-
-  def watch():
-    while not stop.is_set():
-      samples.append(rss_mb())
-      time.sleep(0.05)
-
   with tempfile.TemporaryDirectory() as cache_dir:
     train = load_splits(config.data, max(config.train.num_epochs, 1), cache_dir=cache_dir,
                         stream_test=True).train
     b = config.train.batch_size
     widths = train.widths(b)
-    start = rss_mb()
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
     per_epoch = []
-    try:
+    with Peak() as peak:
       for epoch in range(epochs):
         t0, n = time.perf_counter(), 0
         for _ in batching.prefetch(train.batches(b, seed=config.seed, epoch=epoch,
                                                  widths=widths)):
           n += 1
         per_epoch.append({"seconds": time.perf_counter() - t0, "batches": n})
-    finally:
-      stop.set()
-      watcher.join()
-  return {"start_rss_mb": start, "peak_rss_mb": max(samples + [start]), "epochs": per_epoch}
+  return {"start_rss_mb": peak.base, "peak_rss_mb": max(peak.peak, peak.base),
+          "epochs": per_epoch}
 
 
 def _flags():
@@ -81,7 +63,7 @@ def main(argv):
   del argv
   res = measure(_CONFIG.value, _EPOCHS.value)
   print(f"resident set {res['start_rss_mb']:.0f} MB after loading, at most "
-        f"{res['peak_rss_mb']:.0f} MB while making batches (sampled every 50 ms)")
+        f"{res['peak_rss_mb']:.0f} MB while making batches (sampled every 10 ms)")
   for i, e in enumerate(res["epochs"]):
     print(f"epoch {i}: {e['batches']} batches in {e['seconds']:.1f} s")
 
