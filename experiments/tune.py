@@ -70,7 +70,7 @@ def tune(config: ml_collections.ConfigDict, workdir: str, learning_rates, probe_
     c = ml_collections.ConfigDict(config.to_dict())
     c.optimizer.learning_rate = lr
     c.train.num_epochs = probe_epochs
-    c.eval.final_test = False
+    c.eval.final_test, c.train.refit = False, False  # A probe is scored on validation.
     res = _finished(os.path.join(workdir, f"probe_lr{lr:g}"), c) or run(
         c, os.path.join(workdir, f"probe_lr{lr:g}"))
     probes.append({"learning_rate": lr, "validation": res["selected"]["metrics"],

@@ -101,7 +101,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"  # adam | adamw | sgd.
   c.optimizer.learning_rate = 1e-3
-  c.optimizer.schedule = "constant"  # constant | cosine (with linear warm-up).
+  c.optimizer.schedule = "constant"  # constant | cosine (with linear warm-up) | piecewise.
+  c.optimizer.boundaries = ()  # piecewise: ((fraction of the run's steps, factor), ...).
   c.optimizer.warmup_steps = 0
   c.optimizer.warmup_fraction = 0.0  # More warm-up, as a fraction of the run's steps.
   c.optimizer.clip_norm = 0.0  # Per-repetition gradient-norm clip; 0 disables it.
@@ -149,6 +150,9 @@ def default_config() -> ml_collections.ConfigDict:
   # catalogue may since have grown: bundle.load_params_like). The optimizer starts afresh;
   # a run that resumes from its own checkpoint ignores this.
   c.train.init_from = ""
+  # Choose the epochs and decays on the validation slice, then train afresh on all the
+  # training data with that schedule (mach_jax/refit.py); the run takes about twice as long.
+  c.train.refit = False
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.enabled = True  # Rerunning the same command with the same workdir resumes.

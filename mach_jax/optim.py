@@ -44,14 +44,23 @@ def check_schedule(opt, total_steps: int) -> None:
 
 
 def learning_rate(opt, total_steps: int) -> float | optax.Schedule:
-  """``config.optimizer``'s learning rate: a constant, or warm-up then cosine decay."""
+  """``config.optimizer``'s learning rate: a constant, warm-up then cosine decay, or
+  piecewise constant (times each factor of ``opt.boundaries`` from its share of the run on:
+  ``((fraction, factor), ...)``, as a refit replays its decays)."""
   if opt.schedule == "constant":
     return opt.learning_rate
+  if opt.schedule == "piecewise":
+    if not opt.boundaries or any(not 0 < f < 1 for f, _ in opt.boundaries):
+      raise ValueError(f"config.optimizer.boundaries={opt.boundaries!r}: the piecewise "
+                       "schedule needs ((fraction of the run, factor), ...), 0 < fraction < 1")
+    return optax.piecewise_constant_schedule(opt.learning_rate, {
+        int(round(f * total_steps)): factor for f, factor in opt.boundaries})
   if opt.schedule == "cosine":
     warmup = warmup_steps(opt, total_steps)
     return optax.warmup_cosine_decay_schedule(0.0, opt.learning_rate, warmup,
                                               max(total_steps, warmup + 1))
-  raise ValueError(f"config.optimizer.schedule={opt.schedule!r}: expected constant|cosine")
+  raise ValueError(f"config.optimizer.schedule={opt.schedule!r}: expected "
+                   "constant|cosine|piecewise")
 
 
 def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:

@@ -1,9 +1,9 @@
 """``train_and_evaluate(config, workdir)``: the training loop, and nothing else.
 
 What it puts together lives elsewhere: the objects a config builds (``config.build``), the
-state and its jitted steps (``state.create_train_state``), the step itself (``steps``), the
-mesh (``sharding``), evaluation (``inference``), the checkpoint store (``checkpoint``), the
-model folder (``bundle``) and the loop's timing and checks (``loop``).
+state and its jitted steps (``state``), the step (``steps``), the mesh (``sharding``),
+evaluation (``inference``), checkpoints (``checkpoint``), the model folder (``bundle``),
+the loop's timing and checks (``loop``), decays (``plateau``) and the refit (``refit``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from mach_jax import (
   optim,
   plateau as plateau_lib,
   provenance,
+  refit as refit_lib,
   sharding,
   state as state_lib,
   workdir as workdir_lib,
@@ -47,7 +48,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ``workdir/model`` and ``workdir/results.json``; returns the results dict.
 
   Periodic evaluations run on the validation slice when ``data.validation_fraction`` > 0
-  (and the run ends with the best of them), else on the test split.
+  (the run ends with the best), else on the test split. ``train.refit``: ``refit``.
 
   Raises:
     workdir.WorkdirInUseError: another live run holds ``workdir``.
@@ -55,6 +56,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   t_start = time.time()
   config_lib.check_loop(config)
+  if config.train.refit:
+    return refit_lib.select_and_refit(config, workdir, train_and_evaluate)
   sharding.initialize_distributed(config.distributed)
   with workdir_lib.claim(workdir, lock=jax.process_index() == 0):
     return _train_and_evaluate(config, workdir, t_start)
@@ -80,13 +83,11 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
   optim.check_schedule(config.optimizer, total_steps)
   setup = state_lib.create_train_state(config, train, total_steps,
                                        initialize=False).ahead(total_steps)
-  spec, mesh = setup.parts.spec, setup.mesh
-  D, K = train.num_features, train.num_labels
+  spec, mesh, D, K = setup.parts.spec, setup.mesh, train.num_features, train.num_labels
   num_params = model_lib.count_params(setup.state.params)
   num_params_full = model_lib.num_params_full_softmax(D, tuple(config.model.hidden), K)
-  subset = None
-  if ev.subset and ev.subset < held.num_points:
-    subset = np.random.default_rng(config.seed).choice(held.num_points, ev.subset, replace=False)
+  subset = (np.random.default_rng(config.seed).choice(held.num_points, ev.subset, replace=False)
+            if ev.subset and ev.subset < held.num_points else None)
 
   def evaluate(params, data, rows=None) -> dict[str, dict[str, float]]:
     return inference.evaluate(params, setup.logits_fn, setup.parts.decoder, data, inv_prop,
@@ -221,15 +222,14 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
   res = evaluate(params, test) if ev.final_test else {}
   main = res.get(ev.estimator, {})
   results = {
-      **main, "estimator": ev.estimator, "by_estimator": res,
-      "train_seconds": train_seconds,
+      **main, "estimator": ev.estimator, "by_estimator": res, "train_seconds": train_seconds,
       "examples_per_second": examples / max(train_seconds, 1e-9),
       "eval_seconds": time.time() - t_eval, "periodic_eval_seconds": periodic_seconds,
       "periodic_evals": periodic_evals, "first_step_seconds": first_step_seconds,
       "target": target, "data_seconds": t_data, "total_seconds": time.time() - t_start,
       "steps": step, "num_params": num_params, "num_params_full_softmax": num_params_full,
-      "param_bytes": model_lib.param_bytes(params),
-      "state_bytes": model_lib.param_bytes(setup.state),  # Parameters + optimizer state.
+      "param_bytes": model_lib.param_bytes(params),  # State: parameters + optimizer state.
+      "state_bytes": model_lib.param_bytes(setup.state),
       "hash_spec": spec.to_dict(), "decays": plateau.decays,
       "selected": best.record, "num_train": train.num_points, "num_test": test.num_points,
       "num_validation": validation.num_points if validation is not None else 0,

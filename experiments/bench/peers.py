@@ -255,12 +255,14 @@ def mach_text_worker(args) -> dict:
   spec = results["hash_spec"]
   widths = "·".join(str(w) for w in (spec.get("input_dim") or config.data.featurizer.num_features,
                                      *config.model.hidden, spec["B"]))
-  return {"train_s": results["train_seconds"], "params_formula": f"{spec['R']}x({widths})",
+  refit = results.get("refit") or {}  # A refit's time includes its selection run's.
+  return {"train_s": results["train_seconds"] + refit.get("select_train_seconds", 0.0),
+          "params_formula": f"{spec['R']}x({widths})",
           "predict_ms_per_query_batch": batch_ms, "predict_ms_per_query_single": single_ms,
           **featurize, "model_mb": results["bundle_bytes"] / 2**20,
           "peak_rss_mb": provenance.peak_rss_bytes() / 2**20,
-          "num_params": results["num_params"], "epochs": results["selected"]["epoch"]
-          if results.get("selected") else None}
+          "num_params": results["num_params"], "epochs": refit.get("epochs") or (
+              results["selected"]["epoch"] if results.get("selected") else None)}
 
 
 def worker_env() -> dict:

@@ -1,0 +1,121 @@
+"""The refit: the schedule a validation slice chose, replayed on all the training data."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from mach_jax import bundle, optim, refit, train
+from tests.helpers import tiny_config
+
+S = 10  # Steps per epoch of the made-up selection runs.
+
+
+def _decay(step, restored_step):
+  return {"step": step, "epoch": step // S, "decay": 1, "restored_step": restored_step}
+
+
+def test_the_schedule_counts_the_kept_models_epochs_and_its_decays():
+  evals = [{"step": S * e, "eval/P@1": 0.1} for e in range(1, 15)]
+  # Text WordNet's shape: epoch 11 kept, the decay at epoch 12 went back to it, no better
+  # epoch after: the kept model never trained at the decayed rate.
+  assert refit.schedule_of({"step": 11 * S}, [*evals, _decay(12 * S, 11 * S)], S) == (
+      refit.Schedule(11, ()))
+  # Debian's: epoch 9 discarded (back to epoch 8), epoch 11 of the loop kept: 8 epochs at
+  # the rate, then 2 at a tenth of it.
+  assert refit.schedule_of({"step": 11 * S}, [*evals, _decay(9 * S, 8 * S)], S) == (
+      refit.Schedule(10, (8,)))
+  # Two decays, each discarding one epoch: the second's restored step counts the first's.
+  two = [_decay(5 * S, 4 * S), {**_decay(8 * S, 7 * S), "decay": 2}]
+  assert refit.schedule_of({"step": 10 * S}, two, S) == refit.Schedule(8, (4, 6))
+  with pytest.raises(ValueError, match="replays whole epochs.*every_epochs"):
+    refit.schedule_of({"step": 11 * S + 3}, evals, S)
+
+
+def test_the_piecewise_rate_multiplies_by_each_factor_from_its_share_of_the_run():
+  c = tiny_config().optimizer
+  c.update(learning_rate=0.5, schedule="piecewise", boundaries=((0.4, 0.1), (0.8, 0.5)))
+  lr = optim.learning_rate(c, 100)
+  assert [float(lr(s)) for s in (0, 39, 40, 79, 80, 99)] == pytest.approx(
+      [0.5, 0.5, 0.05, 0.05, 0.025, 0.025])
+  for bad in ((), ((1.0, 0.1),), ((0.0, 0.1),)):
+    c.boundaries = bad
+    with pytest.raises(ValueError, match="piecewise schedule needs"):
+      optim.learning_rate(c, 100)
+
+
+def test_a_refit_needs_a_validation_slice_and_epoch_end_evaluations(tmp_path):
+  c = tiny_config()
+  c.train.refit = True
+  with pytest.raises(ValueError, match="validation_fraction > 0"):
+    train.train_and_evaluate(c, str(tmp_path))
+  c.data.validation_fraction, c.eval.every_steps = 0.1, 7
+  with pytest.raises(ValueError, match="every_steps=7 -> 0"):
+    train.train_and_evaluate(c, str(tmp_path))
+
+
+def _plateau_refit_config():
+  c = tiny_config()
+  c.data.validation_fraction = 0.1
+  c.optimizer.learning_rate = 3e-2  # Overfits the tiny set within a few epochs.
+  c.train.update(num_epochs=10, early_stopping_patience=2, decay_patience=1, refit=True)
+  c.eval.update(every_epochs=1, subset=0)
+  return c
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_a_refit_trains_every_point_for_the_chosen_epochs_and_reads_the_test_split_once(
+    tmp_path):
+  c = _plateau_refit_config()
+  res = train.train_and_evaluate(c, str(tmp_path))
+  sel_dir = os.path.join(str(tmp_path), refit.SELECT_DIR)
+  with open(os.path.join(sel_dir, "results.json")) as f:
+    selection = json.load(f)
+  # The selection chose on validation and did not read the test split.
+  assert "P@1" not in selection and selection["selected"] and selection["decays"] == 1
+  assert not any(k.startswith("test/P") for r in _records(sel_dir) for k in r)
+  # The refit: every training point, the kept model's epochs, the decays at their epochs.
+  schedule = refit.Schedule(res["refit"]["epochs"], tuple(res["refit"]["decays"]))
+  assert schedule == refit.schedule_of(selection["selected"], _records(sel_dir),
+                                       -(-selection["num_train"] // 64))
+  assert res["num_train"] == selection["num_train"] + selection["num_validation"]
+  assert res["num_validation"] == 0 and res["selected"] == selection["selected"]
+  assert res["steps"] == schedule.epochs * -(-res["num_train"] // 64)
+  assert [tuple(b) for b in res["config"]["optimizer"]["boundaries"]] == [
+      (e / schedule.epochs, 0.1) for e in schedule.decays]
+  assert not any("eval/P@1" in r for r in _records(str(tmp_path)))  # No periodic evaluation.
+  assert res["P@1"] > 0.5 and res["refit"]["select_train_seconds"] > 0
+  # Rerun: the finished selection is read back, not trained again.
+  n = len(_records(sel_dir))
+  again = train.train_and_evaluate(c, str(tmp_path))
+  assert again["P@1"] == res["P@1"] and len(_records(sel_dir)) == n
+
+
+def test_the_replay_on_the_selections_own_points_ends_with_its_kept_model(tmp_path,
+                                                                         monkeypatch):
+  """What the refit replays is what the kept model trained: given the selection's own
+  training points, the refit's schedule ends with the selection's kept model. One batch an
+  epoch (the selection's epochs after a decay take other shuffles than the refit's; a
+  full batch makes the order moot up to float sums)."""
+  c = _plateau_refit_config()
+  c.optimizer.learning_rate = 0.1
+  c.train.update(batch_size=4096, num_epochs=40, decay_factor=0.3)
+  selection = refit.selection_config(c)
+  sel_dir = str(tmp_path / "select")
+  res = train.train_and_evaluate(selection, sel_dir)
+  schedule = refit.schedule_of(res["selected"], _records(sel_dir), 1)
+  assert schedule.decays and schedule.epochs > schedule.decays[-1], schedule  # Both rates.
+  load = train.data_lib.load_splits  # The refit reads the selection's training part.
+  monkeypatch.setattr(train.data_lib, "load_splits", lambda data, *a, **k: load(
+      selection.data, *a, **k)._replace(validation=None))
+  train.train_and_evaluate(refit.refit_config(c, schedule), str(tmp_path / "replay"))
+  _, _, kept = bundle.load(os.path.join(sel_dir, bundle.BUNDLE_DIR))
+  _, _, got = bundle.load(str(tmp_path / "replay" / bundle.BUNDLE_DIR))
+  for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(got)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
