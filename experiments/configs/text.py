@@ -11,8 +11,9 @@ epoch is evaluated on it; after an epoch without a better nDCG@5 the run goes ba
 best epoch's state with a tenth of the learning rate (once), then stops after two epochs
 without a better nDCG@5. Then it trains afresh on the whole training log, the slice
 included, for the kept model's epochs at its rates (``train.refit``, mach_jax/refit.py),
-and reads the test log once, at the end. The featurizer is the field's tf-idf: word 1-2-grams and character 3-5-grams within
-word boundaries, log(1 + tf), idf fitted on the training part of the log. The protocol and
+and reads the test log once, at the end. The featurizer is the field's tf-idf: word
+1-2-grams and character 3-5-grams within word boundaries, log(1 + tf), idf fitted on the
+training part of the log. The protocol and
 its figures: docs/text.md.
 """
 
