@@ -9,7 +9,8 @@ set in one call, timed on the second of two passes, then single queries):
   mach_text     mach-jax's default text config (experiments/configs/text.py) on the raw text
                 of a set the repository builds (debian, wordnet): its query logs train.tsv /
                 test.tsv and catalogue, the test lines in the XC test file's order (checked);
-                nothing tuned to the set. --text_epochs caps its epochs (0: the config's)
+                nothing tuned to the set. --text_epochs caps its epochs (0: the config's);
+                its training time is the selection run's and the refit's together
   full_softmax  the same network with a K-way output layer (model.hash_family=identity)
   napkinxc      napkinXC PLT, loss="l2"
   omikuji       omikuji (Parabel-style trees), default hyper-parameters

@@ -23,7 +23,8 @@ warm-up, chosen on a 5% validation slice carved from the training data
 The ``auto`` variant is the default text config (experiments/configs/text.py) on these XC
 features, nothing set for WordNet: its sizes derived from the data (R = 8, B = 1,024, each
 repetition hashing D into 16,384 rows: 35.7M parameters, 0.82x the full softmax), BCE at
-3e-3, epochs chosen on a 2% validation slice (docs/frontier.md).
+3e-3, epochs chosen on a 2% validation slice, then the refit on every training point
+(``train.refit``, since 2026-12-06; the figures in docs/frontier.md predate it).
 """
 
 from experiments.configs import text
