@@ -130,3 +130,21 @@ def test_search_cli(run):
                         cwd=REPO, timeout=300)
   assert long.returncode != 0
   assert "error: query 1: text of 20000 characters exceeds featurizer.max_chars" in long.stderr
+
+
+def test_search_cli_scores_a_query_log_as_the_training_run_did(run, tmp_path):
+  root, _, workdir, results = run
+  cmd = [sys.executable, "-m", "experiments.search", "--workdir", workdir, "--k", "5",
+         "--score", "--input", os.path.join(root, "test.tsv"),
+         "--output", str(tmp_path / "top.txt")]
+  out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": ""},
+                       cwd=REPO, timeout=300)
+  assert out.returncode == 0, out.stderr
+  line = next(l for l in out.stdout.splitlines() if l.startswith("P@1 "))
+  printed = dict(zip(line.split()[0:8:2], map(float, line.split()[1:8:2])))
+  for k in ("P@1", "P@3", "P@5", "nDCG@5"):
+    assert printed[k] == pytest.approx(results[k], abs=1e-4), (k, printed, results[k])
+  bad = subprocess.run([c if c != "5" else "3" for c in cmd], capture_output=True, text=True,
+                       cwd=REPO,
+                       env={**os.environ, "XLA_FLAGS": ""}, timeout=300)
+  assert bad.returncode != 0 and "--score needs --input" in bad.stderr
