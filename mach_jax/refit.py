@@ -27,8 +27,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import ml_collections
 
-__all__ = ["SELECT_DIR", "Schedule", "refit_config", "schedule_of", "select_and_refit",
-           "selection_config"]
+__all__ = ["SELECT_DIR", "Schedule", "check", "refit_config", "schedule_of",
+           "select_and_refit", "selection_config"]
 
 SELECT_DIR = "select"
 

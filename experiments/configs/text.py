@@ -13,8 +13,7 @@ without a better nDCG@5. Then it trains afresh on the whole training log, the sl
 included, for the kept model's epochs at its rates (``train.refit``, mach_jax/refit.py),
 and reads the test log once, at the end. The featurizer is the field's tf-idf: word
 1-2-grams and character 3-5-grams within word boundaries, log(1 + tf), idf fitted on the
-training part of the log. The protocol and
-its figures: docs/text.md.
+training text. The protocol and its figures: docs/text.md.
 """
 
 from mach_jax.config import default_config
