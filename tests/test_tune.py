@@ -33,6 +33,20 @@ def test_probes_choose_on_validation_and_only_the_final_run_reads_test(tmp_path)
   assert json.load(open(tmp_path / "tune.json")) == out
 
 
+def test_with_a_refit_only_the_final_run_refits_and_its_time_counts_the_selection(tmp_path):
+  calls = []
+
+  def run(c, workdir):
+    calls.append(c.train.refit)
+    return {"selected": {"metrics": {"P@1": 0.5}}, "train_seconds": 1.0,
+            **({"P@1": 0.6, "refit": {"select_train_seconds": 2.0}} if c.train.refit else {})}
+  c = _validated_config()
+  c.train.refit = True
+  out = tune.tune(c, str(tmp_path), ["1e-3", "3e-3"], 1, run=run)
+  assert calls == [False, False, True]
+  assert out["final"]["train_seconds"] == 3.0 and out["probe_seconds"] == 2.0
+
+
 def test_tune_needs_a_validation_slice_and_fitting_probes(tmp_path):
   c = tiny_config()
   with pytest.raises(ValueError, match="validation_fraction > 0"):
