@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from mach_jax import bundle, optim, refit, train
+from mach_jax import bundle, optim, refit, state as state_lib, train
 from tests.helpers import tiny_config
 
 S = 10  # Steps per epoch of the made-up selection runs.
@@ -119,3 +119,37 @@ def test_the_replay_on_the_selections_own_points_ends_with_its_kept_model(tmp_pa
   _, _, got = bundle.load(str(tmp_path / "replay" / bundle.BUNDLE_DIR))
   for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(got)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_a_run_killed_in_its_selection_or_its_refit_resumes_into_the_same_model(
+    tmp_path, monkeypatch):
+  c = _plateau_refit_config()
+  c.checkpoint.every_steps = 25
+  whole = train.train_and_evaluate(c, str(tmp_path / "whole"))
+  select_steps = json.load(open(tmp_path / "whole" / refit.SELECT_DIR / "results.json"))["steps"]
+  step = state_lib.TrainSetup.run
+  for name, kill_at in (("in_selection", select_steps // 2), ("in_refit", select_steps + 40)):
+    calls = []
+
+    def run(self, state, batch, kill_at=kill_at, calls=calls):
+      calls.append(1)
+      if len(calls) == kill_at:
+        raise _Killed
+      return step(self, state, batch)
+    monkeypatch.setattr(state_lib.TrainSetup, "run", run)
+    with pytest.raises(_Killed):
+      train.train_and_evaluate(c, str(tmp_path / name))
+    monkeypatch.setattr(state_lib.TrainSetup, "run", step)
+    resumed = train.train_and_evaluate(c, str(tmp_path / name))
+    assert resumed["selected"] == whole["selected"] and resumed["refit"]["epochs"] == (
+        whole["refit"]["epochs"])
+    for k in ("P@1", "P@3", "P@5", "steps"):
+      assert resumed[k] == whole[k], (name, k)
+    _, _, a = bundle.load(str(tmp_path / "whole" / bundle.BUNDLE_DIR))
+    _, _, b = bundle.load(str(tmp_path / name / bundle.BUNDLE_DIR))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
