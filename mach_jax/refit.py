@@ -24,7 +24,6 @@ import json
 import os
 from typing import Any, Callable, NamedTuple
 
-import jax
 import ml_collections
 
 __all__ = ["SELECT_DIR", "Schedule", "check", "refit_config", "schedule_of",
@@ -82,6 +81,10 @@ def check(config) -> None:
   if not config.data.validation_fraction:
     raise ValueError("config.train.refit=True replays the schedule a validation slice chose: "
                      "set config.data.validation_fraction > 0 (or refit=False)")
+  if config.distributed.enabled:
+    raise ValueError("config.train.refit=True is not supported across processes "
+                     "(config.distributed.enabled): each process would read the selection's "
+                     "results.json as soon as it exists; run with refit=False")
   if config.eval.every_steps:
     raise ValueError(f"config.train.refit=True replays whole epochs: evaluate at epoch ends "
                      f"(config.eval.every_steps={config.eval.every_steps} -> 0, "
@@ -158,7 +161,6 @@ def select_and_refit(config, workdir: str,
                       "select_train_seconds": selection["train_seconds"],
                       "select_peak_rss_bytes": selection["peak_rss_bytes"],
                       "num_validation": selection["num_validation"]}
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
   return results

@@ -54,6 +54,9 @@ def test_a_refit_needs_a_validation_slice_and_epoch_end_evaluations(tmp_path):
   c.data.validation_fraction, c.eval.every_steps = 0.1, 7
   with pytest.raises(ValueError, match="every_steps=7 -> 0"):
     train.train_and_evaluate(c, str(tmp_path))
+  c.eval.every_steps, c.distributed.enabled = 0, True
+  with pytest.raises(ValueError, match="not supported across processes"):
+    train.train_and_evaluate(c, str(tmp_path))
 
 
 def _plateau_refit_config():
