@@ -16,15 +16,20 @@ With ``config.train.refit`` a run is two runs (``train.train_and_evaluate`` call
 Nothing is chosen twice and nothing on the test split: the refit replays what validation
 chose, with the slice it no longer needs trained on (the peers train on every training
 point). Rerunning the command resumes: a finished selection is read from its results.json.
+Once the selection has ended its checkpoints are deleted (its kept model stays in
+``select/model``) unless ``config.checkpoint.keep_selection``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any, Callable, NamedTuple
 
 import ml_collections
+
+from mach_jax import checkpoint
 
 __all__ = ["SELECT_DIR", "Schedule", "check", "refit_config", "schedule_of",
            "select_and_refit", "selection_config"]
@@ -149,6 +154,9 @@ def select_and_refit(config, workdir: str,
   if not os.path.exists(os.path.join(select_dir, "results.json")):
     run(selection_config(config), select_dir)
   selection, events = _read(select_dir)
+  checkpoints = os.path.join(select_dir, checkpoint.CHECKPOINT_DIR)
+  if not config.checkpoint.keep_selection and os.path.isdir(checkpoints):
+    shutil.rmtree(checkpoints)  # A finished selection is never resumed.
   if not selection.get("selected"):
     raise ValueError(f"{select_dir}/results.json: no validation evaluation was kept, so "
                      "there is no schedule to refit; raise config.train.num_epochs")

@@ -83,6 +83,9 @@ def test_a_refit_trains_every_point_for_the_chosen_epochs_and_reads_the_test_spl
   # The selection chose on validation and did not read the test split.
   assert "P@1" not in selection and selection["selected"] and selection["decays"] == 1
   assert not any(k.startswith("test/P") for r in _records(sel_dir) for k in r)
+  # Its checkpoints are gone once it ended; its kept model stays.
+  assert not os.path.exists(os.path.join(sel_dir, "checkpoints"))
+  assert os.path.isdir(os.path.join(sel_dir, bundle.BUNDLE_DIR))
   # The refit: every training point, the kept model's epochs, the decays at their epochs.
   schedule = refit.Schedule(res["refit"]["epochs"], tuple(res["refit"]["decays"]))
   assert schedule == refit.schedule_of(selection["selected"], _records(sel_dir),
