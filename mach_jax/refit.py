@@ -154,12 +154,13 @@ def select_and_refit(config, workdir: str,
   if not os.path.exists(os.path.join(select_dir, "results.json")):
     run(selection_config(config), select_dir)
   selection, events = _read(select_dir)
-  checkpoints = os.path.join(select_dir, checkpoint.CHECKPOINT_DIR)
-  if not config.checkpoint.keep_selection and os.path.isdir(checkpoints):
-    shutil.rmtree(checkpoints)  # A finished selection is never resumed.
   if not selection.get("selected"):
     raise ValueError(f"{select_dir}/results.json: no validation evaluation was kept, so "
-                     "there is no schedule to refit; raise config.train.num_epochs")
+                     "there is no schedule to refit; raise config.train.num_epochs and "
+                     f"delete {select_dir} to run the selection again")
+  checkpoints = os.path.join(select_dir, checkpoint.CHECKPOINT_DIR)
+  if not config.checkpoint.keep_selection and os.path.isdir(checkpoints):
+    shutil.rmtree(checkpoints)  # Its kept model is in select/model; it is not resumed.
   steps_per_epoch = -(-selection["num_train"] // config.train.batch_size)
   schedule = schedule_of(selection["selected"], events, steps_per_epoch)
   results = run(refit_config(config, schedule), workdir)
