@@ -59,6 +59,32 @@ def test_a_refit_needs_a_validation_slice_and_epoch_end_evaluations(tmp_path):
     train.train_and_evaluate(c, str(tmp_path))
 
 
+def test_the_selections_checkpoints_go_once_it_kept_a_model_unless_asked_to_keep_them(
+    tmp_path):
+  """A stand-in for train_and_evaluate: the selection writes its records and a checkpoint."""
+  def run(config, workdir, kept=True):
+    os.makedirs(os.path.join(workdir, "checkpoints", "6"))
+    if config.data.validation_fraction:  # The selection.
+      with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump({"selected": {"step": 6} if kept else None, "num_train": 64 * 3,
+                   "train_seconds": 1.0, "peak_rss_bytes": 1, "num_validation": 8}, f)
+      open(os.path.join(workdir, "metrics.jsonl"), "w").close()
+    return {}
+
+  c = tiny_config()
+  c.data.validation_fraction, c.train.refit = 0.1, True
+  for keep in (False, True):
+    c.checkpoint.keep_selection = keep
+    res = refit.select_and_refit(c, str(tmp_path / str(keep)), run)
+    assert res["refit"]["epochs"] == 2  # 6 steps of 3 an epoch.
+    assert os.path.isdir(tmp_path / str(keep) / "select" / "checkpoints") == keep
+  c.checkpoint.keep_selection = False  # Nothing kept: its checkpoints stay, and it says so.
+  with pytest.raises(ValueError, match="no validation evaluation was kept.*delete .*select"):
+    refit.select_and_refit(c, str(tmp_path / "none"),
+                           lambda config, workdir: run(config, workdir, kept=False))
+  assert os.path.isdir(tmp_path / "none" / "select" / "checkpoints")
+
+
 def _plateau_refit_config():
   c = tiny_config()
   c.data.validation_fraction = 0.1
