@@ -161,7 +161,7 @@ def default_config() -> ml_collections.ConfigDict:
   # From periodic evaluations; "" keeps only the last ones. With a validation slice it also
   # picks the model a run ends with (the best evaluation's parameters, not the last).
   c.checkpoint.best_metric = "P@1"
-  c.checkpoint.keep_selection = False  # train.refit: keep select/checkpoints once it ends.
+  c.checkpoint.keep_selection = False  # train.refit: keep select/checkpoints once it kept one.
 
   c.eval = ml_collections.ConfigDict()
   c.eval.k = 5

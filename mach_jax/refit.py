@@ -16,7 +16,7 @@ With ``config.train.refit`` a run is two runs (``train.train_and_evaluate`` call
 Nothing is chosen twice and nothing on the test split: the refit replays what validation
 chose, with the slice it no longer needs trained on (the peers train on every training
 point). Rerunning the command resumes: a finished selection is read from its results.json.
-Once the selection has ended its checkpoints are deleted (its kept model stays in
+Once the selection has kept a model its checkpoints are deleted (the model stays in
 ``select/model``) unless ``config.checkpoint.keep_selection``.
 """
 
