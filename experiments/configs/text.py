@@ -29,26 +29,26 @@ def get_config():
 
   # 0 / -1 / auto: from the data (R = 8, B ~ 8 sqrt(K), input_dim = D / R, loss). The
   # softmax over the bucket histogram for every set led BCE on text WordNet's validation
-  # slice for two epochs and lost to it over a whole run (docs/text.md).
+  # slice for two epochs and lost to it over a whole run (docs/text_ablations.md).
   c.model.update(R=0, B=0, input_dim=-1, hidden=(256,), loss="auto")
   # The step one repetition at a time within a device: the same numbers, one repetition's
   # temporaries live at a time (experiments/bench/NOTES.md: less memory, not slower).
   c.model.sequential_reps = True
   # 3e-3: the best of 1e-3 / 3e-3 / 1e-2 in experiments.tune's validation probes on text
-  # WordNet, ranked by P@1 then (docs/text.md); experiments.tune chooses again on the data
+  # WordNet, ranked by P@1 then (docs/text_runs.md); experiments.tune chooses again on the data
   # at hand.
   # One step size for the input table and the rest: a 10x table step won validation probes
-  # on a quarter of the Debian set and lost on the whole set (docs/text.md).
+  # on a quarter of the Debian set and lost on the whole set (docs/text_ablations.md).
   c.optimizer.update(name="adam", learning_rate=3e-3, row_sparse=True)
   # An epoch without a better validation nDCG@5: back to the best epoch's state at a tenth
   # of the step (once); then two more without one end the run. The cap of 20 epochs only
   # bounds a run that never plateaus: a cap of 10 ended text WordNet and Debian while
-  # validation still rose; at 20 they stopped by themselves after 14 and 13 (docs/text.md).
+  # validation still rose; at 20 they stopped by themselves after 14 and 13 (docs/text_runs.md).
   c.train.update(batch_size=256, num_epochs=20, decay_patience=1, decay_factor=0.1,
                  max_decays=1, early_stopping_patience=2, log_every_steps=200)
   # Epochs judged on nDCG@5, not P@1: on a 2% slice P@1 is the noisiest metric, and on text
   # WordNet its dips decayed the step while P@5, nDCG@5 and R@10 were still rising
-  # (docs/text.md).
+  # (docs/text_runs.md).
   c.checkpoint.update(every_steps=2000, best_metric="nDCG@5")
   # Then train afresh on every training point with the schedule the slice chose: the peers
   # train on all of them, and the slice has done its work once the schedule is chosen.

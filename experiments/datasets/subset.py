@@ -9,7 +9,7 @@ of ``--every`` (renumbered 0, 1, ... in order), and writes the three files to OU
 those items' ids: a line keeps its other kept ids, and a line left with none is dropped
 (their counts go to OUT/stats.json). The items keep their training text, so a probe on the
 subset sees the same number of training points per item as the full set, with 1/n of the
-items and of the steps. Used for the text config's probes in docs/text.md; figures quoted
+items and of the steps. Used for the text config's probes in docs/text_ablations.md; figures quoted
 from a subset say so.
 """
 
