@@ -158,7 +158,7 @@ def read_in_place(directory: str, tree: Any) -> Any:
   for (_, leaf), (name, key) in zip(leaves, plans):
     device = next(iter(leaf.sharding.device_set))
     array = (leaf if isinstance(leaf, jax.Array)
-             else jnp.zeros(leaf.shape, leaf.dtype, device=device))
+             else jnp.zeros(leaf.shape, leaf.dtype, device=leaf.sharding))
     size = leaf.dtype.itemsize
     stored = None if key else ts.open({"driver": "zarr", "kvstore": {
         "driver": "ocdbt", "base": base, "path": name}}, context=context).result().read().result()

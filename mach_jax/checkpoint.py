@@ -151,10 +151,13 @@ class Restored:
 
 def restore_latest(manager: ocp.CheckpointManager, target: Any,
                    check_meta: Callable[[dict], None] | None = None,
-                   only: int | None = None) -> Restored | None:
+                   only: int | None = None, in_place: bool = True) -> Restored | None:
   """Restore the newest checkpoint that reads back completely onto ``target``'s shardings.
 
-  ``only``: consider that step alone (e.g. the best one a run recorded).
+  ``only``: consider that step alone (e.g. the best one a run recorded). A ``TrainState``
+  of ``jax.ShapeDtypeStruct``s (a run resuming) is read a piece at a time into arrays
+  allocated for it (``restore_in_place``), not whole: orbax's restore holds the state
+  twice over while it reads. ``in_place=False`` always restores whole.
 
   ``check_meta`` sees each checkpoint's metadata before its state is read, and may raise to
   refuse it (a different model, say); that error propagates. A checkpoint that fails to
@@ -165,6 +168,8 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
   ocp = _orbax()
   manager.reload()
   steps = sorted(manager.all_steps(), reverse=True) if only is None else [only]
+  in_place = in_place and hasattr(target, "_fields") and all(
+      isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(target))
   errors = []
   for step in steps:
     try:
@@ -176,8 +181,8 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
     try:
       if meta is None:
         raise early
-      out = manager.restore(step, args=ocp.args.Composite(
-          state=restore_args(target), meta=ocp.args.JsonRestore()))
+      state = (restore_in_place(manager, step, target) if in_place else manager.restore(
+          step, args=ocp.args.Composite(state=restore_args(target))).state)
     except Exception as e:  # orbax/tensorstore raise many types for damaged files.
       path = os.path.join(str(manager.directory), str(step))
       msg = f"checkpoint {path} could not be restored ({type(e).__name__}: {str(e)[:300]})"
@@ -185,7 +190,7 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
       warnings.warn(msg + "; falling back to the previous checkpoint", RuntimeWarning)
       continue
     host_memory.release()
-    return Restored(step=step, state=out.state, meta=dict(out.meta))
+    return Restored(step=step, state=state, meta=dict(meta))
   if errors:
     raise RuntimeError("no checkpoint could be restored:\n" + "\n".join(errors))
   return None
@@ -225,7 +230,7 @@ def restore_in_place(manager: ocp.CheckpointManager, step: int, state: Any,
     ocp = _orbax()
     target = target._replace(**{f: jax.tree.map(lambda _: ocp.PLACEHOLDER, v)
                                 for f, v in abstract_like(rest).items()})
-    read = restore_latest(manager, target, only=step).state
+    read = restore_latest(manager, target, only=step, in_place=False).state
   # The pieces' writes run asynchronously: wait for them, so that the pieces still in
   # flight are freed before freed memory is handed back (`checkpoint_memory` reports what
   # a restore leaves resident).

@@ -330,6 +330,29 @@ def test_restore_in_place_reads_a_checkpoint_into_the_given_arrays(tmp_path, pie
   assert _equal(back.params, saved.params) and back.opt_state == fresh.opt_state
 
 
+def test_a_resuming_run_reads_its_state_in_place(tmp_path, pieces, monkeypatch):
+  """``restore_latest`` onto an abstract ``TrainState`` on one device (what a resuming run
+  passes) reads it in pieces into arrays it allocates, with the target's shardings;
+  ``in_place=False``, or a target of concrete arrays (which must not be overwritten), reads
+  it whole."""
+  manager = checkpoint.make_manager(str(tmp_path))
+  saved = _state(0)
+  checkpoint.save(manager, 3, saved, {"step": 3})
+  calls = []
+  read = checkpoint.read_in_place
+  monkeypatch.setattr(checkpoint, "read_in_place", lambda *a: calls.append(1) or read(*a))
+  target = checkpoint.abstract_like(_state(1))
+  back = checkpoint.restore_latest(manager, target)
+  assert calls and back.step == 3 and back.meta == {"step": 3} and _equal(back.state, saved)
+  assert back.state.params["table"].sharding == target.params["table"].sharding
+  calls.clear()
+  whole = checkpoint.restore_latest(manager, target, in_place=False)
+  concrete = _state(1)
+  given = checkpoint.restore_latest(manager, concrete)
+  assert not calls and _equal(whole.state, saved) and _equal(given.state, saved)
+  assert not concrete.params["table"].is_deleted()
+
+
 def test_restore_in_place_refuses_a_different_layout_before_writing(tmp_path, pieces):
   """A shape that differs from the checkpoint's falls back to the whole restore, which names
   the mismatch; the given arrays are left as they were."""
@@ -380,8 +403,8 @@ def test_a_piece_is_written_in_place():
 def test_the_checkpoint_memory_bench_runs_its_restore_modes():
   from experiments.bench import checkpoint_memory
   from mach_jax.array_store import PIECE_BYTES
-  rows = checkpoint_memory.main(["--mb", "8", "--modes", "restore_whole,restore_in_place",
+  rows = checkpoint_memory.main(["--mb", "8", "--modes", "restore_whole,restore_in_place,resume",
                                  "--piece_mb", "0,1"])
-  assert [r["mode"] for r in rows] == ["restore_whole"] + ["restore_in_place"] * 2
-  assert [r.get("piece_mb") for r in rows] == [None, PIECE_BYTES >> 20, 1]
+  assert [r["mode"] for r in rows] == ["restore_whole"] + ["restore_in_place"] * 2 + ["resume"]
+  assert [r.get("piece_mb") for r in rows] == [None, PIECE_BYTES >> 20, 1, None]
   assert all(r["disk_mb"] >= 8 and r["seconds"] > 0 for r in rows)

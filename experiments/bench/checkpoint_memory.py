@@ -3,6 +3,7 @@ library's own store), and of reading a saved state back (whole, or in place).
 
     python -m experiments.bench.checkpoint_memory --mb 1536
     python -m experiments.bench.checkpoint_memory --mb 1536 --modes restore_whole,restore_in_place
+    python -m experiments.bench.checkpoint_memory --mb 800 --modes restore_whole,resume
     python -m experiments.bench.checkpoint_memory --mb 768 --modes restore_in_place --piece_mb 32,8
 
 A state of ``--mb`` MB (two float32 leaves of standard-normal values, as trained weights
@@ -14,6 +15,8 @@ default ``StandardSave`` (zstd-compressed); ``library`` with ``mach_jax.checkpoi
 as a run going back to an earlier state does: the state dropped and restored by
 ``checkpoint.restore_latest``, or read into its own arrays by ``checkpoint.restore_in_place``
 (``host_memory.release`` first, so that neither starts from memory the save left);
+``resume`` drops the state and reads it back as a resuming run does (``restore_latest``
+on an abstract ``TrainState``: in place, into arrays it allocates);
 ``--piece_mb`` sets the pieces ``restore_in_place`` reads (``array_store.PIECE_BYTES``),
 a row per size; a restore's row also gives the RSS it left above the state when it
 returned (memory freed after its ``host_memory.release`` stays resident).
@@ -34,7 +37,7 @@ import tempfile
 import threading
 import time
 
-MODES = ("async", "sync", "library", "restore_whole", "restore_in_place")
+MODES = ("async", "sync", "library", "restore_whole", "restore_in_place", "resume")
 
 
 def rss_mb() -> float:
@@ -89,7 +92,7 @@ def one(mode: str, mb: int, constant: bool, piece_mb: int = 0) -> dict:
     state = {k: draw(jax.random.key(i), (rows, 1024)) for i, k in enumerate("ab")}
   step = jax.jit(lambda s: jax.tree.map(lambda x: x * 1.0001, s), donate_argnums=0)
   state = jax.block_until_ready(step(state))
-  if mode.startswith("restore"):
+  if mode.startswith("restore") or mode == "resume":
     return restore(mode, mb, state, piece_mb)
   with tempfile.TemporaryDirectory() as d, Peak() as peak:
     if mode == "library":
@@ -125,9 +128,10 @@ def restore(mode: str, mb: int, state, piece_mb: int = 0) -> dict:
     target = checkpoint.abstract_like(state)
     host_memory.release()
     with Peak() as peak:
-      if mode == "restore_whole":
+      if mode in ("restore_whole", "resume"):
         state = None
-        state = checkpoint.restore_latest(manager, target, only=1).state
+        state = checkpoint.restore_latest(manager, target, only=1,
+                                          in_place=mode == "resume").state
       else:
         state = checkpoint.restore_in_place(manager, 1, state)
       after = rss_mb() - peak.base  # What the restore left resident when it returned.
@@ -146,7 +150,7 @@ def main(argv=None) -> list[dict]:
                   help="constant-valued leaves (compress to nothing) instead of normal ones")
   ap.add_argument("--modes", default="async,sync,library",
                   help="comma-separated: async, sync (orbax defaults), library, "
-                  "restore_whole, restore_in_place")
+                  "restore_whole, restore_in_place, resume")
   ap.add_argument("--piece_mb", default="0",
                   help="comma-separated piece sizes in MB for restore_in_place (0: the "
                   "library's array_store.PIECE_BYTES)")
