@@ -38,7 +38,7 @@ def test_slices_give_the_whole_batch_loss_and_gradient(loss, hidden):
     def f(heads, h):
       s, c = head_loss.head_loss_sums(model, heads, h, buckets, lm, rm, loss, rows)
       return (s / c * jnp.array([1.0, 3.0])).sum()  # Each repetition its own cotangent.
-    return jax.value_and_grad(f, argnums=(0, 1))(heads, h)
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(heads, h)
 
   whole_value, whole_grads = mean(16)
   for rows in (1, 4, 8):

@@ -180,7 +180,7 @@ def test_default_text_config_learns_a_small_catalogue(tmp_path):
                 catalogue=f"{root}/products.tsv")
   c.data.featurizer.num_features = 1 << 16
   c.mesh = (("data", 1), ("rep", -1))
-  c.train.update(num_epochs=2, progress_bar=False)
+  c.train.update(num_epochs=1, progress_bar=False)
   res = train.train_and_evaluate(c, str(tmp_path / "run"))
   assert res["config"]["model"]["R"] == 8 and res["config"]["model"]["B"] == 128
   assert res["config"]["model"]["loss"] == "softmax_hist"
