@@ -6,7 +6,7 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import mach_jax, pytest, hypothesis, sklearn, matplotlib, ruff, starlette, uvicorn" 2>/dev/null \
+if ! .venv/bin/python -c "import mach_jax, pytest, xdist, hypothesis, sklearn, matplotlib, ruff, starlette, uvicorn" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -e ".[test]"

@@ -1,8 +1,9 @@
 """Test set-up: eight simulated CPU devices, set before jax is imported anywhere.
 
 Compiled programs go to a persistent compilation cache in a temporary folder for the run
-(``JAX_COMPILATION_CACHE_DIR``, every program however quick to compile; the subprocesses
-the tests start inherit it), so a program that several tests compile is compiled once:
+(``JAX_COMPILATION_CACHE_DIR``, every program however quick to compile; pytest-xdist's
+workers and the subprocesses the tests start inherit it from the process that set it), so
+a program that several tests compile is compiled once:
 the suite's shapes repeat, and on a 2-core VM a third of its time went to compiling them
 again (docs/testing.md). A folder the caller names is used instead and kept.
 """
