@@ -56,10 +56,8 @@ def test_mach_text_learns_a_tiny_text_set_and_refuses_misaligned_logs(tmp_path):
   (row,) = list(csv.DictReader(open(tmp_path / "out_fruit" / "results.csv")))
   assert row["system"] == "mach_text" and float(row["P@1"]) >= 0.5
   assert int(row["num_params"]) > 0 and float(row["train_s"]) > 0
-  # The batch's featurizing is timed apart (a second pass, so no ordering against the
-  # batch's time is asserted: under load the two passes' times may cross) and shown.
-  assert float(row["featurize_ms_per_query_batch"]) > 0
-  assert float(row["predict_ms_per_query_batch"]) > 0
+  # The batch's featurizing is timed within the batch's pass: a part of its time, shown.
+  assert 0 < float(row["featurize_ms_per_query_batch"]) < float(row["predict_ms_per_query_batch"])
   assert "featurizing) /" in open(tmp_path / "out_fruit" / "results.md").read()
 
   # --predict_only: the saved model, loaded again, answers as it did when trained.

@@ -241,12 +241,14 @@ def mach_text_worker(args) -> dict:
   n = min(SINGLE_QUERIES, len(queries))
   widest = int(np.diff(searcher.featurizer.transform(queries[:n]).indptr).max())
   searcher.predictor.warm_up(k=5, max_nnz=widest)
+  # The timed pass is Searcher.search's text -> features -> top k, its featurizing (the
+  # part the peers were spared) timed within it.
   t0 = time.perf_counter()
-  preds = np.array([[h.id for h in hits] for hits in searcher.search(queries, 5)])
+  X = searcher.featurizer.transform(queries)
+  t1 = time.perf_counter()
+  preds = np.asarray(searcher.predictor.predict_topk(X, k=5)[1])
   batch_ms = 1e3 * (time.perf_counter() - t0) / len(queries)
-  t0 = time.perf_counter()  # The batch's featurizing alone: the part the peers were spared.
-  searcher.featurizer.transform(queries)
-  featurize = {"featurize_ms_per_query_batch": 1e3 * (time.perf_counter() - t0) / len(queries)}
+  featurize = {"featurize_ms_per_query_batch": 1e3 * (t1 - t0) / len(queries)}
   t0 = time.perf_counter()
   for q in queries[:n]:
     searcher.search(q, 5, batch_size=1)
