@@ -7,7 +7,7 @@ set in one call, timed on the second of two passes, then single queries):
   mach          mach-jax with the set's tuned config (experiments/configs/<set>.py), or with
                 its get_config(VARIANT) by --variant (the mach systems and their points)
   mach_text     mach-jax's default text config (experiments/configs/text.py) on the raw text
-                of a set the repository builds (debian, wordnet): its query logs train.tsv /
+                of a set the repository builds (debian, foldoc, wordnet): its query logs train.tsv /
                 test.tsv and catalogue, the test lines in the XC test file's order (checked);
                 nothing tuned to the set. --text_epochs caps its epochs (0: the config's);
                 its training time is the selection run's and the refit's together
@@ -32,8 +32,9 @@ The peers run in their own venv (default .venv-peers, created on first use: libp
 numpy<2 and scipy<1.14 and is installed with --no-deps to avoid pulling torch); mach_jax
 never imports them. Every system returns top-5 label ids for the test file and all metrics
 are computed here by mach_jax.metrics. Data: ../shared/data/<set>/{train,test}.txt.gz, or
---data_root; wordnet and debian from runs/data/<set> (--built_root), built there first when
-missing (wordnet needs Debian's wordnet-base; debian the apt lists, docs/debian.md).
+--data_root; wordnet, debian and foldoc from runs/data/<set> (--built_root), built there first
+when missing (wordnet needs Debian's wordnet-base; debian the apt lists, docs/debian.md;
+foldoc Debian's dict-foldoc).
 Writes OUT/results.csv and OUT/results.md, whose parameter column is checked against the
 formula R·(D·H + H + H·B + B). With --predict_only it trains nothing: each system loads the
 model the earlier run saved under OUT and times prediction again, side by side; the table
@@ -103,7 +104,8 @@ def ensure_peers_venv(path: str) -> str:
 
 
 BUILT = {"wordnet": "experiments.datasets.wordnet",  # Sets the repository builds itself.
-         "debian": "experiments.datasets.debian"}
+         "debian": "experiments.datasets.debian",
+         "foldoc": "experiments.datasets.foldoc"}
 
 
 def data_paths(root: str, built_root: str, name: str) -> tuple[str, str]:

@@ -54,17 +54,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
-import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
 import time
-import zlib
 
 import numpy as np
-import scipy.sparse as sp
+
+from experiments.datasets import text_set
+from experiments.datasets.text_set import MAX_CHARS, TextSet, normalise, shuffle_key, truncate
 
 LISTS_DIR = "/var/lib/apt/lists"
 SUITE = "bookworm"
@@ -75,11 +75,6 @@ PACKAGES_LIST = "dists_{suite}_main_binary-amd64_Packages"
 TRANSLATION_LIST = "dists_{suite}_main_i18n_Translation-en"
 COMPRESSED = (".lz4", ".xz", ".gz", ".bz2", ".lzma", ".zst")
 WORD = re.compile(r"[a-z]+|[0-9]+")
-# Longer training texts are cut at the last space before this many characters (bookworm's
-# longest paragraph, a list of fonts, has 42,660): the default TextFeaturizer.max_chars
-# (mach_jax.data.text), above which the query-log reader refuses a line.
-MAX_CHARS = 10_000
-TOKEN = re.compile(r"(?u)\b\w\w+\b")  # TfidfVectorizer's default word token pattern.
 
 
 class ControlFormatError(ValueError):
@@ -95,20 +90,6 @@ class Package:
   tags: tuple[str, ...]  # Debtags, e.g. ("role::program", "use::gameplaying").
   synopsis: str  # First line of Description, whitespace collapsed.
   md5: str  # Description-md5: with name, the key into Translation-en.
-
-
-def normalise(text: str) -> str:
-  """Whitespace runs (tabs, newlines, Unicode spaces) to one space, ends stripped: the
-  form every written text takes, so no field can break a TSV or query-log line."""
-  return " ".join(text.split())
-
-
-def truncate(text: str, max_chars: int = MAX_CHARS) -> str:
-  """``text`` cut to at most ``max_chars`` characters, at the last space if there is one."""
-  if len(text) <= max_chars:
-    return text
-  head = text[:max_chars + 1].rsplit(" ", 1)[0]
-  return head if head and len(head) <= max_chars else text[:max_chars]
 
 
 def name_words(*texts: str) -> list[str]:
@@ -322,21 +303,7 @@ def compare_versions(a: str, b: str) -> int:
 # --- Building the set ----------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class DebianSet:
-  """The set in memory. K items; N training points; Q test queries."""
-
-  items: list[Package]  # [K], index = item id.
-  train: list[tuple[str, int]]  # [N] (text, item id), in the written (shuffled) order.
-  test: list[tuple[str, list[int]]]  # [Q] (synopsis, ascending ids), ordered by first id.
-  stats: dict
-
-
-def _shuffle_key(item: int, k: int) -> tuple[int, int, int]:
-  return zlib.crc32(f"{item}:{k}".encode()), item, k
-
-
-def build_set(packages: list[Package], translations: dict[tuple[str, str], str]) -> DebianSet:
+def build_set(packages: list[Package], translations: dict[tuple[str, str], str]) -> TextSet:
   """Training points, grouped test queries and counts from parsed lists (see module doc)."""
   synopses = {p.synopsis.casefold() for p in packages}
   keyed, dropped, dropped_name_points = [], 0, 0
@@ -355,7 +322,7 @@ def build_set(packages: list[Package], translations: dict[tuple[str, str], str])
         dropped_name_points += k == len(paras)
         continue
       paragraph_points += k < len(paras)
-      keyed.append((_shuffle_key(i, k), text, i))
+      keyed.append((shuffle_key(i, k), text, i))
   keyed.sort()
   train = [(text, i) for _, text, i in keyed]
   groups: dict[str, list[int]] = {}
@@ -364,9 +331,6 @@ def build_set(packages: list[Package], translations: dict[tuple[str, str], str])
   test = list(groups.items())
   sizes = np.array([len(ids) for _, ids in test])
   largest = max(test, key=lambda t: (len(t[1]), -t[1][0]))
-  vocabulary = set()
-  for text, _ in train:
-    vocabulary.update(TOKEN.findall(text.lower()))
   per_item = np.bincount([i for _, i in train], minlength=len(packages))
   stats = {
       "items": len(packages),
@@ -387,72 +351,13 @@ def build_set(packages: list[Package], translations: dict[tuple[str, str], str])
       "largest_group": len(largest[1]),
       "largest_group_synopsis": largest[0],
       "mean_labels_per_test_query": float(sizes.mean()),
-      "vocabulary_size": len(vocabulary),
+      "vocabulary_size": text_set.vocabulary_size(train),
       "mean_training_points_per_item": float(per_item.mean()),
       "mean_words_per_test_query": float(np.mean([len(s.split()) for s, _ in test])),
       "mean_words_per_training_point": float(np.mean([len(t.split()) for t, _ in train])),
       "max_chars_per_training_point": max((len(t) for t, _ in train), default=0),
   }
-  return DebianSet(items=packages, train=train, test=test, stats=stats)
-
-
-def xc_matrices(data: DebianSet, min_df: int = 2, max_features: int | None = 1 << 18):
-  """(X_train [N, D], Y_train [N, K], X_test [Q, D], Y_test [Q, K], stats) in CSR float32.
-
-  Word 1-2-grams and character 3-5-grams (within word boundaries) tf-idf, sublinear tf,
-  fitted on the training text only; each block keeps its ``max_features`` most frequent
-  n-grams seen in at least ``min_df`` training points (None: all), is L2-normalised per
-  row, and the hstack'ed rows are L2-normalised again. Lower ``max_features`` for a smaller
-  D (the rarest n-grams go first, so the nonzeros and file sizes barely change); lower
-  ``min_df`` or pass None to keep more.
-  """
-  from sklearn.feature_extraction.text import TfidfVectorizer  # Heavy import: lazy.
-  from sklearn.preprocessing import normalize
-
-  common = dict(sublinear_tf=True, min_df=min_df, max_features=max_features, dtype=np.float32)
-  word = TfidfVectorizer(analyzer="word", ngram_range=(1, 2), **common)
-  char = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), **common)
-  train_text = [t for t, _ in data.train]
-  test_text = [t for t, _ in data.test]
-  X_train = normalize(sp.hstack([word.fit_transform(train_text), char.fit_transform(train_text)],
-                                format="csr"))
-  X_test = normalize(sp.hstack([word.transform(test_text), char.transform(test_text)],
-                               format="csr"))
-  K = len(data.items)
-
-  def labels(lists):
-    indptr = np.concatenate([[0], np.cumsum([len(l) for l in lists])])
-    cols = np.array([i for l in lists for i in l], np.int32)
-    return sp.csr_matrix((np.ones(cols.size, np.float32), cols, indptr), shape=(len(lists), K))
-
-  Y_train = labels([[i] for _, i in data.train])
-  Y_test = labels([ids for _, ids in data.test])
-  stats = {
-      "features": X_train.shape[1],
-      "word_features": len(word.vocabulary_),
-      "char_features": len(char.vocabulary_),
-      "min_df": min_df, "max_features": max_features,
-      "mean_nonzeros_per_training_point": float(np.diff(X_train.indptr).mean()),
-      "mean_nonzeros_per_test_query": float(np.diff(X_test.indptr).mean()),
-      "training_points_without_features": int((np.diff(X_train.indptr) == 0).sum()),
-      "test_queries_without_features": int((np.diff(X_test.indptr) == 0).sum()),
-  }
-  return X_train, Y_train, X_test, Y_test, stats
-
-
-def _file_record(path: str) -> dict:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return {"file": os.path.basename(path), "bytes": os.path.getsize(path),
-          "sha256": h.hexdigest()}
-
-
-def _write_lines(path: str, lines) -> None:
-  with open(path, "w", encoding="utf-8", newline="\n") as f:
-    for line in lines:
-      f.write(line + "\n")
+  return TextSet(items=packages, train=train, test=test, stats=stats)
 
 
 def build(out: str, lists_dir: str = LISTS_DIR, suite: str = SUITE, xc: bool = True,
@@ -463,42 +368,20 @@ def build(out: str, lists_dir: str = LISTS_DIR, suite: str = SUITE, xc: bool = T
   packages, duplicates = read_packages(packages_path)
   data = build_set(packages, read_translations(translation_path))
   stats = {"suite": suite, "component": "main", "architecture": "amd64",
-           "inputs": [_file_record(packages_path), _file_record(translation_path)],
+           "inputs": [text_set.file_record(packages_path),
+                      text_set.file_record(translation_path)],
            "package_stanzas_dropped_as_lower_versions": duplicates, **data.stats}
-  os.makedirs(out, exist_ok=True)
-  _write_lines(os.path.join(out, "items.tsv"),
-               (f"{i}\t{p.name}\t{p.version}\t{p.synopsis}" for i, p in enumerate(data.items)))
-  _write_lines(os.path.join(out, "train.tsv"), (f"{t}\t{i}" for t, i in data.train))
-  _write_lines(os.path.join(out, "test.tsv"),
-               (f"{s}\t{','.join(map(str, ids))}" for s, ids in data.test))
-  if xc:
-    from mach_jax.data.xc import write_xc
-
-    X_train, Y_train, X_test, Y_test, xc_stats = xc_matrices(data, min_df, max_features)
-    for name, X, Y in (("train.txt.gz", X_train, Y_train), ("test.txt.gz", X_test, Y_test)):
-      write_xc(os.path.join(out, name), X, Y)  # No time stamp: same archive, same bytes.
-    stats["xc"] = xc_stats
-  with open(os.path.join(out, "stats.json"), "w", encoding="utf-8", newline="\n") as f:
-    json.dump(stats, f, indent=1, ensure_ascii=False)
-    f.write("\n")
-  return stats
+  items = (f"{i}\t{p.name}\t{p.version}\t{p.synopsis}" for i, p in enumerate(data.items))
+  return text_set.write(out, data, items, stats, xc, min_df, max_features)
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--out", required=True, help="output folder")
+  text_set.add_build_arguments(p)
   p.add_argument("--lists_dir", default=LISTS_DIR, help="where apt keeps its lists")
   p.add_argument("--suite", default=SUITE, help="the suite whose main lists are read")
-  p.add_argument("--no_xc", action="store_true", help="skip train.txt.gz and test.txt.gz")
-  p.add_argument("--min_df", type=int, default=2,
-                 help="drop n-grams seen in fewer training points than this")
-  p.add_argument("--max_features", type=int, default=1 << 18,
-                 help="keep this many most frequent n-grams of each kind, word and char "
-                      "(0: all)")
   args = p.parse_args(argv)
-  if args.min_df < 1 or args.max_features < 0:
-    raise SystemExit(f"--min_df must be >= 1 and --max_features >= 0, got {args.min_df} and "
-                     f"{args.max_features}")
+  text_set.check_build_arguments(args)
   start = time.perf_counter()
   stats = build(args.out, args.lists_dir, args.suite, xc=not args.no_xc, min_df=args.min_df,
                 max_features=args.max_features or None)
