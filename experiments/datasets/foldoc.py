@@ -189,7 +189,7 @@ def split_definition(paragraph: str) -> tuple[str, str]:
 
 def build_set(entries: list[Entry], where: dict[str, int]) -> TextSet:
   """Items, training points, grouped test queries and counts (see module doc)."""
-  alias_of: dict[int, list[str]] = {}
+  alias_of: dict[int, list[tuple[str, ...]]] = {}  # Target position -> its aliases' headers.
   items, unresolved, aliases, empty = [], 0, 0, 0
   for position, e in enumerate(entries):
     alias = ALIAS.match(e.paragraphs[0]) if len(e.paragraphs) == 1 else None
@@ -199,7 +199,7 @@ def build_set(entries: list[Entry], where: dict[str, int]) -> TextSet:
       if target is None or target == position:
         unresolved += 1
       else:
-        alias_of.setdefault(target, []).extend(e.headers)
+        alias_of.setdefault(target, []).append(e.headers)
       continue
     paragraphs = tuple(p for p in map(clean, e.paragraphs) if WORD.search(p))
     if not paragraphs or not e.headers:
@@ -207,11 +207,13 @@ def build_set(entries: list[Entry], where: dict[str, int]) -> TextSet:
       continue
     items.append((e.title, e.offset, position, dataclasses.replace(e, paragraphs=paragraphs)))
   items.sort(key=lambda t: t[:2])
+  is_item = {position for _, _, position, _ in items}
+  unresolved += sum(len(v) for target, v in alias_of.items() if target not in is_item)
   definitions = [split_definition(e.paragraphs[0])[0] for *_, e in items]
   lowered = {d.casefold() for d in definitions}
   keyed, dropped, truncated, with_alias, alias_headers = [], 0, 0, 0, 0
   for i, (_, _, position, e) in enumerate(items):
-    extra = tuple(alias_of.get(position, ()))
+    extra = tuple(h for headers in alias_of.get(position, ()) for h in headers)
     alias_headers += len(extra)
     with_alias += bool(extra)
     texts = ([split_definition(e.paragraphs[0])[1]] + list(e.paragraphs[1:])
