@@ -101,3 +101,22 @@ def write_log(path, n, K=50, seed=0):
       query = " ".join(rng.choice(words, size=1 + i % 3)) + f" q{i}"
       f.write(f"{query}\t{','.join(map(str, ids))}\n")
   return path
+
+
+def written_lines(path) -> list[str]:
+  """A written text file's lines; it must end in one newline and hold no carriage return."""
+  with open(path, encoding="utf-8", newline="") as f:
+    text = f.read()
+  assert text.endswith("\n") and "\r" not in text
+  return text[:-1].split("\n")
+
+
+def query_log_ids(path) -> list[int]:
+  """Every id of a written test log (``query<TAB>id1,id2,...``), in order; no query or id
+  field may be empty."""
+  ids = []
+  for line in written_lines(path):
+    query, field = line.split("\t")
+    assert query and field
+    ids.extend(int(i) for i in field.split(","))
+  return ids

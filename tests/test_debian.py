@@ -13,6 +13,7 @@ from experiments.datasets import debian
 from mach_jax.data.query_log import QueryLog
 from mach_jax.data.text import TextFeaturizer
 from mach_jax.data.xc import read_xc
+from tests.helpers import query_log_ids, written_lines
 
 # Real stanzas of bookworm's main/binary-amd64 Packages and Translation-en (0ad's Depends
 # shortened), plus a stale 0ad translation under another Description-md5 and a
@@ -78,13 +79,6 @@ TEST = [
 OUTPUTS = ("items.tsv", "train.tsv", "test.tsv", "train.txt.gz", "test.txt.gz", "stats.json")
 
 
-def _lines(path):
-  with open(path, encoding="utf-8", newline="") as f:
-    text = f.read()
-  assert text.endswith("\n") and "\r" not in text
-  return text[:-1].split("\n")
-
-
 def _build(out, lists_dir=FIXTURES, *extra):
   debian.main(["--out", str(out), "--lists_dir", str(lists_dir), "--min_df", "1", *extra])
   with open(os.path.join(out, "stats.json"), encoding="utf-8") as f:
@@ -108,12 +102,12 @@ def _fixture(name):
     return f.read()
 
 
-def test_build_writes_exact_items_training_and_test_lines(tmp_path):
+def test_build_writes_exact_items_training_and_testwritten_lines(tmp_path):
   out = tmp_path / "out"
   stats = _build(out)
-  assert _lines(out / "items.tsv") == ITEMS
-  assert _lines(out / "train.tsv") == TRAIN
-  assert _lines(out / "test.tsv") == TEST
+  assert written_lines(out / "items.tsv") == ITEMS
+  assert written_lines(out / "train.tsv") == TRAIN
+  assert written_lines(out / "test.tsv") == TEST
   assert {k: stats[k] for k in (
       "items", "training_points", "training_paragraph_points", "training_name_points",
       "dropped_training_points", "items_without_long_description", "test_queries",
@@ -191,7 +185,7 @@ def test_compressed_lists_read_through_apt_helper(tmp_path):
       shutil.copyfileobj(src, dst)
     subprocess.run(["gzip", "-n", str(lists / name)], check=True)
   _build(tmp_path / "out", lists, "--no_xc")
-  assert _lines(tmp_path / "out" / "train.tsv") == TRAIN
+  assert written_lines(tmp_path / "out" / "train.tsv") == TRAIN
 
 
 def test_reads_fields_multiline_tags_and_the_highest_version():
@@ -338,12 +332,8 @@ def test_real_bookworm_lists(tmp_path):
   K = stats["items"]
   assert K > 50_000 and stats["training_points"] > 2 * K
   assert stats["items_without_translation"] < K // 100
-  ids = []
-  for line in _lines(out / "test.tsv"):
-    query, field = line.split("\t")
-    assert query and field
-    ids.extend(int(i) for i in field.split(","))
-  assert sorted(ids) == list(range(K))  # Every item is the answer to exactly one query.
-  assert len(_lines(out / "items.tsv")) == K
+  # Every item is the answer to exactly one query.
+  assert sorted(query_log_ids(out / "test.tsv")) == list(range(K))
+  assert len(written_lines(out / "items.tsv")) == K
   assert all(0 <= int(line.rsplit("\t", 1)[1]) < K and line.split("\t")[0]
-             for line in _lines(out / "train.tsv"))
+             for line in written_lines(out / "train.tsv"))

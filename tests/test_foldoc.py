@@ -14,6 +14,7 @@ from experiments.datasets import foldoc, text_set
 from mach_jax.data.query_log import QueryLog
 from mach_jax.data.text import TextFeaturizer
 from mach_jax.data.xc import read_xc
+from tests.helpers import query_log_ids, written_lines
 
 # Ten real entries of Debian's dict-foldoc (20230119-1), byte for byte, and one written by
 # hand ("frame language"), in the dictd format: foldoc.dict and foldoc.index, whose
@@ -89,13 +90,6 @@ TRAIN = {
 OUTPUTS = ("items.tsv", "train.tsv", "test.tsv", "train.txt.gz", "test.txt.gz", "stats.json")
 
 
-def _lines(path):
-  with open(path, encoding="utf-8", newline="") as f:
-    text = f.read()
-  assert text.endswith("\n") and "\r" not in text
-  return text[:-1].split("\n")
-
-
 def _build(out, dict_dir=FIXTURES, *extra):
   foldoc.main(["--out", str(out), "--dict_dir", str(dict_dir), "--min_df", "1", *extra])
   with open(os.path.join(out, "stats.json"), encoding="utf-8") as f:
@@ -109,12 +103,12 @@ def _train_lines():
   return [line for _, line in sorted(keyed)]
 
 
-def test_build_writes_exact_items_training_and_test_lines(tmp_path):
+def test_build_writes_exact_items_training_and_testwritten_lines(tmp_path):
   out = tmp_path / "out"
   stats = _build(out)
-  assert _lines(out / "items.tsv") == ITEMS
-  assert _lines(out / "test.tsv") == TEST
-  assert _lines(out / "train.tsv") == _train_lines()
+  assert written_lines(out / "items.tsv") == ITEMS
+  assert written_lines(out / "test.tsv") == TEST
+  assert written_lines(out / "train.tsv") == _train_lines()
   assert {k: stats[k] for k in (
       "entries", "metadata_headwords_skipped", "items", "alias_entries",
       "alias_entries_unresolved", "items_with_alias_headers", "items_with_categories",
@@ -128,7 +122,7 @@ def test_build_writes_exact_items_training_and_test_lines(tmp_path):
   assert [f["file"] for f in stats["inputs"]] == ["foldoc.index", "foldoc.dict"]
   # No test query is a training text, not even up to case.
   queries = {line.split("\t")[0].casefold() for line in TEST}
-  assert not queries & {line.split("\t")[0].casefold() for line in _lines(out / "train.tsv")}
+  assert not queries & {line.split("\t")[0].casefold() for line in written_lines(out / "train.tsv")}
 
 
 def test_dictzip_and_plain_dictionaries_give_byte_identical_files(tmp_path):
@@ -229,11 +223,7 @@ def test_real_foldoc(tmp_path):
   K = stats["items"]
   assert K > 10_000 and stats["training_points"] > 2 * K
   assert stats["alias_entries"] + K + stats["entries_without_text"] == stats["entries"]
-  ids = []
-  for line in _lines(out / "test.tsv"):
-    query, field = line.split("\t")
-    assert query and field
-    ids.extend(int(i) for i in field.split(","))
-  assert sorted(ids) == list(range(K))  # Every item is the answer to exactly one query.
+  # Every item is the answer to exactly one query.
+  assert sorted(query_log_ids(out / "test.tsv")) == list(range(K))
   assert stats["largest_group"] < 50  # No split artefact ("1.") groups hundreds of items.
-  assert len(_lines(out / "items.tsv")) == K
+  assert len(written_lines(out / "items.tsv")) == K
