@@ -5,7 +5,9 @@ import filecmp
 import gzip
 import json
 import os
+import pathlib
 import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -227,3 +229,44 @@ def test_real_foldoc(tmp_path):
   assert sorted(query_log_ids(out / "test.tsv")) == list(range(K))
   assert stats["largest_group"] < 50  # No split artefact ("1.") groups hundreds of items.
   assert len(written_lines(out / "items.tsv")) == K
+
+
+def test_mutated_dictionaries_build_or_are_refused_naming_the_file(tmp_path):
+  """Byte-level mutations of the fixture's index and dictionary (experiments.bench.fuzz's):
+  each build either succeeds with a consistent set or raises DictFormatError naming the
+  index (with its line) or the dictionary; never another exception."""
+  from hypothesis import HealthCheck, given, settings, strategies as st
+
+  from experiments.bench.fuzz import mutate
+
+  with open(os.path.join(FIXTURES, "foldoc.index"), "rb") as f:
+    index = f.read()
+  with open(os.path.join(FIXTURES, "foldoc.dict"), "rb") as f:
+    dictionary = f.read()
+  outcomes = []
+
+  @settings(max_examples=150, derandomize=True, deadline=None,
+            suppress_health_check=list(HealthCheck))
+  @given(st.data())
+  def case(data):
+    folder = pathlib.Path(tempfile.mkdtemp(dir=tmp_path))
+    (folder / "foldoc.index").write_bytes(mutate(data.draw, st, index))
+    packed = data.draw(st.booleans())
+    raw = mutate(data.draw, st, dictionary)
+    (folder / ("foldoc.dict.dz" if packed else "foldoc.dict")).write_bytes(
+        gzip.compress(raw, mtime=0)[:data.draw(st.sampled_from([None, 30]))] if packed
+        else raw)
+    try:
+      stats = foldoc.build(str(folder / "out"), str(folder), xc=False)
+    except foldoc.DictFormatError as e:
+      assert str(e).startswith((f"{folder / 'foldoc.index'}:", f"{folder / 'foldoc.dict'}")), e
+      outcomes.append("refused")
+      return
+    K = stats["items"]
+    assert sorted(query_log_ids(folder / "out" / "test.tsv")) == list(range(K))
+    assert all(0 <= int(line.rsplit("\t", 1)[1]) < K
+               for line in written_lines(folder / "out" / "train.tsv"))
+    outcomes.append("built")
+
+  case()
+  assert {"built", "refused"} <= set(outcomes)  # Both kinds of case were drawn.

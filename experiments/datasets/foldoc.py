@@ -54,6 +54,7 @@ import os
 import re
 import sys
 import time
+import zlib
 
 import numpy as np
 
@@ -106,24 +107,34 @@ def decode_number(digits: str) -> int:
 def read_index(path: str) -> list[tuple[str, int, int, int]]:
   """[(headword, offset, length, line number)] of a dictd .index file, in file order."""
   out = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      fields = line.rstrip("\n").split("\t")
-      try:
-        if len(fields) != 3 or not fields[0]:
-          raise ValueError(f"expected headword<TAB>offset<TAB>length, got {len(fields)} "
-                           "field(s)")
-        out.append((fields[0], decode_number(fields[1]), decode_number(fields[2]), lineno))
-      except ValueError as e:
-        raise DictFormatError(f"{path}:{lineno}: {e}: {line.rstrip()[:120]!r}") from None
+  with open(path, "rb") as f:
+    raw = f.read()
+  lines = raw.split(b"\n")
+  if lines[-1] == b"":
+    lines.pop()  # The piece after the final newline.
+  for lineno, data in enumerate(lines, 1):
+    try:
+      line = data.decode("utf-8")
+      fields = line.split("\t")
+      if len(fields) != 3 or not fields[0]:
+        raise ValueError(f"expected headword<TAB>offset<TAB>length, got {len(fields)} "
+                         "field(s)")
+      out.append((fields[0], decode_number(fields[1]), decode_number(fields[2]), lineno))
+    except ValueError as e:  # UnicodeDecodeError included.
+      raise DictFormatError(f"{path}:{lineno}: {e}: {data[:120]!r}") from None
   return out
 
 
 def read_dict(path: str) -> bytes:
   """The .dict file's bytes (a .dz file is dictzip, which gzip reads)."""
-  opener = gzip.open if path.endswith(".dz") else open
-  with opener(path, "rb") as f:
-    return f.read()
+  if not path.endswith(".dz"):
+    with open(path, "rb") as f:
+      return f.read()
+  try:
+    with gzip.open(path, "rb") as f:
+      return f.read()
+  except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError.
+    raise DictFormatError(f"{path}: not a readable dictzip (gzip) file: {e}") from None
 
 
 def clean(text: str) -> str:
@@ -206,6 +217,8 @@ def build_set(entries: list[Entry], where: dict[str, int]) -> TextSet:
       empty += 1
       continue
     items.append((e.title, e.offset, position, dataclasses.replace(e, paragraphs=paragraphs)))
+  if not items:
+    raise ValueError("no entry has a definition: nothing to build")
   items.sort(key=lambda t: t[:2])
   is_item = {position for _, _, position, _ in items}
   unresolved += sum(len(v) for target, v in alias_of.items() if target not in is_item)
@@ -281,7 +294,10 @@ def build(out: str, dict_dir: str = DICT_DIR, xc: bool = True, min_df: int = 2,
   """Read the dictionary, write every output file into ``out`` (see module doc); the stats."""
   index_path, dict_path = find_files(dict_dir)
   entries, where, metadata = read_entries(index_path, dict_path)
-  data = build_set(entries, where)
+  try:
+    data = build_set(entries, where)
+  except ValueError as e:
+    raise DictFormatError(f"{dict_path}: {e}") from None
   stats = {"source": "FOLDOC, Debian package dict-foldoc",
            "inputs": [text_set.file_record(index_path), text_set.file_record(dict_path)],
            "entries": len(entries), "metadata_headwords_skipped": metadata, **data.stats}
