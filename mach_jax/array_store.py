@@ -109,6 +109,11 @@ def _pieces(shape: tuple[int, ...], itemsize: int) -> list[tuple[tuple[int, ...]
           for outer in np.ndindex(*shape[:k]) for i in range(0, shape[k], rows)]
 
 
+class LayoutMismatch(ValueError):
+  """A saved array's shape or dtype differs from the one asked for: no reader can restore
+  it onto that layout (``read_in_place`` and orbax's whole restore alike)."""
+
+
 def read_in_place(directory: str, tree: Any) -> Any:
   """The arrays saved in ``directory`` (a tree written with ``save_args``), read piece by
   piece into ``tree``'s arrays, which are donated and overwritten in place.
@@ -129,8 +134,9 @@ def read_in_place(directory: str, tree: Any) -> Any:
     ``tree`` with the saved values.
 
   Raises:
-    ValueError: a leaf is not one device's array, or its name, shape or dtype differs from
-      what was saved (raised before anything is overwritten).
+    ValueError: a leaf is not one device's array or was not saved there; LayoutMismatch
+      (a ValueError): its shape or dtype differs from what was saved. Raised before
+      anything is overwritten.
   """
   import tensorstore as ts
   leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
@@ -148,8 +154,9 @@ def read_in_place(directory: str, tree: Any) -> Any:
       raise ValueError(f"cannot read {name!r} of {directory} in place: not on one device")
     meta = json.loads(kv[f"{name}/.zarray"])
     if tuple(meta["shape"]) != tuple(leaf.shape) or jnp.dtype(meta["dtype"]) != leaf.dtype:
-      raise ValueError(f"{name!r} of {directory} is {meta['dtype']}{meta['shape']}, not "
-                       f"{leaf.dtype}{list(leaf.shape)}")
+      raise LayoutMismatch(f"{name!r} of {directory} is {jnp.dtype(meta['dtype'])}"
+                           f"{list(meta['shape'])}, not "
+                           f"{leaf.dtype}{list(leaf.shape)}")
     key = f"{name}/" + (meta.get("dimension_separator", ".").join("0" * leaf.ndim) or "0")
     raw = (meta["compressor"] is None and not meta["filters"] and meta["order"] == "C"
            and meta["chunks"] == meta["shape"] and key in keys)

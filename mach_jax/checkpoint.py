@@ -36,6 +36,7 @@ from absl import logging
 
 from mach_jax import host_memory, provenance
 from mach_jax.array_store import (  # noqa: F401  (abstract_like: part of this API)
+  LayoutMismatch,
   abstract_like,
   arrays_handler,
   orbax as _orbax,
@@ -184,16 +185,22 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
       state = (restore_in_place(manager, step, target) if in_place else manager.restore(
           step, args=ocp.args.Composite(state=restore_args(target))).state)
     except Exception as e:  # orbax/tensorstore raise many types for damaged files.
-      path = os.path.join(str(manager.directory), str(step))
-      msg = f"checkpoint {path} could not be restored ({type(e).__name__}: {str(e)[:300]})"
-      errors.append(msg)
-      warnings.warn(msg + "; falling back to the previous checkpoint", RuntimeWarning)
+      errors.append(_unrestorable(manager, step, e, "; falling back to the previous checkpoint"))
       continue
     host_memory.release()
     return Restored(step=step, state=state, meta=dict(meta))
   if errors:
     raise RuntimeError("no checkpoint could be restored:\n" + "\n".join(errors))
   return None
+
+
+def _unrestorable(manager: ocp.CheckpointManager, step: int, e: Exception, then: str) -> str:
+  """Warn that checkpoint ``step`` could not be restored (``e``), adding ``then``; the
+  message without it."""
+  path = os.path.join(str(manager.directory), str(step))
+  msg = f"checkpoint {path} could not be restored ({type(e).__name__}: {str(e)[:300]})"
+  warnings.warn(msg + then, RuntimeWarning)
+  return msg
 
 
 def restore_in_place(manager: ocp.CheckpointManager, step: int, state: Any,
@@ -205,7 +212,8 @@ def restore_in_place(manager: ocp.CheckpointManager, step: int, state: Any,
   twice over beside the one it replaces, this holds one 2 MB piece
   (``array_store.read_in_place``; ``experiments.bench.checkpoint_memory``). Where that is
   not possible (several processes or devices, a tree stored otherwise) the arrays are
-  dropped and the state restored whole.
+  dropped and the state restored whole. A saved array of another shape or dtype than
+  ``state``'s raises RuntimeError (and warns) naming both, before anything is read.
 
   Args:
     manager: the run's store (``make_manager``).
@@ -224,6 +232,8 @@ def restore_in_place(manager: ocp.CheckpointManager, step: int, state: Any,
     if jax.process_count() > 1:
       raise ValueError("several processes")
     read = read_in_place(os.path.join(str(manager.directory), str(step), "state"), picked)
+  except LayoutMismatch as e:  # Orbax's whole restore could not read it either.
+    raise RuntimeError(_unrestorable(manager, step, e, "")) from None
   except (ValueError, OSError) as e:  # Raised before anything is overwritten.
     logging.info("restoring checkpoint %d whole (%s)", step, e)
     state = picked = None
