@@ -5,12 +5,14 @@
 
     {"format_version": 2, "hash_spec": {...}, "num_features": D, "num_classes": K,
      "config": {...}, "featurizer": {...} | null, "versions": {...},
-     "calibration": {"method": "platt" | "isotonic", ...} | null}   # experiments.calibrate
+     "calibration": {"method": "platt" | "isotonic", ...} | null,   # experiments.calibrate
+     "table_storage": "float32" | "int8"}                           # quantize
 
 so a folder explains itself and can be served on its own. ``read_info`` migrates the
 ``model.json`` of older folders (format 1: no ``format_version``, the featurizer settings at
 ``config.featurizer``) once, at load time, and fills fields added since from
-``default_config()``.
+``default_config()``. ``quantize`` writes a copy whose input table is stored as int8 with
+one scale per row (a quarter of its bytes); ``load`` reads it back as float32.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from mach_jax import (
   config as config_lib,
   model as model_lib,
   provenance,
+  quantize as quantize_lib,
 )
 from mach_jax.data.text import TextFeaturizer
 from mach_jax.hashing import HashSpec
@@ -37,6 +40,7 @@ from mach_jax.hashing import HashSpec
 BUNDLE_DIR = "model"  # A run's model folder: WORKDIR/model.
 IDF_FILE = "featurizer_idf.npy"
 FORMAT_VERSION = 2
+TABLE_STORAGE = ("float32", "int8")
 
 
 def folder_bytes(path: str) -> int:
@@ -44,7 +48,7 @@ def folder_bytes(path: str) -> int:
 
 
 def export(path: str, params: Any, spec: HashSpec, config, num_features: int,
-           featurizer: TextFeaturizer | None = None) -> int:
+           featurizer: TextFeaturizer | None = None, table_storage: str = "float32") -> int:
   """Write the model folder to ``path``, atomically; returns its size in bytes.
 
   The folder is written beside ``path`` (``path.partial``, ``model.json`` last) and renamed
@@ -54,6 +58,7 @@ def export(path: str, params: Any, spec: HashSpec, config, num_features: int,
   Args:
     params: the trained parameters (any sharding; orbax gathers them).
     featurizer: the text featurizer of models trained on text, else None.
+    table_storage: "int8" when ``params`` hold the input table quantized (``quantize``).
   """
   import orbax.checkpoint as ocp
   path = os.path.abspath(path)
@@ -72,7 +77,7 @@ def export(path: str, params: Any, spec: HashSpec, config, num_features: int,
             "num_features": num_features, "num_classes": spec.K,
             "config": json.loads(config.to_json()),
             "featurizer": featurizer.to_dict() if featurizer is not None else None,
-            "versions": provenance.library_versions()}
+            "versions": provenance.library_versions(), "table_storage": table_storage}
     with open(os.path.join(partial, "model.json"), "w") as f:
       json.dump(info, f, indent=2)
       f.flush()
@@ -112,6 +117,10 @@ def migrate(info: dict, where: str) -> dict:
   info.update(format_version=FORMAT_VERSION, config=config.to_dict())
   info.setdefault("featurizer", None)
   info.setdefault("calibration", None)
+  info.setdefault("table_storage", "float32")
+  if info["table_storage"] not in TABLE_STORAGE:
+    raise ValueError(f"{where}: table_storage {info['table_storage']!r}; expected one of "
+                     f"{TABLE_STORAGE}")
   return info
 
 
@@ -157,7 +166,53 @@ def load(path: str) -> tuple[dict, ml_collections.ConfigDict, Any]:
                           tree)
     params = ckptr.restore(os.path.join(path, "params"),
                            args=array_store.restore_args(target))
-  return info, ml_collections.ConfigDict(info["config"]), params
+  config = ml_collections.ConfigDict(info["config"])
+  if info["table_storage"] == "int8":
+    params = _with_table(params, info, config, lambda reps, name: {
+        **{k: v for k, v in reps.items() if k != quantize_lib.SCALE},
+        name: jax.device_put(quantize_lib.dequantize_rows(reps[name], reps[quantize_lib.SCALE]),
+                             device)})
+  return info, config, params
+
+
+def _with_table(params: dict, info: dict, config, change) -> dict:
+  """``params`` with the dict that holds the input table replaced by ``change(that dict,
+  the table's name in it)``."""
+  keys = next(iter(expected_shapes(info, config))).split("/")
+  def go(tree, keys):
+    if len(keys) == 1:
+      return change(tree, keys[0])
+    return {**tree, keys[0]: go(tree[keys[0]], keys[1:])}
+  return go(params, keys)
+
+
+def quantize(path: str, out: str) -> tuple[int, int]:
+  """Copy the model folder ``path`` to ``out`` with its input table stored as int8, one
+  float32 scale per row (``mach_jax.quantize``): about a quarter of the folder's bytes.
+  ``load`` reads it back as float32; every other array, the featurizer and the calibration
+  are copied as they are. Returns the two folders' sizes in bytes.
+
+  Raises:
+    ValueError: the folder is int8 already, or its input layer is dense (no table).
+    FileExistsError: ``out`` exists.
+  """
+  info, config, params = load(path)
+  if info["table_storage"] != "float32":
+    raise ValueError(f"{path}: its table is stored as {info['table_storage']} already")
+  if config.model.dense_input:
+    raise ValueError(f"{path}: a dense input layer has no embedding table to quantize")
+  if os.path.exists(out):
+    raise FileExistsError(f"{out}: exists; pass a new folder")
+
+  def to_int8(reps, name):
+    q, scale = quantize_lib.quantize_rows(np.asarray(reps[name]))
+    return {**reps, name: q, quantize_lib.SCALE: scale}
+
+  export(out, _with_table(params, info, config, to_int8), HashSpec.from_dict(info["hash_spec"]),
+         config, int(info["num_features"]), load_featurizer(path, info), table_storage="int8")
+  if info["calibration"] is not None:
+    set_calibration(out, info["calibration"])
+  return folder_bytes(path), folder_bytes(out)
 
 
 def widen(path: str, out: str, num_classes: int) -> None:
@@ -193,6 +248,9 @@ def load_params_like(path: str, target: Any, spec: HashSpec, num_features: int) 
   import orbax.checkpoint as ocp
   path = os.path.abspath(path)
   info = read_info(path)
+  if info["table_storage"] != "float32":
+    raise ValueError(f"{path}: its table is stored as {info['table_storage']}, for serving; "
+                     "start a run from the float32 folder it was quantized from")
   saved = HashSpec.from_dict(info["hash_spec"])
   try:
     fits = (saved if saved.K == spec.K else saved.widened(spec.K)) == spec
