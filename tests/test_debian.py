@@ -102,7 +102,7 @@ def _fixture(name):
     return f.read()
 
 
-def test_build_writes_exact_items_training_and_testwritten_lines(tmp_path):
+def test_build_writes_exact_items_training_and_test_lines(tmp_path):
   out = tmp_path / "out"
   stats = _build(out)
   assert written_lines(out / "items.tsv") == ITEMS

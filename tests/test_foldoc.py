@@ -105,7 +105,7 @@ def _train_lines():
   return [line for _, line in sorted(keyed)]
 
 
-def test_build_writes_exact_items_training_and_testwritten_lines(tmp_path):
+def test_build_writes_exact_items_training_and_test_lines(tmp_path):
   out = tmp_path / "out"
   stats = _build(out)
   assert written_lines(out / "items.tsv") == ITEMS
