@@ -19,8 +19,10 @@ header lines join the name point of the entry it names (when that is an item; co
 otherwise). Item id = index in the items sorted by (title, offset), title = the first header
 line.
 
-Text cleaning: cross-reference braces dropped (``{brute force}`` reads "brute force"), URLs
-dropped, whitespace collapsed (``clean``).
+Text cleaning: sense numbers ("1. ", "2. ") and categories removed from the start of each
+paragraph (the categories, each once, go to the name point), date paragraphs dropped,
+cross-reference braces dropped (``{brute force}`` reads "brute force"), URLs dropped,
+whitespace collapsed (``parse_entry``, ``clean``).
 
 Test queries: each item's definition sentence: the first sentence of its first paragraph,
 after the categories (a sentence ends at ". ", "! " or "? " before an upper-case letter, a
