@@ -4,6 +4,8 @@ answers as its dequantized table does, and the refusals."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -113,14 +115,10 @@ def test_quantize_refusals(tmp_path):
     bundle.load(str(out))
 
 
-def test_quantize_cli(tmp_path, capsys):
-  from absl import flags
-
-  from experiments import quantize as cli
-  flags.FLAGS(["quantize", "--model", os.path.join(V1, "xc"), "--out", str(tmp_path / "q")])
-  try:
-    cli.main([])
-  finally:
-    flags.FLAGS.unparse_flags()
-  assert "MiB ->" in capsys.readouterr().out
+def test_quantize_cli(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "experiments.quantize", "--model",
+                        os.path.join(V1, "xc"), "--out", str(tmp_path / "q")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "MiB ->" in out.stdout
   assert bundle.read_info(str(tmp_path / "q"))["table_storage"] == "int8"
