@@ -59,6 +59,10 @@ def test_mach_text_learns_a_tiny_text_set_and_refuses_misaligned_logs(tmp_path):
   # The batch's featurizing is timed within the batch's pass: a part of its time, shown.
   assert 0 < float(row["featurize_ms_per_query_batch"]) < float(row["predict_ms_per_query_batch"])
   assert "featurizing) /" in open(tmp_path / "out_fruit" / "results.md").read()
+  # The folder's size with its table stored as int8, beside its own.
+  assert 0 < float(row["model_mb_int8"]) and float(row["model_mb"]) > 0
+  assert f"(int8 {float(row['model_mb_int8']):.1f})" in open(
+      tmp_path / "out_fruit" / "results.md").read()
 
   # --predict_only: the saved model, loaded again, answers as it did when trained.
   again = _bench(tmp_path, "fruit", "--predict_only")

@@ -39,6 +39,8 @@ Writes OUT/results.csv and OUT/results.md, whose parameter column is checked aga
 formula R·(D·H + H + H·B + B). With --predict_only it trains nothing: each system loads the
 model the earlier run saved under OUT and times prediction again, side by side; the table
 (OUT/predict.md) says whether each reloaded model gives the top 5 it gave when trained.
+A mach-jax system's model MB is also given for its folder with the input table stored as
+int8 (``experiments.quantize``; docs/serving.md).
 """
 
 from __future__ import annotations
@@ -178,8 +180,22 @@ def mach_worker(args) -> dict:
   return {"train_s": results["train_seconds"], "params_formula": f"{spec['R']}x({widths})",
           "predict_ms_per_query_batch": batch_ms, "predict_ms_per_query_single": single_ms,
           "model_mb": results["bundle_bytes"] / 2**20,
-          "peak_rss_mb": provenance.peak_rss_bytes() / 2**20,
+          "peak_rss_mb": provenance.peak_rss_bytes() / 2**20,  # Before int8_mb's copy.
+          "model_mb_int8": int8_mb(os.path.join(workdir, "model")),
           "num_params": results["num_params"]}
+
+
+def int8_mb(model_dir: str) -> float | None:
+  """MiB of the model folder with its input table stored as int8 (``experiments.quantize``;
+  written to a temporary folder and removed), or None for a model without a table."""
+  import tempfile
+
+  from mach_jax import bundle
+  with tempfile.TemporaryDirectory() as tmp:
+    try:
+      return bundle.quantize(model_dir, os.path.join(tmp, "int8"))[1] / 2**20
+    except ValueError:  # A dense input layer.
+      return None
 
 
 def predict_only_result(batch_ms: float, single_ms: float) -> dict:
@@ -266,7 +282,8 @@ def mach_text_worker(args) -> dict:
           "params_formula": f"{spec['R']}x({widths})",
           "predict_ms_per_query_batch": batch_ms, "predict_ms_per_query_single": single_ms,
           **featurize, "model_mb": results["bundle_bytes"] / 2**20,
-          "peak_rss_mb": provenance.peak_rss_bytes() / 2**20,
+          "peak_rss_mb": provenance.peak_rss_bytes() / 2**20,  # Before int8_mb's copy.
+          "model_mb_int8": int8_mb(os.path.join(workdir, "model")),
           "num_params": results["num_params"], "epochs": refit.get("epochs") or (
               results["selected"]["epoch"] if results.get("selected") else None)}
 
@@ -312,7 +329,13 @@ def params_cell(row: dict) -> str:
 COLUMNS = ["dataset", "system", "P@1", "P@3", "P@5", "nDCG@5", "PSP@5", "train_s",
            "predict_ms_per_query_batch", "featurize_ms_per_query_batch",
            "predict_ms_per_query_single", "peak_rss_mb",
-           "model_mb", "num_params", "params_formula", "changes"]
+           "model_mb", "model_mb_int8", "num_params", "params_formula", "changes"]
+
+
+def model_cell(row: dict) -> str:
+  """'265.1 (int8 74.1)' for a mach-jax folder, '43.4' for a peer's."""
+  int8 = row.get("model_mb_int8")
+  return f"{row['model_mb']:.1f}" + (f" (int8 {int8:.1f})" if int8 is not None else "")
 
 
 def predict_cell(row: dict) -> str:
@@ -445,7 +468,7 @@ def main():
   for r in rows:
     lines.append(f"| {r['dataset']} | {r['system']} | {r['P@1']:.3f} | {r['P@3']:.3f} | "
                  f"{r['P@5']:.3f} | {r['nDCG@5']:.3f} | {r['PSP@5']:.3f} | {r['train_s']:.1f} | "
-                 f"{predict_cell(r)} | {r['peak_rss_mb']:.0f} | {r['model_mb']:.1f} | "
+                 f"{predict_cell(r)} | {r['peak_rss_mb']:.0f} | {model_cell(r)} | "
                  f"{params_cell(r)} |")
   notes = [f"- {name}: {base(name)} with {' '.join(sets)}" for name, sets in points.items()]
   if args.text_set and any(s.startswith("mach_text") for s in systems):
