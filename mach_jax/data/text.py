@@ -2,9 +2,11 @@
 
 A query becomes word unigrams and bigrams plus character trigrams (within word boundaries,
 so ``"usb c"`` gives ``" us"``, ``"usb"``, ``"sb "``, ``" c "``), each hashed into ``D``
-dimensions with scikit-learn's ``HashingVectorizer`` (signed 32-bit murmur3, stable across
-versions; no vocabulary to store, so unseen words still land somewhere meaningful through
-their trigrams). Counts become tf or log(1 + tf) weights and each row is L2-normalised.
+dimensions as scikit-learn's ``HashingVectorizer`` hashes them (its analyzers; signed 32-bit
+murmur3, stable across versions; no vocabulary to store, so unseen words still land somewhere
+meaningful through their trigrams). Counts become tf or log(1 + tf) weights and each row is
+L2-normalised. A query or a few are hashed in Python, cheaper than the hasher's per-call
+cost; more rows go through its compiled loop; the same bits either way (tests/test_text.py).
 
 Why these choices: product queries are a few words, often misspelt ("chager"), so word
 features alone miss most typos while character trigrams still overlap with the right
@@ -24,12 +26,13 @@ for serving.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
 WEIGHTINGS = ("tf", "log")
+_FEW_ROWS = 8  # Up to this many texts are hashed in Python (_hashed_counts).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +79,16 @@ class TextFeaturizer:
     if self.idf is not None and np.shape(self.idf) != (self.num_features,):
       raise ValueError(f"featurizer idf has shape {np.shape(self.idf)}; expected "
                        f"({self.num_features},), one weight per hashed dimension")
-    object.__setattr__(self, "_vectorizers", self._make_vectorizers())
+    analyzers, hasher = self._make_vectorizers()
+    object.__setattr__(self, "_analyzers", analyzers)
+    object.__setattr__(self, "_hasher", hasher)
 
   def _make_vectorizers(self):
-    from sklearn.feature_extraction.text import HashingVectorizer  # Heavy import: lazy.
+    """(weight, analyzer) per enabled n-gram kind, and the hasher of their n-grams: the
+    analyzers and the hashing of scikit-learn's ``HashingVectorizer`` (which is a
+    ``FeatureHasher`` over its analyzer's n-grams), applied here once to all of them."""
+    from sklearn.feature_extraction import FeatureHasher  # Heavy import: lazy.
+    from sklearn.feature_extraction.text import HashingVectorizer
     common = dict(n_features=self.num_features, alternate_sign=False, norm=None,
                   lowercase=True, dtype=np.float32)
     out = []
@@ -89,7 +98,9 @@ class TextFeaturizer:
     if self.char_ngrams != (0, 0):
       out.append((self.char_weight, HashingVectorizer(analyzer="char_wb",
                                                       ngram_range=self.char_ngrams, **common)))
-    return out
+    hasher = FeatureHasher(n_features=self.num_features, input_type="string",
+                           alternate_sign=False, dtype=np.float32)
+    return [(weight, v.build_analyzer()) for weight, v in out], hasher
 
   def to_dict(self) -> dict[str, Any]:
     """The settings as JSON; ``idf`` says whether an idf vector goes with them."""
@@ -146,19 +157,47 @@ class TextFeaturizer:
       if len(t) > self.max_chars:
         raise ValueError(f"{where[i] if where else f'texts[{i}]'}: text of {len(t)} characters "
                          f"exceeds featurizer.max_chars={self.max_chars}")
-    X = None
-    for weight, vectorizer in self._vectorizers:  # Counts: words + char_weight * trigrams.
-      block = vectorizer.transform(texts)
-      if weight != 1.0:
-        block = block * np.float32(weight)
-      X = block if X is None else X + block
-    X = sp.csr_matrix(X, dtype=np.float32)
-    X.sum_duplicates()
+    weights = {weight for weight, _ in self._analyzers}
+    if weights == {1.0}:  # Words and n-grams count alike: one hashing of them all.
+      X = self._hashed_counts((sum((a(t) for _, a in self._analyzers), []) for t in texts),
+                              len(texts))
+    elif len(self._analyzers) == 1:  # N-grams alone, each counting char_weight.
+      X = self._hashed_counts(map(self._analyzers[0][1], texts), len(texts)) * np.float32(
+          self.char_weight)
+    else:  # Words + char_weight * n-grams, each counted apart (a word and an n-gram may
+      (_, words), (weight, chars) = self._analyzers  # collide in one dimension).
+      X = (self._hashed_counts(map(words, texts), len(texts))
+           + self._hashed_counts(map(chars, texts), len(texts)) * np.float32(weight))
     if self.weighting == "log":  # Of the summed counts (a word and a trigram may collide).
       X.data = np.log1p(X.data)
     if self.idf is not None:
       X.data *= self.idf[X.indices]
-    norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=1), np.float64).ravel())
+    # Each row's sum of squares as X.multiply(X).sum(axis=1) forms it (float32, by row).
+    sums = np.zeros(X.shape[0], np.float32)
+    filled = np.flatnonzero(np.diff(X.indptr))
+    if filled.size:
+      sums[filled] = np.add.reduceat(X.data * X.data, X.indptr[filled])
+    norms = np.sqrt(sums.astype(np.float64))
     X.data /= np.repeat(np.where(norms > 0, norms, 1.0), np.diff(X.indptr)).astype(np.float32)
     X.sort_indices()
     return X
+
+  def _hashed_counts(self, grams: Iterator[list[str]], rows: int) -> sp.csr_matrix:
+    """CSR float32 counts of each of ``rows`` rows' hashed n-grams (``grams`` yields each
+    row's), indices sorted, no duplicates.
+
+    The hasher's index of an n-gram is |murmur3_32(utf-8 bytes, seed 0)| mod D. A few rows
+    (a query being served) are hashed here: the hasher costs ~0.05 ms a call before its
+    first n-gram; many rows go through its compiled loop.
+    """
+    D = self.num_features
+    if rows > _FEW_ROWS:
+      return self._hasher.transform(grams)
+    from sklearn.utils import murmurhash3_32
+    counted = [np.unique(np.abs(np.fromiter((murmurhash3_32(g) for g in row), np.int64,
+                                            len(row))) % D, return_counts=True) for row in grams]
+    empty = [np.zeros(0, np.int64)]
+    indptr = np.cumsum([0] + [len(i) for i, _ in counted])
+    indices = np.concatenate([i for i, _ in counted] + empty).astype(np.int32)
+    data = np.concatenate([c for _, c in counted] + empty).astype(np.float32)
+    return sp.csr_matrix((data, indices, indptr.astype(np.int32)), shape=(rows, D))
