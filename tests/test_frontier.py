@@ -22,6 +22,17 @@ def test_a_point_names_a_system_and_its_changes():
       peers.parse_point(bad)
 
 
+def test_the_default_systems_skip_mach_text_only_where_there_is_no_text():
+  # The default command (no --systems) runs every system; mach_text needs a set's query
+  # logs, which only the sets the repository builds have. Named, it is never dropped.
+  everything = list(peers.SYSTEMS) + ["mach_text@x"]
+  assert "mach_text" not in peers.set_systems(everything, "bibtex", default=True)
+  assert "mach_text@x" in peers.set_systems(everything, "bibtex", default=True)
+  for name in peers.BUILT:
+    assert peers.set_systems(everything, name, default=True) == everything
+  assert peers.set_systems(everything, "bibtex", default=False) == everything
+
+
 def _row(system, p1, mb, s, params=0):
   return {"dataset": "x", "system": system, "P@1": p1, "P@5": p1 / 2, "train_s": s,
           "model_mb": mb, "peak_rss_mb": 100.0, "num_params": params, "changes": ""}

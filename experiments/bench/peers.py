@@ -288,6 +288,13 @@ def mach_text_worker(args) -> dict:
               results["selected"]["epoch"] if results.get("selected") else None)}
 
 
+def set_systems(systems: list[str], dataset: str, default: bool) -> list[str]:
+  """The systems run on ``dataset``: ``systems``, less mach_text on a set without query
+  logs when they are the default (--systems not given): the repository builds the sets
+  with query logs (``BUILT``); on the others asking for mach_text by name fails."""
+  return [s for s in systems if not (default and s == "mach_text" and dataset not in BUILT)]
+
+
 def worker_env() -> dict:
   """The environment of every worker process: 2 threads, no simulated devices."""
   env = {**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2",
@@ -364,7 +371,10 @@ def write_predict_only(out: str, rows: list[dict]) -> None:
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--datasets", default="bibtex,delicious,corel5k")
-  p.add_argument("--systems", default=",".join(SYSTEMS))
+  p.add_argument("--systems", default=None,
+                 help="comma-separated, or '' for the --point systems alone (default: every "
+                      "system that runs on the set: mach_text only on the sets the repository "
+                      "builds, which have query logs)")
   p.add_argument("--out", required=True)
   p.add_argument("--data_root", default=os.path.join(ROOT, "..", "shared", "data"))
   p.add_argument("--built_root", default=os.path.join(ROOT, "runs", "data"),
@@ -402,7 +412,8 @@ def main():
     text = args.system.split("@")[0] == "mach_text"
     workers.emit(mach_text_worker(args) if text else mach_worker(args))
     return
-  systems = args.systems.split(",") if args.systems else []
+  systems = (list(SYSTEMS) if args.systems is None
+             else [s for s in args.systems.split(",") if s])
   unknown = set(systems) - set(SYSTEMS)
   if unknown:
     raise SystemExit(f"--systems: unknown {sorted(unknown)}; choose from {SYSTEMS}")
@@ -436,7 +447,7 @@ def main():
     train_path, test_path = data_paths(args.data_root, args.built_root, dataset)
     train_Y, test_Y = read_xc(train_path).Y, read_xc(test_path).Y
     inv_p = 1.0 / metrics.propensities(train_Y)
-    for system in systems:
+    for system in set_systems(systems, dataset, args.systems is None):
       out = os.path.join(args.out, dataset, system)
       if args.predict_only and not os.path.exists(os.path.join(out, PREDS[False])):
         raise SystemExit(f"--predict_only: {out} holds no earlier run of {system}")
@@ -460,8 +471,9 @@ def main():
     w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
-  head = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.node()} ({os.cpu_count()} cores), "
-          "each system in its own process with 2 threads, one run each.\n\n")
+  head = (f"Measured {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC on {platform.node()} "
+          f"({provenance.cpu_model()}, {os.cpu_count()} cores), each system in its own process "
+          "with 2 threads, one run each.\n\n")
   lines = ["| set | system | P@1 | P@3 | P@5 | nDCG@5 | PSP@5 | train s | predict ms/query "
            "(batch / single) | peak RSS MB | model MB | parameters (R x widths) |",
            "|" + "---|" * 12]
