@@ -353,10 +353,15 @@ def predict_cell(row: dict) -> str:
   return f"{batch} / {row['predict_ms_per_query_single']:.2f}"
 
 
+def machine() -> str:
+  """'2026-12-07 10:42 UTC on vm (AMD EPYC, 2 cores)': when and where a table was measured."""
+  return (f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC on {platform.node()} "
+          f"({provenance.cpu_model()}, {os.cpu_count()} cores)")
+
+
 def write_predict_only(out: str, rows: list[dict]) -> None:
   """OUT/predict.md: prediction re-timed from the saved models, side by side."""
-  head = (f"Prediction re-timed from the models saved in {out}, measured "
-          f"{time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} ({os.cpu_count()} cores), "
+  head = (f"Prediction re-timed from the models saved in {out}, measured {machine()}, "
           "each system in its own process with 2 threads.\n\n")
   lines = ["| set | system | P@1 | P@5 | predict ms/query (batch / single) | peak RSS MB | "
            "same top 5 as the training run |", "|" + "---|" * 7]
@@ -471,9 +476,8 @@ def main():
     w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
-  head = (f"Measured {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC on {platform.node()} "
-          f"({provenance.cpu_model()}, {os.cpu_count()} cores), each system in its own process "
-          "with 2 threads, one run each.\n\n")
+  head = (f"Measured {machine()}, each system in its own process with 2 threads, one run "
+          "each.\n\n")
   lines = ["| set | system | P@1 | P@3 | P@5 | nDCG@5 | PSP@5 | train s | predict ms/query "
            "(batch / single) | peak RSS MB | model MB | parameters (R x widths) |",
            "|" + "---|" * 12]
