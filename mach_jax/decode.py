@@ -86,36 +86,55 @@ def _scores_from_rows(rows: jax.Array, class_buckets: jax.Array, estimator: str)
   return total / R  # mean, log_mean
 
 
-PASSES_UP_TO_K = 8  # top_k_of_columns: k passes up to here, XLA's TopK beyond.
+PASSES_UP_TO_K = 16  # top_k_of_columns: passes up to this k, XLA's TopK beyond.
+TOPK_GROUP = 8  # top_k_of_columns: rows pooled into one group's maximum.
 
 
 def top_k_of_columns(s: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   """The k largest entries of each column of s [C, b]: (values [b, k], rows [b, k]), in
   ``jax.lax.top_k(s.T, k)``'s order (descending, equal values by their lower row).
 
-  Up to ``PASSES_UP_TO_K``, k passes over the block, each a column-wise max and min-row of
-  the entries after the previous pick in that order: reductions across rows that XLA:CPU
-  vectorizes over the b columns, read-only. Its TopK sorts each row of s.T apart, about
-  150 ns a row plus 2.5 ns an entry; the passes took WordNet's exact decoding (C = 768,
-  b = 512, k = 5) from 0.106 to 0.062 ms a query, with the same output
-  (experiments/bench/NOTES.md). They cost k times the block, TopK not: beyond, TopK.
-  NaN ranks last here (TopK puts it first); model folders hold no NaN weights.
+  Up to ``PASSES_UP_TO_K``, without a sort: the maximum of each group of ``TOPK_GROUP``
+  rows, the k best groups of each column, then the k best of those groups' entries, each
+  step k passes of column-wise reductions (``_top_k_passes``) that XLA:CPU vectorizes over
+  the b columns. Exact: a column's k best entries lie in its k best groups (ranked by
+  maximum, then lower group), since k groups ranked above an entry's own each hold an
+  entry ranked above it. XLA:CPU's TopK sorts each row of s.T apart, about 150 ns a row
+  plus 2.5 ns an entry; on WordNet's exact decoding (C = 768, b = 512) the passes take
+  a fraction of its time, with the same output (experiments/bench/NOTES.md). NaN ranks
+  last here (TopK puts it first); model folders hold no NaN weights.
   """
+  C, b = s.shape
   if k > PASSES_UP_TO_K:
     return jax.lax.top_k(s.T, k)
-  C, b = s.shape
   s = jnp.where(jnp.isnan(s), -jnp.inf, s)
-  row = jnp.arange(C, dtype=jnp.int32)[:, None]
+  g = TOPK_GROUP
+  if C % g or C // g < 2 * k:  # Too few groups to pool: passes over every row.
+    return _top_k_passes(s, jnp.arange(C, dtype=jnp.int32)[:, None], k)
+  groups = s.reshape(C // g, g, b)
+  _, best = _top_k_passes(groups.max(axis=1), jnp.arange(C // g, dtype=jnp.int32)[:, None], k)
+  picked = best.T[:, None, :]  # [k, 1, b] group ids
+  entries = groups[picked, jnp.arange(g)[None, :, None], jnp.arange(b)[None, None, :]]
+  rows = picked * g + jnp.arange(g, dtype=jnp.int32)[None, :, None]  # [k, g, b]
+  return _top_k_passes(entries.reshape(k * g, b), rows.reshape(k * g, b), k)
+
+
+def _top_k_passes(s: jax.Array, rows: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """k passes over s [n, b] (rows [n, b] or [n, 1]: each entry's row id, distinct within a
+  column): each pass the column-wise largest entry after the previous pick in the order
+  (value descending, row ascending), read-only. Returns (values [b, k], rows [b, k])."""
+  b = s.shape[1]
   last_v = jnp.full((1, b), jnp.inf, s.dtype)
-  last_i = jnp.full((1, b), -1, jnp.int32)
-  values, rows = [], []
+  last_r = jnp.full((1, b), -1, jnp.int32)
+  none = jnp.iinfo(jnp.int32).max
+  values, picked = [], []
   for _ in range(k):
-    after = (s < last_v) | ((s == last_v) & (row > last_i))
+    after = (s < last_v) | ((s == last_v) & (rows > last_r))
     last_v = jnp.max(jnp.where(after, s, -jnp.inf), axis=0, keepdims=True)
-    last_i = jnp.min(jnp.where(after & (s == last_v), row, C), axis=0, keepdims=True)
+    last_r = jnp.min(jnp.where(after & (s == last_v), rows, none), axis=0, keepdims=True)
     values.append(last_v[0])
-    rows.append(last_i[0])
-  return jnp.stack(values, axis=1), jnp.stack(rows, axis=1)
+    picked.append(last_r[0])
+  return jnp.stack(values, axis=1), jnp.stack(picked, axis=1)
 
 
 def chunk_size_for_budget(batch: int, R: int, budget_bytes: int) -> int:

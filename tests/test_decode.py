@@ -74,20 +74,23 @@ def test_chunked_topk_equals_brute_force(estimator):
     assert np.asarray(classes).max() < spec.K
 
 
+@pytest.mark.parametrize("rows", [40, 512])  # Every row in the passes; rows pooled in groups.
 @pytest.mark.parametrize("k", [1, 2, 5, decode.PASSES_UP_TO_K, decode.PASSES_UP_TO_K + 2])
-def test_top_k_of_columns_is_lax_top_k_of_the_rows_ties_and_padding_included(k):
-  # Coarse values make many ties (broken by the lower row, as TopK does); -inf rows are
-  # the padding past K; one column holds fewer finite entries than k.
+def test_top_k_of_columns_is_lax_top_k_of_the_rows_ties_and_padding_included(k, rows):
+  # Coarse values make many ties (broken by the lower row, as TopK does), within a group of
+  # rows and across groups; -inf rows are the padding past K; one column holds fewer
+  # finite entries than k, spread over groups; in one every entry is equal.
   rng = np.random.default_rng(k)
-  s = np.round(rng.normal(size=(40, 9)), 1).astype(np.float32)
+  s = np.round(rng.normal(size=(rows, 9)), 1).astype(np.float32)
   s[rng.random(s.shape) < 0.2] = -np.inf
   s[:, 3] = -np.inf
   s[[5, 17, 30], 3] = [0.5, 0.5, -1.0]
-  s[:, 4] = 0.0  # Every entry of a column equal.
-  values, rows = jax.jit(decode.top_k_of_columns, static_argnums=1)(jnp.asarray(s), k)
+  s[:, 4] = 0.0
+  s[-20:, 5] = s[:, 5].max()  # Ties at the top, in the last groups.
+  values, found = jax.jit(decode.top_k_of_columns, static_argnums=1)(jnp.asarray(s), k)
   want_values, want_rows = jax.lax.top_k(jnp.asarray(s.T), k)
   np.testing.assert_array_equal(np.asarray(values), np.asarray(want_values))
-  np.testing.assert_array_equal(np.asarray(rows), np.asarray(want_rows))
+  np.testing.assert_array_equal(np.asarray(found), np.asarray(want_rows))
 
 
 @pytest.mark.parametrize("estimator", decode.ESTIMATORS)
