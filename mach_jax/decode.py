@@ -86,7 +86,8 @@ def _scores_from_rows(rows: jax.Array, class_buckets: jax.Array, estimator: str)
   return total / R  # mean, log_mean
 
 
-PASSES_UP_TO_K = 16  # top_k_of_columns: passes up to this k, XLA's TopK beyond.
+PASSES_UP_TO_K = 16  # top_k_of_columns: passes up to this k, XLA's TopK beyond,
+PASSES_FROM_COLUMNS = 16  # and from this many columns (a few queries: TopK).
 TOPK_GROUP = 8  # top_k_of_columns: rows pooled into one group's maximum.
 
 
@@ -94,18 +95,21 @@ def top_k_of_columns(s: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   """The k largest entries of each column of s [C, b]: (values [b, k], rows [b, k]), in
   ``jax.lax.top_k(s.T, k)``'s order (descending, equal values by their lower row).
 
-  Up to ``PASSES_UP_TO_K``, without a sort: the maximum of each group of ``TOPK_GROUP``
-  rows, the k best groups of each column, then the k best of those groups' entries, each
-  step k passes of column-wise reductions (``_top_k_passes``) that XLA:CPU vectorizes over
-  the b columns. Exact: a column's k best entries lie in its k best groups (ranked by
-  maximum, then lower group), since k groups ranked above an entry's own each hold an
-  entry ranked above it. XLA:CPU's TopK sorts each row of s.T apart, about 150 ns a row
-  plus 2.5 ns an entry; on WordNet's exact decoding (C = 768, b = 512) the passes take
-  a fraction of its time, with the same output (experiments/bench/NOTES.md). NaN ranks
-  last here (TopK puts it first); model folders hold no NaN weights.
+  Up to ``PASSES_UP_TO_K`` and from ``PASSES_FROM_COLUMNS`` columns, without a sort: the
+  maximum of each group of ``TOPK_GROUP`` rows, the k best groups of each column, then the
+  k best of those groups' entries, each step k passes of column-wise reductions
+  (``_top_k_passes``) that XLA:CPU vectorizes over the b columns. Exact: a column's k best
+  entries lie in its k best groups (ranked by maximum, then lower group), since k groups
+  ranked above an entry's own each hold an entry ranked above it.
+
+  XLA:CPU's TopK sorts each row of s.T apart, about 150 ns a row plus 2.5 ns an entry; on
+  WordNet's exact decoding (C = 768, b = 512) the passes take half its time, with the
+  same output (experiments/bench/NOTES.md). A single query's one long column is TopK's
+  best case and the passes' worst. NaN ranks last here (TopK puts it first; model folders
+  hold no NaN weights), and -0.0 ties +0.0 (TopK ranks +0.0 first).
   """
   C, b = s.shape
-  if k > PASSES_UP_TO_K:
+  if k > PASSES_UP_TO_K or b < PASSES_FROM_COLUMNS:
     return jax.lax.top_k(s.T, k)
   s = jnp.where(jnp.isnan(s), -jnp.inf, s)
   g = TOPK_GROUP

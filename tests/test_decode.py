@@ -81,16 +81,19 @@ def test_top_k_of_columns_is_lax_top_k_of_the_rows_ties_and_padding_included(k, 
   # rows and across groups; -inf rows are the padding past K; one column holds fewer
   # finite entries than k, spread over groups; in one every entry is equal.
   rng = np.random.default_rng(k)
-  s = np.round(rng.normal(size=(rows, 9)), 1).astype(np.float32)
+  s = np.round(rng.normal(size=(rows, decode.PASSES_FROM_COLUMNS + 4)), 1).astype(np.float32)
   s[rng.random(s.shape) < 0.2] = -np.inf
   s[:, 3] = -np.inf
   s[[5, 17, 30], 3] = [0.5, 0.5, -1.0]
   s[:, 4] = 0.0
   s[-20:, 5] = s[:, 5].max()  # Ties at the top, in the last groups.
+  s += 0.0  # -0.0 to 0.0: the passes tie them; TopK orders the bits (+0.0 first).
   values, found = jax.jit(decode.top_k_of_columns, static_argnums=1)(jnp.asarray(s), k)
   want_values, want_rows = jax.lax.top_k(jnp.asarray(s.T), k)
   np.testing.assert_array_equal(np.asarray(values), np.asarray(want_values))
   np.testing.assert_array_equal(np.asarray(found), np.asarray(want_rows))
+  few = decode.top_k_of_columns(jnp.asarray(s[:, :3]), k)  # A few queries: TopK itself.
+  np.testing.assert_array_equal(np.asarray(few[1]), np.asarray(want_rows)[:3])
 
 
 @pytest.mark.parametrize("estimator", decode.ESTIMATORS)
