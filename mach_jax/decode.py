@@ -87,7 +87,7 @@ def _scores_from_rows(rows: jax.Array, class_buckets: jax.Array, estimator: str)
 
 
 PASSES_UP_TO_K = 16  # top_k_of_columns: passes up to this k, XLA's TopK beyond,
-PASSES_FROM_COLUMNS = 16  # and from this many columns (a few queries: TopK).
+PASSES_FROM_COLUMNS = 64  # and from this many columns (fewer queries: TopK).
 TOPK_GROUP = 8  # top_k_of_columns: rows pooled into one group's maximum.
 
 
@@ -104,8 +104,9 @@ def top_k_of_columns(s: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
 
   XLA:CPU's TopK sorts each row of s.T apart, about 150 ns a row plus 2.5 ns an entry; on
   WordNet's exact decoding (C = 768, b = 512) the passes take half its time, with the
-  same output (experiments/bench/NOTES.md). A single query's one long column is TopK's
-  best case and the passes' worst. NaN ranks last here (TopK puts it first; model folders
+  same output (experiments/bench/NOTES.md). Few queries mean long chunks (a single
+  query's one column of every class), TopK's best case and the passes' worst: below 64
+  queries at k = 10 the passes were slower. NaN ranks last here (TopK puts it first; model folders
   hold no NaN weights), and -0.0 ties +0.0 (TopK ranks +0.0 first).
   """
   C, b = s.shape
