@@ -66,6 +66,9 @@ def main(argv):
   loss = config.model.loss
   logging.set_verbosity(logging.WARNING)
   _, validation, test = data_lib.load_splits(config.data)
+  if test is None:
+    raise app.UsageError(f"{model_dir} was trained without a test split (config.data.test "
+                         "is empty): the calibration is reported on one")
 
   # ---- Fit on the validation slice -------------------------------------------------------
   def estimates(held):

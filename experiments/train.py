@@ -53,9 +53,9 @@ def main(argv):
     base = results["popularity_baseline"]
     print("  the most frequent training labels for every point: "
           + "  ".join(f"{k} {base[k]:.4f}" for k in summary if k in base))
-  else:  # eval.final_test = False: the test split was not read.
-    print(f"no test evaluation (config.eval.final_test=False); selected: "
-          f"{results.get('selected')}")
+  else:  # eval.final_test = False, or no data.test: no test split was read.
+    print(f"no test evaluation (config.eval.final_test={_CONFIG.value.eval.final_test}, "
+          f"config.data.test={_CONFIG.value.data.test!r}); selected: {results.get('selected')}")
   ratio = results["num_params_full_softmax"] / results["num_params"]
   print(f"parameters: {results['num_params']:,} (MACH) vs {results['num_params_full_softmax']:,} "
         f"(full softmax): the full softmax needs {ratio:.3g}x MACH's; "

@@ -42,7 +42,7 @@ def default_config() -> ml_collections.ConfigDict:
   # while streaming) or 'synthetic' (the embedded catalogue).
   c.data.name = "xc"
   c.data.train = ""
-  c.data.test = ""
+  c.data.test = ""  # '' (xc, queries): no test split; the run reports no test figures.
   # Keep parsed XC files here as .npz (read_xc): a sweep parses each file once. '' = never.
   # Also where a query log's featurized cache (cache_mb) is written; '' = the workdir.
   c.data.cache_dir = ""
@@ -253,6 +253,11 @@ def check_loop(config) -> None:
     raise ValueError("config.data.validation_fraction > 0 selects the model on periodic "
                      "evaluations by config.checkpoint.best_metric: set eval.every_epochs or "
                      "eval.every_steps, and best_metric (e.g. 'P@1')")
+  if (config.data.name != "synthetic" and not config.data.test
+      and not config.data.validation_fraction and (ev.every_epochs or ev.every_steps)):
+    raise ValueError("config.data.test is empty and config.data.validation_fraction is 0: "
+                     "the periodic evaluations have nothing to read: pass --config.data.test="
+                     "PATH, set validation_fraction > 0, or eval.every_epochs=0")
   if tc.decay_patience and not (config.data.validation_fraction and ck.enabled):
     raise ValueError(f"config.train.decay_patience={tc.decay_patience} goes back to the best "
                      "validation evaluation's state, which the checkpoint store keeps: set "

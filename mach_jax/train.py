@@ -67,8 +67,8 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
   writer = loop.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
 
   # ---- Input ---------------------------------------------------------------------------
-  train, validation, test = data_lib.load_splits(  # (A test log is read at the end.)
-      config.data, config.train.num_epochs, cache_dir=workdir, stream_test=True)
+  train, validation, test = data_lib.load_splits(config.data, config.train.num_epochs,
+                                                 cache_dir=workdir, stream_test=True)
   counts = train.label_counts()
   config = config_lib.resolve(config, train.num_labels, counts.sum() / train.num_points,
                               train.num_features)
@@ -123,7 +123,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
                "parameters, %.3gx the %s of a full softmax. %d train / %d test points.",
                K, D, spec.R, spec.B, spec.family, f"{num_params:,}",
                num_params / num_params_full, f"{num_params_full:,}", train.num_points,
-               test.num_points)
+               getattr(test, "num_points", 0))
 
   def save(epoch: int, batch_in_epoch: int, seconds: float) -> None:
     checkpoint_lib.save(manager, step, state, checkpoint_lib.run_meta(
@@ -219,7 +219,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
     params = checkpoint_lib.restore_in_place(  # Into the last parameters' arrays.
         manager, best.record["step"], setup.state._replace(params=params), ("params",)).params
   t_eval, test = time.time(), data_lib.in_memory(test)  # A test log is featurized now.
-  res = evaluate(params, test) if ev.final_test else {}
+  res = evaluate(params, test) if ev.final_test and test is not None else {}
   main = res.get(ev.estimator, {})
   results = {
       **main, "estimator": ev.estimator, "by_estimator": res, "train_seconds": train_seconds,
@@ -230,13 +230,13 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
       "steps": step, "num_params": num_params, "num_params_full_softmax": num_params_full,
       "param_bytes": model_lib.param_bytes(params),  # State: parameters + optimizer state.
       "state_bytes": model_lib.param_bytes(setup.state),
-      "hash_spec": spec.to_dict(), "decays": plateau.decays,
-      "selected": best.record, "num_train": train.num_points, "num_test": test.num_points,
+      "hash_spec": spec.to_dict(), "decays": plateau.decays, "selected": best.record,
+      "num_train": train.num_points, "num_test": getattr(test, "num_points", 0),
       "num_validation": validation.num_points if validation is not None else 0,
       "config": json.loads(config.to_json()), "versions": provenance.library_versions(),
       "devices": [str(d) for d in jax.devices()], "peak_rss_bytes": provenance.peak_rss_bytes(),
       "popularity_baseline": inference.popularity_baseline(counts, test, inv_prop, ev.k)
-                             if ev.final_test else None,
+                             if res else None,
   }
   results["bundle_bytes"] = bundle.export(os.path.join(workdir, bundle.BUNDLE_DIR),
                                           params, spec, config, D, train.featurizer)

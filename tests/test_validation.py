@@ -4,10 +4,11 @@ never trained on, and the model a run ends with is the best validation evaluatio
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
-from mach_jax import loop, state as state_lib, train
+from mach_jax import bundle, loop, state as state_lib, train
 from mach_jax.data import load_splits, validation
 from mach_jax.data.query_log import QueryLog
 from mach_jax.data.text import TextFeaturizer
@@ -145,6 +146,39 @@ def test_text_run_with_idf_and_validation_serves_what_it_evaluated(tmp_path):
   truth = [set(map(int, l.rstrip("\n").split("\t")[1].split(","))) for l in open(test_log)]
   p1 = np.mean([h[0].id in t for h, t in zip(hits, truth)])
   assert p1 == pytest.approx(res["P@1"])
+
+
+def test_a_run_without_a_test_log_trains_the_same_model_and_reports_no_test_figures(
+    tmp_path):
+  """``data.test = ''``: a user with a training log only. The validation slice chooses as
+  before; the model is the one a run with a test log trains, bit for bit."""
+  from mach_jax import config as config_lib
+  train_log = str(write_log(tmp_path / "train.tsv", 1000, seed=0))
+  test_log = str(write_log(tmp_path / "test.tsv", 100, seed=1))
+  c = config_lib.default_config()
+  c.data.update(name="queries", train=train_log, test="", num_labels=50,
+                validation_fraction=0.1)
+  c.model.update(R=2, B=8, hidden=(16,), loss="softmax_hist")
+  c.mesh = (("data", 1), ("rep", 1))
+  c.train.update(batch_size=64, num_epochs=2, progress_bar=False)
+  c.eval.update(every_epochs=1, estimators=("mean",), estimator="mean")
+  alone = train.train_and_evaluate(c, str(tmp_path / "alone"))
+  assert "P@1" not in alone and alone["num_test"] == 0 and alone["selected"]
+  assert alone["popularity_baseline"] is None
+  c.data.test = test_log
+  with_test = train.train_and_evaluate(c, str(tmp_path / "with_test"))
+  assert with_test["P@1"] > 0 and with_test["selected"] == alone["selected"]
+  _, _, a = bundle.load(str(tmp_path / "alone" / bundle.BUNDLE_DIR))
+  _, _, b = bundle.load(str(tmp_path / "with_test" / bundle.BUNDLE_DIR))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # Without a validation slice the periodic evaluations would have nothing to read.
+  c.data.update(test="", validation_fraction=0.0)
+  c.checkpoint.best_metric = ""
+  with pytest.raises(ValueError, match="config.data.test is empty"):
+    train.train_and_evaluate(c, str(tmp_path / "nothing"))
+  c.eval.every_epochs = 0
+  assert "P@1" not in train.train_and_evaluate(c, str(tmp_path / "no_evals"))
 
 
 @pytest.mark.parametrize("K, labels, D, R, B, input_dim, loss, decode", [

@@ -51,7 +51,7 @@ class Splits(NamedTuple):
   """A run's data: what it trains on, what it tunes and selects on, what it reports."""
   train: XCData | QueryLog
   validation: XCData | None  # None when config.data.validation_fraction is 0.
-  test: XCData | QueryLog  # A QueryLog only when load_splits was asked to stream it.
+  test: XCData | QueryLog | None  # A QueryLog only when streamed; None: no config.data.test.
 
 
 def in_memory(split: XCData | QueryLog) -> XCData:
@@ -71,9 +71,9 @@ def load_splits(data_config, passes: int = 2, *, cache_dir: str | None = None,
 
   * ``'synthetic'``: ``make_catalogue(**data_config.synthetic)``;
   * ``'xc'``: the XC-format files ``train`` and ``test`` (parsed once and kept in
-    ``cache_dir`` when that is set; see ``read_xc``);
+    ``cache_dir`` when that is set; see ``read_xc``); an empty ``test``: no test split (None);
   * ``'queries'``: ``query<TAB>ids`` logs; the training log is streamed from disk
-    (``QueryLog``), the test log held in memory. K is ``num_labels``, or the line count of
+    (``QueryLog``), the test log (if any) held in memory. K is ``num_labels``, or the line count of
     ``catalogue`` (one product per line) when that is 0.
 
   With ``validation_fraction`` > 0 the validation slice is carved out of the training data
@@ -88,7 +88,7 @@ def load_splits(data_config, passes: int = 2, *, cache_dir: str | None = None,
   d = data_config
   holdout = (d.validation_fraction, d.validation_seed)
   if d.name == "queries":
-    train_path, test_path = _require(d, "train"), _require(d, "test")
+    train_path, test_path = _require(d, "train"), d.test and _require(d, "test")
     K = d.num_labels or count_lines(_require(d, "catalogue"))
     f = featurizer(d)
     train = QueryLog(train_path, f, K, buffer_size=d.buffer_size, holdout=holdout,
@@ -98,16 +98,17 @@ def load_splits(data_config, passes: int = 2, *, cache_dir: str | None = None,
       f = train.featurizer = f.fit_idf(train.texts())
     held = (QueryLog(train_path, f, K, holdout=holdout, part="validation").to_xc()
             if d.validation_fraction else None)
-    test = QueryLog(test_path, f, K)
-    return Splits(train, held, test if stream_test else test.to_xc())
+    test = QueryLog(test_path, f, K) if test_path else None
+    return Splits(train, held, test if stream_test or test is None else test.to_xc())
   if d.name == "synthetic":
     train, test = make_catalogue(**dict(d.synthetic))
   elif d.name == "xc":
-    train_path, test_path = _require(d, "train"), _require(d, "test")
+    train_path, test_path = _require(d, "train"), d.test and _require(d, "test")
     cache_dir = d.cache_dir or None
     train = read_xc(train_path, cache_dir=cache_dir)
-    test = read_xc(test_path, cache_dir=cache_dir)
-    if (train.num_features, train.num_labels) != (test.num_features, test.num_labels):
+    test = read_xc(test_path, cache_dir=cache_dir) if test_path else None
+    if test is not None and ((train.num_features, train.num_labels)
+                             != (test.num_features, test.num_labels)):
       raise ValueError(f"{train_path} has D={train.num_features}, L={train.num_labels} "
                        f"but {test_path} has D={test.num_features}, L={test.num_labels}")
   else:
