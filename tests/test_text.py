@@ -142,3 +142,39 @@ def test_transform_equals_the_vectorizers_bit_for_bit(kwargs, idf):
       np.testing.assert_array_equal(got.indptr, want.indptr)
       np.testing.assert_array_equal(got.indices, want.indices)
       np.testing.assert_array_equal(got.data, want.data)
+
+
+def _random_text(rng, max_len):
+  """Code points from ASCII, Latin-1, combining marks, Greek, CJK, emoji and the odd
+  separators (NBSP, U+2028, zero width space, NUL, tab), surrogates excluded."""
+  blocks = [(0x20, 0x7f), (0x00, 0x20), (0xa0, 0x180), (0x300, 0x370), (0x370, 0x400),
+            (0x2000, 0x2030), (0x4e00, 0x4e40), (0x1f600, 0x1f640)]
+  lo, hi = np.array(blocks).T
+  pick = rng.integers(0, len(blocks), size=rng.integers(0, max_len + 1))
+  return "".join(chr(int(rng.integers(lo[b], hi[b]))) for b in pick)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"char_ngrams": (3, 5)},
+                                    {"char_weight": 0.3, "word_ngrams": (1, 3)}])
+def test_random_unicode_gives_the_vectorizers_bits_on_both_paths(kwargs):
+  """A fuzzer over code points: the few-row path (Python hashing) and the many-row path
+  (scikit-learn's hasher) both give the reference's bits, row by row."""
+  rng = np.random.default_rng(7)
+  texts = [_random_text(rng, 40) for _ in range(300)]
+  f = TextFeaturizer(**kwargs)
+  want = reference_transform(f, texts)
+  many = f.transform(texts)
+  for X in (many, sp.vstack([f.transform(texts[i:i + 3]) for i in range(0, len(texts), 3)])):
+    X = sp.csr_matrix(X)
+    np.testing.assert_array_equal(X.indptr, want.indptr)
+    np.testing.assert_array_equal(X.indices, want.indices)
+    np.testing.assert_array_equal(X.data, want.data)
+
+
+@pytest.mark.parametrize("n", [1, 20])  # The Python path and the hasher's.
+def test_a_lone_surrogate_is_refused_naming_its_text(n):
+  texts = ["usb c"] * n + ["caf\udce9 latte"]
+  with pytest.raises(ValueError, match=rf"query {n + 1}: not encodable as UTF-8"):
+    TextFeaturizer().transform(texts, where=[f"query {i + 1}" for i in range(n + 1)])
+  with pytest.raises(ValueError, match=rf"texts\[{n}\]: not encodable"):
+    TextFeaturizer().transform(texts)

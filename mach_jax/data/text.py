@@ -147,7 +147,8 @@ class TextFeaturizer:
     An empty text (or one with no word character, e.g. ``"!!"``, whose trigrams are still
     kept) may give an empty row: the model then scores from its biases alone, which is the
     popularity prior it learned. ``where`` names each text's origin (``"file:line"``) for
-    the error raised on a text longer than ``max_chars`` or not a string.
+    the error raised on a text longer than ``max_chars``, not a string, or not encodable as
+    UTF-8 (a lone surrogate).
     """
     texts = list(texts)
     for i, t in enumerate(texts):
@@ -157,17 +158,14 @@ class TextFeaturizer:
       if len(t) > self.max_chars:
         raise ValueError(f"{where[i] if where else f'texts[{i}]'}: text of {len(t)} characters "
                          f"exceeds featurizer.max_chars={self.max_chars}")
-    weights = {weight for weight, _ in self._analyzers}
-    if weights == {1.0}:  # Words and n-grams count alike: one hashing of them all.
-      X = self._hashed_counts((sum((a(t) for _, a in self._analyzers), []) for t in texts),
-                              len(texts))
-    elif len(self._analyzers) == 1:  # N-grams alone, each counting char_weight.
-      X = self._hashed_counts(map(self._analyzers[0][1], texts), len(texts)) * np.float32(
-          self.char_weight)
-    else:  # Words + char_weight * n-grams, each counted apart (a word and an n-gram may
-      (_, words), (weight, chars) = self._analyzers  # collide in one dimension).
-      X = (self._hashed_counts(map(words, texts), len(texts))
-           + self._hashed_counts(map(chars, texts), len(texts)) * np.float32(weight))
+    try:
+      X = self._counts(texts)
+    except UnicodeEncodeError as e:  # A lone surrogate (e.g. "\ud800"): no UTF-8 to hash.
+      i = next((i for i, t in enumerate(texts) if not _encodable(t)), None)
+      if i is None:
+        raise
+      raise ValueError(f"{where[i] if where else f'texts[{i}]'}: not encodable as UTF-8 "
+                       f"({e.reason}: {texts[i][:40]!r})") from None
     if self.weighting == "log":  # Of the summed counts (a word and a trigram may collide).
       X.data = np.log1p(X.data)
     if self.idf is not None:
@@ -181,6 +179,20 @@ class TextFeaturizer:
     X.data /= np.repeat(np.where(norms > 0, norms, 1.0), np.diff(X.indptr)).astype(np.float32)
     X.sort_indices()
     return X
+
+  def _counts(self, texts: list[str]) -> sp.csr_matrix:
+    """CSR float32 [len(texts), D]: each dimension's word count + char_weight x its
+    character n-gram count."""
+    weights = {weight for weight, _ in self._analyzers}
+    if weights == {1.0}:  # Words and n-grams count alike: one hashing of them all.
+      return self._hashed_counts((sum((a(t) for _, a in self._analyzers), []) for t in texts),
+                                 len(texts))
+    if len(self._analyzers) == 1:  # N-grams alone, each counting char_weight.
+      return self._hashed_counts(map(self._analyzers[0][1], texts), len(texts)) * np.float32(
+          self.char_weight)
+    (_, words), (weight, chars) = self._analyzers  # Counted apart: a word and an n-gram
+    return (self._hashed_counts(map(words, texts), len(texts))  # may share a dimension.
+            + self._hashed_counts(map(chars, texts), len(texts)) * np.float32(weight))
 
   def _hashed_counts(self, grams: Iterator[list[str]], rows: int) -> sp.csr_matrix:
     """CSR float32 counts of each of ``rows`` rows' hashed n-grams (``grams`` yields each
@@ -201,3 +213,11 @@ class TextFeaturizer:
     indices = np.concatenate([i for i, _ in counted] + empty).astype(np.int32)
     data = np.concatenate([c for _, c in counted] + empty).astype(np.float32)
     return sp.csr_matrix((data, indices, indptr.astype(np.int32)), shape=(rows, D))
+
+
+def _encodable(text: str) -> bool:
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError:
+    return False
+  return True
