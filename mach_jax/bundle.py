@@ -6,7 +6,8 @@
     {"format_version": 2, "hash_spec": {...}, "num_features": D, "num_classes": K,
      "config": {...}, "featurizer": {...} | null, "versions": {...},
      "calibration": {"method": "platt" | "isotonic", ...} | null,   # experiments.calibrate
-     "table_storage": "float32" | "int8"}                           # quantize
+     "table_storage": "float32" | "int8",                           # quantize
+     "files": {"params/...": {"bytes": n, "sha256": "..."}, ...}}   # checked by load
 
 so a folder explains itself and can be served on its own. ``read_info`` migrates the
 ``model.json`` of older folders (format 1: no ``format_version``, the featurizer settings at
@@ -30,6 +31,7 @@ from mach_jax import (
   array_store,
   calibration as calibration_lib,
   config as config_lib,
+  file_digests,
   model as model_lib,
   provenance,
   quantize as quantize_lib,
@@ -77,7 +79,8 @@ def export(path: str, params: Any, spec: HashSpec, config, num_features: int,
             "num_features": num_features, "num_classes": spec.K,
             "config": json.loads(config.to_json()),
             "featurizer": featurizer.to_dict() if featurizer is not None else None,
-            "versions": provenance.library_versions(), "table_storage": table_storage}
+            "versions": provenance.library_versions(), "table_storage": table_storage,
+            "files": file_digests.record(partial)}  # Every file but model.json.
     with open(os.path.join(partial, "model.json"), "w") as f:
       json.dump(info, f, indent=2)
       f.flush()
@@ -118,6 +121,7 @@ def migrate(info: dict, where: str) -> dict:
   info.setdefault("featurizer", None)
   info.setdefault("calibration", None)
   info.setdefault("table_storage", "float32")
+  info.setdefault("files", None)  # Folders exported before the record: not checked.
   if info["table_storage"] not in TABLE_STORAGE:
     raise ValueError(f"{where}: table_storage {info['table_storage']!r}; expected one of "
                      f"{TABLE_STORAGE}")
@@ -144,6 +148,7 @@ def read_info(path: str) -> dict:
     if type(info["num_features"]) is not int or info["num_features"] < 1:
       raise ValueError(f"num_features {info['num_features']!r} is not a positive integer")
     calibration_lib.Calibration.from_json(info.get("calibration"))
+    file_digests.validate(info.get("files"), info_path)
     return migrate(info, info_path)
   except (TypeError, KeyError, AttributeError, ValueError) as e:
     if str(e).startswith(info_path):
@@ -153,10 +158,12 @@ def read_info(path: str) -> dict:
 
 
 def load(path: str) -> tuple[dict, ml_collections.ConfigDict, Any]:
-  """(info, config, params on the first device) of the model folder ``path``."""
+  """(info, config, params on the first device) of the model folder ``path``; a folder
+  whose files differ from its export's record is refused (``file_digests.check``)."""
   import orbax.checkpoint as ocp
   path = os.path.abspath(path)
   info = read_info(path)
+  file_digests.check(path, info["files"])  # Before any array is read.
   with ocp.Checkpointer(array_store.arrays_handler()) as ckptr:
     meta = ckptr.metadata(os.path.join(path, "params"))
     tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
@@ -261,6 +268,7 @@ def load_params_like(path: str, target: Any, spec: HashSpec, num_features: int) 
                      f" cannot start this run (hash spec {spec.to_dict()}, D={num_features}); "
                      "only a larger catalogue K may differ: match model.R, model.B, the hash "
                      "family and seed, the input hash and the featurizer")
+  file_digests.check(path, info["files"])
   with ocp.Checkpointer(array_store.arrays_handler()) as ckptr:
     meta = ckptr.metadata(os.path.join(path, "params"))
     tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta

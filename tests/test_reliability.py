@@ -197,6 +197,66 @@ def test_a_folder_whose_arrays_disagree_with_its_hash_spec_is_refused(tmp_path, 
     Predictor.load(str(folder))
 
 
+def _exported(tmp_path):
+  """A current model folder (with its files' record), re-exported from the format-1 one."""
+  from mach_jax.hashing import HashSpec
+  info, config, params = bundle.load(V1_XC)
+  out = str(tmp_path / "exported")
+  bundle.export(out, params, HashSpec.from_dict(info["hash_spec"]), config,
+                info["num_features"])
+  return out
+
+
+def test_every_file_of_a_model_folder_is_checked_before_an_array_is_read(tmp_path):
+  """A byte changed in the weights loaded as other weights, silently; a damaged metadata
+  file failed with a message about shapes. Now each file is refused by name: one byte
+  flipped, the file cut to half, the file missing."""
+  folder = _exported(tmp_path)
+  files = json.load(open(os.path.join(folder, "model.json")))["files"]
+  assert any(rel.startswith("params/ocdbt.process_0/d/") for rel in files)  # The arrays.
+  _, _, want = bundle.load(folder)
+  for rel in files:
+    for damage in ("flip", "cut", "remove"):
+      copy = tmp_path / "copy"
+      shutil.rmtree(copy, ignore_errors=True)
+      shutil.copytree(folder, copy)
+      target = copy / rel
+      data = bytearray(target.read_bytes())
+      if damage == "remove":
+        target.unlink()
+      else:
+        if damage == "flip" and data:
+          data[len(data) // 2] ^= 0x10
+        target.write_bytes(bytes(data[: len(data) // 2] if damage == "cut" else data))
+      if damage == "flip" and not data:
+        continue  # An empty file has no byte to flip.
+      with pytest.raises(bundle.file_digests.DamagedFolderError,
+                         match=re.escape(str(target)) + ": (missing|.* bytes|its SHA-256)"):
+        bundle.load(str(copy))
+  # Undamaged, and after model.json alone was rewritten (a calibration), it loads the same.
+  bundle.set_calibration(folder, {"method": "platt", "temperature": 1.5, "bias": 0.0})
+  _, _, got = bundle.load(folder)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("entry", [
+    {"../x": {"bytes": 1, "sha256": "0" * 64}},
+    {"params/a": {"bytes": -1, "sha256": "0" * 64}},
+    {"params/a": {"bytes": 1, "sha256": "not hex"}},
+    {"model.json": {"bytes": 1, "sha256": "0" * 64}},
+    ["params/a"],
+])
+def test_a_files_record_export_cannot_have_written_is_refused_naming_model_json(tmp_path,
+                                                                              entry):
+  folder = _exported(tmp_path)
+  info = json.load(open(os.path.join(folder, "model.json")))
+  info["files"] = entry
+  json.dump(info, open(os.path.join(folder, "model.json"), "w"))
+  with pytest.raises(ValueError, match=r"model.json: .*'files'"):
+    bundle.load(folder)
+
+
 def test_nothing_in_the_package_unpickles():
   """Loading a model folder never runs code from it: JSON, .npy without pickles, orbax."""
   offenders = []
