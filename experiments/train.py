@@ -55,7 +55,10 @@ def main(argv):
           + "  ".join(f"{k} {base[k]:.4f}" for k in summary if k in base))
   else:  # eval.final_test = False, or no data.test: no test split was read.
     print(f"no test evaluation (config.eval.final_test={_CONFIG.value.eval.final_test}, "
-          f"config.data.test={_CONFIG.value.data.test!r}); selected: {results.get('selected')}")
+          f"config.data.test={_CONFIG.value.data.test!r})")
+  if (kept := results.get("selected")) and "metrics" in kept:
+    print(f"kept: epoch {kept['epoch']} (step {kept['step']}), validation "
+          + "  ".join(f"{k} {kept['metrics'][k]:.4f}" for k in _SUMMARY if k in kept["metrics"]))
   ratio = results["num_params_full_softmax"] / results["num_params"]
   print(f"parameters: {results['num_params']:,} (MACH) vs {results['num_params_full_softmax']:,} "
         f"(full softmax): the full softmax needs {ratio:.3g}x MACH's; "
