@@ -15,8 +15,10 @@ Saving is asynchronous on accelerators (orbax writes in the background while tra
 on) and synchronous on CPU, where a background save costs a second copy of the state
 (``async_saves``); the manager keeps the last ``keep`` checkpoints plus the one of the
 best validation evaluation (``KeepBest``). Orbax finalises a checkpoint by an atomic
-rename, so a run killed mid-save leaves only a temporary folder that is never restored; a
-finalised checkpoint whose files were damaged later is reported and the previous one is
+rename, so a run killed mid-save leaves only a temporary folder that is never restored.
+A synchronous save then records each of its files' size and CRC-32 (``DIGESTS_FILE``,
+``file_digests``), checked before the checkpoint is read: a finalised checkpoint whose
+files were damaged later (or that orbax cannot read) is reported and the previous one is
 used. Nothing is deleted except by the keep policy.
 """
 
@@ -34,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import jax
 from absl import logging
 
-from mach_jax import host_memory, provenance
+from mach_jax import file_digests, host_memory, provenance
 from mach_jax.array_store import (  # noqa: F401  (abstract_like: part of this API)
   LayoutMismatch,
   abstract_like,
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
   import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = "checkpoints"
+DIGESTS_FILE = "file_digests.json"  # In a checkpoint's folder, beside orbax's own files.
 
 
 def async_saves() -> bool:
@@ -108,8 +111,10 @@ class CheckpointWriteError(OSError):
   """A checkpoint could not be written (a full disk, a lost mount); older ones are intact."""
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
-  """Save ``state`` and ``meta`` at ``step`` (asynchronous saves return while orbax writes).
+def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
+         record_files: bool = True) -> None:
+  """Save ``state`` and ``meta`` at ``step`` (asynchronous saves return while orbax writes),
+  with its files' record when synchronous and ``record_files`` (``DIGESTS_FILE``).
 
   With a ``keep_best`` manager, ``meta['best']`` (``run_meta``'s) names the step to keep.
 
@@ -126,6 +131,9 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> N
                                                meta=ocp.args.JsonSave(meta)),
                  force=True)
     host_memory.release()  # The chunks a synchronous save wrote from.
+    if record_files and not async_saves() and jax.process_index() == 0:
+      file_digests.write_record(os.path.join(str(manager.directory), str(step)), DIGESTS_FILE,
+                                "crc32")
   except Exception as e:  # orbax/tensorstore report a full disk as ValueError, OSError...
     directory = str(manager.directory)
     for name in os.listdir(directory) if os.path.isdir(directory) else ():
@@ -182,16 +190,38 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
     try:
       if meta is None:
         raise early
+      if not in_place:  # (restore_in_place checks the files itself.)
+        check_files(manager, step)
       state = (restore_in_place(manager, step, target) if in_place else manager.restore(
           step, args=ocp.args.Composite(state=restore_args(target))).state)
     except Exception as e:  # orbax/tensorstore raise many types for damaged files.
-      errors.append(_unrestorable(manager, step, e, "; falling back to the previous checkpoint"))
+      aside = _set_aside(manager, step) if jax.process_index() == 0 else ""
+      errors.append(_unrestorable(manager, step, e, f"{aside}; falling back to the previous "
+                                  "checkpoint"))
       continue
     host_memory.release()
     return Restored(step=step, state=state, meta=dict(meta))
   if errors:
     raise RuntimeError("no checkpoint could be restored:\n" + "\n".join(errors))
   return None
+
+
+def check_files(manager: ocp.CheckpointManager, step: int) -> None:
+  """Refuse checkpoint ``step`` (``file_digests.DamagedFolderError``, naming the file) if a
+  file differs from its save's record; one without a record (saved in the background or by
+  an older version) passes."""
+  file_digests.check_record(os.path.join(str(manager.directory), str(step)), DIGESTS_FILE)
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  """Rename an unreadable checkpoint's folder out of the manager's sight (kept for a look),
+  or the run could not save that step again; says where it went."""
+  folder = os.path.join(str(manager.directory), str(step))
+  aside = next(f"{folder}.damaged{i or ''}" for i in range(1000)
+               if not os.path.exists(f"{folder}.damaged{i or ''}"))
+  os.rename(folder, aside)
+  manager.reload()
+  return f" (moved to {aside})"
 
 
 def _unrestorable(manager: ocp.CheckpointManager, step: int, e: Exception, then: str) -> str:
@@ -225,6 +255,7 @@ def restore_in_place(manager: ocp.CheckpointManager, step: int, state: Any,
   Returns:
     ``state`` with the saved values.
   """
+  check_files(manager, step)
   rest = {f: getattr(state, f) for f in state._fields if fields and f not in fields}
   picked = state._replace(**{f: None for f in rest})
   target = abstract_like(picked)

@@ -129,7 +129,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
     checkpoint_lib.save(manager, step, state, checkpoint_lib.run_meta(
         step=step, epoch=epoch, batch_in_epoch=batch_in_epoch, steps_per_epoch=steps_per_epoch,
         train_seconds=seconds, examples=examples, spec=spec, config=config, best=best.record,
-        decays=plateau.decays))
+        decays=plateau.decays), record_files=ck.record_files)
 
   def decay(epoch: int) -> None:  # Back to the best state, on at the next learning rate.
     nonlocal setup, state

@@ -3,6 +3,7 @@ checkpoints, keep policy, and the exported model folder / Predictor / predict CL
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -124,7 +125,47 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(tmp_path):
   assert restored.step == 1
   for x, y in zip(jax.tree.leaves(restored.state), jax.tree.leaves(state)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  assert step2.exists()  # Reported, not deleted.
+  # Reported and set aside, not deleted: the run can save step 2 again.
+  assert not step2.exists() and (tmp_path / checkpoint.CHECKPOINT_DIR / "2.damaged").exists()
+  manager = checkpoint.make_manager(str(tmp_path), keep=5)
+  checkpoint.save(manager, 2, later, {"step": 2})
+  assert checkpoint.restore_latest(manager, checkpoint.abstract_like(state)).step == 2
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_flipped_bit_in_a_checkpoint_is_caught_by_its_files_record(tmp_path, recorded):
+  """One bit of the newest checkpoint's array data flipped: orbax reads it back as another
+  value without an error; the files' record a save leaves catches it, naming the file, and
+  the previous checkpoint is restored. A checkpoint without the record (saved in the
+  background, or by an older version) is read as it is."""
+  state, run, batch, _ = _state_on((("data", 1), ("rep", 1)), R=4, steps=1)
+  manager = checkpoint.make_manager(str(tmp_path), keep=5)
+  checkpoint.save(manager, 1, state, {"step": 1})
+  later, _ = run(jax.tree.map(lambda x: x.copy(), state), batch)
+  checkpoint.save(manager, 2, later, {"step": 2})
+  step2 = tmp_path / checkpoint.CHECKPOINT_DIR / "2"
+  assert (step2 / checkpoint.DIGESTS_FILE).exists()
+  if not recorded:
+    (step2 / checkpoint.DIGESTS_FILE).unlink()
+  big = max((os.path.join(d, f) for d, _, fs in os.walk(step2) for f in fs),
+            key=os.path.getsize)
+  data = bytearray(open(big, "rb").read())
+  data[len(data) // 2] ^= 0x40
+  open(big, "wb").write(bytes(data))
+  target = checkpoint.abstract_like(state)
+  if not recorded:
+    got = checkpoint.restore_latest(checkpoint.make_manager(str(tmp_path), keep=5), target)
+    assert got.step == 2 and any(  # Another value, and no error.
+        not np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(jax.tree.leaves(got.state), jax.tree.leaves(later)))
+    return
+  name = os.path.relpath(big, step2)
+  with pytest.warns(RuntimeWarning, match=rf"checkpoints/2 could not be restored "
+                    rf"\(DamagedFolderError: .*{re.escape(name)}: its crc32 digest differs"):
+    got = checkpoint.restore_latest(checkpoint.make_manager(str(tmp_path), keep=5), target)
+  assert got.step == 1
+  for x, y in zip(jax.tree.leaves(got.state), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def _meta(step, best_step):

@@ -231,7 +231,7 @@ def test_every_file_of_a_model_folder_is_checked_before_an_array_is_read(tmp_pat
       if damage == "flip" and not data:
         continue  # An empty file has no byte to flip.
       with pytest.raises(bundle.file_digests.DamagedFolderError,
-                         match=re.escape(str(target)) + ": (missing|.* bytes|its SHA-256)"):
+                         match=re.escape(str(target)) + ": (missing|.* bytes|its sha256 digest)"):
         bundle.load(str(copy))
   # Undamaged, and after model.json alone was rewritten (a calibration), it loads the same.
   bundle.set_calibration(folder, {"method": "platt", "temperature": 1.5, "bias": 0.0})
@@ -244,6 +244,8 @@ def test_every_file_of_a_model_folder_is_checked_before_an_array_is_read(tmp_pat
     {"../x": {"bytes": 1, "sha256": "0" * 64}},
     {"params/a": {"bytes": -1, "sha256": "0" * 64}},
     {"params/a": {"bytes": 1, "sha256": "not hex"}},
+    {"params/a": {"bytes": 1, "md5": "0" * 32}},
+    {"params/a": {"bytes": 1, "crc32": "0" * 64}},
     {"model.json": {"bytes": 1, "sha256": "0" * 64}},
     ["params/a"],
 ])

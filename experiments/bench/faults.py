@@ -12,7 +12,11 @@ in turn:
   * ``save``: as soon as a checkpoint's temporary folder appears (orbax is writing) while
     an earlier checkpoint exists;
   * ``eval``: just after an epoch's last log line (the evaluation that follows is running);
-  * ``export``: as soon as the model folder's temporary copy appears (``model.partial``).
+  * ``export``: as soon as the model folder's temporary copy appears (``model.partial``);
+  * ``damage``: as ``eval``, and then 4 KiB in the middle of the largest file of the newest
+    checkpoint (its array data) are inverted, as a bad sector or a broken copy might: the
+    rerun must pass over it for the previous checkpoint (its files' record,
+    ``checkpoint.check_files``).
 
 Right after the kill the workdir is inspected: a ``model`` folder, if there is one, must
 load. Then the same command is rerun to completion, and its exported parameters and test
@@ -46,7 +50,7 @@ FLAGS = [
     "--config.data.validation_fraction=0.05", "--config.eval.every_epochs=1",
     "--config.mesh=(('data', 1), ('rep', 1))", "--config.eval.estimators=('mean',)",
 ]
-MODES = ("random", "save", "eval", "export")
+MODES = ("random", "save", "eval", "export", "damage")
 METRICS = ("P@1", "P@3", "P@5", "nDCG@5", "steps")
 
 
@@ -75,7 +79,7 @@ def _happening(workdir: str, mode: str, epoch_end: int) -> bool:
                                                or any(n.isdigit() for n in names))
   if mode == "export":
     return os.path.isdir(os.path.join(workdir, "model.partial"))
-  if mode == "eval":
+  if mode in ("eval", "damage"):
     path = os.path.join(workdir, "metrics.jsonl")
     return os.path.exists(path) and f'"step": {epoch_end}, ' in open(path).read()
   raise ValueError(mode)
@@ -96,6 +100,7 @@ def trial(workdir: str, mode: str, at: float, epoch_end: int) -> dict:
   phase = ("finished before the kill" if finished else
            "export" if os.path.isdir(os.path.join(workdir, "model.partial")) else
            "checkpoint save" if _happening(workdir, "any save", epoch_end) else mode)
+  damaged = damage_newest_checkpoint(workdir) if mode == "damage" and not finished else None
   model_ok = None
   if os.path.isdir(os.path.join(workdir, "model")):
     try:
@@ -107,7 +112,30 @@ def trial(workdir: str, mode: str, at: float, epoch_end: int) -> dict:
   log = rerun.communicate()[0]
   return {"mode": mode, "killed_at_s": round(killed_at, 2), "phase": phase,
           "model_after_kill": model_ok, "rerun_rc": rerun.returncode,
-          "resumed": "resumed from" in log, "log_tail": log[-800:] if rerun.returncode else ""}
+          "resumed": "resumed from" in log, "damaged": damaged,
+          "passed_over": damaged is not None and "could not be restored" in log
+                         and f"checkpoints/{damaged.split('checkpoints/')[1].split('/')[0]} "
+                         in log,
+          "log_tail": log[-800:] if rerun.returncode else ""}
+
+
+def damage_newest_checkpoint(workdir: str) -> str | None:
+  """Invert 4 KiB (every bit) in the middle of the largest file of the newest finished
+  checkpoint; its path (None when there is no checkpoint)."""
+  d = os.path.join(workdir, "checkpoints")
+  steps = sorted((int(n) for n in os.listdir(d) if n.isdigit()), reverse=True) if (
+      os.path.isdir(d)) else []
+  if not steps:
+    return None
+  folder = os.path.join(d, str(steps[0]))
+  path = max((os.path.join(p, f) for p, _, fs in os.walk(folder) for f in fs),
+             key=os.path.getsize)
+  data = bytearray(open(path, "rb").read())
+  mid = len(data) // 2
+  data[mid:mid + 4096] = bytes(b ^ 0xFF for b in data[mid:mid + 4096])
+  with open(path, "wb") as f:
+    f.write(bytes(data))
+  return path
 
 
 def main() -> None:
@@ -115,6 +143,8 @@ def main() -> None:
   parser.add_argument("--trials", type=int, default=20)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default="runs/faults")
+  parser.add_argument("--modes", default=",".join(MODES),
+                      help=f"comma-separated, of {MODES}; the trials take them in turn")
   args = parser.parse_args()
   if os.path.isdir(args.out):  # A workdir left by an earlier campaign would be resumed.
     shutil.rmtree(args.out)
@@ -132,9 +162,12 @@ def main() -> None:
   print(f"reference: {wall:.1f} s, P@1 {reference['P@1']:.4f}, {reference['steps']} steps",
         flush=True)
   rng = random.Random(args.seed)
+  modes = args.modes.split(",")
+  if set(modes) - set(MODES):
+    raise SystemExit(f"--modes={args.modes}: expected some of {MODES}")
   rows = []
   for i in range(args.trials):
-    mode = MODES[i % len(MODES)]
+    mode = modes[i % len(modes)]
     workdir = os.path.join(args.out, f"trial_{i:02d}")
     row = trial(workdir, mode, rng.uniform(0, wall), epoch_end * (1 + rng.randrange(3)))
     if row["rerun_rc"] == 0:
@@ -145,11 +178,14 @@ def main() -> None:
           np.array_equal(theirs[k], ref_params[k]) for k in ref_params)
     row["identical"] = bool(row["rerun_rc"] == 0 and row.get("metrics_equal")
                             and row.get("params_equal") and row["model_after_kill"] in (None,
-                                                                                        True))
+                                                                                        True)
+                            and (mode != "damage" or row["passed_over"]))
     rows.append(row)
     print(f"trial {i:2d} {mode:>6}: killed at {row['killed_at_s']:6.2f} s ({row['phase']}), "
           f"model folder after the kill: {row['model_after_kill']}, resumed "
-          f"{row['resumed']}, identical {row['identical']}", flush=True)
+          f"{row['resumed']}, identical {row['identical']}"
+          + (f", damaged checkpoint passed over {row['passed_over']}" if mode == "damage"
+             else ""), flush=True)
   same = sum(r["identical"] for r in rows)
   summary = {"trials": len(rows), "identical": same, "reference_wall_s": wall,
              "reference": {k: reference[k] for k in METRICS}, "rows": rows,
