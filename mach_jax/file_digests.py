@@ -44,8 +44,8 @@ def _crc32(path: str) -> str:
 
 
 # name: (digest of a file, the digest's form). SHA-256 for model folders, which are kept
-# and shared; CRC-32 (2.1x faster here: 1.3 s against 2.6 s for a 3.7 GB checkpoint) for
-# checkpoints, which are written every few minutes and only need damage caught.
+# and shared; CRC-32 (about twice as fast: experiments/bench/NOTES.md, "Files' records")
+# for checkpoints, which are written every few minutes and only need damage caught.
 ALGORITHMS = {"sha256": (_sha256, re.compile(r"[0-9a-f]{64}")),
               "crc32": (_crc32, re.compile(r"[0-9a-f]{8}"))}
 

@@ -16,7 +16,8 @@ at its middle, the file cut to half, the file removed), a copy is damaged and lo
 * ``loaded, DIFFERENT``: other weights, no error: the silent failure this guards against.
 
 Before the damages, ``bundle.load`` of the undamaged folder is timed with and without the
-check, alternated (``--rounds``; the file cache warm after a first load). Writes
+check, alternated (``--rounds``; the file cache warm after a first load), and so is the
+record of its files by each digest (``file_digests.ALGORITHMS``). Writes
 OUT/folder_damage.json and prints the table; exits non-zero when a damage loaded different
 weights.
 """
@@ -82,7 +83,13 @@ def main(argv=None):
       t = time.perf_counter()
       bundle.load(folder)
       timing[name].append(time.perf_counter() - t)
-  print(f"bundle.load of {bundle.folder_bytes(folder) / 1e6:.0f} MB, s: "
+  for _ in range(args.rounds):
+    for name in file_digests.ALGORITHMS:
+      t = time.perf_counter()
+      file_digests.record(folder, algorithm=name)
+      timing.setdefault(f"record {name}", []).append(time.perf_counter() - t)
+  print(f"{bundle.folder_bytes(folder) / 1e6:.0f} MB; seconds of bundle.load checked / "
+        "unchecked, and of recording its files: "
         + "; ".join(f"{k} " + ", ".join(f"{v:.3f}" for v in vs) for k, vs in timing.items()))
   file_digests.check = (lambda *a: None) if args.unchecked else check
   rows = []
