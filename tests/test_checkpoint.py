@@ -168,6 +168,18 @@ def test_a_flipped_bit_in_a_checkpoint_is_caught_by_its_files_record(tmp_path, r
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_a_save_without_its_record_is_read_unchecked(tmp_path):
+  state, _, _, _ = _state_on((("data", 1), ("rep", 1)), R=4, steps=1)
+  manager = checkpoint.make_manager(str(tmp_path), keep=5)
+  checkpoint.save(manager, 1, state, {"step": 1}, record_files=False)
+  folder = tmp_path / checkpoint.CHECKPOINT_DIR / "1"
+  assert folder.is_dir() and not (folder / checkpoint.DIGESTS_FILE).exists()
+  checkpoint.check_files(manager, 1)  # Nothing recorded: nothing to refuse.
+  (folder / checkpoint.DIGESTS_FILE).write_text("{not json")
+  with pytest.raises(ValueError, match=r"file_digests.json: "):
+    checkpoint.check_files(manager, 1)
+
+
 def _meta(step, best_step):
   return {"step": step, "best": {"step": best_step}}
 
