@@ -87,7 +87,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
   num_params = model_lib.count_params(setup.state.params)
   num_params_full = model_lib.num_params_full_softmax(D, tuple(config.model.hidden), K)
   subset = (np.random.default_rng(config.seed).choice(held.num_points, ev.subset, replace=False)
-            if ev.subset and ev.subset < held.num_points else None)
+            if ev.subset and held is not None and ev.subset < held.num_points else None)
 
   def evaluate(params, data, rows=None) -> dict[str, dict[str, float]]:
     return inference.evaluate(params, setup.logits_fn, setup.parts.decoder, data, inv_prop,

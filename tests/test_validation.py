@@ -177,7 +177,7 @@ def test_a_run_without_a_test_log_trains_the_same_model_and_reports_no_test_figu
   c.checkpoint.best_metric = ""
   with pytest.raises(ValueError, match="config.data.test is empty"):
     train.train_and_evaluate(c, str(tmp_path / "nothing"))
-  c.eval.every_epochs = 0
+  c.eval.update(every_epochs=0, subset=100)
   assert "P@1" not in train.train_and_evaluate(c, str(tmp_path / "no_evals"))
 
 
