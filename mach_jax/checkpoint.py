@@ -130,10 +130,10 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
     manager.save(step, args=ocp.args.Composite(state=save_args(state),
                                                meta=ocp.args.JsonSave(meta)),
                  force=True)
-    host_memory.release()  # The chunks a synchronous save wrote from.
     if record_files and not async_saves() and jax.process_index() == 0:
       file_digests.write_record(os.path.join(str(manager.directory), str(step)), DIGESTS_FILE,
                                 "crc32")
+    host_memory.release()  # The chunks a synchronous save wrote from (and the record read).
   except Exception as e:  # orbax/tensorstore report a full disk as ValueError, OSError...
     directory = str(manager.directory)
     for name in os.listdir(directory) if os.path.isdir(directory) else ():
