@@ -1,6 +1,6 @@
 """Randomized kills: SIGKILL a real training run, rerun the same command, compare.
 
-    python -m experiments.bench.faults --trials 20 --out runs/faults
+    python -m experiments.bench.faults --trials 25 --out runs/faults
 
 One uninterrupted run of a small synthetic config (3,000 training points, 3 epochs,
 a 5% validation slice with early stopping on P@1, checkpoints every 10 steps, an
@@ -140,7 +140,7 @@ def damage_newest_checkpoint(workdir: str) -> str | None:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--trials", type=int, default=20)
+  parser.add_argument("--trials", type=int, default=25)  # Five of each mode.
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default="runs/faults")
   parser.add_argument("--modes", default=",".join(MODES),
