@@ -16,17 +16,16 @@ on) and synchronous on CPU, where a background save costs a second copy of the s
 (``async_saves``); the manager keeps the last ``keep`` checkpoints plus the one of the
 best validation evaluation (``KeepBest``). Orbax finalises a checkpoint by an atomic
 rename, so a run killed mid-save leaves only a temporary folder that is never restored.
-A synchronous save then records each of its files' size and CRC-32 (``DIGESTS_FILE``,
-``file_digests``), checked before the checkpoint is read: a finalised checkpoint whose
-files were damaged later (or that orbax cannot read) is reported and the previous one is
-used. Nothing is deleted except by the keep policy.
+Each save then records its files' sizes and CRC-32 (``DIGESTS_FILE``, ``file_digests``;
+a background save when orbax has written it, ``finish``), checked before it is read: a
+finalised checkpoint whose files were damaged later (or that orbax cannot read) is
+reported and the previous one is used. Nothing is deleted except by the keep policy.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import os
 import shutil
 import warnings
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import jax
 from absl import logging
 
-from mach_jax import file_digests, host_memory, provenance
+from mach_jax import file_digests, host_memory
 from mach_jax.array_store import (  # noqa: F401  (abstract_like: part of this API)
   LayoutMismatch,
   abstract_like,
@@ -46,7 +45,6 @@ from mach_jax.array_store import (  # noqa: F401  (abstract_like: part of this A
   restore_args,
   save_args,
 )
-from mach_jax.hashing import HashSpec
 
 if TYPE_CHECKING:
   import orbax.checkpoint as ocp
@@ -85,6 +83,7 @@ class KeepBest:
 
 
 _KEEP_BEST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_UNRECORDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Saved in the background.
 
 
 def make_manager(workdir: str, keep: int = 2, keep_best: bool = False
@@ -114,9 +113,10 @@ class CheckpointWriteError(OSError):
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
          record_files: bool = True) -> None:
   """Save ``state`` and ``meta`` at ``step`` (asynchronous saves return while orbax writes),
-  with its files' record when synchronous and ``record_files`` (``DIGESTS_FILE``).
+  with its files' record (``DIGESTS_FILE``) when ``record_files``: at once when the save is
+  synchronous, else when the next save (or ``finish``) finds orbax done.
 
-  With a ``keep_best`` manager, ``meta['best']`` (``run_meta``'s) names the step to keep.
+  With a ``keep_best`` manager, ``meta['best']`` (``resume.run_meta``'s) names the step to keep.
 
   Raises:
     CheckpointWriteError: the write failed (e.g. no space left on the device). The
@@ -127,12 +127,15 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
   if manager in _KEEP_BEST and (meta.get("best") or {}).get("step") is not None:
     _KEEP_BEST[manager].step = meta["best"]["step"]
   try:
+    finish(manager)  # (orbax's save would wait for a background save here anyway.)
     manager.save(step, args=ocp.args.Composite(state=save_args(state),
                                                meta=ocp.args.JsonSave(meta)),
                  force=True)
-    if record_files and not async_saves() and jax.process_index() == 0:
-      file_digests.write_record(os.path.join(str(manager.directory), str(step)), DIGESTS_FILE,
-                                "crc32")
+    if record_files and jax.process_index() == 0:
+      if manager._options.enable_async_checkpointing:  # noqa: SLF001
+        _UNRECORDED[manager] = step  # Recorded by ``finish`` once orbax has written it.
+      else:
+        _write_record(manager, step)
     host_memory.release()  # The chunks a synchronous save wrote from (and the record read).
   except Exception as e:  # orbax/tensorstore report a full disk as ValueError, OSError...
     directory = str(manager.directory)
@@ -149,6 +152,20 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
            "exists: ")
         + "free space (or lower config.checkpoint.keep) and rerun the same command to "
         "resume") from e
+
+
+def finish(manager: ocp.CheckpointManager) -> None:
+  """Wait for a background save to end (``manager.wait_until_finished``), then write the
+  record of its files that ``save`` could not write while orbax was still writing them."""
+  manager.wait_until_finished()
+  step = _UNRECORDED.pop(manager, None)
+  if step is not None and os.path.isdir(os.path.join(str(manager.directory), str(step))):
+    _write_record(manager, step)
+
+
+def _write_record(manager: ocp.CheckpointManager, step: int) -> None:
+  file_digests.write_record(os.path.join(str(manager.directory), str(step)), DIGESTS_FILE,
+                            "crc32")
 
 
 @dataclasses.dataclass
@@ -208,8 +225,8 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
 
 def check_files(manager: ocp.CheckpointManager, step: int) -> None:
   """Refuse checkpoint ``step`` (``file_digests.DamagedFolderError``, naming the file) if a
-  file differs from its save's record; one without a record (saved in the background or by
-  an older version) passes."""
+  file differs from its save's record; one without a record (a background save not yet
+  finished, or one of an older version) passes."""
   file_digests.check_record(os.path.join(str(manager.directory), str(step)), DIGESTS_FILE)
 
 
@@ -278,81 +295,3 @@ def restore_in_place(manager: ocp.CheckpointManager, step: int, state: Any,
   jax.block_until_ready(read)
   host_memory.release()
   return read._replace(**rest)
-
-
-# ---------------------------------------------------------------------------------------
-# The resume policy: what a checkpoint records, and which checkpoints a run may continue.
-
-
-def run_meta(*, step: int, epoch: int, batch_in_epoch: int, steps_per_epoch: int,
-             train_seconds: float, examples: int, spec: HashSpec, config,
-             best: dict | None = None, decays: int = 0) -> dict:
-  """The ``meta`` item of a checkpoint: where in the data the run stands, and what it is.
-
-  A position at the end of an epoch is recorded as the start of the next one. ``best`` is
-  the best validation evaluation so far (``loop.Best.record``), whose checkpoint the keep
-  policy preserves; ``decays`` how many times the run has gone back to it with a smaller
-  learning rate (``config.train.decay_patience``).
-  """
-  if batch_in_epoch == steps_per_epoch:
-    epoch, batch_in_epoch = epoch + 1, 0
-  return {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-          "shuffle_seed": config.seed, "train_seconds": train_seconds, "examples": examples,
-          "hash_spec": spec.to_dict(), "config": json.loads(config.to_json()),
-          "versions": provenance.library_versions(), "best": best,
-          "decays": decays}
-
-
-def check_resumable(meta: dict, spec: HashSpec, config, workdir: str) -> None:
-  """Refuse to resume a checkpoint written by a different model or data setup.
-
-  The mesh, the evaluation and the checkpoint settings may change between runs; the model,
-  data, optimizer, seed, batch size and epoch count may not, with two exceptions: the
-  learning rate, so that a run stopped by a non-finite loss can resume from its last good
-  checkpoint with a saner one (logged; such a run is no longer the uninterrupted one); and
-  the epoch count under a constant schedule, where no step depends on the run's length, so
-  a finished run can be continued for more epochs by the same command with a larger
-  ``--config.train.num_epochs``. A
-  field the checkpoint's config lacks (added to the library since) counts as its default.
-  """
-  from mach_jax import config as config_lib  # The config's defaults (imported on use).
-  if HashSpec.from_dict(meta["hash_spec"]) != spec:
-    raise ValueError(f"{workdir}: the checkpoint's hash spec {meta['hash_spec']} differs from "
-                     f"this run's {spec.to_dict()}; use a new --workdir")
-  saved = _with_defaults(meta["config"], json.loads(config_lib.default_config().to_json()))
-  now = json.loads(config.to_json())
-  for c in (saved, now):  # Where parsed files are cached does not change the data.
-    c.get("data", {}).pop("cache_dir", None)
-  lr = saved.get("optimizer", {}).get("learning_rate"), now["optimizer"]["learning_rate"]
-  if lr[0] != lr[1]:
-    logging.warning("%s: resuming with learning rate %g; the checkpoint was trained with %g",
-                    workdir, lr[1], lr[0])
-    saved["optimizer"] = {**saved["optimizer"], "learning_rate": lr[1]}
-  for key in ("model", "data", "optimizer", "seed"):
-    if saved.get(key) != now.get(key):
-      raise ValueError(f"{workdir}: config.{key} differs from the checkpoint's "
-                       f"({saved.get(key)} vs {now.get(key)}); use a new --workdir")
-  epochs = saved["train"]["num_epochs"], now["train"]["num_epochs"]
-  if epochs[0] != epochs[1] and now["optimizer"].get("schedule") == "constant":
-    # No step depends on the run's length: a longer (or shorter) cap continues the same run.
-    logging.info("%s: continuing with num_epochs=%d; the checkpoint's run had %d", workdir,
-                 epochs[1], epochs[0])
-  elif epochs[0] != epochs[1]:
-    raise ValueError(f"{workdir}: config.train.num_epochs differs from the checkpoint's "
-                     f"({epochs[0]} vs {epochs[1]}) and the {now['optimizer'].get('schedule')} "
-                     "schedule depends on it; use a new --workdir")
-  for key in ("batch_size",):
-    if saved["train"][key] != now["train"][key]:
-      raise ValueError(f"{workdir}: config.train.{key} differs from the checkpoint's "
-                       f"({saved['train'][key]} vs {now['train'][key]}); use a new --workdir")
-
-
-def _with_defaults(saved: dict, defaults: dict) -> dict:
-  """``saved`` with the fields it lacks taken from ``defaults`` (nested dicts merged)."""
-  out = dict(saved)
-  for key, value in defaults.items():
-    if key not in out:
-      out[key] = value
-    elif isinstance(value, dict) and isinstance(out[key], dict):
-      out[key] = _with_defaults(out[key], value)
-  return out

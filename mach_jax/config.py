@@ -162,8 +162,8 @@ def default_config() -> ml_collections.ConfigDict:
   # picks the model a run ends with (the best evaluation's parameters, not the last).
   c.checkpoint.best_metric = "P@1"
   c.checkpoint.keep_selection = False  # train.refit: keep select/checkpoints once it kept one.
-  # Each synchronous save records its files' sizes and CRC-32, checked before a resume
-  # reads it (a damaged checkpoint is passed over for the previous one): ~0.35 s a GB.
+  # Each save records its files' sizes and CRC-32 (a background save once it is written),
+  # checked before a resume reads it (a damaged checkpoint is passed over): ~0.35 s a GB.
   c.checkpoint.record_files = True
 
   c.eval = ml_collections.ConfigDict()

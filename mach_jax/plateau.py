@@ -89,7 +89,7 @@ class Plateau:
       (state, setup, event): the best evaluation's state, ``setup`` with the decayed step,
       and what to log (the decay's number, the step gone back to, the new learning rate).
     """
-    manager.wait_until_finished()
+    checkpoint_lib.finish(manager)  # The save of the best step may still be writing.
     state = checkpoint_lib.restore_in_place(manager, best.record["step"], state)
     self.decays += 1
     best.record["stale"] = 0

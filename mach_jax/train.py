@@ -2,8 +2,8 @@
 
 What it puts together lives elsewhere: the objects a config builds (``config.build``), the
 state and its jitted steps (``state``), the step (``steps``), the mesh (``sharding``),
-evaluation (``inference``), checkpoints (``checkpoint``), the model folder (``bundle``),
-the loop's timing and checks (``loop``), decays (``plateau``) and the refit (``refit``).
+evaluation (``inference``), checkpoints (``checkpoint``, ``resume``), the model folder
+(``bundle``), the loop's timing and checks (``loop``), decays (``plateau``), the refit (``refit``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from mach_jax import (
   plateau as plateau_lib,
   provenance,
   refit as refit_lib,
+  resume,
   sharding,
   state as state_lib,
   workdir as workdir_lib,
@@ -102,12 +103,11 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
   if manager is not None:
     restored = checkpoint_lib.restore_latest(
         manager, setup.state,
-        check_meta=lambda meta: checkpoint_lib.check_resumable(meta, spec, config, workdir))
+        check_meta=lambda meta: resume.check_resumable(meta, spec, config, workdir))
     if restored is not None:
-      state, meta = restored.state, restored.meta
+      meta, plateau.decays = restored.meta, restored.meta.get("decays", 0)
       step, start_epoch, start_batch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
       trained, examples = meta["train_seconds"], meta["examples"]
-      plateau.decays = meta.get("decays", 0)
       if validation is not None and meta.get("best"):
         best = loop.Best(ck.best_metric, meta["best"])  # Its parameters stay on disk.
       where = (f"epoch {start_epoch + 1}, batch {start_batch} of {steps_per_epoch}"
@@ -126,7 +126,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
                getattr(test, "num_points", 0))
 
   def save(epoch: int, batch_in_epoch: int, seconds: float) -> None:
-    checkpoint_lib.save(manager, step, state, checkpoint_lib.run_meta(
+    checkpoint_lib.save(manager, step, state, resume.run_meta(
         step=step, epoch=epoch, batch_in_epoch=batch_in_epoch, steps_per_epoch=steps_per_epoch,
         train_seconds=seconds, examples=examples, spec=spec, config=config, best=best.record,
         decays=plateau.decays), record_files=ck.record_files)
@@ -208,7 +208,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
   if manager is not None:
     if manager.latest_step() != step:
       save(tc.num_epochs - 1, steps_per_epoch, train_seconds)
-    manager.wait_until_finished()
+    checkpoint_lib.finish(manager)  # A background save, and its files' record.
 
   # ---- Final evaluation, model folder and results ----------------------------------------
   # Only the parameters go on: the optimizer state is freed before evaluating and exporting.

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from mach_jax import checkpoint, train
+from mach_jax import checkpoint, resume, train
 from mach_jax.predictor import Predictor
 from tests.helpers import shared_file, tiny_config, tiny_setup
 
@@ -132,20 +132,28 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(tmp_path):
   assert checkpoint.restore_latest(manager, checkpoint.abstract_like(state)).step == 2
 
 
-@pytest.mark.parametrize("recorded", [True, False])
-def test_a_flipped_bit_in_a_checkpoint_is_caught_by_its_files_record(tmp_path, recorded):
+@pytest.mark.parametrize("recorded", ["at_once", "in_the_background", "no"])
+def test_a_flipped_bit_in_a_checkpoint_is_caught_by_its_files_record(tmp_path, recorded,
+                                                                      monkeypatch):
   """One bit of the newest checkpoint's array data flipped: orbax reads it back as another
   value without an error; the files' record a save leaves catches it, naming the file, and
-  the previous checkpoint is restored. A checkpoint without the record (saved in the
-  background, or by an older version) is read as it is."""
+  the previous checkpoint is restored. A save in the background (on accelerators) is
+  recorded once orbax has written it: when the next save starts, or at ``finish``. A
+  checkpoint without the record (an older version's) is read as it is."""
+  if recorded == "in_the_background":  # As on an accelerator (orbax saves async on CPU too).
+    monkeypatch.setattr(checkpoint, "async_saves", lambda: True)
   state, run, batch, _ = _state_on((("data", 1), ("rep", 1)), R=4, steps=1)
   manager = checkpoint.make_manager(str(tmp_path), keep=5)
+  background = manager._options.enable_async_checkpointing  # noqa: SLF001
+  assert background == (recorded == "in_the_background")
   checkpoint.save(manager, 1, state, {"step": 1})
   later, _ = run(jax.tree.map(lambda x: x.copy(), state), batch)
   checkpoint.save(manager, 2, later, {"step": 2})
-  step2 = tmp_path / checkpoint.CHECKPOINT_DIR / "2"
+  step1, step2 = (tmp_path / checkpoint.CHECKPOINT_DIR / str(i) for i in (1, 2))
+  assert (step1 / checkpoint.DIGESTS_FILE).exists()
+  checkpoint.finish(manager)
   assert (step2 / checkpoint.DIGESTS_FILE).exists()
-  if not recorded:
+  if recorded == "no":
     (step2 / checkpoint.DIGESTS_FILE).unlink()
   big = max((os.path.join(d, f) for d, _, fs in os.walk(step2) for f in fs),
             key=os.path.getsize)
@@ -153,7 +161,7 @@ def test_a_flipped_bit_in_a_checkpoint_is_caught_by_its_files_record(tmp_path, r
   data[len(data) // 2] ^= 0x40
   open(big, "wb").write(bytes(data))
   target = checkpoint.abstract_like(state)
-  if not recorded:
+  if recorded == "no":
     got = checkpoint.restore_latest(checkpoint.make_manager(str(tmp_path), keep=5), target)
     assert got.step == 2 and any(  # Another value, and no error.
         not np.array_equal(np.asarray(x), np.asarray(y))
@@ -248,13 +256,13 @@ def test_a_field_added_since_the_checkpoint_counts_as_its_default():
   from mach_jax import config as config_lib
   c = config_lib.resolve(tiny_config(), 400, 1.0, 1000)
   spec = config_lib.hash_spec(c, 400)
-  meta = checkpoint.run_meta(step=1, epoch=0, batch_in_epoch=1, steps_per_epoch=10,
-                             train_seconds=1.0, examples=64, spec=spec, config=c)
+  meta = resume.run_meta(step=1, epoch=0, batch_in_epoch=1, steps_per_epoch=10,
+                         train_seconds=1.0, examples=64, spec=spec, config=c)
   del meta["config"]["model"]["table_dtype"], meta["config"]["data"]["featurizer"]["idf"]
-  checkpoint.check_resumable(meta, spec, c, "w")
+  resume.check_resumable(meta, spec, c, "w")
   c.model.table_dtype = "bfloat16"
   with pytest.raises(ValueError, match="config.model differs"):
-    checkpoint.check_resumable(meta, spec, c, "w")
+    resume.check_resumable(meta, spec, c, "w")
 
 
 def test_predictor_checks_feature_dimension(tmp_path):
