@@ -13,7 +13,7 @@ import logging as py_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mach_jax import train
+from mach_jax import checkpoint, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -43,7 +43,11 @@ def main(argv):
   handler.setFormatter(_PlainFormatter())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except checkpoint.CheckpointLostError as e:  # Moved aside: once more, from before it.
+    logging.warning("%s. Rerunning.", e)
+    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if "P@1" in results:
     summary = _SUMMARY + tuple(k for k in ("P@10", "R@10") if k in results)
     print("test " + "  ".join(f"{k} {results[k]:.4f}" for k in summary)

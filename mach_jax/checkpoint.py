@@ -230,12 +230,13 @@ def check_files(manager: ocp.CheckpointManager, step: int) -> None:
   file_digests.check_record(os.path.join(str(manager.directory), str(step)), DIGESTS_FILE)
 
 
-def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
-  """Rename an unreadable checkpoint's folder out of the manager's sight (kept for a look),
-  or the run could not save that step again; says where it went."""
+def _set_aside(manager: ocp.CheckpointManager, step: int, why: str = "damaged") -> str:
+  """Rename a checkpoint's folder (unreadable, or newer than one that is) out of the
+  manager's sight, kept for a look, or the run could not save that step again; says where
+  it went."""
   folder = os.path.join(str(manager.directory), str(step))
-  aside = next(f"{folder}.damaged{i or ''}" for i in range(1000)
-               if not os.path.exists(f"{folder}.damaged{i or ''}"))
+  aside = next(f"{folder}.{why}{i or ''}" for i in range(1000)
+               if not os.path.exists(f"{folder}.{why}{i or ''}"))
   os.rename(folder, aside)
   manager.reload()
   return f" (moved to {aside})"
@@ -248,6 +249,44 @@ def _unrestorable(manager: ocp.CheckpointManager, step: int, e: Exception, then:
   msg = f"checkpoint {path} could not be restored ({type(e).__name__}: {str(e)[:300]})"
   warnings.warn(msg + then, RuntimeWarning)
   return msg
+
+
+class CheckpointLostError(RuntimeError):
+  """A checkpoint the run had to go back to cannot be read; it and every newer one were
+  moved aside, so that the same command resumes before it and trains the lost steps again
+  (the same numbers: an exact resume). ``experiments.train`` does so once by itself."""
+
+
+def restore_kept(manager: ocp.CheckpointManager, step: int, state: Any,
+                 fields: tuple[str, ...] | None = None) -> Any:
+  """``restore_in_place`` of a checkpoint a run kept to go back to (its best evaluation's,
+  for a decay or for the model it ends with).
+
+  Raises:
+    CheckpointLostError: the checkpoint could not be read (a damaged file, say). Without
+      this the run could never finish: every rerun would resume after it and fail here
+      again. It is moved aside as ``N.damaged`` and every newer checkpoint as
+      ``M.superseded``, so a rerun resumes from the newest older checkpoint (or the start)
+      and replays the steps since, its evaluations and choices included.
+  """
+  try:
+    return restore_in_place(manager, step, state, fields)
+  except Exception as e:  # orbax/tensorstore raise many types for damaged files.
+    manager.reload()
+    newer = sorted((s for s in manager.all_steps() if s > step), reverse=True)
+    if jax.process_index() == 0:
+      for s in newer:
+        _set_aside(manager, s, "superseded")
+      _set_aside(manager, step)
+    older = [s for s in manager.all_steps() if s < step]
+    raise CheckpointLostError(
+        f"checkpoint {os.path.join(str(manager.directory), str(step))}, the state this run "
+        f"goes back to, could not be read ({type(e).__name__}: {str(e)[:300]}); it was moved "
+        f"aside as {step}.damaged" + (f" and the newer checkpoints {newer[::-1]} as "
+                                      ".superseded" if newer else "")
+        + ": rerun the same command, which resumes from "
+        + (f"checkpoint {max(older)}" if older else "the start")
+        + f" and trains the steps to {step} and beyond again, with the same numbers") from e
 
 
 def restore_in_place(manager: ocp.CheckpointManager, step: int, state: Any,

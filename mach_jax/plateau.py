@@ -82,15 +82,16 @@ class Plateau:
 
   def decay(self, manager, setup: state_lib.TrainSetup, best: loop.Best,
             state: state_lib.TrainState):
-    """Read the best state back into ``state``'s arrays (donated: ``restore_in_place``) and
-    rebuild the step at the next rate.
+    """Read the best state back into ``state``'s arrays (donated: ``restore_kept``, which
+    raises ``CheckpointLostError`` where that checkpoint is damaged) and rebuild the step
+    at the next rate.
 
     Returns:
       (state, setup, event): the best evaluation's state, ``setup`` with the decayed step,
       and what to log (the decay's number, the step gone back to, the new learning rate).
     """
     checkpoint_lib.finish(manager)  # The save of the best step may still be writing.
-    state = checkpoint_lib.restore_in_place(manager, best.record["step"], state)
+    state = checkpoint_lib.restore_kept(manager, best.record["step"], state)
     self.decays += 1
     best.record["stale"] = 0
     event = {"decay": self.decays, "restored_step": best.record["step"],

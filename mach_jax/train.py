@@ -216,7 +216,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
   if best.params is not None:
     params = best.params
   elif validation is not None and best.record and best.record["step"] != step:
-    params = checkpoint_lib.restore_in_place(  # Into the last parameters' arrays.
+    params = checkpoint_lib.restore_kept(  # Into the last parameters' arrays.
         manager, best.record["step"], setup.state._replace(params=params), ("params",)).params
   t_eval, test = time.time(), data_lib.in_memory(test)  # A test log is featurized now.
   res = evaluate(params, test) if ev.final_test and test is not None else {}

@@ -91,7 +91,9 @@ def claim(workdir: str, *, lock: bool = True) -> Iterator[str]:
       os.fsync(fd)
     except OSError as e:
       raise _not_writable(workdir, e) from None
-    yield path
-    os.ftruncate(fd, 0)  # A clean end: nothing to take over.
+    try:
+      yield path
+    finally:  # The run ended, or raised: nothing to take over. (A killed one leaves it.)
+      os.ftruncate(fd, 0)
   finally:
     os.close(fd)  # Releases the flock; after a crash the file still names the holder.

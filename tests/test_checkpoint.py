@@ -132,6 +132,50 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(tmp_path):
   assert checkpoint.restore_latest(manager, checkpoint.abstract_like(state)).step == 2
 
 
+def test_a_damaged_best_checkpoint_is_trained_again_with_the_same_numbers(tmp_path):
+  """The checkpoint of the best validation evaluation, which the run goes back to at its
+  end, damaged after it was saved: the run cannot restore it, moves it and the newer
+  checkpoints aside, and (``experiments.train``) runs again from the checkpoint before it,
+  training the lost steps again. The model is bit-identical to the undamaged run's."""
+  flags = ["--config.data.validation_fraction=0.1", "--config.checkpoint.best_metric=P@1",
+           "--config.checkpoint.keep=10", "--config.train.num_epochs=6",
+           "--config.optimizer.learning_rate=0.03",
+           "--config.eval.every_epochs=1"]
+  def launch():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return subprocess.run([sys.executable, "-m", "experiments.train", *TINY_FLAGS, *flags,
+                           "--workdir", str(tmp_path)], cwd=ROOT, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+  first = launch()
+  assert first.returncode == 0, first.stdout[-3000:]
+  results = json.loads((tmp_path / "results.json").read_text())
+  best, last = results["selected"]["step"], results["steps"]
+  assert best < last, (best, last)  # Else the run never goes back to a checkpoint.
+  before = _params(tmp_path)
+  folder = tmp_path / checkpoint.CHECKPOINT_DIR / str(best)
+  big = max((os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs),
+            key=os.path.getsize)
+  data = bytearray(open(big, "rb").read())
+  data[len(data) // 2] ^= 0x01
+  open(big, "wb").write(bytes(data))
+  again = launch()  # Resumes finished, goes back to the damaged best: lost, run once more.
+  assert again.returncode == 0, again.stdout[-3000:]
+  assert re.search(rf"checkpoints/{best}, the state this run goes back to, could not be "
+                   rf"read \(DamagedFolderError: .*{re.escape(os.path.basename(big))}.*"
+                   r"Rerunning", again.stdout), again.stdout[-3000:]
+  assert "taking over the lock" not in again.stdout  # The same process, not a killed one.
+  assert (tmp_path / checkpoint.CHECKPOINT_DIR / f"{best}.damaged").is_dir()
+  assert (tmp_path / checkpoint.CHECKPOINT_DIR / f"{last}.superseded").is_dir()
+  assert _finalised_steps(tmp_path)[-1] == last  # Trained to the end again.
+  rerun = json.loads((tmp_path / "results.json").read_text())
+  assert rerun["selected"] == results["selected"]
+  assert {k: rerun[k] for k in ("P@1", "P@5")} == {k: results[k] for k in ("P@1", "P@5")}
+  after = _params(tmp_path)
+  assert before.keys() == after.keys()
+  for k in before:
+    np.testing.assert_array_equal(before[k], after[k], err_msg=k)
+
+
 @pytest.mark.parametrize("recorded", ["at_once", "in_the_background", "no"])
 def test_a_flipped_bit_in_a_checkpoint_is_caught_by_its_files_record(tmp_path, recorded,
                                                                       monkeypatch):

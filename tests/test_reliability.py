@@ -42,6 +42,10 @@ def test_a_second_claim_is_refused_while_the_first_holds(tmp_path):
         pass
   with workdir_lib.claim(str(tmp_path)):  # Released at the end of the block.
     pass
+  with pytest.raises(KeyError):  # A run that raises is not a killed one: nothing to take
+    with workdir_lib.claim(str(tmp_path)):  # over (the next run logs no take-over).
+      raise KeyError("a run's error")
+  assert (tmp_path / workdir_lib.LOCK_FILE).read_text() == ""
 
 
 def test_a_run_on_a_workdir_in_use_is_refused_naming_the_other_process(tmp_path):

@@ -2,7 +2,7 @@
 
     python -m experiments.bench.faults --trials 25 --out runs/faults
 
-One uninterrupted run of a small synthetic config (3,000 training points, 3 epochs,
+One uninterrupted run of a small synthetic config (3,000 training points, 3 epochs at 3e-2,
 a 5% validation slice with early stopping on P@1, checkpoints every 10 steps, an
 evaluation per epoch, the final model export) is the reference. Each trial starts the same
 command in a fresh workdir and kills it with SIGKILL at a moment chosen by the trial's mode,
@@ -17,6 +17,10 @@ in turn:
     checkpoint (its array data) are inverted, as a bad sector or a broken copy might: the
     rerun must pass over it for the previous checkpoint (its files' record,
     ``checkpoint.check_files``).
+  * ``damage_best``: as ``damage`` after the last epoch, but the checkpoint damaged is the
+    best evaluation's (the one the newest checkpoint names), which the run goes back to at
+    its end: the rerun must move it and the newer ones aside and train from the checkpoint
+    before it again (``checkpoint.restore_kept``; ``experiments.train`` reruns once).
 
 Right after the kill the workdir is inspected: a ``model`` folder, if there is one, must
 load. Then the same command is rerun to completion, and its exported parameters and test
@@ -45,12 +49,13 @@ FLAGS = [
     "--config.data.synthetic.num_classes=400", "--config.data.synthetic.num_features=1000",
     "--config.model.R=4", "--config.model.B=32", "--config.model.hidden=(64,)",
     "--config.train.batch_size=64", "--config.train.num_epochs=3",
+    "--config.optimizer.learning_rate=0.03",  # (Its best is the second epoch's, not the last.)
     "--config.train.log_every_steps=5", "--config.train.progress_bar=False",
     "--config.checkpoint.every_steps=10", "--config.checkpoint.best_metric=P@1",
     "--config.data.validation_fraction=0.05", "--config.eval.every_epochs=1",
     "--config.mesh=(('data', 1), ('rep', 1))", "--config.eval.estimators=('mean',)",
 ]
-MODES = ("random", "save", "eval", "export", "damage")
+MODES = ("random", "save", "eval", "export", "damage", "damage_best")
 METRICS = ("P@1", "P@3", "P@5", "nDCG@5", "steps")
 
 
@@ -79,7 +84,7 @@ def _happening(workdir: str, mode: str, epoch_end: int) -> bool:
                                                or any(n.isdigit() for n in names))
   if mode == "export":
     return os.path.isdir(os.path.join(workdir, "model.partial"))
-  if mode in ("eval", "damage"):
+  if mode in ("eval", "damage", "damage_best"):
     path = os.path.join(workdir, "metrics.jsonl")
     return os.path.exists(path) and f'"step": {epoch_end}, ' in open(path).read()
   raise ValueError(mode)
@@ -100,7 +105,8 @@ def trial(workdir: str, mode: str, at: float, epoch_end: int) -> dict:
   phase = ("finished before the kill" if finished else
            "export" if os.path.isdir(os.path.join(workdir, "model.partial")) else
            "checkpoint save" if _happening(workdir, "any save", epoch_end) else mode)
-  damaged = damage_newest_checkpoint(workdir) if mode == "damage" and not finished else None
+  damaged = (damage_checkpoint(workdir, best=mode == "damage_best")
+             if mode.startswith("damage") and not finished else None)
   model_ok = None
   if os.path.isdir(os.path.join(workdir, "model")):
     try:
@@ -113,18 +119,23 @@ def trial(workdir: str, mode: str, at: float, epoch_end: int) -> dict:
   return {"mode": mode, "killed_at_s": round(killed_at, 2), "phase": phase,
           "model_after_kill": model_ok, "rerun_rc": rerun.returncode,
           "resumed": "resumed from" in log, "damaged": damaged,
-          "passed_over": damaged is not None and "could not be restored" in log
-                         and f"checkpoints/{damaged.split('checkpoints/')[1].split('/')[0]} "
-                         in log,
+          "passed_over": damaged is not None and any(
+              f"checkpoints/{damaged.split('checkpoints/')[1].split('/')[0]}{after}" in log
+              for after in (" could not be restored", ", the state this run goes back to, "
+                                                      "could not be read")),
           "log_tail": log[-800:] if rerun.returncode else ""}
 
 
-def damage_newest_checkpoint(workdir: str) -> str | None:
+def damage_checkpoint(workdir: str, best: bool = False) -> str | None:
   """Invert 4 KiB (every bit) in the middle of the largest file of the newest finished
-  checkpoint; its path (None when there is no checkpoint)."""
+  checkpoint, or (``best``) of the best evaluation's that it names; the file's path (None
+  when there is no such checkpoint)."""
   d = os.path.join(workdir, "checkpoints")
   steps = sorted((int(n) for n in os.listdir(d) if n.isdigit()), reverse=True) if (
       os.path.isdir(d)) else []
+  if best and steps:
+    meta = json.load(open(os.path.join(d, str(steps[0]), "meta", "metadata")))
+    steps = [s for s in steps if s == (meta.get("best") or {}).get("step")]
   if not steps:
     return None
   folder = os.path.join(d, str(steps[0]))
@@ -140,7 +151,7 @@ def damage_newest_checkpoint(workdir: str) -> str | None:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--trials", type=int, default=25)  # Five of each mode.
+  parser.add_argument("--trials", type=int, default=30)  # Five of each mode.
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default="runs/faults")
   parser.add_argument("--modes", default=",".join(MODES),
@@ -169,7 +180,16 @@ def main() -> None:
   for i in range(args.trials):
     mode = modes[i % len(modes)]
     workdir = os.path.join(args.out, f"trial_{i:02d}")
-    row = trial(workdir, mode, rng.uniform(0, wall), epoch_end * (1 + rng.randrange(3)))
+    at, end = rng.uniform(0, wall), epoch_end * (1 + rng.randrange(3))
+    if mode == "damage_best":  # The last epoch's: its best is the one the run ends with.
+      end = 3 * epoch_end
+    row = trial(workdir, mode, at, end)
+    # A damaged checkpoint the rerun must read: the newest (it resumes from it), or the
+    # best evaluation's where the run ends with it.
+    step = row["damaged"] and int(row["damaged"].split("checkpoints/")[1].split("/")[0])
+    needed = row["damaged"] is not None and (
+        mode == "damage" or step == (reference.get("selected") or {}).get("step"))
+    row["read_again"] = needed
     if row["rerun_rc"] == 0:
       got = json.load(open(os.path.join(workdir, "results.json")))
       theirs = params(workdir)
@@ -179,12 +199,13 @@ def main() -> None:
     row["identical"] = bool(row["rerun_rc"] == 0 and row.get("metrics_equal")
                             and row.get("params_equal") and row["model_after_kill"] in (None,
                                                                                         True)
-                            and (mode != "damage" or row["passed_over"]))
+                            and (row["passed_over"] or not needed))
     rows.append(row)
     print(f"trial {i:2d} {mode:>6}: killed at {row['killed_at_s']:6.2f} s ({row['phase']}), "
           f"model folder after the kill: {row['model_after_kill']}, resumed "
           f"{row['resumed']}, identical {row['identical']}"
-          + (f", damaged checkpoint passed over {row['passed_over']}" if mode == "damage"
+          + (f", damaged checkpoint {step} (read again: {needed}) reported {row['passed_over']}"
+             if row["damaged"] else ", nothing to damage" if mode.startswith("damage")
              else ""), flush=True)
   same = sum(r["identical"] for r in rows)
   summary = {"trials": len(rows), "identical": same, "reference_wall_s": wall,
