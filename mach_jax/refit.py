@@ -67,9 +67,13 @@ def schedule_of(selected: dict, events: list[dict], steps_per_epoch: int) -> Sch
     ValueError: the kept model or a decay is not at the end of an epoch (the refit replays
       whole epochs).
   """
+  # A resumed run logs again what it replays: a run killed after a decay, before its next
+  # checkpoint, decays again on resuming (and a lost checkpoint's replay logs its decays
+  # again). Each decay counts once, as last logged.
+  last = {e["decay"]: e for e in events if "decay" in e}
   discarded, decays = 0, []
-  for e in events:
-    if "decay" in e and e["step"] <= selected["step"]:
+  for e in sorted(last.values(), key=lambda e: e["decay"]):
+    if e["step"] <= selected["step"]:
       decays.append(e["restored_step"] - discarded)
       discarded += e["step"] - e["restored_step"]
   steps = [selected["step"] - discarded, *decays]

@@ -27,6 +27,10 @@ def test_the_schedule_counts_the_kept_models_epochs_and_its_decays():
   # the rate, then 2 at a tenth of it.
   assert refit.schedule_of({"step": 11 * S}, [*evals, _decay(9 * S, 8 * S)], S) == (
       refit.Schedule(10, (8,)))
+  # Logged twice (a run killed after the decay, before its next checkpoint, decays again
+  # on resuming): one decay.
+  again = [*evals, _decay(9 * S, 8 * S), *evals[8:10], _decay(9 * S, 8 * S)]
+  assert refit.schedule_of({"step": 11 * S}, again, S) == refit.Schedule(10, (8,))
   # Two decays, each discarding one epoch: the second's restored step counts the first's.
   two = [_decay(5 * S, 4 * S), {**_decay(8 * S, 7 * S), "decay": 2}]
   assert refit.schedule_of({"step": 10 * S}, two, S) == refit.Schedule(8, (4, 6))
