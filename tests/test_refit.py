@@ -167,8 +167,13 @@ def test_a_run_killed_in_its_selection_or_its_refit_resumes_into_the_same_model(
   c.checkpoint.every_steps = 25
   whole = train.train_and_evaluate(c, str(tmp_path / "whole"))
   select_steps = json.load(open(tmp_path / "whole" / refit.SELECT_DIR / "results.json"))["steps"]
+  decayed = [r["step"] for r in _records(str(tmp_path / "whole" / refit.SELECT_DIR))
+             if "decay" in r]
+  assert decayed and decayed[0] % c.checkpoint.every_steps, decayed
   step = state_lib.TrainSetup.run
-  for name, kill_at in (("in_selection", select_steps // 2), ("in_refit", select_steps + 40)):
+  # After a decay, before the next checkpoint: the resumed run decays (and logs it) again.
+  for name, kill_at in (("in_selection", select_steps // 2), ("after_a_decay", decayed[0] + 1),
+                        ("in_refit", select_steps + 40)):
     calls = []
 
     def run(self, state, batch, kill_at=kill_at, calls=calls):
