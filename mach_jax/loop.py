@@ -1,10 +1,11 @@
 """Host-side helpers of the training loop: when to act, how long it took, whether the loss
-stayed finite, and where events are written."""
+stayed finite, and where events and results are written."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 
 import jax
@@ -102,6 +103,20 @@ class JsonlWriter:
       return
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
+
+
+def write_results(workdir: str, results: dict) -> None:
+  """``workdir/results.json``, whole or not at all: written to a temporary file and renamed
+  over the old one, so a run killed (or failing) while writing leaves the previous file or
+  none. A refit reads its selection's results.json to go on; a partial one stopped it."""
+  path = os.path.join(workdir, "results.json")
+  try:
+    with open(path + ".partial", "w") as f:
+      json.dump(results, f, indent=2)
+    os.replace(path + ".partial", path)
+  finally:
+    if os.path.exists(path + ".partial"):
+      os.remove(path + ".partial")
 
 
 def eval_record(by_estimator: dict[str, dict[str, float]], main: str) -> dict[str, float]:

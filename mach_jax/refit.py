@@ -29,7 +29,7 @@ from typing import Any, Callable, NamedTuple
 
 import ml_collections
 
-from mach_jax import checkpoint
+from mach_jax import checkpoint, loop
 
 __all__ = ["SELECT_DIR", "Schedule", "check", "refit_config", "schedule_of",
            "select_and_refit", "selection_config"]
@@ -174,6 +174,5 @@ def select_and_refit(config, workdir: str,
                       "select_train_seconds": selection["train_seconds"],
                       "select_peak_rss_bytes": selection["peak_rss_bytes"],
                       "num_validation": selection["num_validation"]}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  loop.write_results(workdir, results)
   return results

@@ -245,6 +245,5 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
     results["checkpoint_bytes"] = bundle.folder_bytes(latest)
   writer.write({"step": step, "final": True, **{f"test/{k}": v for k, v in main.items()}})
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
+    loop.write_results(workdir, results)
   return results

@@ -187,6 +187,16 @@ def test_an_export_killed_midway_leaves_the_previous_folder(tmp_path, monkeypatc
     np.testing.assert_array_equal(np.asarray(again[key]), 2 * np.asarray(value))
 
 
+def test_results_json_is_written_whole_or_not_at_all(tmp_path):
+  """A write cut short (here: a value JSON cannot hold, at the end) leaves the previous
+  results.json as it was and no partial file; a refit reads its selection's to go on."""
+  loop.write_results(str(tmp_path), {"P@1": 0.5})
+  with pytest.raises(TypeError):
+    loop.write_results(str(tmp_path), {"P@1": 0.7, "later": object()})
+  assert json.loads((tmp_path / "results.json").read_text()) == {"P@1": 0.5}
+  assert os.listdir(tmp_path) == ["results.json"]
+
+
 @pytest.mark.parametrize("field, value, array", [
     ("B", 16, "output/kernel"), ("R", 3, "leading axis R=3"), ("input_dim", 50, "embedding"),
 ])

@@ -1,6 +1,7 @@
 """Randomized kills: SIGKILL a real training run, rerun the same command, compare.
 
-    python -m experiments.bench.faults --trials 25 --out runs/faults
+    python -m experiments.bench.faults --trials 30 --out runs/faults
+    python -m experiments.bench.faults --refit --trials 35 --out runs/faults_refit
 
 One uninterrupted run of a small synthetic config (3,000 training points, 3 epochs at 3e-2,
 a 5% validation slice with early stopping on P@1, checkpoints every 10 steps, an
@@ -21,6 +22,11 @@ in turn:
     best evaluation's (the one the newest checkpoint names), which the run goes back to at
     its end: the rerun must move it and the newer ones aside and train from the checkpoint
     before it again (``checkpoint.restore_kept``; ``experiments.train`` reruns once).
+
+With ``--refit`` the run is the default text config's protocol on the same data (8 epochs
+at most, chosen on the validation slice with one decay and early stopping, then the refit
+on every training point; ``REFIT_FLAGS``), and a seventh mode, ``decay``, kills the run
+just after its decay has gone back to the best epoch, before the next checkpoint.
 
 Right after the kill the workdir is inspected: a ``model`` folder, if there is one, must
 load. Then the same command is rerun to completion, and its exported parameters and test
@@ -55,13 +61,24 @@ FLAGS = [
     "--config.data.validation_fraction=0.05", "--config.eval.every_epochs=1",
     "--config.mesh=(('data', 1), ('rep', 1))", "--config.eval.estimators=('mean',)",
 ]
+# --refit: the default text config's protocol (docs/text.md) on the same data: the run
+# chooses its epochs on the validation slice, going back to the best epoch at a tenth of
+# the rate after an epoch without a better P@1 (once) and stopping after two more, then
+# trains afresh on every training point for the epochs it chose (WORKDIR/select, then
+# WORKDIR).
+REFIT_FLAGS = ["--config.train.refit=True", "--config.train.num_epochs=8",
+               "--config.train.decay_patience=1", "--config.train.max_decays=1",
+               "--config.train.early_stopping_patience=2",
+               # At 5e-2 the kept epoch comes after the decay: the refit replays both rates.
+               "--config.optimizer.learning_rate=0.05"]
 MODES = ("random", "save", "eval", "export", "damage", "damage_best")
+REFIT_MODES = (*MODES, "decay")
 METRICS = ("P@1", "P@3", "P@5", "nDCG@5", "steps")
 
 
-def launch(workdir: str) -> subprocess.Popen:
+def launch(workdir: str, flags: list[str]) -> subprocess.Popen:
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  return subprocess.Popen([sys.executable, "-m", "experiments.train", *FLAGS,
+  return subprocess.Popen([sys.executable, "-m", "experiments.train", *flags,
                            "--workdir", workdir], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -75,8 +92,16 @@ def params(workdir: str) -> dict[str, np.ndarray]:
           for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def active(workdir: str) -> str:
+  """The folder of the run going on: a refit's selection (``select``) until it has ended,
+  else ``workdir`` itself."""
+  select = os.path.join(workdir, "select")
+  done = os.path.exists(os.path.join(select, "results.json"))
+  return select if os.path.isdir(select) and not done else workdir
+
+
 def _happening(workdir: str, mode: str, epoch_end: int) -> bool:
-  """Whether the moment ``mode`` waits for has come."""
+  """Whether the moment ``mode`` waits for has come (in ``workdir``, a run's folder)."""
   if mode in ("save", "any save"):  # 'save': one after the first, so a resume has a choice.
     d = os.path.join(workdir, "checkpoints")
     names = os.listdir(d) if os.path.isdir(d) else []
@@ -87,14 +112,18 @@ def _happening(workdir: str, mode: str, epoch_end: int) -> bool:
   if mode in ("eval", "damage", "damage_best"):
     path = os.path.join(workdir, "metrics.jsonl")
     return os.path.exists(path) and f'"step": {epoch_end}, ' in open(path).read()
+  if mode == "decay":  # Just after a decay went back to the best state, before a save.
+    path = os.path.join(workdir, "metrics.jsonl")
+    return os.path.exists(path) and '"decay": ' in open(path).read()
   raise ValueError(mode)
 
 
-def trial(workdir: str, mode: str, at: float, epoch_end: int) -> dict:
+def trial(workdir: str, mode: str, at: float, epoch_end: int, flags: list[str]) -> dict:
   """Kill one run of ``mode`` (``at``: seconds, for 'random'), then rerun it to the end."""
-  proc, t0 = launch(workdir), time.time()
+  proc, t0 = launch(workdir, flags), time.time()
   while proc.poll() is None:
-    if (time.time() - t0 >= at) if mode == "random" else _happening(workdir, mode, epoch_end):
+    if (time.time() - t0 >= at) if mode == "random" else _happening(active(workdir), mode,
+                                                                     epoch_end):
       break
     time.sleep(0.001)
   killed_at = time.time() - t0
@@ -102,10 +131,13 @@ def trial(workdir: str, mode: str, at: float, epoch_end: int) -> dict:
   if not finished:
     proc.send_signal(signal.SIGKILL)
   proc.communicate()
+  run = active(workdir)
   phase = ("finished before the kill" if finished else
-           "export" if os.path.isdir(os.path.join(workdir, "model.partial")) else
-           "checkpoint save" if _happening(workdir, "any save", epoch_end) else mode)
-  damaged = (damage_checkpoint(workdir, best=mode == "damage_best")
+           "export" if os.path.isdir(os.path.join(run, "model.partial")) else
+           "checkpoint save" if _happening(run, "any save", epoch_end) else mode)
+  if run != workdir and not finished:
+    phase += " (selection)"
+  damaged = (damage_checkpoint(run, best=mode == "damage_best")
              if mode.startswith("damage") and not finished else None)
   model_ok = None
   if os.path.isdir(os.path.join(workdir, "model")):
@@ -114,7 +146,7 @@ def trial(workdir: str, mode: str, at: float, epoch_end: int) -> dict:
       model_ok = True
     except Exception as e:  # noqa: BLE001 - reported, not raised.
       model_ok = f"{type(e).__name__}: {e}"
-  rerun = launch(workdir)
+  rerun = launch(workdir, flags)
   log = rerun.communicate()[0]
   return {"mode": mode, "killed_at_s": round(killed_at, 2), "phase": phase,
           "model_after_kill": model_ok, "rerun_rc": rerun.returncode,
@@ -154,41 +186,48 @@ def main() -> None:
   parser.add_argument("--trials", type=int, default=30)  # Five of each mode.
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default="runs/faults")
-  parser.add_argument("--modes", default=",".join(MODES),
-                      help=f"comma-separated, of {MODES}; the trials take them in turn")
+  parser.add_argument("--modes", default="",
+                      help=f"comma-separated, of {REFIT_MODES} ('decay' with --refit); the "
+                      "trials take them in turn (default: all)")
+  parser.add_argument("--refit", action="store_true",
+                      help="the text config's protocol: a selection with a decay, then a refit")
   args = parser.parse_args()
+  flags = FLAGS + REFIT_FLAGS * args.refit
+  known = REFIT_MODES if args.refit else MODES
   if os.path.isdir(args.out):  # A workdir left by an earlier campaign would be resumed.
     shutil.rmtree(args.out)
   os.makedirs(args.out)
   ref_dir = os.path.join(args.out, "reference")
   t0 = time.time()
-  ref = launch(ref_dir)
+  ref = launch(ref_dir, flags)
   log = ref.communicate()[0]
   if ref.returncode:
     raise SystemExit(f"the reference run failed:\n{log[-3000:]}")
   wall = time.time() - t0
   reference = json.load(open(os.path.join(ref_dir, "results.json")))
+  selection = json.load(open(os.path.join(ref_dir, "select" if args.refit else "",
+                                          "results.json")))
   ref_params = params(ref_dir)
-  epoch_end = -(-reference["num_train"] // 64)
+  epoch_end = -(-selection["num_train"] // 64)
   print(f"reference: {wall:.1f} s, P@1 {reference['P@1']:.4f}, {reference['steps']} steps",
         flush=True)
   rng = random.Random(args.seed)
-  modes = args.modes.split(",")
-  if set(modes) - set(MODES):
-    raise SystemExit(f"--modes={args.modes}: expected some of {MODES}")
+  modes = args.modes.split(",") if args.modes else list(known)
+  if set(modes) - set(known):
+    raise SystemExit(f"--modes={args.modes}: expected some of {known}")
   rows = []
   for i in range(args.trials):
     mode = modes[i % len(modes)]
     workdir = os.path.join(args.out, f"trial_{i:02d}")
     at, end = rng.uniform(0, wall), epoch_end * (1 + rng.randrange(3))
-    if mode == "damage_best":  # The last epoch's: its best is the one the run ends with.
-      end = 3 * epoch_end
-    row = trial(workdir, mode, at, end)
+    if mode == "damage_best":  # The (selection) run's last epoch's: its best is the one
+      end = selection["steps"]  # the run ends with.
+    row = trial(workdir, mode, at, end, flags)
     # A damaged checkpoint the rerun must read: the newest (it resumes from it), or the
     # best evaluation's where the run ends with it.
     step = row["damaged"] and int(row["damaged"].split("checkpoints/")[1].split("/")[0])
     needed = row["damaged"] is not None and (
-        mode == "damage" or step == (reference.get("selected") or {}).get("step"))
+        mode == "damage" or step == (selection.get("selected") or {}).get("step"))
     row["read_again"] = needed
     if row["rerun_rc"] == 0:
       got = json.load(open(os.path.join(workdir, "results.json")))
@@ -210,7 +249,7 @@ def main() -> None:
   same = sum(r["identical"] for r in rows)
   summary = {"trials": len(rows), "identical": same, "reference_wall_s": wall,
              "reference": {k: reference[k] for k in METRICS}, "rows": rows,
-             "command": "python -m experiments.train " + " ".join(FLAGS)}
+             "command": "python -m experiments.train " + " ".join(flags)}
   with open(os.path.join(args.out, "faults.json"), "w") as f:
     json.dump(summary, f, indent=2)
   print(f"{same}/{len(rows)} killed runs ended bit-identical to the uninterrupted one")
