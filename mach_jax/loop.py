@@ -104,6 +104,25 @@ class JsonlWriter:
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
 
+  def rewind(self, step: int, decays: int) -> None:
+    """Drop what the run logged after its checkpoint of ``step`` (which had ``decays``
+    decays): a run resuming from it logs those steps, decays and its final record again,
+    so that the file reads as one uninterrupted run's (a cut last line goes too)."""
+    if jax.process_index() != 0 or not os.path.exists(self.path):
+      return
+    kept = []
+    with open(self.path) as f:
+      for line in f:
+        try:
+          r = json.loads(line)
+        except ValueError:  # Cut short by a kill.
+          continue
+        if r.get("step", 0) <= step and not r.get("final") and r.get("decay", 0) <= decays:
+          kept.append(line)
+    with open(self.path + ".partial", "w") as f:
+      f.writelines(kept)
+    os.replace(self.path + ".partial", self.path)
+
 
 def write_results(workdir: str, results: dict) -> None:
   """``workdir/results.json``, whole or not at all: written to a temporary file and renamed

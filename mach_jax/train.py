@@ -113,6 +113,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
       where = (f"epoch {start_epoch + 1}, batch {start_batch} of {steps_per_epoch}"
                if start_epoch < tc.num_epochs else "training already complete, evaluating")
       logging.info("resumed from %s/%d: %s", manager.directory, restored.step, where)
+  writer.rewind(step, plateau.decays)  # What was logged after the checkpoint comes again.
   state = restored.state if restored is not None else setup.initial_state()
   if restored is None and tc.init_from:
     state = state._replace(params=bundle.load_params_like(tc.init_from, state.params, spec, D))

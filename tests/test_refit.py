@@ -190,6 +190,10 @@ def test_a_run_killed_in_its_selection_or_its_refit_resumes_into_the_same_model(
         whole["refit"]["epochs"])
     for k in ("P@1", "P@3", "P@5", "steps"):
       assert resumed[k] == whole[k], (name, k)
+    for sub in (refit.SELECT_DIR, ""):  # Each log reads as the uninterrupted run's.
+      logs = [[{k: v for k, v in r.items() if k != "examples_per_second"}
+               for r in _records(str(tmp_path / run / sub))] for run in ("whole", name)]
+      assert logs[0] == logs[1], (name, sub)
     _, _, a = bundle.load(str(tmp_path / "whole" / bundle.BUNDLE_DIR))
     _, _, b = bundle.load(str(tmp_path / name / bundle.BUNDLE_DIR))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):

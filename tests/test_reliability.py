@@ -197,6 +197,23 @@ def test_results_json_is_written_whole_or_not_at_all(tmp_path):
   assert os.listdir(tmp_path) == ["results.json"]
 
 
+def test_a_resumed_run_drops_what_it_logged_after_its_checkpoint(tmp_path):
+  """Resuming from step 20 with one decay: later steps, a second decay, the final record
+  and a line cut short by the kill go (they are logged again); the rest stays in order."""
+  writer = loop.JsonlWriter(str(tmp_path / "metrics.jsonl"))
+  records = [{"step": 10, "loss": 1.0}, {"step": 20, "eval/P@1": 0.5},
+             {"step": 20, "decay": 1, "restored_step": 10}, {"step": 30, "loss": 0.5},
+             {"step": 30, "decay": 2, "restored_step": 20}, {"step": 30, "final": True}]
+  for r in records:
+    writer.write(r)
+  with open(writer.path, "a") as f:
+    f.write('{"step": 40, "lo')
+  writer.rewind(20, 1)
+  assert [json.loads(line) for line in open(writer.path)] == records[:3]
+  writer.rewind(0, 0)  # Started afresh (no checkpoint): nothing is kept.
+  assert open(writer.path).read() == ""
+
+
 @pytest.mark.parametrize("field, value, array", [
     ("B", 16, "output/kernel"), ("R", 3, "leading axis R=3"), ("input_dim", 50, "embedding"),
 ])

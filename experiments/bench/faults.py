@@ -1,7 +1,7 @@
 """Randomized kills: SIGKILL a real training run, rerun the same command, compare.
 
     python -m experiments.bench.faults --trials 30 --out runs/faults
-    python -m experiments.bench.faults --refit --trials 35 --out runs/faults_refit
+    python -m experiments.bench.faults --refit --trials 40 --out runs/faults_refit
 
 One uninterrupted run of a small synthetic config (3,000 training points, 3 epochs at 3e-2,
 a 5% validation slice with early stopping on P@1, checkpoints every 10 steps, an
@@ -25,8 +25,9 @@ in turn:
 
 With ``--refit`` the run is the default text config's protocol on the same data (8 epochs
 at most, chosen on the validation slice with one decay and early stopping, then the refit
-on every training point; ``REFIT_FLAGS``), and a seventh mode, ``decay``, kills the run
-just after its decay has gone back to the best epoch, before the next checkpoint.
+on every training point; ``REFIT_FLAGS``), with two more modes: ``decay`` kills the run
+just after its decay has gone back to the best epoch, before the next checkpoint, and
+``refit_export`` while the refit (not the selection) writes its model folder.
 
 Right after the kill the workdir is inspected: a ``model`` folder, if there is one, must
 load. Then the same command is rerun to completion, and its exported parameters and test
@@ -72,7 +73,7 @@ REFIT_FLAGS = ["--config.train.refit=True", "--config.train.num_epochs=8",
                # At 5e-2 the kept epoch comes after the decay: the refit replays both rates.
                "--config.optimizer.learning_rate=0.05"]
 MODES = ("random", "save", "eval", "export", "damage", "damage_best")
-REFIT_MODES = (*MODES, "decay")
+REFIT_MODES = (*MODES, "decay", "refit_export")
 METRICS = ("P@1", "P@3", "P@5", "nDCG@5", "steps")
 
 
@@ -107,7 +108,7 @@ def _happening(workdir: str, mode: str, epoch_end: int) -> bool:
     names = os.listdir(d) if os.path.isdir(d) else []
     return any("tmp" in n for n in names) and (mode == "any save"
                                                or any(n.isdigit() for n in names))
-  if mode == "export":
+  if mode in ("export", "refit_export"):  # ('refit_export': given the refit's folder.)
     return os.path.isdir(os.path.join(workdir, "model.partial"))
   if mode in ("eval", "damage", "damage_best"):
     path = os.path.join(workdir, "metrics.jsonl")
@@ -122,8 +123,8 @@ def trial(workdir: str, mode: str, at: float, epoch_end: int, flags: list[str]) 
   """Kill one run of ``mode`` (``at``: seconds, for 'random'), then rerun it to the end."""
   proc, t0 = launch(workdir, flags), time.time()
   while proc.poll() is None:
-    if (time.time() - t0 >= at) if mode == "random" else _happening(active(workdir), mode,
-                                                                     epoch_end):
+    run = workdir if mode == "refit_export" else active(workdir)
+    if (time.time() - t0 >= at) if mode == "random" else _happening(run, mode, epoch_end):
       break
     time.sleep(0.001)
   killed_at = time.time() - t0
