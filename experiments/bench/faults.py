@@ -30,8 +30,9 @@ just after its decay has gone back to the best epoch, before the next checkpoint
 ``refit_export`` while the refit (not the selection) writes its model folder.
 
 Right after the kill the workdir is inspected: a ``model`` folder, if there is one, must
-load. Then the same command is rerun to completion, and its exported parameters and test
-metrics are compared bit for bit with the reference. Writes OUT/faults.json and prints a
+load. Then the same command is rerun to completion, and its exported parameters, test
+metrics and metrics.jsonl records (less the throughput) are compared bit for bit with the
+reference. Writes OUT/faults.json and prints a
 table; exits non-zero when a trial differs.
 """
 
@@ -99,6 +100,18 @@ def active(workdir: str) -> str:
   select = os.path.join(workdir, "select")
   done = os.path.exists(os.path.join(select, "results.json"))
   return select if os.path.isdir(select) and not done else workdir
+
+
+def logs(workdir: str) -> list[list[dict]]:
+  """The run's metrics.jsonl records (and its selection's, after a refit), less the
+  throughput, which no two runs share."""
+  out = []
+  for sub in ("select", ""):
+    path = os.path.join(workdir, sub, "metrics.jsonl")
+    if os.path.exists(path):
+      out.append([{k: v for k, v in json.loads(line).items() if k != "examples_per_second"}
+                  for line in open(path)])
+  return out
 
 
 def _happening(workdir: str, mode: str, epoch_end: int) -> bool:
@@ -208,7 +221,7 @@ def main() -> None:
   reference = json.load(open(os.path.join(ref_dir, "results.json")))
   selection = json.load(open(os.path.join(ref_dir, "select" if args.refit else "",
                                           "results.json")))
-  ref_params = params(ref_dir)
+  ref_params, ref_logs = params(ref_dir), logs(ref_dir)
   epoch_end = -(-selection["num_train"] // 64)
   print(f"reference: {wall:.1f} s, P@1 {reference['P@1']:.4f}, {reference['steps']} steps",
         flush=True)
@@ -236,9 +249,10 @@ def main() -> None:
       row["metrics_equal"] = all(got[k] == reference[k] for k in METRICS)
       row["params_equal"] = theirs.keys() == ref_params.keys() and all(
           np.array_equal(theirs[k], ref_params[k]) for k in ref_params)
+      row["log_equal"] = logs(workdir) == ref_logs
     row["identical"] = bool(row["rerun_rc"] == 0 and row.get("metrics_equal")
-                            and row.get("params_equal") and row["model_after_kill"] in (None,
-                                                                                        True)
+                            and row.get("params_equal") and row.get("log_equal")
+                            and row["model_after_kill"] in (None, True)
                             and (row["passed_over"] or not needed))
     rows.append(row)
     print(f"trial {i:2d} {mode:>6}: killed at {row['killed_at_s']:6.2f} s ({row['phase']}), "
