@@ -11,6 +11,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from mach_jax import sharding
 
@@ -107,18 +108,22 @@ class JsonlWriter:
   def rewind(self, step: int, decays: int) -> None:
     """Drop what the run logged after its checkpoint of ``step`` (which had ``decays``
     decays): a run resuming from it logs those steps, decays and its final record again,
-    so that the file reads as one uninterrupted run's (a cut last line goes too)."""
+    so that the file reads as one uninterrupted run's (a cut last line goes too; any other
+    line that is not JSON is dropped with a warning naming it)."""
     if jax.process_index() != 0 or not os.path.exists(self.path):
       return
     kept = []
     with open(self.path) as f:
-      for line in f:
-        try:
-          r = json.loads(line)
-        except ValueError:  # Cut short by a kill.
-          continue
-        if r.get("step", 0) <= step and not r.get("final") and r.get("decay", 0) <= decays:
-          kept.append(line)
+      lines = f.readlines()
+    for i, line in enumerate(lines, start=1):
+      try:
+        r = json.loads(line)
+      except ValueError:
+        if line.endswith("\n"):  # Not the last line a kill cut short: say so.
+          logging.warning("%s:%d: not JSON, dropped (%r)", self.path, i, line[:80])
+        continue
+      if r.get("step", 0) <= step and not r.get("final") and r.get("decay", 0) <= decays:
+        kept.append(line)
     with open(self.path + ".partial", "w") as f:
       f.writelines(kept)
     os.replace(self.path + ".partial", self.path)

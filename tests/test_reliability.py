@@ -197,7 +197,7 @@ def test_results_json_is_written_whole_or_not_at_all(tmp_path):
   assert os.listdir(tmp_path) == ["results.json"]
 
 
-def test_a_resumed_run_drops_what_it_logged_after_its_checkpoint(tmp_path):
+def test_a_resumed_run_drops_what_it_logged_after_its_checkpoint(tmp_path, caplog):
   """Resuming from step 20 with one decay: later steps, a second decay, the final record
   and a line cut short by the kill go (they are logged again); the rest stays in order."""
   writer = loop.JsonlWriter(str(tmp_path / "metrics.jsonl"))
@@ -210,8 +210,14 @@ def test_a_resumed_run_drops_what_it_logged_after_its_checkpoint(tmp_path):
     f.write('{"step": 40, "lo')
   writer.rewind(20, 1)
   assert [json.loads(line) for line in open(writer.path)] == records[:3]
+  assert "not JSON" not in caplog.text  # The kill's cut line goes quietly.
   writer.rewind(0, 0)  # Started afresh (no checkpoint): nothing is kept.
   assert open(writer.path).read() == ""
+  with open(writer.path, "w") as f:  # A damaged line within the file is named.
+    f.write('{"step": 10}\n{"st\x00p": 1\n{"step": 20}\n')
+  writer.rewind(20, 0)
+  assert [json.loads(line) for line in open(writer.path)] == [{"step": 10}, {"step": 20}]
+  assert "metrics.jsonl:2: not JSON, dropped" in caplog.text
 
 
 @pytest.mark.parametrize("field, value, array", [
