@@ -145,6 +145,8 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
   target = {"metric": tc.target_metric, "value": tc.target_value, "reached": False}
   periodic_seconds, periodic_evals, first_step_seconds, record = 0.0, 0, None, {}
   for epoch in range(start_epoch, tc.num_epochs):
+    if target["reached"] or plateau.stop(best):  # (Also a resumed run that had stopped.)
+      break
     skip = start_batch if epoch == start_epoch else 0
     batches = batching.prefetch(train.batches(
         tc.batch_size, shuffle=True, seed=config.seed, epoch=epoch, widths=setup.widths,
@@ -203,8 +205,6 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
           break
     guard.check()
     jax.block_until_ready(state)
-    if target["reached"] or plateau.stop(best):
-      break
   train_seconds = watch.seconds()
   if manager is not None:
     if manager.latest_step() != step:

@@ -165,15 +165,19 @@ def test_a_run_killed_in_its_selection_or_its_refit_resumes_into_the_same_model(
     tmp_path, monkeypatch):
   c = _plateau_refit_config()
   c.checkpoint.every_steps = 25
+  c.train.num_epochs = 20  # The selection stops early, after 10.
   whole = train.train_and_evaluate(c, str(tmp_path / "whole"))
   select_steps = json.load(open(tmp_path / "whole" / refit.SELECT_DIR / "results.json"))["steps"]
   decayed = [r["step"] for r in _records(str(tmp_path / "whole" / refit.SELECT_DIR))
              if "decay" in r]
   assert decayed and decayed[0] % c.checkpoint.every_steps, decayed
-  step = state_lib.TrainSetup.run
+  selection = json.load(open(tmp_path / "whole" / refit.SELECT_DIR / "results.json"))
+  assert selection["steps"] < c.train.num_epochs * -(-selection["num_train"] // 64)  # Early.
+  step, export = state_lib.TrainSetup.run, bundle.export
   # After a decay, before the next checkpoint: the resumed run decays (and logs it) again.
+  # In the selection's export, after it stopped early: the resumed run must not train on.
   for name, kill_at in (("in_selection", select_steps // 2), ("after_a_decay", decayed[0] + 1),
-                        ("in_refit", select_steps + 40)):
+                        ("in_refit", select_steps + 40), ("in_the_selections_export", None)):
     calls = []
 
     def run(self, state, batch, kill_at=kill_at, calls=calls):
@@ -181,10 +185,16 @@ def test_a_run_killed_in_its_selection_or_its_refit_resumes_into_the_same_model(
       if len(calls) == kill_at:
         raise _Killed
       return step(self, state, batch)
+
+    def killed_export(*args, **kwargs):
+      raise _Killed
+    if kill_at is None:
+      monkeypatch.setattr(bundle, "export", killed_export)
     monkeypatch.setattr(state_lib.TrainSetup, "run", run)
     with pytest.raises(_Killed):
       train.train_and_evaluate(c, str(tmp_path / name))
     monkeypatch.setattr(state_lib.TrainSetup, "run", step)
+    monkeypatch.setattr(bundle, "export", export)
     resumed = train.train_and_evaluate(c, str(tmp_path / name))
     assert resumed["selected"] == whole["selected"] and resumed["refit"]["epochs"] == (
         whole["refit"]["epochs"])
