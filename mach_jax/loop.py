@@ -109,7 +109,7 @@ class JsonlWriter:
     """Drop what the run logged after its checkpoint of ``step`` (which had ``decays``
     decays): a run resuming from it logs those steps, decays and its final record again,
     so that the file reads as one uninterrupted run's (a cut last line goes too; any other
-    line that is not JSON is dropped with a warning naming it)."""
+    line that is not a JSON object is dropped with a warning naming it)."""
     if jax.process_index() != 0 or not os.path.exists(self.path):
       return
     kept = []
@@ -118,9 +118,11 @@ class JsonlWriter:
     for i, line in enumerate(lines, start=1):
       try:
         r = json.loads(line)
+        if not isinstance(r, dict):
+          raise ValueError("not an object")
       except ValueError:
         if line.endswith("\n"):  # Not the last line a kill cut short: say so.
-          logging.warning("%s:%d: not JSON, dropped (%r)", self.path, i, line[:80])
+          logging.warning("%s:%d: not a JSON object, dropped (%r)", self.path, i, line[:80])
         continue
       if r.get("step", 0) <= step and not r.get("final") and r.get("decay", 0) <= decays:
         kept.append(line)
