@@ -271,6 +271,8 @@ def restore_kept(manager: ocp.CheckpointManager, step: int, state: Any,
   """
   try:
     return restore_in_place(manager, step, state, fields)
+  except MemoryError:  # Not the checkpoint's fault: keep it.
+    raise
   except Exception as e:  # orbax/tensorstore raise many types for damaged files.
     manager.reload()
     newer = sorted((s for s in manager.all_steps() if s > step), reverse=True)
