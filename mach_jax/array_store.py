@@ -1,6 +1,6 @@
 """How mach-jax writes and reads array trees with orbax: checkpoints and model folders.
 
-Kept apart from ``mach_jax.checkpoint`` (the training run's store and resume policy) so
+Kept apart from ``mach_jax.checkpoint`` (the training run's store; ``resume``, its policy) so
 that serving a model folder (``bundle``) never loads the training side.
 """
 
