@@ -39,7 +39,7 @@ def main() -> None:
                    if os.path.exists(os.path.join(args.run, d, "preds.npy")))
   hit, noun_first = {}, {}
   for s in systems:
-    top1 = np.load(os.path.join(args.run, s, "preds.npy"))[:, 0]
+    top1 = np.load(os.path.join(args.run, s, "preds.npy"), allow_pickle=False)[:, 0]
     noun_first[s] = np.array([pos[t] == "n" for t in top1])
     if len(top1) != len(labels):
       raise SystemExit(f"{args.run}/{s}/preds.npy: {len(top1)} rows, the test split has "
