@@ -17,13 +17,14 @@ from mach_jax.hashing import HashSpec
 
 def run_meta(*, step: int, epoch: int, batch_in_epoch: int, steps_per_epoch: int,
              train_seconds: float, examples: int, spec: HashSpec, config,
-             best: dict | None = None, decays: int = 0) -> dict:
+             best: dict | None = None, decays: int = 0, target: dict | None = None) -> dict:
   """The ``meta`` item of a checkpoint: where in the data the run stands, and what it is.
 
   A position at the end of an epoch is recorded as the start of the next one. ``best`` is
   the best validation evaluation so far (``loop.Best.record``), whose checkpoint the keep
   policy preserves; ``decays`` how many times the run has gone back to it with a smaller
-  learning rate (``config.train.decay_patience``).
+  learning rate (``config.train.decay_patience``); ``target`` the run's target record
+  (``target_of``), so that a run that reached its target stops there when it resumes.
   """
   if batch_in_epoch == steps_per_epoch:
     epoch, batch_in_epoch = epoch + 1, 0
@@ -31,7 +32,17 @@ def run_meta(*, step: int, epoch: int, batch_in_epoch: int, steps_per_epoch: int
           "shuffle_seed": config.seed, "train_seconds": train_seconds, "examples": examples,
           "hash_spec": spec.to_dict(), "config": json.loads(config.to_json()),
           "versions": provenance.library_versions(), "best": best,
-          "decays": decays}
+          "decays": decays, "target": target}
+
+
+def target_of(meta: dict | None, train_config) -> dict:
+  """The run's ``train.target_metric`` record: the checkpoint's ``meta``'s if it was kept
+  under the same target (a run that reached it has stopped), else one not yet reached."""
+  fresh = {"metric": train_config.target_metric, "value": train_config.target_value,
+           "reached": False}
+  saved = (meta or {}).get("target") or {}
+  same = (saved.get("metric"), saved.get("value")) == (fresh["metric"], fresh["value"])
+  return dict(saved) if same else fresh
 
 
 def check_resumable(meta: dict, spec: HashSpec, config, workdir: str) -> None:

@@ -130,7 +130,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
     checkpoint_lib.save(manager, step, state, resume.run_meta(
         step=step, epoch=epoch, batch_in_epoch=batch_in_epoch, steps_per_epoch=steps_per_epoch,
         train_seconds=seconds, examples=examples, spec=spec, config=config, best=best.record,
-        decays=plateau.decays), record_files=ck.record_files)
+        decays=plateau.decays, target=target), record_files=ck.record_files)
 
   def decay(epoch: int) -> None:  # Back to the best state, on at the next learning rate.
     nonlocal setup, state
@@ -142,7 +142,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
 
   # ---- Train, with periodic logs, checkpoints and evaluations ----------------------------
   watch, guard = loop.Stopwatch(offset=trained), loop.LossGuard()
-  target = {"metric": tc.target_metric, "value": tc.target_value, "reached": False}
+  target = resume.target_of(restored.meta if restored is not None else None, tc)
   periodic_seconds, periodic_evals, first_step_seconds, record = 0.0, 0, None, {}
   for epoch in range(start_epoch, tc.num_epochs):
     if target["reached"] or plateau.stop(best):  # (Also a resumed run that had stopped.)
@@ -193,12 +193,12 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
                         **loop.eval_record(every, ev.estimator)})
           logging.info("step %d (epoch %d): loss %.4f  P@1 %.4f  P@5 %.4f", step, epoch + 1,
                        record.get("loss", float("nan")), main["P@1"], main["P@5"])
+          if tc.target_metric and main[tc.target_metric] >= tc.target_value:
+            target.update(reached=True, step=step, epoch=epoch + 1, train_seconds=seconds,
+                          achieved=main[tc.target_metric], periodic_eval_seconds=periodic_seconds,
+                          unix_time=time.time())  # Saved with the checkpoint below.
           if manager is not None:
             save(epoch, i + 1, seconds)
-        if tc.target_metric and main[tc.target_metric] >= tc.target_value:
-          target.update(reached=True, step=step, epoch=epoch + 1, achieved=main[tc.target_metric],
-                        train_seconds=seconds, periodic_eval_seconds=periodic_seconds,
-                        unix_time=time.time())
         if plateau.due(best) and not last:
           decay(epoch + 1)
         if target["reached"] or plateau.stop(best):

@@ -233,6 +233,21 @@ def test_stops_when_a_periodic_evaluation_reaches_the_target(tmp_path):
   assert res["periodic_evals"] == steps // 10
 
 
+def test_a_run_that_reached_its_target_stops_there_when_it_resumes(tmp_path):
+  """The target reached is saved with the checkpoint: the same command run again (as after a
+  kill during the export) resumes at that step and stops, instead of training on."""
+  c = tiny_config()
+  c.eval.update(every_epochs=0, every_steps=10)
+  c.train.update(target_metric="P@1", target_value=0.01)
+  first = train.train_and_evaluate(c, str(tmp_path))
+  again = train.train_and_evaluate(c, str(tmp_path))
+  assert first["target"]["reached"] and first["steps"] == 10
+  assert again["steps"] == 10 and again["target"] == first["target"]
+  assert again["P@1"] == first["P@1"]
+  c.train.target_value = 1.01  # Another target: the run goes on from its checkpoint.
+  assert train.train_and_evaluate(c, str(tmp_path))["steps"] == 3 * -(-3000 // 64)
+
+
 def test_target_without_periodic_evaluations_is_an_error(tmp_path):
   c = tiny_config()
   c.eval.every_epochs = 0
