@@ -86,8 +86,7 @@ _KEEP_BEST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _UNRECORDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Saved in the background.
 
 
-def make_manager(workdir: str, keep: int = 2, keep_best: bool = False
-                 ) -> ocp.CheckpointManager:
+def make_manager(workdir: str, keep: int = 2, keep_best: bool = False) -> ocp.CheckpointManager:
   """A manager over ``workdir/checkpoints`` keeping the last ``keep`` checkpoints and, with
   ``keep_best``, the one the saved metas name as the best (``KeepBest``)."""
   ocp = _orbax()
@@ -211,10 +210,15 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
         check_files(manager, step)
       state = (restore_in_place(manager, step, target) if in_place else manager.restore(
           step, args=ocp.args.Composite(state=restore_args(target))).state)
+      error = None
     except Exception as e:  # orbax/tensorstore raise many types for damaged files.
+      error = e
+    if not _all_processes(error is None):  # Every process passes it over, or none does.
+      error = error or RuntimeError("another process could not restore it")
       aside = _set_aside(manager, step) if jax.process_index() == 0 else ""
-      errors.append(_unrestorable(manager, step, e, f"{aside}; falling back to the previous "
-                                  "checkpoint"))
+      _all_processes(True)  # (Moved aside before any process looks again.)
+      errors.append(_unrestorable(manager, step, error, f"{aside}; falling back to the "
+                                  "previous checkpoint"))
       continue
     host_memory.release()
     return Restored(step=step, state=state, meta=dict(meta))
@@ -230,11 +234,22 @@ def check_files(manager: ocp.CheckpointManager, step: int) -> None:
   file_digests.check_record(os.path.join(str(manager.directory), str(step)), DIGESTS_FILE)
 
 
+def _all_processes(ok: bool) -> bool:
+  """Whether ``ok`` holds on every process (a barrier): a checkpoint one process cannot
+  read is passed over by all, or they would go on from different steps."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.process_allgather(jax.numpy.int32(ok)).all())
+
+
 def _set_aside(manager: ocp.CheckpointManager, step: int, why: str = "damaged") -> str:
   """Rename a checkpoint's folder (unreadable, or newer than one that is) out of the
   manager's sight, kept for a look, or the run could not save that step again; says where
-  it went."""
+  it went (nothing if it is gone already)."""
   folder = os.path.join(str(manager.directory), str(step))
+  if not os.path.isdir(folder):  # (Passed over by a restore within this one.)
+    return ""
   aside = next(f"{folder}.{why}{i or ''}" for i in range(1000)
                if not os.path.exists(f"{folder}.{why}{i or ''}"))
   os.rename(folder, aside)
@@ -269,17 +284,23 @@ def restore_kept(manager: ocp.CheckpointManager, step: int, state: Any,
       ``M.superseded``, so a rerun resumes from the newest older checkpoint (or the start)
       and replays the steps since, its evaluations and choices included.
   """
+  error = None
   try:
-    return restore_in_place(manager, step, state, fields)
+    state = restore_in_place(manager, step, state, fields)
   except MemoryError:  # Not the checkpoint's fault: keep it.
     raise
   except Exception as e:  # orbax/tensorstore raise many types for damaged files.
+    error = e
+  if not _all_processes(error is None):
+    e = error or RuntimeError("another process could not restore it")
     manager.reload()
     newer = sorted((s for s in manager.all_steps() if s > step), reverse=True)
     if jax.process_index() == 0:
       for s in newer:
         _set_aside(manager, s, "superseded")
       _set_aside(manager, step)
+    _all_processes(True)  # (Moved aside before any process looks again.)
+    manager.reload()
     older = [s for s in manager.all_steps() if s < step]
     raise CheckpointLostError(
         f"checkpoint {os.path.join(str(manager.directory), str(step))}, the state this run "
@@ -289,6 +310,7 @@ def restore_kept(manager: ocp.CheckpointManager, step: int, state: Any,
         + ": rerun the same command, which resumes from "
         + (f"checkpoint {max(older)}" if older else "the start")
         + f" and trains the steps to {step} and beyond again, with the same numbers") from e
+  return state
 
 
 def restore_in_place(manager: ocp.CheckpointManager, step: int, state: Any,

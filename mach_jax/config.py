@@ -35,7 +35,9 @@ def default_config() -> ml_collections.ConfigDict:
       enabled=False,  # Call jax.distributed.initialize (multi-process / multi-host).
       coordinator_address="",  # host:port of process 0; empty = auto-detect (e.g. SLURM).
       num_processes=-1,  # -1 = auto-detect.
-      process_id=-1))  # -1 = auto-detect.
+      process_id=-1,  # -1 = auto-detect.
+      # A process that dies is noticed by the others after this long; they then exit.
+      heartbeat_timeout_seconds=100))  # (JAX's default.)
 
   c.data = ml_collections.ConfigDict()
   # 'xc' (train/test XC-format files), 'queries' (query<TAB>ids text files, featurized

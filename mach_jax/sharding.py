@@ -87,9 +87,12 @@ def initialize_distributed(cfg) -> None:
 
   Empty fields are left to JAX's auto-detection (SLURM, Open MPI, Cloud TPU, or the
   JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables).
-  Multi-process CPU runs need gloo collectives, which this selects.
+  Multi-process CPU runs need gloo collectives, which this selects. When a process dies,
+  the others exit once ``heartbeat_timeout_seconds`` pass without its heartbeat (a step's
+  collective or a checkpoint's barrier may fail sooner); rerunning every process resumes
+  from the last checkpoint (docs/reliability.md).
   """
-  if not cfg.enabled:
+  if not cfg.enabled or jax.distributed.is_initialized():  # (A rerun within the process.)
     return
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   kwargs = {}
@@ -99,7 +102,7 @@ def initialize_distributed(cfg) -> None:
     kwargs["num_processes"] = cfg.num_processes
   if cfg.process_id >= 0:
     kwargs["process_id"] = cfg.process_id
-  jax.distributed.initialize(**kwargs)
+  jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=cfg.heartbeat_timeout_seconds)
 
 
 # (regex over a leaf's key path, its PartitionSpec); the first match wins. Every leaf of the

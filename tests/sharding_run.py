@@ -34,7 +34,8 @@ def main():
 
   sharding.initialize_distributed(ConfigDict(dict(
       enabled=True, coordinator_address=f"127.0.0.1:{args.port}",
-      num_processes=args.num_processes, process_id=args.process_id)))
+      num_processes=args.num_processes, process_id=args.process_id,
+      heartbeat_timeout_seconds=100)))
   assert jax.process_count() == args.num_processes, jax.process_count()
   params = run_steps((("data", 1), ("rep", -1)))
   if args.process_id == 0:

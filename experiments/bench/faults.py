@@ -23,6 +23,15 @@ in turn:
     its end: the rerun must move it and the newer ones aside and train from the checkpoint
     before it again (``checkpoint.restore_kept``; ``experiments.train`` reruns once).
 
+With ``--processes N`` the run is N processes on this machine (2 devices each; the 'rep'
+axis spans all of them, 4 repetitions one a device at N = 2), as on N hosts, and a kill
+takes one of them (drawn; ``export``: process 0, the one that writes the model folder),
+or, in mode ``all``, every one at a random moment (a power cut). The survivors must exit
+by themselves once the dead process's heartbeat is missed (the run sets
+``distributed.heartbeat_timeout_seconds`` to ``HEARTBEAT_S``); the time they take is
+reported, and a survivor still running after ``--survivor_wait`` seconds fails the trial.
+Then every process is started again.
+
 With ``--refit`` the run is the default text config's protocol on the same data (8 epochs
 at most, chosen on the validation slice with one decay and early stopping, then the refit
 on every training point; ``REFIT_FLAGS``), with two more modes: ``decay`` kills the run
@@ -44,6 +53,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -74,15 +84,39 @@ REFIT_FLAGS = ["--config.train.refit=True", "--config.train.num_epochs=8",
                # At 5e-2 the kept epoch comes after the decay: the refit replays both rates.
                "--config.optimizer.learning_rate=0.05"]
 MODES = ("random", "save", "eval", "export", "damage", "damage_best")
+PROCESS_MODES = (*MODES, "all")
+HEARTBEAT_S = 10
 REFIT_MODES = (*MODES, "decay", "refit_export")
 METRICS = ("P@1", "P@3", "P@5", "nDCG@5", "steps")
 
 
-def launch(workdir: str, flags: list[str]) -> subprocess.Popen:
+def launch(workdir: str, flags: list[str], processes: int = 1) -> list[subprocess.Popen]:
+  """Start the run: one process, or ``processes`` of one multi-process run (2 devices each,
+  talking over a free localhost port)."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  return subprocess.Popen([sys.executable, "-m", "experiments.train", *flags,
-                           "--workdir", workdir], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  extra = [[]]
+  if processes > 1:
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    flags = [f for f in flags if not f.startswith("--config.mesh=")]  # (Set below.)
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      port = s.getsockname()[1]
+    extra = [["--config.mesh=(('data', 1), ('rep', -1))", "--config.distributed.enabled=True",
+              f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+              f"--config.distributed.num_processes={processes}",
+              f"--config.distributed.process_id={i}",
+              f"--config.distributed.heartbeat_timeout_seconds={HEARTBEAT_S}"]
+             for i in range(processes)]
+  return [subprocess.Popen([sys.executable, "-m", "experiments.train", *flags, *more,
+                            "--workdir", workdir], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+          for more in extra]
+
+
+def finish(procs: list[subprocess.Popen]) -> tuple[int, str]:
+  """Wait for every process; the worst return code, and process 0's output."""
+  logs = [p.communicate()[0] for p in procs]
+  return max(abs(p.returncode) for p in procs), logs[0]
 
 
 def params(workdir: str) -> dict[str, np.ndarray]:
@@ -132,19 +166,32 @@ def _happening(workdir: str, mode: str, epoch_end: int) -> bool:
   raise ValueError(mode)
 
 
-def trial(workdir: str, mode: str, at: float, epoch_end: int, flags: list[str]) -> dict:
-  """Kill one run of ``mode`` (``at``: seconds, for 'random'), then rerun it to the end."""
-  proc, t0 = launch(workdir, flags), time.time()
-  while proc.poll() is None:
+def trial(workdir: str, mode: str, at: float, epoch_end: int, flags: list[str],
+          processes: int = 1, victim: int = 0, survivor_wait: float = 120) -> dict:
+  """Kill one run of ``mode`` (``at``: seconds, for 'random' and 'all'; ``victim``: which
+  process of a multi-process run), then rerun it to the end."""
+  procs, t0 = launch(workdir, flags, processes), time.time()
+  victims = procs if mode == "all" else [procs[0 if mode == "export" else victim]]
+  while victims[0].poll() is None:
     run = workdir if mode == "refit_export" else active(workdir)
-    if (time.time() - t0 >= at) if mode == "random" else _happening(run, mode, epoch_end):
+    if ((time.time() - t0 >= at) if mode in ("random", "all")
+        else _happening(run, mode, epoch_end)):
       break
     time.sleep(0.001)
   killed_at = time.time() - t0
-  finished = proc.poll() is not None
-  if not finished:
-    proc.send_signal(signal.SIGKILL)
-  proc.communicate()
+  finished = victims[0].poll() is not None
+  for p in victims:
+    if p.poll() is None:
+      p.send_signal(signal.SIGKILL)
+  t_kill, survivors = time.time(), [p for p in procs if p not in victims]
+  while any(p.poll() is None for p in survivors) and time.time() - t_kill < survivor_wait:
+    time.sleep(0.05)
+  hung = sum(p.poll() is None for p in survivors)
+  survivors_exit_s = time.time() - t_kill if survivors else None
+  for p in procs:
+    if p.poll() is None:
+      p.send_signal(signal.SIGKILL)
+    p.communicate()
   run = active(workdir)
   phase = ("finished before the kill" if finished else
            "export" if os.path.isdir(os.path.join(run, "model.partial")) else
@@ -160,16 +207,27 @@ def trial(workdir: str, mode: str, at: float, epoch_end: int, flags: list[str]) 
       model_ok = True
     except Exception as e:  # noqa: BLE001 - reported, not raised.
       model_ok = f"{type(e).__name__}: {e}"
-  rerun = launch(workdir, flags)
-  log = rerun.communicate()[0]
+  rerun_rc, log = finish(launch(workdir, flags, processes))
   return {"mode": mode, "killed_at_s": round(killed_at, 2), "phase": phase,
-          "model_after_kill": model_ok, "rerun_rc": rerun.returncode,
+          "victim": "all" if mode == "all" else procs.index(victims[0]),
+          "survivors_exit_s": survivors_exit_s and round(survivors_exit_s, 1),
+          "survivors_hung": hung, "model_after_kill": model_ok, "rerun_rc": rerun_rc,
           "resumed": "resumed from" in log, "damaged": damaged,
           "passed_over": damaged is not None and any(
               f"checkpoints/{damaged.split('checkpoints/')[1].split('/')[0]}{after}" in log
               for after in (" could not be restored", ", the state this run goes back to, "
                                                       "could not be read")),
-          "log_tail": log[-800:] if rerun.returncode else ""}
+          "log_tail": log[-800:] if rerun_rc else ""}
+
+
+def compare(workdir: str, reference: dict, ref_params: dict, ref_logs: list) -> dict:
+  """Whether a finished run's test metrics, exported parameters and logs are the
+  reference run's (its ``results.json``, ``params`` and ``logs``), bit for bit."""
+  got, theirs = json.load(open(os.path.join(workdir, "results.json"))), params(workdir)
+  return {"metrics_equal": all(got[k] == reference[k] for k in METRICS),
+          "params_equal": theirs.keys() == ref_params.keys() and all(
+              np.array_equal(theirs[k], ref_params[k]) for k in ref_params),
+          "log_equal": logs(workdir) == ref_logs}
 
 
 def damage_checkpoint(workdir: str, best: bool = False) -> str | None:
@@ -205,17 +263,20 @@ def main() -> None:
                       "trials take them in turn (default: all)")
   parser.add_argument("--refit", action="store_true",
                       help="the text config's protocol: a selection with a decay, then a refit")
+  parser.add_argument("--processes", type=int, default=1,
+                      help="one run of this many processes (2 devices each), one killed")
+  parser.add_argument("--survivor_wait", type=float, default=120,
+                      help="seconds the other processes have to exit after one is killed")
   args = parser.parse_args()
   flags = FLAGS + REFIT_FLAGS * args.refit
-  known = REFIT_MODES if args.refit else MODES
+  known = (REFIT_MODES if args.refit else MODES) + ("all",) * (args.processes > 1)
   if os.path.isdir(args.out):  # A workdir left by an earlier campaign would be resumed.
     shutil.rmtree(args.out)
   os.makedirs(args.out)
   ref_dir = os.path.join(args.out, "reference")
   t0 = time.time()
-  ref = launch(ref_dir, flags)
-  log = ref.communicate()[0]
-  if ref.returncode:
+  rc, log = finish(launch(ref_dir, flags, args.processes))
+  if rc:
     raise SystemExit(f"the reference run failed:\n{log[-3000:]}")
   wall = time.time() - t0
   reference = json.load(open(os.path.join(ref_dir, "results.json")))
@@ -236,7 +297,8 @@ def main() -> None:
     at, end = rng.uniform(0, wall), epoch_end * (1 + rng.randrange(3))
     if mode == "damage_best":  # The (selection) run's last epoch's: its best is the one
       end = selection["steps"]  # the run ends with.
-    row = trial(workdir, mode, at, end, flags)
+    victim = rng.randrange(args.processes) if args.processes > 1 else 0
+    row = trial(workdir, mode, at, end, flags, args.processes, victim, args.survivor_wait)
     # A damaged checkpoint the rerun must read: the newest (it resumes from it), or the
     # best evaluation's where the run ends with it.
     step = row["damaged"] and int(row["damaged"].split("checkpoints/")[1].split("/")[0])
@@ -244,13 +306,9 @@ def main() -> None:
         mode == "damage" or step == (selection.get("selected") or {}).get("step"))
     row["read_again"] = needed
     if row["rerun_rc"] == 0:
-      got = json.load(open(os.path.join(workdir, "results.json")))
-      theirs = params(workdir)
-      row["metrics_equal"] = all(got[k] == reference[k] for k in METRICS)
-      row["params_equal"] = theirs.keys() == ref_params.keys() and all(
-          np.array_equal(theirs[k], ref_params[k]) for k in ref_params)
-      row["log_equal"] = logs(workdir) == ref_logs
+      row.update(compare(workdir, reference, ref_params, ref_logs))
     row["identical"] = bool(row["rerun_rc"] == 0 and row.get("metrics_equal")
+                            and not row["survivors_hung"]
                             and row.get("params_equal") and row.get("log_equal")
                             and row["model_after_kill"] in (None, True)
                             and (row["passed_over"] or not needed))
@@ -258,12 +316,15 @@ def main() -> None:
     print(f"trial {i:2d} {mode:>6}: killed at {row['killed_at_s']:6.2f} s ({row['phase']}), "
           f"model folder after the kill: {row['model_after_kill']}, resumed "
           f"{row['resumed']}, identical {row['identical']}"
+          + (f", process {row['victim']} killed, the others exited after "
+             f"{row['survivors_exit_s']} s" if args.processes > 1 and mode != "all" else "")
           + (f", damaged checkpoint {step} (read again: {needed}) reported {row['passed_over']}"
              if row["damaged"] else ", nothing to damage" if mode.startswith("damage")
              else ""), flush=True)
   same = sum(r["identical"] for r in rows)
   summary = {"trials": len(rows), "identical": same, "reference_wall_s": wall,
              "reference": {k: reference[k] for k in METRICS}, "rows": rows,
+             "processes": args.processes,
              "command": "python -m experiments.train " + " ".join(flags)}
   with open(os.path.join(args.out, "faults.json"), "w") as f:
     json.dump(summary, f, indent=2)
