@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import jax
 from absl import logging
 
-from mach_jax import file_digests, host_memory
+from mach_jax import file_digests, host_memory, sharding
 from mach_jax.array_store import (  # noqa: F401  (abstract_like: part of this API)
   LayoutMismatch,
   abstract_like,
@@ -213,10 +213,11 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any,
       error = None
     except Exception as e:  # orbax/tensorstore raise many types for damaged files.
       error = e
-    if not _all_processes(error is None):  # Every process passes it over, or none does.
+    # Every process passes it over, or none does: they would go on from different steps.
+    if not sharding.on_every_process(error is None):
       error = error or RuntimeError("another process could not restore it")
       aside = _set_aside(manager, step) if jax.process_index() == 0 else ""
-      _all_processes(True)  # (Moved aside before any process looks again.)
+      sharding.on_every_process(True)  # (Moved aside before any process looks again.)
       errors.append(_unrestorable(manager, step, error, f"{aside}; falling back to the "
                                   "previous checkpoint"))
       continue
@@ -232,15 +233,6 @@ def check_files(manager: ocp.CheckpointManager, step: int) -> None:
   file differs from its save's record; one without a record (a background save not yet
   finished, or one of an older version) passes."""
   file_digests.check_record(os.path.join(str(manager.directory), str(step)), DIGESTS_FILE)
-
-
-def _all_processes(ok: bool) -> bool:
-  """Whether ``ok`` holds on every process (a barrier): a checkpoint one process cannot
-  read is passed over by all, or they would go on from different steps."""
-  if jax.process_count() == 1:
-    return ok
-  from jax.experimental import multihost_utils
-  return bool(multihost_utils.process_allgather(jax.numpy.int32(ok)).all())
 
 
 def _set_aside(manager: ocp.CheckpointManager, step: int, why: str = "damaged") -> str:
@@ -291,7 +283,7 @@ def restore_kept(manager: ocp.CheckpointManager, step: int, state: Any,
     raise
   except Exception as e:  # orbax/tensorstore raise many types for damaged files.
     error = e
-  if not _all_processes(error is None):
+  if not sharding.on_every_process(error is None):
     e = error or RuntimeError("another process could not restore it")
     manager.reload()
     newer = sorted((s for s in manager.all_steps() if s > step), reverse=True)
@@ -299,7 +291,7 @@ def restore_kept(manager: ocp.CheckpointManager, step: int, state: Any,
       for s in newer:
         _set_aside(manager, s, "superseded")
       _set_aside(manager, step)
-    _all_processes(True)  # (Moved aside before any process looks again.)
+    sharding.on_every_process(True)  # (Moved aside before any process looks again.)
     manager.reload()
     older = [s for s in manager.all_steps() if s < step]
     raise CheckpointLostError(

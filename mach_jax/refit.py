@@ -17,7 +17,9 @@ Nothing is chosen twice and nothing on the test split: the refit replays what va
 chose, with the slice it no longer needs trained on (the peers train on every training
 point). Rerunning the command resumes: a finished selection is read from its results.json.
 Once the selection has kept a model its checkpoints are deleted (the model stays in
-``select/model``) unless ``config.checkpoint.keep_selection``.
+``select/model``) unless ``config.checkpoint.keep_selection``. Across processes
+(``config.distributed``) every process waits for the selection's results.json before
+reading it; process 0 writes and deletes.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import os
 import shutil
 from typing import Any, Callable, NamedTuple
 
+import jax
 import ml_collections
 
-from mach_jax import checkpoint, loop
+from mach_jax import checkpoint, loop, sharding
 
 __all__ = ["SELECT_DIR", "Schedule", "check", "refit_config", "schedule_of",
            "select_and_refit", "selection_config"]
@@ -90,10 +93,6 @@ def check(config) -> None:
   if not config.data.validation_fraction:
     raise ValueError("config.train.refit=True replays the schedule a validation slice chose: "
                      "set config.data.validation_fraction > 0 (or refit=False)")
-  if config.distributed.enabled:
-    raise ValueError("config.train.refit=True is not supported across processes "
-                     "(config.distributed.enabled): each process would read the selection's "
-                     "results.json as soon as it exists; run with refit=False")
   if config.eval.every_steps:
     raise ValueError(f"config.train.refit=True replays whole epochs: evaluate at epoch ends "
                      f"(config.eval.every_steps={config.eval.every_steps} -> 0, "
@@ -155,15 +154,17 @@ def select_and_refit(config, workdir: str,
   """
   check(config)
   select_dir = os.path.join(workdir, SELECT_DIR)
-  if not os.path.exists(os.path.join(select_dir, "results.json")):
+  if not sharding.on_every_process(os.path.exists(os.path.join(select_dir, "results.json"))):
     run(selection_config(config), select_dir)
+    sharding.on_every_process(True)  # (Process 0 has written what every process reads next.)
   selection, events = _read(select_dir)
+  main = jax.process_index() == 0  # (Every process reads; process 0 writes and deletes.)
   if not selection.get("selected"):
     raise ValueError(f"{select_dir}/results.json: no validation evaluation was kept, so "
                      "there is no schedule to refit; raise config.train.num_epochs and "
                      f"delete {select_dir} to run the selection again")
   checkpoints = os.path.join(select_dir, checkpoint.CHECKPOINT_DIR)
-  if not config.checkpoint.keep_selection and os.path.isdir(checkpoints):
+  if not config.checkpoint.keep_selection and os.path.isdir(checkpoints) and main:
     shutil.rmtree(checkpoints)  # Its kept model is in select/model; it is not resumed.
   steps_per_epoch = -(-selection["num_train"] // config.train.batch_size)
   schedule = schedule_of(selection["selected"], events, steps_per_epoch)
@@ -174,5 +175,6 @@ def select_and_refit(config, workdir: str,
                       "select_train_seconds": selection["train_seconds"],
                       "select_peak_rss_bytes": selection["peak_rss_bytes"],
                       "num_validation": selection["num_validation"]}
-  loop.write_results(workdir, results)
+  if main:
+    loop.write_results(workdir, results)
   return results

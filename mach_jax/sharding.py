@@ -187,6 +187,14 @@ def to_host(x) -> np.ndarray:
   return np.asarray(x)
 
 
+def on_every_process(ok: bool) -> bool:
+  """Whether ``ok`` holds on every process of the run; where there are several, a barrier
+  that every process must reach (the same calls in the same order)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(multihost_utils.process_allgather(np.int32(ok)).all())
+
+
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 

@@ -57,9 +57,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   t_start = time.time()
   config_lib.check_loop(config)
+  sharding.initialize_distributed(config.distributed)  # (Before any other JAX call.)
   if config.train.refit:
     return refit_lib.select_and_refit(config, workdir, train_and_evaluate)
-  sharding.initialize_distributed(config.distributed)
   with workdir_lib.claim(workdir, lock=jax.process_index() == 0):
     return _train_and_evaluate(config, workdir, t_start)
 

@@ -58,9 +58,6 @@ def test_a_refit_needs_a_validation_slice_and_epoch_end_evaluations(tmp_path):
   c.data.validation_fraction, c.eval.every_steps = 0.1, 7
   with pytest.raises(ValueError, match="every_steps=7 -> 0"):
     train.train_and_evaluate(c, str(tmp_path))
-  c.eval.every_steps, c.distributed.enabled = 0, True
-  with pytest.raises(ValueError, match="not supported across processes"):
-    train.train_and_evaluate(c, str(tmp_path))
 
 
 def test_the_selections_checkpoints_go_once_it_kept_a_model_unless_asked_to_keep_them(

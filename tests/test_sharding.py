@@ -206,3 +206,20 @@ def test_a_two_process_run_killed_with_its_best_checkpoint_damaged_resumes_exact
   assert row["survivors_hung"] == 0 and row["resumed"], row
   assert faults.compare(workdir, reference, faults.params(ref_dir), faults.logs(ref_dir)) == {
       "metrics_equal": True, "params_equal": True, "log_equal": True}
+
+
+def test_a_two_process_refit_killed_after_its_decay_resumes_exactly(tmp_path):
+  """The default text config's protocol (a selection with a decay, then the refit) across
+  two processes: process 1 is killed just after the decay went back to the best epoch;
+  the rerun ends bit-identical to the uninterrupted two-process run."""
+  from experiments.bench import faults
+  flags = faults.FLAGS + faults.REFIT_FLAGS
+  ref_dir, workdir = str(tmp_path / "reference"), str(tmp_path / "killed")
+  rc, log = faults.finish(faults.launch(ref_dir, flags, processes=2))
+  assert rc == 0, log[-3000:]
+  reference = json.load(open(os.path.join(ref_dir, "results.json")))
+  assert reference["refit"]["decays"], reference["refit"]  # (The decay the kill follows.)
+  row = faults.trial(workdir, "decay", 0, 0, flags, processes=2, victim=1, survivor_wait=60)
+  assert row["rerun_rc"] == 0 and row["survivors_hung"] == 0 and row["resumed"], row
+  assert faults.compare(workdir, reference, faults.params(ref_dir), faults.logs(ref_dir)) == {
+      "metrics_equal": True, "params_equal": True, "log_equal": True}
