@@ -514,3 +514,21 @@ def test_the_checkpoint_memory_bench_runs_its_restore_modes():
   assert [r["mode"] for r in rows] == ["restore_whole"] + ["restore_in_place"] * 2 + ["resume"]
   assert [r.get("piece_mb") for r in rows] == [None, PIECE_BYTES >> 20, 1, None]
   assert all(r["disk_mb"] >= 8 and r["seconds"] > 0 for r in rows)
+
+
+def test_a_checkpoint_another_process_cannot_read_is_passed_over_by_all(tmp_path,
+                                                                         monkeypatch):
+  """Across processes a checkpoint is passed over only when every process agrees
+  (``sharding.on_every_process``); here the other process's answer is simulated: it could
+  not read the newest checkpoint, which this process reads fine. The restore must move it
+  aside and go on from the previous one, as the other process does, not resume from it."""
+  from mach_jax import sharding
+  manager = checkpoint.make_manager(str(tmp_path), keep=5)
+  for step in (1, 2):
+    checkpoint.save(manager, step, _state(step), {"step": step})
+  answers = iter([False])  # The first question (about step 2): another process failed.
+  monkeypatch.setattr(sharding, "on_every_process", lambda ok: next(answers, ok) and ok)
+  with pytest.warns(RuntimeWarning, match="another process could not restore it"):
+    back = checkpoint.restore_latest(manager, checkpoint.abstract_like(_state(0)))
+  assert back.step == 1 and _equal(back.state, _state(1))
+  assert sorted(os.listdir(tmp_path / checkpoint.CHECKPOINT_DIR)) == ["1", "2.damaged"]

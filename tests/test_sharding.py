@@ -187,39 +187,28 @@ def test_bibtex_sharded_equals_single_device(tmp_path):
     assert results[0][k] == results[1][k], k
 
 
-def test_a_two_process_run_killed_with_its_best_checkpoint_damaged_resumes_exactly(tmp_path):
-  """Two processes (2 devices each, the repetitions across both) as on two hosts: process 0
-  is killed after the last epoch and the best evaluation's checkpoint, which the run goes
-  back to at its end, is damaged. The survivor exits by itself; every process must agree to
-  pass over the damaged checkpoint and rerun from before it (``checkpoint.restore_kept``,
-  then ``experiments.train``'s rerun within the process), ending bit-identical to the
-  uninterrupted run: parameters, test metrics and logs. (The campaign:
-  ``python -m experiments.bench.faults --processes 2``.)"""
-  from experiments.bench import faults
-  ref_dir, workdir = str(tmp_path / "reference"), str(tmp_path / "killed")
-  rc, log = faults.finish(faults.launch(ref_dir, faults.FLAGS, processes=2))
-  assert rc == 0, log[-3000:]
-  reference = json.load(open(os.path.join(ref_dir, "results.json")))
-  row = faults.trial(workdir, "damage_best", 0, reference["steps"], faults.FLAGS, processes=2,
-                     victim=0, survivor_wait=60)
-  assert row["rerun_rc"] == 0 and row["passed_over"], row
-  assert row["survivors_hung"] == 0 and row["resumed"], row
-  assert faults.compare(workdir, reference, faults.params(ref_dir), faults.logs(ref_dir)) == {
-      "metrics_equal": True, "params_equal": True, "log_equal": True}
 
-
-def test_a_two_process_refit_killed_after_its_decay_resumes_exactly(tmp_path):
-  """The default text config's protocol (a selection with a decay, then the refit) across
-  two processes: process 1 is killed just after the decay went back to the best epoch;
-  the rerun ends bit-identical to the uninterrupted two-process run."""
+def test_a_two_process_refit_killed_with_its_best_checkpoint_damaged_resumes_exactly(tmp_path):
+  """Two processes (2 devices each, the repetitions across both) as on two hosts, running
+  the default text config's protocol (a selection with a decay, then the refit). Process 0
+  is killed after the selection's last epoch and the best evaluation's checkpoint, which
+  the selection goes back to at its end, is damaged. The survivor exits by itself; every
+  process must agree to pass over the damaged checkpoint and rerun from before it
+  (``checkpoint.restore_kept``, then ``experiments.train``'s rerun within the process),
+  ending bit-identical to the uninterrupted run: parameters, test metrics and the logs of
+  the selection and the refit. (The campaigns: ``python -m experiments.bench.faults
+  --processes 2``, with and without ``--refit``.)"""
   from experiments.bench import faults
   flags = faults.FLAGS + faults.REFIT_FLAGS
   ref_dir, workdir = str(tmp_path / "reference"), str(tmp_path / "killed")
   rc, log = faults.finish(faults.launch(ref_dir, flags, processes=2))
   assert rc == 0, log[-3000:]
   reference = json.load(open(os.path.join(ref_dir, "results.json")))
-  assert reference["refit"]["decays"], reference["refit"]  # (The decay the kill follows.)
-  row = faults.trial(workdir, "decay", 0, 0, flags, processes=2, victim=1, survivor_wait=60)
-  assert row["rerun_rc"] == 0 and row["survivors_hung"] == 0 and row["resumed"], row
+  assert reference["refit"]["decays"], reference["refit"]
+  selection = json.load(open(os.path.join(ref_dir, "select", "results.json")))
+  row = faults.trial(workdir, "damage_best", 0, selection["steps"], flags, processes=2,
+                     victim=0, survivor_wait=60)
+  assert row["rerun_rc"] == 0 and row["passed_over"], row
+  assert row["survivors_hung"] == 0 and row["resumed"], row
   assert faults.compare(workdir, reference, faults.params(ref_dir), faults.logs(ref_dir)) == {
       "metrics_equal": True, "params_equal": True, "log_equal": True}
