@@ -23,6 +23,7 @@ import json
 import os
 import sys
 
+import jax
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
@@ -87,8 +88,9 @@ def tune(config: ml_collections.ConfigDict, workdir: str, learning_rates, probe_
                                          "peak_rss_bytes", "refit") if k in final}}
   if "refit" in final:  # The final run's time counts its selection run's.
     out["final"]["train_seconds"] += final["refit"]["select_train_seconds"]
-  with open(os.path.join(workdir, "tune.json"), "w") as f:
-    json.dump(out, f, indent=2)
+  if jax.process_index() == 0:  # (Across processes each one returns it; one writes it.)
+    with open(os.path.join(workdir, "tune.json"), "w") as f:
+      json.dump(out, f, indent=2)
   return out
 
 
