@@ -187,7 +187,6 @@ def test_bibtex_sharded_equals_single_device(tmp_path):
     assert results[0][k] == results[1][k], k
 
 
-
 def test_a_two_process_refit_killed_with_its_best_checkpoint_damaged_resumes_exactly(tmp_path):
   """Two processes (2 devices each, the repetitions across both) as on two hosts, running
   the default text config's protocol (a selection with a decay, then the refit). Process 0

@@ -84,7 +84,6 @@ REFIT_FLAGS = ["--config.train.refit=True", "--config.train.num_epochs=8",
                # At 5e-2 the kept epoch comes after the decay: the refit replays both rates.
                "--config.optimizer.learning_rate=0.05"]
 MODES = ("random", "save", "eval", "export", "damage", "damage_best")
-PROCESS_MODES = (*MODES, "all")
 HEARTBEAT_S = 10
 REFIT_MODES = (*MODES, "decay", "refit_export")
 METRICS = ("P@1", "P@3", "P@5", "nDCG@5", "steps")
