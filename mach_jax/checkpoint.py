@@ -53,15 +53,18 @@ CHECKPOINT_DIR = "checkpoints"
 DIGESTS_FILE = "file_digests.json"  # In a checkpoint's folder, beside orbax's own files.
 
 
-def async_saves() -> bool:
-  """Whether checkpoints are written in the background: on accelerators, not on CPU.
+def async_saves(background: str = "auto") -> bool:
+  """Whether checkpoints are written in the background (``config.checkpoint.background``):
+  ``auto`` on accelerators, not on CPU; ``always``; ``never``.
 
   A background save must keep the state it writes while the next (donating) steps run, so
   on CPU, where device memory is the host's, it holds a second copy of the whole state
   until the write ends (measured: +1.0x the state's bytes; a synchronous save adds
   nothing). On an accelerator that copy lives in host memory, and training goes on.
   """
-  return jax.devices()[0].platform != "cpu"
+  if background not in ("auto", "always", "never"):
+    raise ValueError(f"config.checkpoint.background={background!r}: auto, always or never")
+  return background == "always" or background == "auto" and jax.devices()[0].platform != "cpu"
 
 
 @dataclasses.dataclass
@@ -86,16 +89,18 @@ _KEEP_BEST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _UNRECORDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Saved in the background.
 
 
-def make_manager(workdir: str, keep: int = 2, keep_best: bool = False) -> ocp.CheckpointManager:
+def make_manager(workdir: str, keep: int = 2, keep_best: bool = False,
+                 background: str = "auto") -> ocp.CheckpointManager:
   """A manager over ``workdir/checkpoints`` keeping the last ``keep`` checkpoints and, with
-  ``keep_best``, the one the saved metas name as the best (``KeepBest``)."""
+  ``keep_best``, the one the saved metas name as the best (``KeepBest``); ``background``:
+  ``async_saves``."""
   ocp = _orbax()
   policies = [ocp.checkpoint_managers.LatestN(keep)]
   if keep_best:
     policies.append(KeepBest())
   options = ocp.CheckpointManagerOptions(
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-      enable_async_checkpointing=async_saves(), create=True)
+      enable_async_checkpointing=async_saves(background), create=True)
   manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
                                   options=options,
                                   item_handlers={"state": arrays_handler(),

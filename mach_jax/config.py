@@ -158,6 +158,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.enabled = True  # Rerunning the same command with the same workdir resumes.
+  c.checkpoint.background = "auto"  # Saves written while training goes on: checkpoint.async_saves.
   c.checkpoint.every_steps = 500  # Also after every evaluation and at the end; 0: only those.
   c.checkpoint.keep = 2  # Last checkpoints kept (plus the best validation evaluation's).
   # From periodic evaluations; "" keeps only the last ones. With a validation slice it also

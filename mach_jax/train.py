@@ -95,7 +95,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
                               config, mesh, rows)
 
   # ---- Resume where a previous run of this workdir stopped, or initialise ----------------
-  manager = (checkpoint_lib.make_manager(workdir, ck.keep, keep_best=bool(ck.best_metric))
+  manager = (checkpoint_lib.make_manager(workdir, ck.keep, bool(ck.best_metric), ck.background)
              if ck.enabled else None)
   step, start_epoch, start_batch, trained, examples = 0, 0, 0, 0.0, 0
   best, restored = loop.Best(ck.best_metric), None

@@ -177,17 +177,15 @@ def test_a_damaged_best_checkpoint_is_trained_again_with_the_same_numbers(tmp_pa
 
 
 @pytest.mark.parametrize("recorded", ["at_once", "in_the_background", "no"])
-def test_a_flipped_bit_in_a_checkpoint_is_caught_by_its_files_record(tmp_path, recorded,
-                                                                      monkeypatch):
+def test_a_flipped_bit_in_a_checkpoint_is_caught_by_its_files_record(tmp_path, recorded):
   """One bit of the newest checkpoint's array data flipped: orbax reads it back as another
   value without an error; the files' record a save leaves catches it, naming the file, and
   the previous checkpoint is restored. A save in the background (on accelerators) is
   recorded once orbax has written it: when the next save starts, or at ``finish``. A
   checkpoint without the record (an older version's) is read as it is."""
-  if recorded == "in_the_background":  # As on an accelerator (orbax saves async on CPU too).
-    monkeypatch.setattr(checkpoint, "async_saves", lambda: True)
   state, run, batch, _ = _state_on((("data", 1), ("rep", 1)), R=4, steps=1)
-  manager = checkpoint.make_manager(str(tmp_path), keep=5)
+  manager = checkpoint.make_manager(  # As on an accelerator (orbax saves async on CPU too).
+      str(tmp_path), keep=5, background="always" if recorded == "in_the_background" else "auto")
   background = manager._options.enable_async_checkpointing  # noqa: SLF001
   assert background == (recorded == "in_the_background")
   checkpoint.save(manager, 1, state, {"step": 1})
@@ -351,6 +349,9 @@ def test_predict_cli_reproduces_results_on_bibtex(tmp_path):
 def test_saves_are_synchronous_on_cpu(tmp_path):
   """On CPU a background save would hold a second copy of the state (see async_saves)."""
   assert jax.devices()[0].platform == "cpu" and not checkpoint.async_saves()
+  assert checkpoint.async_saves("always") and not checkpoint.async_saves("never")
+  with pytest.raises(ValueError, match="checkpoint.background='sometimes'"):
+    checkpoint.async_saves("sometimes")
   manager = checkpoint.make_manager(str(tmp_path))
   assert not manager._options.enable_async_checkpointing  # noqa: SLF001
 

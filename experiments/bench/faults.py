@@ -32,6 +32,11 @@ by themselves once the dead process's heartbeat is missed (the run sets
 reported, and a survivor still running after ``--survivor_wait`` seconds fails the trial.
 Then every process is started again.
 
+With ``--background`` every checkpoint is written in the background while training goes
+on (``checkpoint.background=always``), as on an accelerator: a kill can land while orbax
+writes one, and a checkpoint gets its files' record only once written (at the next save
+or the run's end).
+
 With ``--refit`` the run is the default text config's protocol on the same data (8 epochs
 at most, chosen on the validation slice with one decay and early stopping, then the refit
 on every training point; ``REFIT_FLAGS``), with two more modes: ``decay`` kills the run
@@ -264,10 +269,13 @@ def main() -> None:
                       help="the text config's protocol: a selection with a decay, then a refit")
   parser.add_argument("--processes", type=int, default=1,
                       help="one run of this many processes (2 devices each), one killed")
+  parser.add_argument("--background", action="store_true",
+                      help="checkpoints written in the background, as on an accelerator")
   parser.add_argument("--survivor_wait", type=float, default=120,
                       help="seconds the other processes have to exit after one is killed")
   args = parser.parse_args()
-  flags = FLAGS + REFIT_FLAGS * args.refit
+  flags = (FLAGS + REFIT_FLAGS * args.refit
+           + ["--config.checkpoint.background=always"] * args.background)
   known = (REFIT_MODES if args.refit else MODES) + ("all",) * (args.processes > 1)
   if os.path.isdir(args.out):  # A workdir left by an earlier campaign would be resumed.
     shutil.rmtree(args.out)
@@ -323,7 +331,7 @@ def main() -> None:
   same = sum(r["identical"] for r in rows)
   summary = {"trials": len(rows), "identical": same, "reference_wall_s": wall,
              "reference": {k: reference[k] for k in METRICS}, "rows": rows,
-             "processes": args.processes,
+             "processes": args.processes, "background": args.background,
              "command": "python -m experiments.train " + " ".join(flags)}
   with open(os.path.join(args.out, "faults.json"), "w") as f:
     json.dump(summary, f, indent=2)
