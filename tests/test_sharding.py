@@ -211,3 +211,26 @@ def test_a_two_process_refit_killed_with_its_best_checkpoint_damaged_resumes_exa
   assert row["survivors_hung"] == 0 and row["resumed"], row
   assert faults.compare(workdir, reference, faults.params(ref_dir), faults.logs(ref_dir)) == {
       "metrics_equal": True, "params_equal": True, "log_equal": True}
+
+
+def test_a_whole_run_as_two_processes_equals_one_process_of_as_many_devices(tmp_path, monkeypatch):
+  """The training command, evaluations, checkpoints and export included, as one process of
+  2 devices and as two processes of 1 device (2 repetitions a device either way): every
+  checkpoint's state and the model folder bit for bit equal, and the same test metrics
+  (``experiments.bench.topologies``, whose comparison must also see a change of one value)."""
+  from experiments.bench import faults, topologies
+  flags = [f for f in faults.FLAGS if not f.startswith("--config.mesh=")] + [
+      "--config.mesh=(('data', 1), ('rep', -1))", "--config.train.num_epochs=1"]
+  monkeypatch.setattr("sys.argv", ["topologies", "--out", str(tmp_path), "--layouts",
+                                   "1x2,2x1", "--", *flags])
+  topologies.main()
+  report = json.load(open(tmp_path / "topologies.json"))["layouts"]["2x1"]
+  assert len(report["steps"]) >= 4 and report["first_step_differing"] is None, report
+  assert report["model"] == {"bitwise": True, "max_abs": 0.0, "leaves": []}
+  assert all(a == b and a is not None for a, b in report["metrics"].values()), report
+  state = topologies.checkpoint_state(str(tmp_path / "2x1"), report["steps"][-1])
+  assert {k for k in state if "opt_state" in k} and {k for k in state if "params" in k}
+  changed = {k: v.copy() for k, v in state.items()}
+  key = next(k for k in changed if "kernel" in k and "params" in k)
+  changed[key].flat[7] += 2.0**-20
+  assert topologies.difference(state, changed)["leaves"] == [key]

@@ -94,13 +94,18 @@ REFIT_MODES = (*MODES, "decay", "refit_export")
 METRICS = ("P@1", "P@3", "P@5", "nDCG@5", "steps")
 
 
-def launch(workdir: str, flags: list[str], processes: int = 1) -> list[subprocess.Popen]:
-  """Start the run: one process, or ``processes`` of one multi-process run (2 devices each,
-  talking over a free localhost port)."""
+def launch(workdir: str, flags: list[str], processes: int = 1,
+           devices: int | None = None) -> list[subprocess.Popen]:
+  """Start the run: one process, or ``processes`` of one multi-process run talking over a
+  free localhost port, each with ``devices`` simulated CPU devices (default: 1 for one
+  process, 2 each for several)."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  devices = devices or (2 if processes > 1 else 1)
+  if devices > 1:
+    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
   extra = [[]]
   if processes > 1:
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     flags = [f for f in flags if not f.startswith("--config.mesh=")]  # (Set below.)
     with socket.socket() as s:
       s.bind(("127.0.0.1", 0))
