@@ -36,7 +36,8 @@ def checkpoint_state(workdir: str, step: int) -> dict[str, np.ndarray]:
   import jax
   import orbax.checkpoint as ocp
 
-  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  # (Absolute: orbax reads no metadata through a relative path.)
+  path = os.path.abspath(os.path.join(workdir, "checkpoints", str(step), "state"))
   reader = ocp.PyTreeCheckpointer()
   tree = reader.metadata(path).item_metadata.tree
   state = reader.restore(path, restore_args=jax.tree.map(
