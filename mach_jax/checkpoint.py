@@ -16,8 +16,9 @@ on) and synchronous on CPU, where a background save costs a second copy of the s
 (``async_saves``); the manager keeps the last ``keep`` checkpoints plus the one of the
 best validation evaluation (``KeepBest``). Orbax finalises a checkpoint by an atomic
 rename, so a run killed mid-save leaves only a temporary folder that is never restored.
-Each save then records its files' sizes and CRC-32 (``DIGESTS_FILE``, ``file_digests``;
-a background save when orbax has written it, ``finish``), checked before it is read: a
+Each save records its files' sizes and CRC-32 in its folder (``DIGESTS_FILE``,
+``file_digests``; a background save once every process has written its files, before the
+rename), checked before it is read: a
 finalised checkpoint whose files were damaged later (or that orbax cannot read) is
 reported and the previous one is used. Nothing is deleted except by the keep policy.
 """
@@ -28,29 +29,32 @@ import dataclasses
 import errno
 import os
 import shutil
-import warnings
 import weakref
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import jax
-from absl import logging
 
-from mach_jax import file_digests, host_memory, sharding
+from mach_jax import file_digests, host_memory
 from mach_jax.array_store import (  # noqa: F401  (abstract_like: part of this API)
-  LayoutMismatch,
   abstract_like,
   arrays_handler,
   orbax as _orbax,
-  read_in_place,
-  restore_args,
   save_args,
+)
+from mach_jax.restore import (  # noqa: F401  (the read side of this store)
+  DIGESTS_FILE,
+  CheckpointLostError,
+  Restored,
+  check_files,
+  restore_in_place,
+  restore_kept,
+  restore_latest,
 )
 
 if TYPE_CHECKING:
   import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = "checkpoints"
-DIGESTS_FILE = "file_digests.json"  # In a checkpoint's folder, beside orbax's own files.
 
 
 def async_saves(background: str = "auto") -> bool:
@@ -86,7 +90,23 @@ class KeepBest:
 
 
 _KEEP_BEST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_UNRECORDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Saved in the background.
+_PENDING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Background managers.
+
+
+@dataclasses.dataclass
+class _Pending:
+  """A background manager's save in flight: its step, and whether its files get a record."""
+
+  directory: str
+  step: int | None = None
+  record: bool = False
+
+  def write_record(self) -> None:
+    """orbax's ``post_finalization_callback``: on process 0, once every process has written
+    its files, before the temporary folder is renamed (so no finished checkpoint lacks it)."""
+    for name in os.listdir(self.directory) if self.record else ():
+      if name.startswith(f"{self.step}.orbax-checkpoint-tmp"):
+        _write_record(os.path.join(self.directory, name))
 
 
 def make_manager(workdir: str, keep: int = 2, keep_best: bool = False,
@@ -98,15 +118,19 @@ def make_manager(workdir: str, keep: int = 2, keep_best: bool = False,
   policies = [ocp.checkpoint_managers.LatestN(keep)]
   if keep_best:
     policies.append(KeepBest())
+  directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+  pending = _Pending(directory) if async_saves(background) else None
   options = ocp.CheckpointManagerOptions(
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-      enable_async_checkpointing=async_saves(background), create=True)
-  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
-                                  options=options,
+      enable_async_checkpointing=pending is not None, create=True,
+      async_options=pending and ocp.AsyncOptions(post_finalization_callback=pending.write_record))
+  manager = ocp.CheckpointManager(directory, options=options,
                                   item_handlers={"state": arrays_handler(),
                                                  "meta": ocp.JsonCheckpointHandler()})
   if keep_best:
     _KEEP_BEST[manager] = policies[-1]
+  if pending is not None:
+    _PENDING[manager] = pending
   return manager
 
 
@@ -116,242 +140,65 @@ class CheckpointWriteError(OSError):
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
          record_files: bool = True) -> None:
-  """Save ``state`` and ``meta`` at ``step`` (asynchronous saves return while orbax writes),
-  with its files' record (``DIGESTS_FILE``) when ``record_files``: at once when the save is
-  synchronous, else when the next save (or ``finish``) finds orbax done.
+  """Save ``state`` and ``meta`` at ``step`` (a background save returns while orbax
+  writes), with its files' record (``DIGESTS_FILE``) when ``record_files``.
 
   With a ``keep_best`` manager, ``meta['best']`` (``resume.run_meta``'s) names the step to keep.
 
   Raises:
-    CheckpointWriteError: the write failed (e.g. no space left on the device). The
-      unfinished folder is removed; finished checkpoints are untouched, and rerunning the
-      same command resumes from the newest of them.
+    CheckpointWriteError: the write failed (e.g. no space left on the device), or the
+      background save before it did. The unfinished folder is removed; finished
+      checkpoints are untouched, and rerunning the same command resumes from the newest.
   """
   ocp = _orbax()
   if manager in _KEEP_BEST and (meta.get("best") or {}).get("step") is not None:
     _KEEP_BEST[manager].step = meta["best"]["step"]
+  finish(manager)  # (orbax's save would wait for a background save here anyway.)
+  if (pending := _PENDING.get(manager)) is not None:
+    pending.step, pending.record = step, record_files
   try:
-    finish(manager)  # (orbax's save would wait for a background save here anyway.)
     manager.save(step, args=ocp.args.Composite(state=save_args(state),
                                                meta=ocp.args.JsonSave(meta)),
                  force=True)
-    if record_files and jax.process_index() == 0:
-      if manager._options.enable_async_checkpointing:  # noqa: SLF001
-        _UNRECORDED[manager] = step  # Recorded by ``finish`` once orbax has written it.
-      else:
-        _write_record(manager, step)
+    if pending is None and record_files and jax.process_index() == 0:
+      _write_record(os.path.join(str(manager.directory), str(step)))
     host_memory.release()  # The chunks a synchronous save wrote from (and the record read).
   except Exception as e:  # orbax/tensorstore report a full disk as ValueError, OSError...
-    directory = str(manager.directory)
-    for name in os.listdir(directory) if os.path.isdir(directory) else ():
-      if name.startswith(f"{step}.orbax-checkpoint-tmp"):
-        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-    kept = sorted(s for s in manager.all_steps() if s != step)
-    full = "No space left on device" in str(e) or getattr(e, "errno", None) == errno.ENOSPC
-    raise CheckpointWriteError(
-        errno.ENOSPC if full else errno.EIO,
-        f"checkpoint {step} could not be written to {directory} "
-        f"({'no space left on the device' if full else type(e).__name__}: {str(e)[-300:]}); "
-        + (f"the checkpoints of steps {kept} are intact: " if kept else "no earlier checkpoint "
-           "exists: ")
-        + "free space (or lower config.checkpoint.keep) and rerun the same command to "
-        "resume") from e
+    raise _write_error(manager, step, e) from e
 
 
 def finish(manager: ocp.CheckpointManager) -> None:
-  """Wait for a background save to end (``manager.wait_until_finished``), then write the
-  record of its files that ``save`` could not write while orbax was still writing them."""
-  manager.wait_until_finished()
-  step = _UNRECORDED.pop(manager, None)
-  if step is not None and os.path.isdir(os.path.join(str(manager.directory), str(step))):
-    _write_record(manager, step)
-
-
-def _write_record(manager: ocp.CheckpointManager, step: int) -> None:
-  file_digests.write_record(os.path.join(str(manager.directory), str(step)), DIGESTS_FILE,
-                            "crc32")
-
-
-@dataclasses.dataclass
-class Restored:
-  step: int
-  state: Any
-  meta: dict
-
-
-def restore_latest(manager: ocp.CheckpointManager, target: Any,
-                   check_meta: Callable[[dict], None] | None = None,
-                   only: int | None = None, in_place: bool = True) -> Restored | None:
-  """Restore the newest checkpoint that reads back completely onto ``target``'s shardings.
-
-  ``only``: consider that step alone (e.g. the best one a run recorded). A ``TrainState``
-  of ``jax.ShapeDtypeStruct``s (a run resuming) is read a piece at a time into arrays
-  allocated for it (``restore_in_place``), not whole: orbax's restore holds the state
-  twice over while it reads. ``in_place=False`` always restores whole.
-
-  ``check_meta`` sees each checkpoint's metadata before its state is read, and may raise to
-  refuse it (a different model, say); that error propagates. A checkpoint that fails to
-  restore (damaged or truncated files) is reported with a warning naming its folder, and
-  the next older one is tried. Returns None when there is no checkpoint at all; raises when
-  checkpoints exist but none can be restored.
-  """
-  ocp = _orbax()
-  manager.reload()
-  steps = sorted(manager.all_steps(), reverse=True) if only is None else [only]
-  in_place = in_place and hasattr(target, "_fields") and all(
-      isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(target))
-  errors = []
-  for step in steps:
-    try:
-      meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    except Exception as e:
-      meta, early = None, e
-    if meta is not None and check_meta is not None:
-      check_meta(dict(meta))
-    try:
-      if meta is None:
-        raise early
-      if not in_place:  # (restore_in_place checks the files itself.)
-        check_files(manager, step)
-      state = (restore_in_place(manager, step, target) if in_place else manager.restore(
-          step, args=ocp.args.Composite(state=restore_args(target))).state)
-      error = None
-    except Exception as e:  # orbax/tensorstore raise many types for damaged files.
-      error = e
-    # Every process passes it over, or none does: they would go on from different steps.
-    if not sharding.on_every_process(error is None):
-      error = error or RuntimeError("another process could not restore it")
-      aside = _set_aside(manager, step) if jax.process_index() == 0 else ""
-      sharding.on_every_process(True)  # (Moved aside before any process looks again.)
-      errors.append(_unrestorable(manager, step, error, f"{aside}; falling back to the "
-                                  "previous checkpoint"))
-      continue
-    host_memory.release()
-    return Restored(step=step, state=state, meta=dict(meta))
-  if errors:
-    raise RuntimeError("no checkpoint could be restored:\n" + "\n".join(errors))
-  return None
-
-
-def check_files(manager: ocp.CheckpointManager, step: int) -> None:
-  """Refuse checkpoint ``step`` (``file_digests.DamagedFolderError``, naming the file) if a
-  file differs from its save's record; one without a record (a background save not yet
-  finished, or one of an older version) passes."""
-  file_digests.check_record(os.path.join(str(manager.directory), str(step)), DIGESTS_FILE)
-
-
-def _set_aside(manager: ocp.CheckpointManager, step: int, why: str = "damaged") -> str:
-  """Rename a checkpoint's folder (unreadable, or newer than one that is) out of the
-  manager's sight, kept for a look, or the run could not save that step again; says where
-  it went (nothing if it is gone already)."""
-  folder = os.path.join(str(manager.directory), str(step))
-  if not os.path.isdir(folder):  # (Passed over by a restore within this one.)
-    return ""
-  aside = next(f"{folder}.{why}{i or ''}" for i in range(1000)
-               if not os.path.exists(f"{folder}.{why}{i or ''}"))
-  os.rename(folder, aside)
-  manager.reload()
-  return f" (moved to {aside})"
-
-
-def _unrestorable(manager: ocp.CheckpointManager, step: int, e: Exception, then: str) -> str:
-  """Warn that checkpoint ``step`` could not be restored (``e``), adding ``then``; the
-  message without it."""
-  path = os.path.join(str(manager.directory), str(step))
-  msg = f"checkpoint {path} could not be restored ({type(e).__name__}: {str(e)[:300]})"
-  warnings.warn(msg + then, RuntimeWarning)
-  return msg
-
-
-class CheckpointLostError(RuntimeError):
-  """A checkpoint the run had to go back to cannot be read; it and every newer one were
-  moved aside, so that the same command resumes before it and trains the lost steps again
-  (the same numbers: an exact resume). ``experiments.train`` does so once by itself."""
-
-
-def restore_kept(manager: ocp.CheckpointManager, step: int, state: Any,
-                 fields: tuple[str, ...] | None = None) -> Any:
-  """``restore_in_place`` of a checkpoint a run kept to go back to (its best evaluation's,
-  for a decay or for the model it ends with).
+  """Wait for a background save to end (``manager.wait_until_finished``).
 
   Raises:
-    CheckpointLostError: the checkpoint could not be read (a damaged file, say). Without
-      this the run could never finish: every rerun would resume after it and fail here
-      again. It is moved aside as ``N.damaged`` and every newer checkpoint as
-      ``M.superseded``, so a rerun resumes from the newest older checkpoint (or the start)
-      and replays the steps since, its evaluations and choices included.
+    CheckpointWriteError: the background save failed (as ``save``'s, naming its step).
   """
-  error = None
   try:
-    state = restore_in_place(manager, step, state, fields)
-  except MemoryError:  # Not the checkpoint's fault: keep it.
-    raise
-  except Exception as e:  # orbax/tensorstore raise many types for damaged files.
-    error = e
-  if not sharding.on_every_process(error is None):
-    e = error or RuntimeError("another process could not restore it")
-    manager.reload()
-    newer = sorted((s for s in manager.all_steps() if s > step), reverse=True)
-    if jax.process_index() == 0:
-      for s in newer:
-        _set_aside(manager, s, "superseded")
-      _set_aside(manager, step)
-    sharding.on_every_process(True)  # (Moved aside before any process looks again.)
-    manager.reload()
-    older = [s for s in manager.all_steps() if s < step]
-    raise CheckpointLostError(
-        f"checkpoint {os.path.join(str(manager.directory), str(step))}, the state this run "
-        f"goes back to, could not be read ({type(e).__name__}: {str(e)[:300]}); it was moved "
-        f"aside as {step}.damaged" + (f" and the newer checkpoints {newer[::-1]} as "
-                                      ".superseded" if newer else "")
-        + ": rerun the same command, which resumes from "
-        + (f"checkpoint {max(older)}" if older else "the start")
-        + f" and trains the steps to {step} and beyond again, with the same numbers") from e
-  return state
+    manager.wait_until_finished()
+  except Exception as e:  # Raised in orbax's background thread, passed on here.
+    pending = _PENDING.get(manager)
+    raise _write_error(manager, pending.step if pending else None, e) from e
 
 
-def restore_in_place(manager: ocp.CheckpointManager, step: int, state: Any,
-                     fields: tuple[str, ...] | None = None) -> Any:
-  """The state saved at ``step``, read into ``state``'s own arrays a piece at a time.
+def _write_error(manager: ocp.CheckpointManager, step: int | None,
+                 e: Exception) -> CheckpointWriteError:
+  """The error of a failed save of ``step``, once its unfinished folder is removed."""
+  directory = str(manager.directory)
+  for name in os.listdir(directory) if os.path.isdir(directory) else ():
+    if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+  kept = sorted(s for s in manager.all_steps() if s != step)
+  full = "No space left on device" in str(e) or getattr(e, "errno", None) == errno.ENOSPC
+  return CheckpointWriteError(
+      errno.ENOSPC if full else errno.EIO,
+      f"checkpoint {step} could not be written to {directory} "
+      f"({'no space left on the device' if full else type(e).__name__}: {str(e)[-300:]}); "
+      + (f"the checkpoints of steps {kept} are intact: " if kept else "no earlier checkpoint "
+         "exists: ")
+      + "free space (or lower config.checkpoint.keep) and rerun the same command to resume")
 
-  What a run does when it goes back to an earlier state (a plateau's decay, the best
-  evaluation's parameters at the end): ``restore_latest`` would hold the state it reads
-  twice over beside the one it replaces, this holds one 2 MB piece
-  (``array_store.read_in_place``; ``experiments.bench.checkpoint_memory``). Where that is
-  not possible (several processes or devices, a tree stored otherwise) the arrays are
-  dropped and the state restored whole. A saved array of another shape or dtype than
-  ``state``'s raises RuntimeError (and warns) naming both, before anything is read.
 
-  Args:
-    manager: the run's store (``make_manager``).
-    step: a finished checkpoint of it.
-    state: a ``TrainState`` (or any NamedTuple) of arrays, which are donated and must not
-      be used afterwards, or of ``jax.ShapeDtypeStruct``s with the run's shardings.
-    fields: read only these fields of ``state``; the others come back as they were.
-
-  Returns:
-    ``state`` with the saved values.
-  """
-  check_files(manager, step)
-  rest = {f: getattr(state, f) for f in state._fields if fields and f not in fields}
-  picked = state._replace(**{f: None for f in rest})
-  target = abstract_like(picked)
-  try:
-    if jax.process_count() > 1:
-      raise ValueError("several processes")
-    read = read_in_place(os.path.join(str(manager.directory), str(step), "state"), picked)
-  except LayoutMismatch as e:  # Orbax's whole restore could not read it either.
-    raise RuntimeError(_unrestorable(manager, step, e, "")) from None
-  except (ValueError, OSError) as e:  # Raised before anything is overwritten.
-    logging.info("restoring checkpoint %d whole (%s)", step, e)
-    state = picked = None
-    ocp = _orbax()
-    target = target._replace(**{f: jax.tree.map(lambda _: ocp.PLACEHOLDER, v)
-                                for f, v in abstract_like(rest).items()})
-    read = restore_latest(manager, target, only=step, in_place=False).state
-  # The pieces' writes run asynchronously: wait for them, so that the pieces still in
-  # flight are freed before freed memory is handed back (`checkpoint_memory` reports what
-  # a restore leaves resident).
-  jax.block_until_ready(read)
-  host_memory.release()
-  return read._replace(**rest)
+def _write_record(folder: str) -> None:
+  """A checkpoint's files' record; not of orbax's step metadata, which orbax rewrites when it
+  renames the folder (its damage is no silent change of an array: orbax fails on it)."""
+  file_digests.write_record(folder, DIGESTS_FILE, "crc32", skip=("_CHECKPOINT_METADATA",))

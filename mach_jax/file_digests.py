@@ -122,9 +122,11 @@ def check(path: str, files: dict | None, recorded_in: str = "model.json") -> Non
                                f"{recorded_in} records; {fix}")
 
 
-def write_record(folder: str, name: str, algorithm: str = "sha256") -> None:
-  """Write ``record(folder)`` as the JSON file ``folder/name`` (a checkpoint's own record)."""
-  files, path = record(folder, (name,), algorithm), os.path.join(folder, name)
+def write_record(folder: str, name: str, algorithm: str = "sha256",
+                 skip: tuple[str, ...] = ()) -> None:
+  """Write ``record(folder)`` as the JSON file ``folder/name`` (a checkpoint's own record),
+  leaving out ``skip`` (files rewritten after it)."""
+  files, path = record(folder, (name, *skip), algorithm), os.path.join(folder, name)
   with open(path + ".partial", "w") as f:  # Renamed when whole: a cut record never shows.
     json.dump(files, f)
   os.replace(path + ".partial", path)

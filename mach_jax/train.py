@@ -209,7 +209,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
   if manager is not None:
     if manager.latest_step() != step:
       save(tc.num_epochs - 1, steps_per_epoch, train_seconds)
-    checkpoint_lib.finish(manager)  # A background save, and its files' record.
+    checkpoint_lib.finish(manager)  # A background save (its failure comes out here).
 
   # ---- Final evaluation, model folder and results ----------------------------------------
   # Only the parameters go on: the optimizer state is freed before evaluating and exporting.

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from mach_jax import checkpoint, resume, train
+from mach_jax import checkpoint, restore, resume, train
 from mach_jax.predictor import Predictor
 from tests.helpers import shared_file, tiny_config, tiny_setup
 
@@ -180,9 +180,10 @@ def test_a_damaged_best_checkpoint_is_trained_again_with_the_same_numbers(tmp_pa
 def test_a_flipped_bit_in_a_checkpoint_is_caught_by_its_files_record(tmp_path, recorded):
   """One bit of the newest checkpoint's array data flipped: orbax reads it back as another
   value without an error; the files' record a save leaves catches it, naming the file, and
-  the previous checkpoint is restored. A save in the background (on accelerators) is
-  recorded once orbax has written it: when the next save starts, or at ``finish``. A
-  checkpoint without the record (an older version's) is read as it is."""
+  the previous checkpoint is restored. A save in the background (accelerators' default)
+  gets its record before orbax renames its folder into place: no finished checkpoint lacks
+  it, even before the run waits for the save. A checkpoint without the record (an older
+  version's) is read as it is."""
   state, run, batch, _ = _state_on((("data", 1), ("rep", 1)), R=4, steps=1)
   manager = checkpoint.make_manager(  # As on an accelerator (orbax saves async on CPU too).
       str(tmp_path), keep=5, background="always" if recorded == "in_the_background" else "auto")
@@ -193,6 +194,10 @@ def test_a_flipped_bit_in_a_checkpoint_is_caught_by_its_files_record(tmp_path, r
   checkpoint.save(manager, 2, later, {"step": 2})
   step1, step2 = (tmp_path / checkpoint.CHECKPOINT_DIR / str(i) for i in (1, 2))
   assert (step1 / checkpoint.DIGESTS_FILE).exists()
+  deadline = time.time() + 60
+  while background and not step2.exists() and time.time() < deadline:
+    time.sleep(0.001)
+  assert step2.exists() and (step2 / checkpoint.DIGESTS_FILE).exists()  # Not yet waited for.
   checkpoint.finish(manager)
   assert (step2 / checkpoint.DIGESTS_FILE).exists()
   if recorded == "no":
@@ -445,8 +450,8 @@ def test_a_resuming_run_reads_its_state_in_place(tmp_path, pieces, monkeypatch):
   saved = _state(0)
   checkpoint.save(manager, 3, saved, {"step": 3})
   calls = []
-  read = checkpoint.read_in_place
-  monkeypatch.setattr(checkpoint, "read_in_place", lambda *a: calls.append(1) or read(*a))
+  read = restore.read_in_place
+  monkeypatch.setattr(restore, "read_in_place", lambda *a: calls.append(1) or read(*a))
   target = checkpoint.abstract_like(_state(1))
   back = checkpoint.restore_latest(manager, target)
   assert calls and back.step == 3 and back.meta == {"step": 3} and _equal(back.state, saved)

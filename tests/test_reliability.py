@@ -110,6 +110,34 @@ def test_a_full_disk_mid_save_keeps_the_previous_checkpoint(small_disk):
   np.testing.assert_array_equal(np.asarray(again.state["a"]), np.asarray(state["a"]))
 
 
+@pytest.mark.parametrize("found_by", ["finish", "the next save"])
+def test_a_full_disk_under_a_background_save_names_that_save_and_keeps_the_previous(
+    small_disk, found_by):
+  """As above with the checkpoint written in the background (accelerators' default): the
+  failure comes out where the save is waited for (``finish``: a decay, the run's end) or
+  at the next save, and names the checkpoint that failed, not the one being started."""
+  import jax.numpy as jnp
+  manager = checkpoint.make_manager(str(small_disk), keep=2, background="always")
+  state = {"a": jnp.asarray(np.random.default_rng(0).normal(size=100_000), jnp.float32)}
+  checkpoint.save(manager, 1, state, {"step": 1})
+  checkpoint.finish(manager)
+  with pytest.raises(checkpoint.CheckpointWriteError,
+                     match=r"checkpoint 2 could not be written .*no space left on the device.*"
+                           r"steps \[1\] are intact"):
+    checkpoint.save(manager, 2, {"a": state["a"] + 1}, {"step": 2})
+    if found_by == "finish":
+      checkpoint.finish(manager)
+    else:
+      checkpoint.save(manager, 3, {"a": state["a"] + 2}, {"step": 3})
+  d = small_disk / checkpoint.CHECKPOINT_DIR
+  assert sorted(os.listdir(d)) == ["1"]  # The unfinished folder is gone.
+  assert (d / "1" / checkpoint.DIGESTS_FILE).exists()
+  again = checkpoint.restore_latest(checkpoint.make_manager(str(small_disk)),
+                                    checkpoint.abstract_like(state))
+  assert again.step == 1
+  np.testing.assert_array_equal(np.asarray(again.state["a"]), np.asarray(state["a"]))
+
+
 def test_a_failed_save_is_reported_and_cleaned_up_without_a_small_disk(tmp_path, monkeypatch):
   """The same guarantee where no tmpfs can be mounted: ENOSPC injected into orbax's save."""
   import errno

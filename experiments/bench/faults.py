@@ -34,8 +34,8 @@ Then every process is started again.
 
 With ``--background`` every checkpoint is written in the background while training goes
 on (``checkpoint.background=always``), as on an accelerator: a kill can land while orbax
-writes one, and a checkpoint gets its files' record only once written (at the next save
-or the run's end).
+writes one (its files' record is written after every process's files, before orbax
+renames the folder into place).
 
 With ``--refit`` the run is the default text config's protocol on the same data (8 epochs
 at most, chosen on the validation slice with one decay and early stopping, then the refit
