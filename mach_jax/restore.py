@@ -151,10 +151,12 @@ def restore_kept(manager: ocp.CheckpointManager, step: int, state: Any,
     raise
   except Exception as e:  # orbax/tensorstore raise many types for damaged files.
     error = e
+  # Listed before the processes agree: then process 0 moves folders, and another process
+  # listing them meanwhile could fail and leave the others waiting at the next barrier.
+  manager.reload()
+  newer = sorted((s for s in manager.all_steps() if s > step), reverse=True)
   if not sharding.on_every_process(error is None):
     e = error or RuntimeError("another process could not restore it")
-    manager.reload()
-    newer = sorted((s for s in manager.all_steps() if s > step), reverse=True)
     if jax.process_index() == 0:
       for s in newer:
         _set_aside(manager, s, "superseded")

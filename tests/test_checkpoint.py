@@ -538,3 +538,31 @@ def test_a_checkpoint_another_process_cannot_read_is_passed_over_by_all(tmp_path
     back = checkpoint.restore_latest(manager, checkpoint.abstract_like(_state(0)))
   assert back.step == 1 and _equal(back.state, _state(1))
   assert sorted(os.listdir(tmp_path / checkpoint.CHECKPOINT_DIR)) == ["1", "2.damaged"]
+
+
+def test_a_kept_checkpoint_lost_is_listed_before_process_0_may_move_folders(tmp_path,
+                                                                            monkeypatch):
+  """``restore_kept`` as process 1 sees it when another process could not read the kept
+  checkpoint: once the processes agree, process 0 moves folders aside until the next
+  barrier, so no other process may list the checkpoints between the two barriers: a listing
+  that meets a folder being renamed can fail and leave process 0 waiting at the barrier (a
+  two-process campaign trial ended so: process 0 there, process 1 gone, the run aborted
+  five minutes later). The order is recorded and checked."""
+  from mach_jax import restore, sharding
+  manager = checkpoint.make_manager(str(tmp_path), keep=5)
+  for step in (1, 2, 3):
+    checkpoint.save(manager, step, _state(step), {"step": step})
+  events, answers = [], iter([False])  # The first question: another process failed.
+
+  def barrier(ok):
+    events.append("barrier")
+    return next(answers, ok) and ok
+
+  monkeypatch.setattr(sharding, "on_every_process", barrier)
+  monkeypatch.setattr(restore.jax, "process_index", lambda: 1)  # Process 0 moves, not this.
+  reload = manager.reload
+  monkeypatch.setattr(manager, "reload", lambda: events.append("list") or reload())
+  with pytest.raises(checkpoint.CheckpointLostError, match=r"newer checkpoints \[2, 3\]"):
+    checkpoint.restore_kept(manager, 1, _state(0))
+  first = events.index("barrier")
+  assert "list" not in events[first:events.index("barrier", first + 1)], events
