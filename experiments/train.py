@@ -13,7 +13,7 @@ import logging as py_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mach_jax import checkpoint, train
+from mach_jax import checkpoint, sharding, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -36,6 +36,14 @@ class _PlainFormatter(py_logging.Formatter):
     return text if record.levelno < py_logging.WARNING else f"{record.levelname}: {text}"
 
 
+def _train() -> dict:
+  try:
+    return train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except checkpoint.CheckpointLostError as e:  # Moved aside: once more, from before it.
+    logging.warning("%s. Rerunning.", e)
+    return train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
 def main(argv):
   logging.set_verbosity(logging.INFO)
   handler = logging.get_absl_handler()
@@ -43,11 +51,7 @@ def main(argv):
   handler.setFormatter(_PlainFormatter())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except checkpoint.CheckpointLostError as e:  # Moved aside: once more, from before it.
-    logging.warning("%s. Rerunning.", e)
-    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  results = sharding.ending_at_once_on_error(_train)
   if "P@1" in results:
     summary = _SUMMARY + tuple(k for k in ("P@10", "R@10") if k in results)
     print("test " + "  ".join(f"{k} {results[k]:.4f}" for k in summary)

@@ -28,7 +28,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from mach_jax import train
+from mach_jax import sharding, train
 
 _CONFIG = _WORKDIR = _RATES = _PROBE_EPOCHS = None  # Flags: see _flags().
 
@@ -113,7 +113,8 @@ def _finished(workdir: str, config) -> dict | None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  out = tune(_CONFIG.value, _WORKDIR.value, _RATES.value, _PROBE_EPOCHS.value)
+  out = sharding.ending_at_once_on_error(
+      lambda: tune(_CONFIG.value, _WORKDIR.value, _RATES.value, _PROBE_EPOCHS.value))
   for p in out["probes"]:
     print(f"probe lr {p['learning_rate']:g}: validation {out['metric']} "
           f"{p['validation'][out['metric']]:.4f}")

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -136,6 +137,39 @@ def test_a_full_disk_under_a_background_save_names_that_save_and_keeps_the_previ
                                     checkpoint.abstract_like(state))
   assert again.step == 1
   np.testing.assert_array_equal(np.asarray(again.state["a"]), np.asarray(state["a"]))
+
+
+def test_a_full_disk_under_two_processes_ends_both_within_seconds(tmp_path):
+  """Two processes (as two hosts) write checkpoints to a 9 MiB tmpfs until it is full: the
+  process whose save fails ends at once (``sharding.ending_at_once_on_error``) and so the
+  other does too, both naming the failed checkpoint, the earlier ones intact. Before, the
+  failing process raised and waited at JAX's shutdown barrier while the other waited for
+  it inside the save, and both aborted after five minutes (2026-12-07, by hand)."""
+  from experiments.bench import faults
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=9m", "tmpfs", str(disk)],
+                    capture_output=True).returncode != 0:
+    pytest.skip("cannot mount a tmpfs here (not root)")
+  try:
+    procs, t0 = faults.launch(str(disk / "run"), faults.FLAGS, processes=2), time.time()
+    while any(p.poll() is None for p in procs) and time.time() - t0 < 120:
+      time.sleep(0.2)
+    hung = sum(p.poll() is None for p in procs)
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+    logs = [p.communicate()[0] for p in procs]
+    assert not hung, logs[0][-3000:]
+    full = [i for i, log in enumerate(logs) if "no space left on the device" in log]
+    assert full, logs[0][-3000:]
+    failed = full[0]  # It ends itself; the other, once it is gone, ends or aborts (JAX).
+    assert procs[failed].returncode == 1 and "ends now, so that the others" in logs[failed]
+    assert procs[1 - failed].returncode in (1, -signal.SIGABRT), logs[1 - failed][-3000:]
+    left = os.listdir(disk / "run" / checkpoint.CHECKPOINT_DIR)
+    assert left and all(name.isdigit() for name in left), left  # No unfinished folder.
+  finally:
+    subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_a_failed_save_is_reported_and_cleaned_up_without_a_small_disk(tmp_path, monkeypatch):
