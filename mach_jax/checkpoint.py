@@ -18,9 +18,9 @@ best validation evaluation (``KeepBest``). Orbax finalises a checkpoint by an at
 rename, so a run killed mid-save leaves only a temporary folder that is never restored.
 Each save records its files' sizes and CRC-32 in its folder (``DIGESTS_FILE``,
 ``file_digests``; a background save once every process has written its files, before the
-rename), checked before it is read: a
-finalised checkpoint whose files were damaged later (or that orbax cannot read) is
-reported and the previous one is used. Nothing is deleted except by the keep policy.
+rename), checked before it is read (``restore``): a finalised checkpoint whose files were
+damaged later (or that orbax cannot read) is reported and the previous one is used.
+Nothing is deleted except by the keep policy.
 """
 
 from __future__ import annotations

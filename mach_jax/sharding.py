@@ -20,6 +20,7 @@ import dataclasses
 import math
 import os
 import re
+import sys
 import traceback
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -199,9 +200,8 @@ def on_every_process(ok: bool) -> bool:
 
 
 def ending_at_once_on_error(fn: Callable[[], Any]) -> Any:
-  """``fn()``; across processes an error ends this process at once (logged, status 1) as a
-  kill would, not raised: the others may wait for it at a collective (a save) and would wait
-  with it at JAX's shutdown barrier five minutes, then abort; now they exit by themselves."""
+  """``fn()``; across processes an error ends this process at once (logged, status 1), as a
+  kill would, so that the others, which may wait for it at a collective, exit by themselves."""
   try:
     return fn()
   except Exception:
@@ -209,8 +209,8 @@ def ending_at_once_on_error(fn: Callable[[], Any]) -> Any:
       raise
     logging.error("process %d of %d ends now, so that the others stop too:\n%s",
                   jax.process_index(), jax.process_count(), traceback.format_exc())
-    logging.flush()
-    os._exit(1)
+    logging.flush(), sys.stdout.flush(), sys.stderr.flush()
+    os._exit(1)  # (Raising, it would wait at JAX's shutdown barrier, and the others for it.)
 
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
