@@ -29,6 +29,7 @@ import dataclasses
 import errno
 import os
 import shutil
+import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -95,11 +96,32 @@ _PENDING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Background 
 
 @dataclasses.dataclass
 class _Pending:
-  """A background manager's save in flight: its step, and whether its files get a record."""
+  """A background manager's save in flight: its step, whether its files get a record, and
+  the error its write failed with, as soon as orbax's finalising thread sees it."""
 
   directory: str
   step: int | None = None
   record: bool = False
+  error: BaseException | None = None
+
+  def watch(self, manager: ocp.CheckpointManager) -> None:
+    """Record the error of ``manager``'s background write in ``error`` as orbax's finalising
+    thread meets it. That thread then waits at a barrier for the other processes, which wait
+    for it at another until orbax's timeout (20 minutes); ``finish`` reads ``error`` instead
+    of waiting for the thread. (orbax 0.12 has no public hook for a failed write.)"""
+    checkpointer = getattr(manager, "_checkpointer", None)
+    wait = getattr(checkpointer, "wait_until_finished", None)
+    if wait is None:
+      return
+
+    def wait_recording_error():
+      try:
+        wait()
+      except BaseException as e:
+        self.error = e
+        raise
+
+    checkpointer.wait_until_finished = wait_recording_error
 
   def write_record(self) -> None:
     """orbax's ``post_finalization_callback``: on process 0, once every process has written
@@ -130,6 +152,7 @@ def make_manager(workdir: str, keep: int = 2, keep_best: bool = False,
   if keep_best:
     _KEEP_BEST[manager] = policies[-1]
   if pending is not None:
+    pending.watch(manager)
     _PENDING[manager] = pending
   return manager
 
@@ -155,7 +178,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
     _KEEP_BEST[manager].step = meta["best"]["step"]
   finish(manager)  # (orbax's save would wait for a background save here anyway.)
   if (pending := _PENDING.get(manager)) is not None:
-    pending.step, pending.record = step, record_files
+    pending.step, pending.record, pending.error = step, record_files, None
   try:
     manager.save(step, args=ocp.args.Composite(state=save_args(state),
                                                meta=ocp.args.JsonSave(meta)),
@@ -170,14 +193,30 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
 def finish(manager: ocp.CheckpointManager) -> None:
   """Wait for a background save to end (``manager.wait_until_finished``).
 
+  Across processes a failed write is raised as soon as this process's finalising thread
+  has met it, without waiting for that thread: it waits for the other processes, which
+  wait for this one at another barrier until orbax's timeout. Raised, the error ends this
+  process (``sharding.ending_at_once_on_error``), and so the others.
+
   Raises:
     CheckpointWriteError: the background save failed (as ``save``'s, naming its step).
   """
+  pending = _PENDING.get(manager)
   try:
+    while pending is not None and jax.process_count() > 1 and _saving(manager):
+      if pending.error is not None:
+        raise pending.error
+      time.sleep(0.05)
     manager.wait_until_finished()
   except Exception as e:  # Raised in orbax's background thread, passed on here.
-    pending = _PENDING.get(manager)
     raise _write_error(manager, pending.step if pending else None, e) from e
+
+
+def _saving(manager: ocp.CheckpointManager) -> bool:
+  """Whether ``manager``'s finalising thread still runs."""
+  thread = getattr(manager, "_finalize_thread", None)
+  thread = thread.get() if hasattr(thread, "get") else None
+  return thread is not None and thread.is_alive()
 
 
 def _write_error(manager: ocp.CheckpointManager, step: int | None,

@@ -139,7 +139,8 @@ def test_a_full_disk_under_a_background_save_names_that_save_and_keeps_the_previ
   np.testing.assert_array_equal(np.asarray(again.state["a"]), np.asarray(state["a"]))
 
 
-def test_a_full_disk_under_two_processes_ends_both_within_seconds(tmp_path):
+@pytest.mark.parametrize("background", [False, True], ids=["synchronous", "background"])
+def test_a_full_disk_under_two_processes_ends_both_within_seconds(tmp_path, background):
   """Two processes (as two hosts) write checkpoints to a 9 MiB tmpfs until it is full: the
   process whose save fails ends at once (``sharding.ending_at_once_on_error``) and so the
   other does too, both naming the failed checkpoint, the earlier ones intact. Before, the
@@ -152,7 +153,8 @@ def test_a_full_disk_under_two_processes_ends_both_within_seconds(tmp_path):
                     capture_output=True).returncode != 0:
     pytest.skip("cannot mount a tmpfs here (not root)")
   try:
-    procs, t0 = faults.launch(str(disk / "run"), faults.FLAGS, processes=2), time.time()
+    flags = faults.FLAGS + ["--config.checkpoint.background=always"] * background
+    procs, t0 = faults.launch(str(disk / "run"), flags, processes=2), time.time()
     while any(p.poll() is None for p in procs) and time.time() - t0 < 120:
       time.sleep(0.2)
     hung = sum(p.poll() is None for p in procs)
