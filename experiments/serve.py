@@ -9,7 +9,8 @@
 
 ``GET /`` is a page with a search box (``/?q=...&k=...`` shows the results, rendered on the
 server: no script). Bad input is answered with 400 and a JSON ``error`` (an empty or too
-long query, a ``k`` that is not an integer in [1, min(K, 100)]); the server binds to
+long query, a ``k`` that is not an integer in [1, min(100, the model's largest k)]: K, or
+fewer under candidate decoding, which may also answer fewer hits); the server binds to
 127.0.0.1 unless ``--host`` says otherwise. Built on Starlette and served by uvicorn (the
 ``serve`` extra); ``make_app`` is what the tests start.
 """
@@ -44,7 +45,7 @@ def parse(params, searcher: Searcher) -> tuple[str, int]:
   limit = searcher.predictor.config.data.featurizer.max_chars
   if len(query) > limit:
     raise BadRequest(f"q has {len(query)} characters; at most {limit} are accepted")
-  top = min(MAX_K, searcher.predictor.spec.K)
+  top = min(MAX_K, searcher.predictor.max_k())
   raw_k = params.get("k", "10")
   try:
     k = int(raw_k)

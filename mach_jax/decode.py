@@ -251,6 +251,14 @@ class Decoder:
       self.index = jnp.asarray(build_padded_index(spec).classes if index is None else index)
 
   @property
+  def max_k(self) -> int:
+    """The largest k that ``topk`` takes: K, or for candidates the R·m·S slots of the
+    repetitions' top-m buckets (S: the fullest bucket's classes)."""
+    if self.index is None:
+      return self.spec.K
+    return min(self.spec.K, self.spec.R * self.m * int(self.index.shape[2]))
+
+  @property
   def nbytes(self) -> int:
     """Device memory held for decoding (class-major table or inverted index)."""
     arr = self.table if self.table is not None else self.index
@@ -273,12 +281,13 @@ _rep_values_jit = jax.jit(rep_values, static_argnums=(0, 1))
 # Candidate decoding: score only the classes in each repetition's top-m buckets.
 
 
-def _dedupe_topk(scores: jax.Array, ids: jax.Array, k: int):
-  """Top-k distinct ids from [n] candidates sorted by score (duplicates score the same)."""
+def _dedupe_topk(scores: jax.Array, ids: jax.Array, valid: jax.Array, k: int):
+  """Top-k distinct ids from [n] candidates sorted by score (duplicates score the same);
+  a slot that no distinct valid candidate fills gets id -1 and score -inf."""
   earlier = jnp.tril(ids[None, :] == ids[:, None], k=-1).any(axis=1)  # [n]: seen before?
-  scores = jnp.where(earlier, -jnp.inf, scores)
-  s, pos = jax.lax.top_k(scores, k)
-  return s, ids[pos]
+  keep = valid & ~earlier
+  s, pos = jax.lax.top_k(jnp.where(keep, scores, -jnp.inf), k)
+  return s, jnp.where(keep[pos], ids[pos], -1)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "estimator", "k", "m", "min_count",
@@ -305,7 +314,8 @@ def topk_candidates(values: jax.Array, ranking: jax.Array, index: jax.Array, *,
       query_batch * R * (R*m*S) int32.
 
   Returns:
-    (scores [b, k], classes [b, k]); slots without a candidate score -inf.
+    (scores [b, k], classes [b, k]); a slot without a distinct candidate (fewer than k
+    were found) holds class -1 and score -inf.
   """
   R, b, B = values.shape
   S = index.shape[2]
@@ -328,9 +338,8 @@ def topk_candidates(values: jax.Array, ranking: jax.Array, index: jax.Array, *,
       in_top = jnp.zeros((R, B), bool).at[jnp.arange(R)[:, None], top].set(True)
       count = jnp.take_along_axis(in_top, buckets, axis=1).sum(axis=0)
       valid &= count >= min_count
-    s = jnp.where(valid, s, -jnp.inf)
-    top_s, pos = jax.lax.top_k(s, kk)
-    return _dedupe_topk(top_s, cands[pos], k)
+    top_s, pos = jax.lax.top_k(jnp.where(valid, s, -jnp.inf), kk)
+    return _dedupe_topk(top_s, cands[pos], valid[pos], k)
 
   per_query = (jnp.swapaxes(values, 0, 1), jnp.swapaxes(ranking, 0, 1))  # [b, R, B]
   return jax.lax.map(one, per_query, batch_size=min(query_batch, b))

@@ -95,7 +95,11 @@ class Predictor:
 
     ``estimator``, ``method`` ('exact' | 'candidates') and ``m`` default to the model's
     evaluation config; ``batch_size`` to that config's, or the power of two at or above
-    the number of rows when that is smaller.
+    the number of rows when that is smaller. Candidate decoding may find fewer than k
+    distinct classes for a point: its remaining slots hold class -1 and score -inf.
+
+    Raises:
+      ValueError: k is outside [1, ``max_k(method, m)``].
     """
     X = self._check(X)
     ev = self.config.eval
@@ -103,13 +107,12 @@ class Predictor:
     # Few rows (a single query) are padded to the next power of two, not to the evaluation
     # batch: each size compiles once, and a query does not pay for 511 padding rows.
     batch_size = batch_size or min(ev.batch_size, 1 << max(0, X.shape[0] - 1).bit_length())
-    method = method or ev.decode
-    m = m or ev.candidates_m
-    key = (batch_size, method, m)
-    if key not in self._decoders:
-      config = ml_collections.ConfigDict(self.config.to_dict())
-      config.eval.update(batch_size=batch_size, decode=method, candidates_m=m)
-      self._decoders[key] = config_lib.make_decoder(config, self.spec)
+    key = self._decoder_key(batch_size, method, m)
+    top = self._decoder(key).max_k
+    if not 1 <= k <= top:
+      raise ValueError(f"k={k}: this model's {key[1]} decoding answers 1 <= k <= {top}"
+                       + (f" (the R·m·S slots of m={key[2]} buckets a repetition; "
+                          "raise m, or pass method='exact')" if top < self.spec.K else ""))
     if batch_size < ev.batch_size and jax.process_count() == 1:
       # A few rows: nonzeros padded to ``query_width``, and one jitted call from the padded
       # batch to the top k (no mesh, no separately dispatched decoder pieces, no background
@@ -128,6 +131,24 @@ class Predictor:
                                  mesh=self.mesh, dense=self.config.model.dense_input,
                                  widths=widths)
     return out[estimator]
+
+  def max_k(self, method: str | None = None, m: int | None = None) -> int:
+    """The largest k that ``predict_topk`` takes with this ``method`` and ``m`` (default:
+    the model's): K for exact decoding; for candidates at most the R·m·S classes of the
+    repetitions' top-m buckets. Candidate decoding may find fewer distinct classes for a
+    point: its remaining slots hold class -1 and score -inf."""
+    return self._decoder(self._decoder_key(1, method, m)).max_k
+
+  def _decoder_key(self, batch_size: int, method: str | None, m: int | None) -> tuple:
+    ev = self.config.eval
+    return batch_size, method or ev.decode, m or ev.candidates_m
+
+  def _decoder(self, key: tuple) -> decode.Decoder:
+    if key not in self._decoders:
+      config = ml_collections.ConfigDict(self.config.to_dict())
+      config.eval.update(batch_size=key[0], decode=key[1], candidates_m=key[2])
+      self._decoders[key] = config_lib.make_decoder(config, self.spec)
+    return self._decoders[key]
 
   def warm_up(self, k: int = 10, batch_size: int = 1, max_nnz: int = 512,
               **predict_kwargs) -> int:

@@ -100,15 +100,16 @@ class Searcher:
 
     An empty query, or one with no known n-gram, still gets an answer: the model's
     bias-only scores, i.e. the products it learned to be popular. A query longer than the
-    featurizer's ``max_chars`` raises ValueError naming it (``query N``, 1-based).
-    ``predict_kwargs`` go to ``Predictor.predict_topk`` (estimator, method, m, batch_size).
+    featurizer's ``max_chars`` raises ValueError naming it (``query N``, 1-based), and so
+    does a ``k`` outside [1, ``predictor.max_k()``]. Candidate decoding (the 1M-product
+    config's) may find fewer than ``k`` distinct products for a query: its list is then
+    shorter. ``predict_kwargs`` go to ``Predictor.predict_topk`` (estimator, method, m,
+    batch_size).
     """
     if isinstance(queries, str):
       queries = [queries]
-    if k < 1 or k > self.predictor.spec.K:
-      raise ValueError(f"k={k}: expected 1 <= k <= {self.predictor.spec.K} (the products)")
     X = self.featurizer.transform(queries, where=[f"query {i + 1}" for i in range(len(queries))])
     scores, ids = self.predictor.predict_topk(X, k=k, **predict_kwargs)
     return [[Hit(int(i), float(s), self.titles[int(i)] if self.titles is not None else "")
-             for s, i in zip(srow, irow)] for srow, irow in zip(np.asarray(scores),
-                                                                np.asarray(ids))]
+             for s, i in zip(srow, irow) if i >= 0]  # (-1: no product found for the slot.)
+            for srow, irow in zip(np.asarray(scores), np.asarray(ids))]

@@ -47,6 +47,21 @@ def test_format_1_text_folder_moves_the_featurizer_under_data():
                              np.asarray(expected["scores"], np.float32), rtol=1e-6)
 
 
+def test_a_search_up_to_the_candidates_slots_lists_each_product_once():
+  """The text folder decodes from candidates (R = 2 repetitions, m = 2 buckets of at most
+  S = 19 products): k is bounded by those 76 slots, and a query whose slots hold fewer
+  distinct products gets a shorter list (before: duplicates, and the id -1 titled as the
+  catalogue's last product)."""
+  s = Searcher.load(os.path.join(V1, "text"), catalogue=os.path.join(V1, "text", "products.tsv"))
+  assert s.predictor.max_k() == 76 and s.predictor.max_k(method="exact") == 200
+  ids = [h.id for h in s.search("usb c", k=76)[0]]
+  assert len(set(ids)) == len(ids) < 76 and min(ids) >= 0
+  assert ids[:10] == [h.id for h in s.search("usb c", k=10)[0]]
+  with pytest.raises(ValueError, match=r"k=77: .*1 <= k <= 76.*raise m, or pass method='exact'"):
+    s.search("usb c", k=77)
+  assert len(s.search("usb c", k=100, method="exact")[0]) == 100
+
+
 def test_current_format_round_trips(tmp_path):
   folder = tmp_path / "model"
   shutil.copytree(os.path.join(V1, "xc"), folder)

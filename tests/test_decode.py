@@ -221,3 +221,21 @@ def test_too_few_candidates_for_k_is_an_error():
   dec = decode.Decoder(spec, "bce", 2, method="candidates", m=1)  # 1 bucket of 2 classes.
   with pytest.raises(ValueError, match="2 candidates, fewer than k=5"):
     dec.topk(jnp.zeros((1, 2, 8)), 5)
+
+
+def test_slots_without_a_distinct_candidate_hold_class_minus_one():
+  """Both repetitions' top buckets hold class 0 and one other: 2 or 3 distinct classes for
+  4 slots. The slots past them hold class -1 at -inf, never a class twice (a duplicate
+  filled them before, and a search listed its product twice)."""
+  spec = HashSpec("balanced", K=16, B=8, R=2)
+  dec = decode.Decoder(spec, "bce", 2, method="candidates", m=1)  # 1 bucket of 2 classes.
+  assert dec.max_k == 4 and decode.Decoder(spec, "bce", 2).max_k == 16
+  logits = np.zeros((2, 2, 8), np.float32)
+  for r, bucket in enumerate(spec.bucket_table()[:, 0]):
+    logits[r, :, bucket] = 5.0
+  scores, classes = map(np.asarray, dec.topk(jnp.asarray(logits), 4, "mean"))
+  for s, c in zip(scores, classes):
+    found = c[c >= 0]
+    assert found[0] == 0 and len(set(found)) == len(found) and 2 <= len(found) <= 3
+    assert (c[len(found):] == -1).all() and np.isneginf(s[len(found):]).all()
+    assert np.isfinite(s[:len(found)]).all()

@@ -66,6 +66,7 @@ def test_search_answers_json_as_the_searcher_does(server):
     ({"q": "usb", "k": "0"}, "k=0 is outside"),
     ({"q": "usb", "k": "ten"}, "k='ten' is not an integer"),
     ({"q": "usb", "k": "1000"}, "k=1000 is outside"),
+    ({"q": "usb", "k": "77"}, "k=77 is outside [1, 76]"),  # Candidates: R·m·S = 76 slots.
 ])
 def test_bad_input_is_a_400_that_says_what_to_change(server, query, message):
   status, kind, body = get(f"{server[0]}/search?" + urllib.parse.urlencode(query))
@@ -82,3 +83,25 @@ def test_the_page_shows_a_box_and_results(server):
   assert status == 200 and "<table>" in body and f"<td>{first.id}</td>" in body
   status, _, body = get(f"{base}/?" + urllib.parse.urlencode({"q": "<b>", "k": "x"}))
   assert status == 400 and "&lt;b&gt;" in body and "<b>" not in body  # Escaped.
+
+
+def test_random_queries_get_200_or_400_never_500(server):
+  """Seeded random text (control characters, any plane, lone surrogates percent-encoded)
+  and k values up to the model's largest: never a 500. Before, k above the candidate
+  decoder's 76 slots, and k near them (a product listed twice, or the id -1), failed."""
+  import random
+  base, searcher = server
+  rng = random.Random(0)
+  top = searcher.predictor.max_k()
+  for _ in range(150):
+    text = "".join(chr(rng.choice([rng.randrange(0, 128), rng.randrange(128, 0x3000),
+                                   rng.randrange(0xD800, 0xE000)]))
+                   for _ in range(rng.randrange(0, 40)))
+    k = rng.choice(["1", "10", str(top), str(top + 1), "x", "", "-3"])
+    query = "q=" + urllib.parse.quote(text, errors="surrogatepass") + "&k=" + k
+    for path in ("/search?", "/?"):
+      status, _, body = get(base + path + query)
+      assert status in (200, 400), (path + query, status, body[:300])
+      if path == "/search?" and status == 200:
+        ids = [h["id"] for h in json.loads(body)["hits"]]
+        assert len(set(ids)) == len(ids) and min(ids) >= 0, ids
