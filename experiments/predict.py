@@ -3,7 +3,8 @@
     python -m experiments.predict --workdir runs/bibtex \
         --input ../shared/data/bibtex/test.txt.gz --k 5 --output preds.txt
 
-Writes one line per point, "label:score label:score ..." best first. If the input carries
+Writes one line per point, "label:score label:score ..." best first (fewer than k where
+candidate decoding found fewer distinct labels for the point). If the input carries
 labels, prints P@1/P@3/P@5 (and nDCG@5) with the model's estimator.
 """
 
@@ -46,7 +47,7 @@ def main(argv):
                                            method=_DECODE.value, m=_M.value)
   with open(_OUTPUT.value, "w") as f:
     for s_row, c_row in zip(scores, classes):
-      f.write(" ".join(f"{c}:{s:.6g}" for c, s in zip(c_row, s_row)) + "\n")
+      f.write(" ".join(f"{c}:{s:.6g}" for c, s in zip(c_row, s_row) if c >= 0) + "\n")
   print(f"wrote {len(classes)} lines to {_OUTPUT.value}")
   if data.Y.nnz and _K.value >= 5:
     m = metrics.evaluate(classes, data.Y, ks=(1, 3, 5))
