@@ -221,6 +221,12 @@ class Predictor:
     if X.shape[1] != self.num_features:
       raise ValueError(f"X has {X.shape[1]} features; the model at {self.path} expects "
                        f"{self.num_features}")
+    if not np.isfinite(X.data).all():  # (They would rank classes by NaN: arbitrarily.)
+      rows = np.unique(np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))[
+          ~np.isfinite(X.data)])
+      raise ValueError(f"X holds non-finite values (NaN or inf) in rows {rows[:10].tolist()}"
+                       + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+                       + " (0-based); replace or drop them before predicting")
     return X
 
   def _logits_fn(self):

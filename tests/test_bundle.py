@@ -62,6 +62,17 @@ def test_a_search_up_to_the_candidates_slots_lists_each_product_once():
   assert len(s.search("usb c", k=100, method="exact")[0]) == 100
 
 
+def test_non_finite_features_are_refused_naming_their_rows():
+  """A NaN ranked classes arbitrarily (scores NaN, classes 0, 1, 2...)."""
+  p = Predictor.load(os.path.join(V1, "xc"))
+  X = sp.random(4, 100, density=0.2, format="csr", random_state=0, dtype=np.float32)
+  X.data[X.indptr[1]], X.data[X.indptr[3]] = np.nan, -np.inf
+  with pytest.raises(ValueError, match=r"non-finite values \(NaN or inf\) in rows \[1, 3\]"):
+    p.predict_topk(X, k=3)
+  with pytest.raises(ValueError, match=r"in rows \[1, 3\]"):
+    p.predict_proba(X, threshold=0.5)
+
+
 def test_current_format_round_trips(tmp_path):
   folder = tmp_path / "model"
   shutil.copytree(os.path.join(V1, "xc"), folder)
