@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from mach_jax import decode, inference, model as model_lib, optim
+from mach_jax import decode, model as model_lib, optim
+from mach_jax.config_checks import check_loop  # noqa: F401  (re-exported: run before data)
 from mach_jax.hashing import IDENTITY, HashSpec
 
 
@@ -189,8 +190,6 @@ def default_config() -> ml_collections.ConfigDict:
 
 AUTO_R = 8
 AUTO_EXACT_DECODE_MAX_K = 200_000
-
-
 AUTO_INPUT_HASH_MIN_D = 1 << 16
 
 
@@ -232,48 +231,6 @@ def resolve(config, num_classes: int, labels_per_point: float,
   if c.eval.decode == "auto":
     c.eval.decode = "exact" if num_classes <= AUTO_EXACT_DECODE_MAX_K else "candidates"
   return c
-
-
-def check_loop(config) -> None:
-  """Refuse training-loop settings that contradict each other (before any data is read).
-
-  Raises:
-    ValueError: naming the fields to change.
-  """
-  ev, tc, ck = config.eval, config.train, config.checkpoint
-  if ev.estimator not in ev.estimators:
-    raise ValueError(f"config.eval.estimator={ev.estimator!r} is not among "
-                     f"config.eval.estimators={tuple(ev.estimators)}: add it there")
-  reported = {f"{m}@{j}" for m in ("P", "nDCG", "R", "PSP", "PSnDCG")
-              for j in inference.eval_ks(ev.k)}
-  for field, metric in (("train.target_metric", tc.target_metric),
-                        ("checkpoint.best_metric", ck.best_metric)):
-    if metric and metric not in reported:
-      raise ValueError(f"config.{field}={metric!r} is not a metric the evaluations report "
-                       f"with config.eval.k={ev.k}: expected one of {sorted(reported)}")
-  if tc.target_metric and not (ev.every_epochs or ev.every_steps):
-    raise ValueError(f"config.train.target_metric={tc.target_metric!r} needs periodic "
-                     "evaluations: set config.eval.every_epochs or config.eval.every_steps")
-  if config.data.validation_fraction and not (
-      (ev.every_epochs or ev.every_steps) and ck.best_metric):
-    raise ValueError("config.data.validation_fraction > 0 selects the model on periodic "
-                     "evaluations by config.checkpoint.best_metric: set eval.every_epochs or "
-                     "eval.every_steps, and best_metric (e.g. 'P@1')")
-  if (config.data.name != "synthetic" and not config.data.test
-      and not config.data.validation_fraction and (ev.every_epochs or ev.every_steps)):
-    raise ValueError("config.data.test is empty and config.data.validation_fraction is 0: "
-                     "the periodic evaluations have nothing to read: pass --config.data.test="
-                     "PATH, set validation_fraction > 0, or eval.every_epochs=0")
-  if tc.decay_patience and not (config.data.validation_fraction and ck.enabled):
-    raise ValueError(f"config.train.decay_patience={tc.decay_patience} goes back to the best "
-                     "validation evaluation's state, which the checkpoint store keeps: set "
-                     "config.data.validation_fraction > 0 and config.checkpoint.enabled=True "
-                     "(or decay_patience=0)")
-  for name in ("input_dropout", "hidden_dropout"):
-    if not 0 <= tc[name] < 1:
-      raise ValueError(f"config.train.{name}={tc[name]}: expected 0 <= p < 1")
-  if tc.decay_patience and not 0 < tc.decay_factor < 1:
-    raise ValueError(f"config.train.decay_factor={tc.decay_factor}: expected 0 < f < 1")
 
 
 def hash_spec(config, num_classes: int) -> HashSpec:
