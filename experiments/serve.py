@@ -9,7 +9,7 @@
 
 ``GET /`` is a page with a search box (``/?q=...&k=...`` shows the results, rendered on the
 server: no script). Bad input is answered with 400 and a JSON ``error`` (an empty or too
-long query, a ``k`` that is not an integer in [1, min(100, the model's largest k)]: K, or
+long query, a ``k`` that is not a decimal integer in [1, min(100, the model's largest k)]: K, or
 fewer under candidate decoding, which may also answer fewer hits); the server binds to
 127.0.0.1 unless ``--host`` says otherwise. Built on Starlette and served by uvicorn (the
 ``serve`` extra); ``make_app`` is what the tests start.
@@ -18,6 +18,7 @@ fewer under candidate decoding, which may also answer fewer hits); the server bi
 from __future__ import annotations
 
 import html
+import re
 import threading
 import time
 
@@ -47,10 +48,9 @@ def parse(params, searcher: Searcher) -> tuple[str, int]:
     raise BadRequest(f"q has {len(query)} characters; at most {limit} are accepted")
   top = min(MAX_K, searcher.predictor.max_k())
   raw_k = params.get("k", "10")
-  try:
-    k = int(raw_k)
-  except ValueError:
-    raise BadRequest(f"k={raw_k[:20]!r} is not an integer in [1, {top}]") from None
+  if not re.fullmatch(r"[0-9]{1,9}", raw_k):  # (Not int(): it reads '1_0', ' 5', '٣'.)
+    raise BadRequest(f"k={raw_k[:20]!r} is not an integer in [1, {top}]")
+  k = int(raw_k)
   if not 1 <= k <= top:
     raise BadRequest(f"k={k} is outside [1, {top}]")
   return query, k

@@ -85,23 +85,12 @@ def test_the_page_shows_a_box_and_results(server):
   assert status == 400 and "&lt;b&gt;" in body and "<b>" not in body  # Escaped.
 
 
-def test_random_queries_get_200_or_400_never_500(server):
-  """Seeded random text (control characters, any plane, lone surrogates percent-encoded)
-  and k values up to the model's largest: never a 500. Before, k above the candidate
-  decoder's 76 slots, and k near them (a product listed twice, or the id -1), failed."""
-  import random
-  base, searcher = server
-  rng = random.Random(0)
-  top = searcher.predictor.max_k()
-  for _ in range(150):
-    text = "".join(chr(rng.choice([rng.randrange(0, 128), rng.randrange(128, 0x3000),
-                                   rng.randrange(0xD800, 0xE000)]))
-                   for _ in range(rng.randrange(0, 40)))
-    k = rng.choice(["1", "10", str(top), str(top + 1), "x", "", "-3"])
-    query = "q=" + urllib.parse.quote(text, errors="surrogatepass") + "&k=" + k
-    for path in ("/search?", "/?"):
-      status, _, body = get(base + path + query)
-      assert status in (200, 400), (path + query, status, body[:300])
-      if path == "/search?" and status == 200:
-        ids = [h["id"] for h in json.loads(body)["hits"]]
-        assert len(set(ids)) == len(ids) and min(ids) >= 0, ids
+def test_query_strings_agree_with_the_grammar(server):
+  """Hypothesis cases against the oracle of experiments.bench.fuzz_service (the campaign:
+  ``--cases 5000``). At a8207e4 500 cases gave 57 500s (k above the candidate decoder's
+  76 slots, and k = 72 below them, whose empty slots held duplicates and -inf scores) and
+  10 silent changes (a k such as '+5' read as an integer)."""
+  from experiments.bench import fuzz, fuzz_service
+  row = fuzz.run("search service", fuzz_service.target(*server), cases=200, seed=1)
+  assert row["first_failures"] == []
+  assert row["accepted"] > 30 and row["refused"] > 30
