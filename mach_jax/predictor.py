@@ -196,6 +196,8 @@ class Predictor:
     model's calibration when ``calibrated`` (the identity if none was fitted); what it
     means for each loss: ``mach_jax.calibration``.
 
+    Under candidate decoding only the candidates (``max_k``'s slots) are scored.
+
     Returns:
       One (class ids, probabilities) pair per row of X, most probable first.
     """
@@ -203,17 +205,17 @@ class Predictor:
       raise ValueError(f"threshold={threshold}: expected a probability in (0, 1)")
     cal = self.calibration if calibrated else calibration_lib.Calibration()
     cut = cal.inverse(threshold) if calibrated else threshold  # The same cut on the estimate.
-    K = self.spec.K
-    k = K if cut <= 0 else min(K, max(16, int(np.ceil(2.0 / cut))))  # cut 0: every class.
+    top = self.max_k(method)
+    k = top if cut <= 0 else min(top, max(16, int(np.ceil(2.0 / cut))))  # cut 0: every class.
     while True:  # Widen until every row's last estimate is below the cut.
       scores, ids = self.predict_topk(X, k=k, estimator="unbiased", batch_size=batch_size,
                                       method=method)
-      est = np.clip(scores, 0.0, 1.0)
-      if k == K or not (est[:, -1] >= cut).any():
+      est = np.clip(scores, 0.0, 1.0)  # (An empty candidate slot, -inf, is 0.)
+      if k == top or not (est[:, -1] >= cut).any():
         break
-      k = min(K, 2 * k)
+      k = min(top, 2 * k)
     probs = cal.apply(est) if calibrated else est
-    keep = probs >= threshold
+    keep = (probs >= threshold) & (ids >= 0)
     return [(ids[i][keep[i]], probs[i][keep[i]]) for i in range(len(ids))]
 
   def _check(self, X) -> sp.csr_matrix:

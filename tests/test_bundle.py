@@ -60,6 +60,11 @@ def test_a_search_up_to_the_candidates_slots_lists_each_product_once():
   with pytest.raises(ValueError, match=r"k=77: .*1 <= k <= 76.*raise m, or pass method='exact'"):
     s.search("usb c", k=77)
   assert len(s.search("usb c", k=100, method="exact")[0]) == 100
+  # Probabilities over the candidates: each class once, no empty slot (below 1e-4 every
+  # slot passed, the empty ones as -1: the calibration's floor is 1e-4).
+  for ids, probs in s.predictor.predict_proba(s.featurizer.transform(["usb c", "zz"]),
+                                              threshold=1e-6):
+    assert len(set(ids)) == len(ids) < 76 and ids.min() >= 0 and (probs >= 1e-6).all()
 
 
 def test_non_finite_features_are_refused_naming_their_rows():
