@@ -33,6 +33,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (or a model fo
 _CATALOGUE = flags.DEFINE_string("catalogue", None, "products.tsv (default: the config's).")
 _K = flags.DEFINE_integer("k", 10, "Products per query.")
 _ESTIMATOR = flags.DEFINE_string("estimator", None, "Merge estimator (default: the model's).")
+_DECODE = flags.DEFINE_enum("decode", None, ["exact", "candidates"],
+                            "Decoder (default: the model's config.eval.decode).")
+_M = flags.DEFINE_integer("m", None, "Buckets probed per repetition by --decode=candidates.")
 _INPUT = flags.DEFINE_string("input", None, "File of queries, one per line (TSV: column 1).")
 _OUTPUT = flags.DEFINE_string("output", None, "With --input: where to write the top-k ids.")
 _SCORE = flags.DEFINE_bool("score", False, "With --input, a query log (query<TAB>ids): also "
@@ -59,7 +62,8 @@ def main(argv):
       raise app.UsageError(str(e)) from None
   t1 = time.time()
   try:
-    results = searcher.search(queries, k=_K.value, estimator=_ESTIMATOR.value)
+    results = searcher.search(queries, k=_K.value, estimator=_ESTIMATOR.value,
+                              method=_DECODE.value, m=_M.value)
   except ValueError as e:  # Too long a query, a bad --k: say so, no traceback.
     where = f" (--input {_INPUT.value}: query i is on line i + 1)" if _INPUT.value else ""
     raise SystemExit(f"error: {e}{where}") from None

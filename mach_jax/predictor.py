@@ -111,8 +111,9 @@ class Predictor:
     top = self._decoder(key).max_k
     if not 1 <= k <= top:
       raise ValueError(f"k={k}: this model's {key[1]} decoding answers 1 <= k <= {top}"
-                       + (f" (the R·m·S slots of m={key[2]} buckets a repetition; "
-                          "raise m, or pass method='exact')" if top < self.spec.K else ""))
+                       + (f" (the R·m·S slots of m={key[2]} buckets a repetition; raise "
+                          "m, or decode exactly: method='exact', --decode=exact)"
+                          if top < self.spec.K else ""))
     if batch_size < ev.batch_size and jax.process_count() == 1:
       # A few rows: nonzeros padded to ``query_width``, and one jitted call from the padded
       # batch to the top k (no mesh, no separately dispatched decoder pieces, no background

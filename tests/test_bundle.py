@@ -57,7 +57,7 @@ def test_a_search_up_to_the_candidates_slots_lists_each_product_once():
   ids = [h.id for h in s.search("usb c", k=76)[0]]
   assert len(set(ids)) == len(ids) < 76 and min(ids) >= 0
   assert ids[:10] == [h.id for h in s.search("usb c", k=10)[0]]
-  with pytest.raises(ValueError, match=r"k=77: .*1 <= k <= 76.*raise m, or pass method='exact'"):
+  with pytest.raises(ValueError, match=r"k=77: .*1 <= k <= 76.*raise m, or decode exactly"):
     s.search("usb c", k=77)
   assert len(s.search("usb c", k=100, method="exact")[0]) == 100
   # Probabilities over the candidates: each class once, no empty slot (below 1e-4 every
