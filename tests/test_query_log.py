@@ -94,6 +94,10 @@ def test_missing_and_empty_logs(tmp_path):
   (tmp_path / "e.tsv").write_text("")
   with pytest.raises(QueryLogError, match="e.tsv: no queries"):
     QueryLog(str(tmp_path / "e.tsv"), F, 5)
+  (tmp_path / "three.tsv").write_text("a\t1\nb\t2\nc\t3\n")  # 2% of 3 lines: none.
+  with pytest.raises(QueryLogError, match=r"three.tsv: no queries in its validation part "
+                     r"\(config.data.validation_fraction=0.02 .*change validation_fraction"):
+    QueryLog(str(tmp_path / "three.tsv"), F, 5, holdout=(0.02, 0), part="validation")
 
 
 def test_wide_batch_gets_a_wider_width_not_truncated(tmp_path):

@@ -175,7 +175,9 @@ class QueryLog:
       widest = max(widest, max(len(l) for l in labels))
       n += len(labels)
     if n == 0:
-      raise QueryLogError(f"{path}: no queries" + (f" in its {part} part" if holdout[0] else ""))
+      raise QueryLogError(f"{path}: no queries" + (
+          f" in its {part} part (config.data.validation_fraction={holdout[0]} of its lines "
+          "held out): add queries, or change validation_fraction" if holdout[0] else ""))
     self.num_points, self._counts, self.max_labels = n, counts, widest
 
   @property
