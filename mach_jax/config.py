@@ -267,11 +267,13 @@ def make_model(config, num_features: int, spec: HashSpec) -> model_lib.MACH:
                         sequential=m.sequential_reps)
 
 
-def make_decoder(config, spec: HashSpec) -> decode.Decoder:
+def make_decoder(config, spec: HashSpec, index=None) -> decode.Decoder:
+  """The decoder of ``config.eval``; ``index``: a candidates decoder's index to share."""
   ev = config.eval
   return decode.Decoder(spec, config.model.loss, ev.batch_size,
                         memory_budget_bytes=int(ev.memory_budget_mb) << 20,
-                        method=ev.decode, m=ev.candidates_m, min_count=ev.min_count)
+                        method=ev.decode, m=ev.candidates_m, min_count=ev.min_count,
+                        index=index)
 
 
 @dataclasses.dataclass(frozen=True)

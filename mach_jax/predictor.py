@@ -145,10 +145,12 @@ class Predictor:
     return batch_size, method or ev.decode, m or ev.candidates_m
 
   def _decoder(self, key: tuple) -> decode.Decoder:
+    """The decoder of (batch size, method, m); candidate decoders share one index."""
     if key not in self._decoders:
       config = ml_collections.ConfigDict(self.config.to_dict())
       config.eval.update(batch_size=key[0], decode=key[1], candidates_m=key[2])
-      self._decoders[key] = config_lib.make_decoder(config, self.spec)
+      index = next((d.index for d in self._decoders.values() if d.index is not None), None)
+      self._decoders[key] = config_lib.make_decoder(config, self.spec, index)
     return self._decoders[key]
 
   def warm_up(self, k: int = 10, batch_size: int = 1, max_nnz: int = 512,

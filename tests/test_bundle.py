@@ -60,6 +60,9 @@ def test_a_search_up_to_the_candidates_slots_lists_each_product_once():
   with pytest.raises(ValueError, match=r"k=77: .*1 <= k <= 76.*raise m, or decode exactly"):
     s.search("usb c", k=77)
   assert len(s.search("usb c", k=100, method="exact")[0]) == 100
+  s.search(["usb c"] * 3, k=5, batch_size=4)  # Another batch size: its own decoder...
+  indices = {id(d.index) for d in s.predictor._decoders.values() if d.index is not None}
+  assert len(s.predictor._decoders) == 3 and len(indices) == 1  # ...over the same index.
   # Probabilities over the candidates: each class once, no empty slot (below 1e-4 every
   # slot passed, the empty ones as -1: the calibration's floor is 1e-4).
   for ids, probs in s.predictor.predict_proba(s.featurizer.transform(["usb c", "zz"]),
