@@ -30,7 +30,8 @@ from mach_jax.data.query_log import label_matrix, read_lines
 from mach_jax.search import Searcher, read_queries
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (or a model folder).")
-_CATALOGUE = flags.DEFINE_string("catalogue", None, "products.tsv (default: the config's).")
+_CATALOGUE = flags.DEFINE_string("catalogue", None, "products.tsv (default: the config's; "
+                                  "'': none, ids only).")
 _K = flags.DEFINE_integer("k", 10, "Products per query.")
 _ESTIMATOR = flags.DEFINE_string("estimator", None, "Merge estimator (default: the model's).")
 _DECODE = flags.DEFINE_enum("decode", None, ["exact", "candidates"],

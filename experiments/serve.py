@@ -29,7 +29,8 @@ from mach_jax.search import Searcher
 MAX_K = 100
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (or a model folder).")
-_CATALOGUE = flags.DEFINE_string("catalogue", None, "Titles (default: the config's).")
+_CATALOGUE = flags.DEFINE_string("catalogue", None, "Titles (default: the config's; "
+                                  "'': none, ids only).")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Interface to bind (127.0.0.1: this machine).")
 _PORT = flags.DEFINE_integer("port", 8080, "TCP port.")
 

@@ -77,7 +77,9 @@ class Searcher:
 
   @classmethod
   def load(cls, path: str, catalogue: str | None = None) -> "Searcher":
-    """``path``: a model folder, or a workdir holding one (``workdir/model``)."""
+    """``path``: a model folder, or a workdir holding one (``workdir/model``);
+    ``catalogue``: the titles' file (None: the training config's; '': no titles, the
+    hits' titles are empty)."""
     if not os.path.exists(os.path.join(path, "model.json")) and \
         os.path.exists(os.path.join(path, BUNDLE_DIR, "model.json")):
       path = os.path.join(path, BUNDLE_DIR)
@@ -86,11 +88,13 @@ class Searcher:
       raise ValueError(f"{path}: the model was not trained on text (no featurizer in "
                        "model.json); use Predictor.predict_topk on feature vectors")
     featurizer = bundle.load_featurizer(predictor.path, predictor.info)
-    catalogue = catalogue or predictor.config.data.catalogue
+    catalogue = predictor.config.data.catalogue if catalogue is None else catalogue
     titles = None
     if catalogue:
       if not os.path.exists(catalogue):
-        raise FileNotFoundError(f"catalogue {catalogue}: no such file (pass catalogue=...)")
+        raise FileNotFoundError(f"catalogue {catalogue}: no such file: pass its path "
+                                "(catalogue=..., --catalogue PATH), or '' for hits without "
+                                "titles")
       titles = read_titles(catalogue, predictor.spec.K)
     return cls(predictor, featurizer, titles)
 

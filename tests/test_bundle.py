@@ -70,6 +70,18 @@ def test_a_search_up_to_the_candidates_slots_lists_each_product_once():
     assert len(set(ids)) == len(ids) < 76 and ids.min() >= 0 and (probs >= 1e-6).all()
 
 
+def test_a_moved_text_folder_is_searched_with_its_catalogue_passed_or_none():
+  """The folder's config names the catalogue where it was trained (/tmp/fx/...)."""
+  folder = os.path.join(V1, "text")
+  with pytest.raises(FileNotFoundError, match=r"products.tsv: no such file: pass its path "
+                     r"\(catalogue=..., --catalogue PATH\), or '' for hits without titles"):
+    Searcher.load(folder)
+  bare = Searcher.load(folder, catalogue="").search("usb c", k=3)[0]
+  titled = Searcher.load(folder, catalogue=os.path.join(folder, "products.tsv"))
+  assert [h.id for h in bare] == [h.id for h in titled.search("usb c", k=3)[0]]
+  assert all(h.title == "" for h in bare) and titled.search("usb c", k=1)[0][0].title
+
+
 def test_non_finite_features_are_refused_naming_their_rows():
   """A NaN ranked classes arbitrarily (scores NaN, classes 0, 1, 2...)."""
   p = Predictor.load(os.path.join(V1, "xc"))
