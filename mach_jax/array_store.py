@@ -7,6 +7,7 @@ that serving a model folder (``bundle``) never loads the training side.
 from __future__ import annotations
 
 import ast
+import errno
 import functools
 import json
 import os
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
   import orbax.checkpoint as ocp
 
 __all__ = ["orbax", "arrays_handler", "save_args", "restore_args", "abstract_like",
-           "read_in_place", "PIECE_BYTES"]
+           "read_in_place", "write_failure", "PIECE_BYTES"]
 
 # ``read_in_place`` moves an array to the device in pieces of at most this many bytes.
 # Reading an 800 MB state back took 18-31 MB above it in pieces of 1-2 MB, 49-62 in 4 MB,
@@ -181,3 +182,11 @@ def read_in_place(directory: str, tree: Any) -> Any:
       array = _write_block(array, block, origin) if leaf.ndim else block
     out.append(array)
   return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def write_failure(e: Exception) -> tuple[int, str]:
+  """(errno, words) of a failed write: orbax and tensorstore report a full disk as a
+  ValueError, OSError... whose text says so."""
+  if "No space left on device" in str(e) or getattr(e, "errno", None) == errno.ENOSPC:
+    return errno.ENOSPC, f"no space left on the device: {str(e)[-300:]}"
+  return errno.EIO, f"{type(e).__name__}: {str(e)[-300:]}"

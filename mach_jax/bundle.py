@@ -55,7 +55,8 @@ def export(path: str, params: Any, spec: HashSpec, config, num_features: int,
 
   The folder is written beside ``path`` (``path.partial``, ``model.json`` last) and renamed
   into place when complete, so a run killed while exporting leaves either the previous
-  folder or none at ``path``, never a half-written one that loads.
+  folder or none at ``path``, never a half-written one that loads. A write that fails (a
+  full disk) leaves the same and raises OSError naming the folder and why.
 
   Args:
     params: the trained parameters (any sharding; orbax gathers them).
@@ -69,26 +70,36 @@ def export(path: str, params: Any, spec: HashSpec, config, num_features: int,
   if main:
     for leftover in (partial, old):  # From an export that was killed.
       shutil.rmtree(leftover, ignore_errors=True)
-  with ocp.Checkpointer(array_store.arrays_handler()) as ckptr:
-    ckptr.save(os.path.join(partial, "params"), args=array_store.save_args(params),
-               force=True)
-  if main:
-    if featurizer is not None and featurizer.idf is not None:
-      np.save(os.path.join(partial, IDF_FILE), featurizer.idf, allow_pickle=False)
-    info = {"format_version": FORMAT_VERSION, "hash_spec": spec.to_dict(),
-            "num_features": num_features, "num_classes": spec.K,
-            "config": json.loads(config.to_json()),
-            "featurizer": featurizer.to_dict() if featurizer is not None else None,
-            "versions": provenance.library_versions(), "table_storage": table_storage,
-            "files": file_digests.record(partial)}  # Every file but model.json.
-    with open(os.path.join(partial, "model.json"), "w") as f:
-      json.dump(info, f, indent=2)
-      f.flush()
-      os.fsync(f.fileno())
-    if os.path.exists(path):
-      os.rename(path, old)
-    os.rename(partial, path)
-    shutil.rmtree(old, ignore_errors=True)
+  try:
+    with ocp.Checkpointer(array_store.arrays_handler()) as ckptr:
+      ckptr.save(os.path.join(partial, "params"), args=array_store.save_args(params),
+                 force=True)
+    if main:
+      if featurizer is not None and featurizer.idf is not None:
+        np.save(os.path.join(partial, IDF_FILE), featurizer.idf, allow_pickle=False)
+      info = {"format_version": FORMAT_VERSION, "hash_spec": spec.to_dict(),
+              "num_features": num_features, "num_classes": spec.K,
+              "config": json.loads(config.to_json()),
+              "featurizer": featurizer.to_dict() if featurizer is not None else None,
+              "versions": provenance.library_versions(), "table_storage": table_storage,
+              "files": file_digests.record(partial)}  # Every file but model.json.
+      with open(os.path.join(partial, "model.json"), "w") as f:
+        json.dump(info, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+      if os.path.exists(path):
+        os.rename(path, old)
+      os.rename(partial, path)
+      shutil.rmtree(old, ignore_errors=True)
+  except Exception as e:  # A full disk, a lost mount: nothing half-written stays.
+    if main:
+      shutil.rmtree(partial, ignore_errors=True)
+      if os.path.exists(old):  # Moved aside, and the new one not in place.
+        os.rename(old, path)
+    code, words = array_store.write_failure(e)
+    raise OSError(code, f"the model folder {path} could not be written ({words}); "
+                  "nothing half-written was left: free space and write it again (a "
+                  "training run: rerun the same command)") from e
   return folder_bytes(path)
 
 
@@ -195,9 +206,8 @@ def _with_table(params: dict, info: dict, config, change) -> dict:
 
 def quantize(path: str, out: str) -> tuple[int, int]:
   """Copy the model folder ``path`` to ``out`` with its input table stored as int8, one
-  float32 scale per row (``mach_jax.quantize``): about a quarter of the folder's bytes.
-  ``load`` reads it back as float32; every other array, the featurizer and the calibration
-  are copied as they are. Returns the two folders' sizes in bytes.
+  float32 scale per row (``mach_jax.quantize``): about a quarter of the folder's bytes,
+  read back as float32 by ``load``; the rest is copied. Returns both folders' sizes.
 
   Raises:
     ValueError: the folder is int8 already, or its input layer is dense (no table).

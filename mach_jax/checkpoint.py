@@ -26,7 +26,6 @@ Nothing is deleted except by the keep policy.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
 import shutil
 import time
@@ -41,6 +40,7 @@ from mach_jax.array_store import (  # noqa: F401  (abstract_like: part of this A
   arrays_handler,
   orbax as _orbax,
   save_args,
+  write_failure,
 )
 from mach_jax.restore import (  # noqa: F401  (the read side of this store)
   DIGESTS_FILE,
@@ -227,11 +227,9 @@ def _write_error(manager: ocp.CheckpointManager, step: int | None,
     if name.startswith(f"{step}.orbax-checkpoint-tmp"):
       shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
   kept = sorted(s for s in manager.all_steps() if s != step)
-  full = "No space left on device" in str(e) or getattr(e, "errno", None) == errno.ENOSPC
+  code, words = write_failure(e)
   return CheckpointWriteError(
-      errno.ENOSPC if full else errno.EIO,
-      f"checkpoint {step} could not be written to {directory} "
-      f"({'no space left on the device' if full else type(e).__name__}: {str(e)[-300:]}); "
+      code, f"checkpoint {step} could not be written to {directory} ({words}); "
       + (f"the checkpoints of steps {kept} are intact: " if kept else "no earlier checkpoint "
          "exists: ")
       + "free space (or lower config.checkpoint.keep) and rerun the same command to resume")

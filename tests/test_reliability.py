@@ -254,6 +254,49 @@ def test_an_export_killed_midway_leaves_the_previous_folder(tmp_path, monkeypatc
     np.testing.assert_array_equal(np.asarray(again[key]), 2 * np.asarray(value))
 
 
+def test_a_full_disk_under_an_export_says_so_and_leaves_nothing_half_written(small_disk):
+  """A run whose model folder does not fit (no checkpoints, so the export is what fills
+  the disk). Before: orbax's bare ValueError (RESOURCE_EXHAUSTED...), and model.partial
+  left on the full disk."""
+  import errno
+  c = tiny_config()
+  c.train.num_epochs, c.eval.every_epochs, c.checkpoint.enabled = 1, 0, False
+  with pytest.raises(OSError, match=r"the model folder .*/run/model could not be written "
+                     r"\(no space left on the device.*nothing half-written") as e:
+    train.train_and_evaluate(c, str(small_disk / "run"))
+  assert e.value.errno == errno.ENOSPC
+  assert "model" not in os.listdir(small_disk / "run")
+  assert "model.partial" not in os.listdir(small_disk / "run")
+
+
+@pytest.mark.parametrize("where", ["record", "rename"])
+def test_a_failed_export_keeps_the_previous_folder(tmp_path, monkeypatch, where):
+  """The same where no tmpfs can be mounted, over an earlier folder: ENOSPC injected once
+  the arrays are written, or after the earlier folder was moved aside."""
+  import errno
+  folder = tmp_path / "model"
+  shutil.copytree(V1_XC, folder)
+  info, config, params = bundle.load(str(folder))
+  spec = Predictor.load(str(folder)).spec
+  rename = os.rename
+
+  def full(src, *args, **kwargs):
+    if where == "record" or src.endswith(".partial"):
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return rename(src, *args, **kwargs)
+
+  monkeypatch.setattr(*((bundle.file_digests, "record", full) if where == "record"
+                        else (bundle.os, "rename", full)))
+  with pytest.raises(OSError, match=r"model could not be written \(no space left"):
+    bundle.export(str(folder), jax.tree.map(lambda x: x * 2, params), spec, config,
+                  info["num_features"])
+  monkeypatch.undo()
+  assert sorted(os.listdir(tmp_path)) == ["model"]
+  for key, value in flat(params).items():  # The earlier folder, whole.
+    np.testing.assert_array_equal(np.asarray(flat(bundle.load(str(folder))[2])[key]),
+                                  np.asarray(value))
+
+
 def test_results_json_is_written_whole_or_not_at_all(tmp_path):
   """A write cut short (here: a value JSON cannot hold, at the end) leaves the previous
   results.json as it was and no partial file; a refit reads its selection's to go on."""
