@@ -100,10 +100,16 @@ class JsonlWriter:
     self.path = path
 
   def write(self, record: dict) -> None:
+    """Raises OSError naming the file when the line cannot be written (a full disk)."""
     if jax.process_index() != 0:
       return
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    try:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    except OSError as e:  # (A line cut short is dropped by ``rewind`` when the run resumes.)
+      raise OSError(e.errno, f"{self.path}: {e.strerror}: the run's log could not be "
+                    "written; free space and rerun the same command (it resumes from its "
+                    "last checkpoint)") from e
 
   def rewind(self, step: int, decays: int) -> None:
     """Drop what the run logged after its checkpoint of ``step`` (which had ``decays``

@@ -297,6 +297,18 @@ def test_a_failed_export_keeps_the_previous_folder(tmp_path, monkeypatch, where)
                                   np.asarray(value))
 
 
+def test_a_log_line_on_a_full_disk_names_the_file():
+  """Linux's /dev/full answers every write with ENOSPC (before: '[Errno 28] No space left
+  on device', no file named)."""
+  import errno
+  if not os.path.exists("/dev/full"):
+    pytest.skip("no /dev/full here")
+  with pytest.raises(OSError, match=r"/dev/full: No space left on device: the run's log "
+                     r"could not be written; free space and rerun") as e:
+    loop.JsonlWriter("/dev/full").write({"step": 1})
+  assert e.value.errno == errno.ENOSPC
+
+
 def test_results_json_is_written_whole_or_not_at_all(tmp_path):
   """A write cut short (here: a value JSON cannot hold, at the end) leaves the previous
   results.json as it was and no partial file; a refit reads its selection's to go on."""
