@@ -131,8 +131,9 @@ def check(qs: str, base: str, searcher, max_chars: int, top: int) -> str:
 def target(base: str, searcher):
   """The hypothesis case function for ``fuzz.run``."""
   from hypothesis import strategies as st
-  max_chars = searcher.predictor.config.data.featurizer.max_chars
+
   from experiments.serve import MAX_K
+  max_chars = searcher.predictor.config.data.featurizer.max_chars
   top = min(MAX_K, searcher.predictor.max_k())
   return lambda draw: check(query_string(draw, st, max_chars, top), base, searcher,
                             max_chars, top)
