@@ -204,8 +204,11 @@ class Predictor:
     Returns:
       One (class ids, probabilities) pair per row of X, most probable first.
     """
-    if not 0.0 < threshold < 1.0:
-      raise ValueError(f"threshold={threshold}: expected a probability in (0, 1)")
+    low = calibration_lib.EPS if calibrated else 0.0  # (Calibrated: at least EPS, all pass.)
+    if not low < threshold < 1.0:
+      raise ValueError(f"threshold={threshold}: expected a probability in ({low:g}, 1)" + (
+          "; calibrated probabilities are at least calibration.EPS: for the estimate itself "
+          "pass calibrated=False" if calibrated else ""))
     cal = self.calibration if calibrated else calibration_lib.Calibration()
     cut = cal.inverse(threshold) if calibrated else threshold  # The same cut on the estimate.
     top = self.max_k(method)

@@ -63,11 +63,15 @@ def test_a_search_up_to_the_candidates_slots_lists_each_product_once():
   s.search(["usb c"] * 3, k=5, batch_size=4)  # Another batch size: its own decoder...
   indices = {id(d.index) for d in s.predictor._decoders.values() if d.index is not None}
   assert len(s.predictor._decoders) == 3 and len(indices) == 1  # ...over the same index.
-  # Probabilities over the candidates: each class once, no empty slot (below 1e-4 every
-  # slot passed, the empty ones as -1: the calibration's floor is 1e-4).
-  for ids, probs in s.predictor.predict_proba(s.featurizer.transform(["usb c", "zz"]),
-                                              threshold=1e-6):
+  # Probabilities over the candidates: each class once, no empty slot (below the
+  # calibration's floor of 1e-4 every slot passed, the empty ones as -1; such a threshold
+  # is now refused unless the estimate is asked for).
+  X = s.featurizer.transform(["usb c", "zz"])
+  for ids, probs in s.predictor.predict_proba(X, threshold=1e-6, calibrated=False):
     assert len(set(ids)) == len(ids) < 76 and ids.min() >= 0 and (probs >= 1e-6).all()
+  with pytest.raises(ValueError, match=r"threshold=1e-06: expected a probability in "
+                     r"\(0.0001, 1\); calibrated probabilities are at least"):
+    s.predictor.predict_proba(X, threshold=1e-6)
 
 
 def test_a_moved_text_folder_is_searched_with_its_catalogue_passed_or_none():
