@@ -231,6 +231,9 @@ def create_train_state(config, source, total_steps: int | None = None,
     A ``TrainSetup``.
   """
   tc = config.train
+  if config.eval.k > source.num_labels:  # (Found at the first evaluation: after an epoch.)
+    raise ValueError(f"config.eval.k={config.eval.k}: the data has K={source.num_labels} "
+                     "classes; evaluations rank at most K: lower eval.k")
   if total_steps is None:
     total_steps = -(-source.num_points // tc.batch_size) * tc.num_epochs
   parts = config_lib.build(config, source.num_features, source.num_labels, total_steps)

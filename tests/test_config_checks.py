@@ -1,5 +1,7 @@
 """Training settings out of range are refused before any data is read, naming the field."""
 
+import os
+
 import pytest
 
 from mach_jax import config as config_lib, train
@@ -37,3 +39,12 @@ def test_a_learning_rate_of_zero_is_allowed():
   c = tiny_config()
   c.optimizer.learning_rate = 0.0  # (Starting from a model folder unchanged: test_train.)
   config_lib.check_loop(c)
+
+
+def test_an_eval_k_above_the_classes_is_refused_before_training(tmp_path):
+  """It was found at the first periodic evaluation, after an epoch: 'k=60 > K=50'."""
+  c = tiny_config()
+  c.eval.k = 401  # The catalogue has 400 classes.
+  with pytest.raises(ValueError, match=r"config.eval.k=401: the data has K=400 classes"):
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
