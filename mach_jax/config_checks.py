@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from mach_jax import inference
+from mach_jax import decode, inference
 
 
 def check_loop(config) -> None:
@@ -29,6 +29,12 @@ def check_loop(config) -> None:
        or 0 < tc.decay_factor < 1, "0 < f < 1")):
     if not ok:
       raise ValueError(f"config.{field}={value!r}: expected {want}")
+  if unknown := [e for e in ev.estimators if e not in decode.ESTIMATORS]:
+    raise ValueError(f"config.eval.estimators: {unknown} unknown; expected among "
+                     f"{decode.ESTIMATORS}")
+  if ev.decode not in (*decode.DECODE_METHODS, "auto"):
+    raise ValueError(f"config.eval.decode={ev.decode!r}: expected one of "
+                     f"{(*decode.DECODE_METHODS, 'auto')}")
   if ev.estimator not in ev.estimators:
     raise ValueError(f"config.eval.estimator={ev.estimator!r} is not among "
                      f"config.eval.estimators={tuple(ev.estimators)}: add it there")

@@ -17,10 +17,13 @@ from tests.helpers import tiny_config
     ("data", "validation_fraction", -0.1, r"validation_fraction=-0.1: expected 0 <= f < 1"),
     ("data", "validation_fraction", 1.0, r"validation_fraction=1.0: expected 0 <= f < 1"),
     ("train", "input_dropout", 1.0, r"config.train.input_dropout=1.0: expected 0 <= p < 1"),
+    ("eval", "estimators", ("mean", "foo"), r"config.eval.estimators: \['foo'\] unknown"),
+    ("eval", "decode", "beam", r"config.eval.decode='beam': expected one of"),
 ])
 def test_a_value_out_of_range_is_refused_naming_its_field(section, field, value, message):
   """Before: a batch of 0 and H = 0 raised ZeroDivisionError, a negative learning rate
-  trained to P@1 .000 without a word, and eval.k = 0 complained about 'P@1'."""
+  trained to P@1 .000 without a word, eval.k = 0 complained about 'P@1', and an unknown
+  estimator or decoder failed at the first evaluation, an epoch in."""
   c = tiny_config()
   c[section][field] = value
   with pytest.raises(ValueError, match=message):
