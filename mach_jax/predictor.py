@@ -138,7 +138,8 @@ class Predictor:
     the model's): K for exact decoding; for candidates at most the R·m·S classes of the
     repetitions' top-m buckets. Candidate decoding may find fewer distinct classes for a
     point: its remaining slots hold class -1 and score -inf."""
-    return self._decoder(self._decoder_key(1, method, m)).max_k
+    key = self._decoder_key(1, method, m)  # (A candidates decoder shares the index.)
+    return self.spec.K if key[1] == "exact" else self._decoder(key).max_k
 
   def _decoder_key(self, batch_size: int, method: str | None, m: int | None) -> tuple:
     ev = self.config.eval
