@@ -91,6 +91,6 @@ def test_query_strings_agree_with_the_grammar(server):
   76 slots, and k = 72 below them, whose empty slots held duplicates and -inf scores) and
   10 silent changes (a k such as '+5' read as an integer)."""
   from experiments.bench import fuzz, fuzz_service
-  row = fuzz.run("search service", fuzz_service.target(*server), cases=200, seed=1)
+  row = fuzz.run("search service", fuzz_service.target(*server), cases=120, seed=1)
   assert row["first_failures"] == []
-  assert row["accepted"] > 30 and row["refused"] > 30
+  assert row["accepted"] > 20 and row["refused"] > 20
