@@ -2,16 +2,12 @@
 
 import json
 import os
-import socket
-import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
 import pytest
 
-from mach_jax.search import Searcher
 from tests.helpers import ROOT
 
 uvicorn = pytest.importorskip("uvicorn")
@@ -22,22 +18,10 @@ TEXT = os.path.join(ROOT, "tests", "data", "model_v1", "text")
 
 @pytest.fixture(scope="module")
 def server():
-  searcher = Searcher.load(TEXT, catalogue=os.path.join(TEXT, "products.tsv"))
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  config = uvicorn.Config(serve.make_app(searcher), host="127.0.0.1", port=port,
-                          log_level="warning")
-  srv = uvicorn.Server(config)
-  thread = threading.Thread(target=srv.run, daemon=True)
-  thread.start()
-  deadline = time.time() + 30
-  while not srv.started and time.time() < deadline:
-    time.sleep(0.05)
-  assert srv.started
-  yield f"http://127.0.0.1:{port}", searcher
+  from experiments.bench import fuzz_service
+  base, searcher, srv = fuzz_service.start(TEXT)  # On a free port, started.
+  yield base, searcher
   srv.should_exit = True
-  thread.join(timeout=10)
 
 
 def get(url: str) -> tuple[int, str, str]:
