@@ -35,6 +35,7 @@ from mach_jax import (
   model as model_lib,
   provenance,
   quantize as quantize_lib,
+  whole_file,
 )
 from mach_jax.data.text import TextFeaturizer
 from mach_jax.hashing import HashSpec
@@ -296,15 +297,13 @@ def load_params_like(path: str, target: Any, spec: HashSpec, num_features: int) 
 
 def set_calibration(path: str, calibration: dict) -> None:
   """Save a fitted calibration (``mach_jax.calibration.Calibration.to_json()``) in the
-  folder's ``model.json`` (rewritten atomically)."""
+  folder's ``model.json`` (rewritten whole or not at all: ``whole_file``)."""
   info_path = os.path.join(path, "model.json")
   with open(info_path) as f:
     info = json.load(f)
   info["calibration"] = calibration
-  tmp = info_path + ".tmp"
-  with open(tmp, "w") as f:
+  with whole_file.replacing(info_path) as f:
     json.dump(info, f, indent=2)
-  os.replace(tmp, info_path)
 
 
 def expected_shapes(info: dict, config) -> dict[str, tuple[int, ...]]:

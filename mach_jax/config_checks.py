@@ -4,8 +4,10 @@ data is read: each error names the fields to change."""
 from __future__ import annotations
 
 import math
+import os
 
 from mach_jax import decode, inference
+from mach_jax.hashing import IDENTITY, HashSpec
 
 
 def check_loop(config) -> None:
@@ -15,6 +17,7 @@ def check_loop(config) -> None:
   Raises:
     ValueError: naming the fields to change.
   """
+  check_init_from(config)
   ev, tc, ck, m = config.eval, config.train, config.checkpoint, config.model
   lr, vf = config.optimizer.learning_rate, config.data.validation_fraction
   for field, value, ok, want in (  # (Else a batch of 0 or H = 0 divides by zero, lr < 0 climbs.)
@@ -63,3 +66,38 @@ def check_loop(config) -> None:
                      "validation evaluation's state, which the checkpoint store keeps: set "
                      "config.data.validation_fraction > 0 and config.checkpoint.enabled=True "
                      "(or decay_patience=0)")
+
+
+def check_init_from(config) -> None:
+  """Refuse a ``train.init_from`` model folder that is missing, damaged, stored for
+  serving, or of a model the config does not describe, before any data is read (a large
+  log takes minutes to read). The fields the data decides (K, and D, R, B or input_dim
+  when the config leaves them to it) are checked against the folder once it is read.
+
+  Raises:
+    FileNotFoundError, ValueError: naming the folder and the fields to change.
+  """
+  path = config.train.init_from
+  if not path:
+    return
+  from mach_jax import bundle  # (Here, not above: bundle imports config, which imports us.)
+  path = os.path.abspath(path)
+  info = bundle.read_info(path)
+  if info["table_storage"] != "float32":
+    raise ValueError(f"config.train.init_from={path}: its table is stored as "
+                     f"{info['table_storage']}, for serving; start a run from the float32 "
+                     "folder it was quantized from")
+  saved, m = HashSpec.from_dict(info["hash_spec"]), config.model
+  hidden = tuple(info["config"].get("model", {}).get("hidden", ()))
+  checks = [("model.hash_family", m.hash_family, saved.family, True),
+            ("model.hidden", tuple(m.hidden), hidden, bool(hidden)),
+            ("model.input_dim", m.input_dim, saved.input_dim, m.input_dim >= 0)]
+  if saved.family != IDENTITY:
+    checks += [("model.R", m.R, saved.R, m.R != 0), ("model.B", m.B, saved.B, m.B != 0),
+               ("model.hash_seed", m.hash_seed, saved.seed, True),
+               ("model.input_sign", m.input_sign, saved.input_sign, saved.input_dim > 0)]
+  if differ := [f"config.{field}={want!r} (the folder's: {got!r})"
+                for field, want, got, fixed in checks if fixed and want != got]:
+    raise ValueError(f"config.train.init_from={path}: its model cannot start this run: "
+                     f"{'; '.join(differ)}; only a larger catalogue K may differ: set these "
+                     "as the folder has them, or start from another folder")

@@ -20,6 +20,8 @@ import os
 import re
 import zlib
 
+from mach_jax import whole_file
+
 __all__ = ["ALGORITHMS", "DamagedFolderError", "check", "check_record", "record", "validate",
            "write_record"]
 
@@ -127,9 +129,8 @@ def write_record(folder: str, name: str, algorithm: str = "sha256",
   """Write ``record(folder)`` as the JSON file ``folder/name`` (a checkpoint's own record),
   leaving out ``skip`` (files rewritten after it)."""
   files, path = record(folder, (name, *skip), algorithm), os.path.join(folder, name)
-  with open(path + ".partial", "w") as f:  # Renamed when whole: a cut record never shows.
+  with whole_file.replacing(path) as f:  # A cut record never shows.
     json.dump(files, f)
-  os.replace(path + ".partial", path)
 
 
 def check_record(folder: str, name: str) -> None:

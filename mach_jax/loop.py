@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mach_jax import sharding
+from mach_jax import sharding, whole_file
 
 
 def itstime(step: int, every: int, *, last: bool = False) -> bool:
@@ -132,23 +132,16 @@ class JsonlWriter:
         continue
       if r.get("step", 0) <= step and not r.get("final") and r.get("decay", 0) <= decays:
         kept.append(line)
-    with open(self.path + ".partial", "w") as f:
+    with whole_file.replacing(self.path) as f:
       f.writelines(kept)
-    os.replace(self.path + ".partial", self.path)
 
 
 def write_results(workdir: str, results: dict) -> None:
   """``workdir/results.json``, whole or not at all: written to a temporary file and renamed
   over the old one, so a run killed (or failing) while writing leaves the previous file or
   none. A refit reads its selection's results.json to go on; a partial one stopped it."""
-  path = os.path.join(workdir, "results.json")
-  try:
-    with open(path + ".partial", "w") as f:
-      json.dump(results, f, indent=2)
-    os.replace(path + ".partial", path)
-  finally:
-    if os.path.exists(path + ".partial"):
-      os.remove(path + ".partial")
+  with whole_file.replacing(os.path.join(workdir, "results.json")) as f:
+    json.dump(results, f, indent=2)
 
 
 def eval_record(by_estimator: dict[str, dict[str, float]], main: str) -> dict[str, float]:

@@ -237,6 +237,7 @@ def create_train_state(config, source, total_steps: int | None = None,
   if total_steps is None:
     total_steps = -(-source.num_points // tc.batch_size) * tc.num_epochs
   parts = config_lib.build(config, source.num_features, source.num_labels, total_steps)
+  check_candidates(config, parts)
   mesh_spec = config.mesh if parts.spec.family != IDENTITY else (("data", 1), ("rep", 1))
   mesh = sharding.make_mesh(mesh_spec, parts.spec.R, tc.batch_size, devices=mesh_devices)
   shards = mesh.shape[sharding.DATA_AXIS]
@@ -251,3 +252,23 @@ def create_train_state(config, source, total_steps: int | None = None,
                     sharding.make_train_step(parts, mesh, state, first),
                     sharding.make_logits_fn(parts, mesh, state.params, first),
                     sharding.batch_shardings(mesh, first))
+
+
+def check_candidates(config, parts: config_lib.Parts) -> None:
+  """Refuse candidate decoding that cannot rank ``eval.k`` classes, before training (the
+  first evaluation, an epoch later, would find it).
+
+  Raises:
+    ValueError: naming ``eval.candidates_m`` or ``eval.k``.
+  """
+  ev, spec = config.eval, parts.spec
+  if ev.decode != "candidates":
+    return
+  if not 1 <= ev.candidates_m <= spec.B:
+    raise ValueError(f"config.eval.candidates_m={ev.candidates_m}: expected 1 <= m <= "
+                     f"B={spec.B} (buckets probed per repetition)")
+  if parts.decoder.max_k < ev.k:
+    raise ValueError(f"config.eval.k={ev.k}: candidate decoding with candidates_m="
+                     f"{ev.candidates_m} finds at most {parts.decoder.max_k} classes a point "
+                     f"(R={spec.R} repetitions' top-m buckets); raise config.eval.candidates_m "
+                     "or lower eval.k")

@@ -274,5 +274,5 @@ def test_init_from_a_model_folder_starts_from_its_parameters(tmp_path):
   for key in a:
     np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=key)
   c.model.B = 64
-  with pytest.raises(ValueError, match=r"cannot start this run .*model.B"):
+  with pytest.raises(ValueError, match=r"cannot start this run.*model.B=64"):
     train.train_and_evaluate(c, str(tmp_path / "third"))

@@ -19,12 +19,12 @@ import hashlib
 import io
 import os
 import re
-import tempfile
 import warnings
 
 import numpy as np
 import scipy.sparse as sp
 
+from mach_jax import whole_file
 from mach_jax.data import batching
 from mach_jax.data.lines import read_text_lines
 
@@ -151,16 +151,10 @@ def _save_cached(cached: str, data: XCData) -> None:
   """Write ``cached`` atomically (temporary file, then rename): concurrent runs of a sweep
   may race to write it, and a reader never sees half a file."""
   os.makedirs(os.path.dirname(cached), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(cached), suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, x_data=data.X.data, x_indices=data.X.indices, x_indptr=data.X.indptr,
-               y_indices=data.Y.indices, y_indptr=data.Y.indptr,
-               shape=np.array([data.num_points, data.num_features, data.num_labels]))
-    os.replace(tmp, cached)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  with whole_file.replacing(cached, "wb", unique=True) as f:
+    np.savez(f, x_data=data.X.data, x_indices=data.X.indices, x_indptr=data.X.indptr,
+             y_indices=data.Y.indices, y_indptr=data.Y.indptr,
+             shape=np.array([data.num_points, data.num_features, data.num_labels]))
 
 
 def _load_cached(cached: str) -> XCData | None:
