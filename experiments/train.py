@@ -53,11 +53,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   results = sharding.ending_at_once_on_error(_train)
   if "P@1" in results:
-    summary = _SUMMARY + tuple(k for k in ("P@10", "R@10") if k in results)
+    summary = tuple(k for k in _SUMMARY + ("P@10", "R@10") if k in results)  # (eval.k < 5)
     print("test " + "  ".join(f"{k} {results[k]:.4f}" for k in summary)
           + f"  (estimator: {results['estimator']})")
     for name, res in results["by_estimator"].items():
-      print(f"  {name:>9}: P@1 {res['P@1']:.4f}  P@3 {res['P@3']:.4f}  P@5 {res['P@5']:.4f}")
+      print(f"  {name:>9}: " + "  ".join(f"{k} {res[k]:.4f}" for k in _SUMMARY[:3] if k in res))
     base = results["popularity_baseline"]
     print("  the most frequent training labels for every point: "
           + "  ".join(f"{k} {base[k]:.4f}" for k in summary if k in base))

@@ -110,6 +110,9 @@ EMBEDDING_BAG_DENSE_MIN_ROWS = 16
 EMBEDDING_BAG_DENSE_GPU_MAX = 2**30
 
 
+MODES = ("auto", "dense", "gather")  # config.model.embedding_bag
+
+
 def use_dense_bag(mode: str, num_rows: int, num_features: int, num_nonzeros: int,
                   platform: str | None = None) -> bool:
   """Whether ``mode`` meets a batch with a dense [b, D] product rather than a row gather.
@@ -129,7 +132,7 @@ def use_dense_bag(mode: str, num_rows: int, num_features: int, num_nonzeros: int
     if (platform or jax.default_backend()) == "gpu":
       return num_rows * num_features <= EMBEDDING_BAG_DENSE_GPU_MAX
     return num_rows * num_features <= EMBEDDING_BAG_DENSE_RATIO * num_nonzeros
-  raise ValueError(f"embedding_bag={mode!r}: expected auto|dense|gather")
+  raise ValueError(f"embedding_bag={mode!r}: expected one of {MODES}")
 
 
 def gathered_rows_bag(mode: str, platform: str | None = None) -> str:

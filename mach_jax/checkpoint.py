@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 
-from mach_jax import file_digests, host_memory
+from mach_jax import config_checks, file_digests, host_memory
 from mach_jax.array_store import (  # noqa: F401  (abstract_like: part of this API)
   abstract_like,
   arrays_handler,
@@ -67,8 +67,9 @@ def async_saves(background: str = "auto") -> bool:
   until the write ends (measured: +1.0x the state's bytes; a synchronous save adds
   nothing). On an accelerator that copy lives in host memory, and training goes on.
   """
-  if background not in ("auto", "always", "never"):
-    raise ValueError(f"config.checkpoint.background={background!r}: auto, always or never")
+  if background not in config_checks.BACKGROUND:
+    raise ValueError(f"config.checkpoint.background={background!r}: expected one of "
+                     f"{config_checks.BACKGROUND}")
   return background == "always" or background == "auto" and jax.devices()[0].platform != "cpu"
 
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from mach_jax import decode, model as model_lib, optim
+from mach_jax import config_checks, decode, model as model_lib, optim
 from mach_jax.config_checks import check_loop  # noqa: F401  (re-exported: run before data)
 from mach_jax.hashing import IDENTITY, HashSpec
 
@@ -245,9 +245,9 @@ def hash_spec(config, num_classes: int) -> HashSpec:
 
 def make_model(config, num_features: int, spec: HashSpec) -> model_lib.MACH:
   m = config.model
-  if m.table_dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"config.model.table_dtype={m.table_dtype!r}: expected 'float32' or "
-                     "'bfloat16'")
+  if m.table_dtype not in config_checks.TABLE_DTYPES:
+    raise ValueError(f"config.model.table_dtype={m.table_dtype!r}: expected one of "
+                     f"{config_checks.TABLE_DTYPES}")
   if m.table_dtype != "float32" and (m.dense_input or not config.optimizer.row_sparse):
     raise ValueError(f"config.model.table_dtype={m.table_dtype!r} stores the sparse input "
                      "table for row-sparse Adam: it needs config.optimizer.row_sparse=True "

@@ -6,8 +6,11 @@ from __future__ import annotations
 import math
 import os
 
-from mach_jax import decode, inference
-from mach_jax.hashing import IDENTITY, HashSpec
+from mach_jax import bag, decode, inference, losses, optim
+from mach_jax.hashing import FAMILIES, IDENTITY, HashSpec
+
+TABLE_DTYPES = ("float32", "bfloat16")
+BACKGROUND = ("auto", "always", "never")  # checkpoint.background: saves written meanwhile.
 
 
 def check_loop(config) -> None:
@@ -18,26 +21,16 @@ def check_loop(config) -> None:
     ValueError: naming the fields to change.
   """
   check_init_from(config)
-  ev, tc, ck, m = config.eval, config.train, config.checkpoint, config.model
-  lr, vf = config.optimizer.learning_rate, config.data.validation_fraction
-  for field, value, ok, want in (  # (Else a batch of 0 or H = 0 divides by zero, lr < 0 climbs.)
-      ("train.batch_size", tc.batch_size, tc.batch_size >= 1, "an integer >= 1"),
-      ("eval.k", ev.k, ev.k >= 1, "an integer >= 1"),
-      ("data.validation_fraction", vf, 0 <= vf < 1, "0 <= f < 1"),
-      ("optimizer.learning_rate", lr, math.isfinite(lr) and lr >= 0, "a finite number >= 0"),
-      ("model.hidden", tuple(m.hidden), min(m.hidden, default=1) >= 1, "widths >= 1"),
-      ("train.input_dropout", tc.input_dropout, 0 <= tc.input_dropout < 1, "0 <= p < 1"),
-      ("train.hidden_dropout", tc.hidden_dropout, 0 <= tc.hidden_dropout < 1, "0 <= p < 1"),
-      ("train.decay_factor", tc.decay_factor, not tc.decay_patience
-       or 0 < tc.decay_factor < 1, "0 < f < 1")):
+  ev, tc, ck = config.eval, config.train, config.checkpoint
+  for field, value, ok, want in _ranges(config):  # (Else: a ZeroDivisionError, lr < 0 climbs.)
     if not ok:
       raise ValueError(f"config.{field}={value!r}: expected {want}")
+  for field, value, choices in _choices(config):
+    if value not in choices:
+      raise ValueError(f"config.{field}={value!r}: expected one of {choices}")
   if unknown := [e for e in ev.estimators if e not in decode.ESTIMATORS]:
     raise ValueError(f"config.eval.estimators: {unknown} unknown; expected among "
                      f"{decode.ESTIMATORS}")
-  if ev.decode not in (*decode.DECODE_METHODS, "auto"):
-    raise ValueError(f"config.eval.decode={ev.decode!r}: expected one of "
-                     f"{(*decode.DECODE_METHODS, 'auto')}")
   if ev.estimator not in ev.estimators:
     raise ValueError(f"config.eval.estimator={ev.estimator!r} is not among "
                      f"config.eval.estimators={tuple(ev.estimators)}: add it there")
@@ -66,6 +59,70 @@ def check_loop(config) -> None:
                      "validation evaluation's state, which the checkpoint store keeps: set "
                      "config.data.validation_fraction > 0 and config.checkpoint.enabled=True "
                      "(or decay_patience=0)")
+
+
+def _ranges(config):
+  """(field, value, whether it is in range, the range in words) of every numeric setting."""
+  ev, tc, ck, m, o = config.eval, config.train, config.checkpoint, config.model, config.optimizer
+  vf = config.data.validation_fraction
+
+  def finite(v, low=0.0):
+    return math.isfinite(v) and v >= low
+
+  at_least = lambda low: f"an integer >= {low}"  # noqa: E731
+  return (
+      ("model.R", m.R, m.R >= 0, "an integer >= 1 (0: derived from the data)"),
+      ("model.B", m.B, m.B == 0 or m.B >= 2, "an integer >= 2 (0: derived from the data)"),
+      ("model.hidden", tuple(m.hidden), len(m.hidden) >= 1 and min(m.hidden) >= 1,
+       "one width or more, each >= 1"),
+      ("model.input_dim", m.input_dim, m.input_dim >= -1,
+       "0 (off), -1 (derived from the data) or an integer >= 1"),
+      ("model.hash_seed", m.hash_seed, m.hash_seed >= 0, at_least(0)),
+      ("optimizer.learning_rate", o.learning_rate, finite(o.learning_rate),
+       "a finite number >= 0"),
+      ("optimizer.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, at_least(0)),
+      ("optimizer.warmup_fraction", o.warmup_fraction, 0 <= o.warmup_fraction < 1, "0 <= f < 1"),
+      ("optimizer.clip_norm", o.clip_norm, finite(o.clip_norm), "a finite number >= 0"),
+      ("optimizer.weight_decay", o.weight_decay, finite(o.weight_decay),
+       "a finite number >= 0"),
+      ("optimizer.table_lr_scale", o.table_lr_scale, finite(o.table_lr_scale),
+       "a finite number >= 0"),
+      ("train.batch_size", tc.batch_size, tc.batch_size >= 1, at_least(1)),
+      ("train.num_epochs", tc.num_epochs, tc.num_epochs >= 1, at_least(1)),
+      ("train.log_every_steps", tc.log_every_steps, tc.log_every_steps >= 0, at_least(0)),
+      ("train.input_dropout", tc.input_dropout, 0 <= tc.input_dropout < 1, "0 <= p < 1"),
+      ("train.hidden_dropout", tc.hidden_dropout, 0 <= tc.hidden_dropout < 1, "0 <= p < 1"),
+      ("train.early_stopping_patience", tc.early_stopping_patience,
+       tc.early_stopping_patience >= 0, at_least(0)),
+      ("train.decay_patience", tc.decay_patience, tc.decay_patience >= 0, at_least(0)),
+      ("train.max_decays", tc.max_decays, tc.max_decays >= 0, at_least(0)),
+      ("train.decay_factor", tc.decay_factor, not tc.decay_patience
+       or 0 < tc.decay_factor < 1, "0 < f < 1"),
+      ("eval.k", ev.k, ev.k >= 1, at_least(1)),
+      ("eval.batch_size", ev.batch_size, ev.batch_size >= 1, at_least(1)),
+      ("eval.every_epochs", ev.every_epochs, ev.every_epochs >= 0, at_least(0)),
+      ("eval.every_steps", ev.every_steps, ev.every_steps >= 0, at_least(0)),
+      ("eval.subset", ev.subset, ev.subset >= 0, "an integer >= 0 (0: every point)"),
+      ("eval.memory_budget_mb", ev.memory_budget_mb, ev.memory_budget_mb >= 1, at_least(1)),
+      ("eval.candidates_m", ev.candidates_m, ev.candidates_m >= 1, at_least(1)),
+      ("eval.min_count", ev.min_count, ev.min_count >= 1, at_least(1)),
+      ("data.validation_fraction", vf, 0 <= vf < 1, "0 <= f < 1"),
+      ("checkpoint.keep", ck.keep, ck.keep >= 1, at_least(1)),
+      ("checkpoint.every_steps", ck.every_steps, ck.every_steps >= 0, at_least(0)))
+
+
+def _choices(config):
+  """(field, value, its choices) of every setting that names one of a few choices."""
+  m, o = config.model, config.optimizer
+  return (("model.loss", m.loss, (*losses.LOSSES, "auto")),
+          ("model.hash_family", m.hash_family, (*FAMILIES, IDENTITY)),
+          ("model.embedding_bag", m.embedding_bag, bag.MODES),
+          ("model.table_dtype", m.table_dtype, TABLE_DTYPES),
+          ("optimizer.name", o.name, optim.OPTIMIZERS),
+          ("optimizer.schedule", o.schedule, optim.SCHEDULES),
+          ("optimizer.table_moments_dtype", o.table_moments_dtype, ("", *TABLE_DTYPES)),
+          ("checkpoint.background", config.checkpoint.background, BACKGROUND),
+          ("eval.decode", config.eval.decode, (*decode.DECODE_METHODS, "auto")))
 
 
 def check_init_from(config) -> None:

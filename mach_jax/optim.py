@@ -29,6 +29,10 @@ __all__ = ["RowSparseAdamState", "RowSparseTransform", "check_schedule", "dense_
            "row_sparse_adam", "set_rows", "update_states", "warmup_steps"]
 
 
+OPTIMIZERS = ("adam", "adamw", "sgd")  # config.optimizer.name
+SCHEDULES = ("constant", "cosine", "piecewise")  # config.optimizer.schedule
+
+
 def warmup_steps(opt, total_steps: int) -> int:
   """The cosine schedule's warm-up: ``warmup_steps`` plus ``warmup_fraction`` of the run."""
   return int(opt.warmup_steps + round(opt.warmup_fraction * total_steps))
@@ -59,8 +63,7 @@ def learning_rate(opt, total_steps: int) -> float | optax.Schedule:
     warmup = warmup_steps(opt, total_steps)
     return optax.warmup_cosine_decay_schedule(0.0, opt.learning_rate, warmup,
                                               max(total_steps, warmup + 1))
-  raise ValueError(f"config.optimizer.schedule={opt.schedule!r}: expected "
-                   "constant|cosine|piecewise")
+  raise ValueError(f"config.optimizer.schedule={opt.schedule!r}: expected one of {SCHEDULES}")
 
 
 def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
@@ -78,7 +81,7 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
   elif opt.name == "sgd":
     core = optax.sgd(lr, momentum=0.9)
   else:
-    raise ValueError(f"config.optimizer.name={opt.name!r}: expected adam|adamw|sgd")
+    raise ValueError(f"config.optimizer.name={opt.name!r}: expected one of {OPTIMIZERS}")
   parts = [optax.clip_by_global_norm(opt.clip_norm)] if opt.clip_norm > 0 else []
   return optax.chain(*parts, core)
 

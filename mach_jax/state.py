@@ -234,6 +234,9 @@ def create_train_state(config, source, total_steps: int | None = None,
   if config.eval.k > source.num_labels:  # (Found at the first evaluation: after an epoch.)
     raise ValueError(f"config.eval.k={config.eval.k}: the data has K={source.num_labels} "
                      "classes; evaluations rank at most K: lower eval.k")
+  if config.model.hash_family != IDENTITY and config.model.B > source.num_labels:
+    raise ValueError(f"config.model.B={config.model.B}: more buckets than the data's "
+                     f"K={source.num_labels} classes; lower model.B (0: derived from the data)")
   if total_steps is None:
     total_steps = -(-source.num_points // tc.batch_size) * tc.num_epochs
   parts = config_lib.build(config, source.num_features, source.num_labels, total_steps)
@@ -255,13 +258,16 @@ def create_train_state(config, source, total_steps: int | None = None,
 
 
 def check_candidates(config, parts: config_lib.Parts) -> None:
-  """Refuse candidate decoding that cannot rank ``eval.k`` classes, before training (the
-  first evaluation, an epoch later, would find it).
+  """Refuse decoding settings that the first evaluation, an epoch later, would refuse:
+  ``eval.min_count`` above R, candidate decoding that cannot rank ``eval.k`` classes.
 
   Raises:
-    ValueError: naming ``eval.candidates_m`` or ``eval.k``.
+    ValueError: naming ``eval.min_count``, ``eval.candidates_m`` or ``eval.k``.
   """
   ev, spec = config.eval, parts.spec
+  if not 1 <= ev.min_count <= spec.R:
+    raise ValueError(f"config.eval.min_count={ev.min_count}: expected 1 <= min_count <= "
+                     f"R={spec.R} (repetitions a candidate is found in)")
   if ev.decode != "candidates":
     return
   if not 1 <= ev.candidates_m <= spec.B:

@@ -191,8 +191,9 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
           writer.write({"step": step, "epoch": epoch + 1, "eval_points":
                         len(subset) if subset is not None else held.num_points,
                         **loop.eval_record(every, ev.estimator)})
-          logging.info("step %d (epoch %d): loss %.4f  P@1 %.4f  P@5 %.4f", step, epoch + 1,
-                       record.get("loss", float("nan")), main["P@1"], main["P@5"])
+          logging.info("step %d (epoch %d): loss %.4f  %s", step, epoch + 1,
+                       record.get("loss", float("nan")),  # (P@5 only with eval.k >= 5.)
+                       "  ".join(f"{m} {main[m]:.4f}" for m in ("P@1", "P@5") if m in main))
           if tc.target_metric and main[tc.target_metric] >= tc.target_value:
             target.update(reached=True, step=step, epoch=epoch + 1, train_seconds=seconds,
                           achieved=main[tc.target_metric], periodic_eval_seconds=periodic_seconds,
@@ -213,10 +214,8 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict[str, Any]:
 
   # ---- Final evaluation, model folder and results ----------------------------------------
   # Only the parameters go on: the optimizer state is freed before evaluating and exporting.
-  params, state = state.params, None
-  if best.params is not None:
-    params = best.params
-  elif validation is not None and best.record and best.record["step"] != step:
+  params, state = (state.params if best.params is None else best.params), None
+  if best.params is None and validation is not None and best.record and best.record["step"] != step:
     params = checkpoint_lib.restore_kept(  # Into the last parameters' arrays.
         manager, best.record["step"], setup.state._replace(params=params), ("params",)).params
   t_eval, test = time.time(), data_lib.in_memory(test)  # A test log is featurized now.

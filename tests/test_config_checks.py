@@ -14,12 +14,34 @@ from tests.helpers import tiny_config
     ("eval", "k", 0, r"config.eval.k=0: expected an integer >= 1"),
     ("optimizer", "learning_rate", -1e-3, r"learning_rate=-0.001: expected a finite number"),
     ("optimizer", "learning_rate", float("nan"), r"learning_rate=nan: expected a finite"),
-    ("model", "hidden", (0,), r"config.model.hidden=\(0,\): expected widths >= 1"),
+    ("model", "hidden", (0,), r"config.model.hidden=\(0,\): expected one width or more"),
     ("data", "validation_fraction", -0.1, r"validation_fraction=-0.1: expected 0 <= f < 1"),
     ("data", "validation_fraction", 1.0, r"validation_fraction=1.0: expected 0 <= f < 1"),
     ("train", "input_dropout", 1.0, r"config.train.input_dropout=1.0: expected 0 <= p < 1"),
     ("eval", "estimators", ("mean", "foo"), r"config.eval.estimators: \['foo'\] unknown"),
     ("eval", "decode", "beam", r"config.eval.decode='beam': expected one of"),
+    # Found by experiments.bench.fuzz_settings (2026-12-08): each ran, or failed deeper
+    # naming no setting ("negative dimensions are not allowed", "cannot convert float NaN
+    # to integer", an inhomogeneous array inside a checkpoint save).
+    ("model", "R", -8, r"config.model.R=-8: expected an integer >= 1 \(0: derived"),
+    ("model", "B", 1, r"config.model.B=1: expected an integer >= 2"),
+    ("model", "hidden", (), r"config.model.hidden=\(\): expected one width or more"),
+    ("model", "input_dim", -2, r"config.model.input_dim=-2: expected 0 \(off\), -1"),
+    ("model", "hash_family", "md5", r"config.model.hash_family='md5': expected one of"),
+    ("model", "loss", "hinge", r"config.model.loss='hinge': expected one of"),
+    ("model", "embedding_bag", "sparse", r"config.model.embedding_bag='sparse': expected"),
+    ("optimizer", "weight_decay", -1e-4, r"config.optimizer.weight_decay=-0.0001: expected"),
+    ("optimizer", "warmup_fraction", float("nan"), r"warmup_fraction=nan: expected 0 <= f"),
+    ("optimizer", "warmup_steps", -3, r"config.optimizer.warmup_steps=-3: expected"),
+    ("optimizer", "name", "lamb", r"config.optimizer.name='lamb': expected one of"),
+    ("train", "num_epochs", 0, r"config.train.num_epochs=0: expected an integer >= 1"),
+    ("train", "max_decays", -1, r"config.train.max_decays=-1: expected an integer >= 0"),
+    ("eval", "every_steps", -10, r"config.eval.every_steps=-10: expected an integer >= 0"),
+    ("eval", "subset", -1, r"config.eval.subset=-1: expected an integer >= 0"),
+    ("eval", "batch_size", 0, r"config.eval.batch_size=0: expected an integer >= 1"),
+    ("eval", "min_count", 0, r"config.eval.min_count=0: expected an integer >= 1"),
+    ("checkpoint", "keep", 0, r"config.checkpoint.keep=0: expected an integer >= 1"),
+    ("checkpoint", "background", "off", r"config.checkpoint.background='off': expected one"),
 ])
 def test_a_value_out_of_range_is_refused_naming_its_field(section, field, value, message):
   """Before: a batch of 0 and H = 0 raised ZeroDivisionError, a negative learning rate
@@ -111,3 +133,31 @@ def test_candidate_decoding_that_cannot_rank_k_is_refused_before_training(tmp_pa
   with pytest.raises(ValueError, match=message):
     train.train_and_evaluate(c, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("B", 512, r"config.model.B=512: more buckets than the data's K=400 classes"),
+    ("min_count", 5, r"config.eval.min_count=5: expected 1 <= min_count <= R=4"),
+])
+def test_a_setting_beyond_the_data_is_refused_naming_it_before_training(tmp_path, field,
+                                                                        value, message):
+  """Before: HashSpec's 'B=512 > K=400' (naming no setting); a min_count above R was
+  refused by the first evaluation, an epoch in."""
+  c = tiny_config()
+  (c.model if field == "B" else c.eval)[field] = value
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_the_settings_fuzz_tells_a_refusal_a_run_and_a_silent_change(tmp_path, monkeypatch):
+  """experiments.bench.fuzz_settings's oracle on three fixed cases: a value out of range
+  refused, a valid one that runs (eval.k = 1 ended in KeyError 'P@5' before 2026-12-08),
+  and, with the range checks taken away, a value out of range taken silently."""
+  from experiments.bench import fuzz_settings as fs
+  from mach_jax import config_checks
+  assert fs.check({"train.batch_size": 0}, str(tmp_path)) == "refused"
+  assert fs.check({"eval.k": 1, "model.B": 400}, str(tmp_path)) == "accepted"
+  monkeypatch.setattr(config_checks, "_ranges", lambda config: ())
+  with pytest.raises(fs.SilentChange, match=r"weight_decay.*outside the domain"):
+    fs.check({"optimizer.weight_decay": -1e-4}, str(tmp_path))

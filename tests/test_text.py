@@ -67,7 +67,9 @@ def test_too_long_text_and_non_string_raise_with_origin():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(num_features=0), "num_features"), (dict(weighting="idf"), "weighting"),
     (dict(word_ngrams=(2, 1)), "word_ngrams"), (dict(word_ngrams=(0, 0), char_ngrams=(0, 0)),
-                                                "both disabled")])
+                                                "both disabled"),
+    (dict(char_weight=float("nan")), r"char_weight=nan: expected a finite number >= 0"),
+    (dict(char_weight=-0.5), r"char_weight=-0.5: expected")])  # (Taken before 2026-12-08.)
 def test_bad_settings_name_the_setting(kwargs, match):
   with pytest.raises(ValueError, match=match):
     TextFeaturizer(**kwargs)

@@ -433,7 +433,20 @@ def run(name: str, case, cases: int, seed: int = 0) -> dict:
   return {"parser": name, "cases": counts["accepted"] + counts["refused"] + len(failures),
           **counts, "silent_changes": sum(f.startswith("Silent") for f in failures),
           "unexplained_crashes": sum(f.startswith("Unexpl") for f in failures),
-          "seconds": round(time.time() - t0, 1), "first_failures": failures[:5]}
+          "seconds": round(time.time() - t0, 1), "first_failures": failures[:5],
+          "failures": failures}
+
+
+def report(row: dict, out: str, name: str, words=("accepted", "refused"), **extra) -> None:
+  """Print one campaign's counts (``run``'s row) and failures; write them to OUT/NAME."""
+  print(f"{row['cases']} cases: {row['accepted']} {words[0]}, {row['refused']} {words[1]}, "
+        f"{row['silent_changes']} silent changes, {row['unexplained_crashes']} unexplained "
+        f"crashes ({row['seconds']} s)")
+  for f in row["failures"]:
+    print("   ", f)
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, name), "w") as f:
+    json.dump({**row, **extra}, f, indent=2)
 
 
 def main() -> None:

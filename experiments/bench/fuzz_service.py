@@ -36,7 +36,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from experiments.bench.fuzz import SilentChange, UnexplainedCrash, run
+from experiments.bench.fuzz import SilentChange, UnexplainedCrash, report, run
 
 K_TOKENS = ("1", "5", "10", "0", "-1", "+5", " 5", "5 ", "1_0", "05", "5.0", "1e1", "\u0663",
             "\uff15", "99", "100", "101", "", "k", "9" * 12)
@@ -154,14 +154,8 @@ def main() -> None:
     row = run("search service", target(base, searcher), args.cases, args.seed)
   finally:
     server.should_exit = True
-  print(f"{row['cases']} cases: {row['accepted']} answered, {row['refused']} refused, "
-        f"{row['silent_changes']} silent changes, {row['unexplained_crashes']} unexplained "
-        f"crashes ({row['seconds']} s)")
-  for f in row["first_failures"]:
-    print("   ", f)
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "fuzz_service.json"), "w") as f:
-    json.dump({**row, "model": folder, "seed": args.seed}, f, indent=2)
+  report(row, args.out, "fuzz_service.json", ("answered", "refused"), model=folder,
+         seed=args.seed)
 
 
 if __name__ == "__main__":

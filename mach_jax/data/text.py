@@ -26,6 +26,7 @@ for serving.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -74,6 +75,9 @@ class TextFeaturizer:
       object.__setattr__(self, name, (int(lo), int(hi)))
     if self.word_ngrams == (0, 0) and self.char_ngrams == (0, 0):
       raise ValueError("featurizer: word_ngrams and char_ngrams are both disabled")
+    if not (math.isfinite(self.char_weight) and self.char_weight >= 0):  # (NaN: NaN features.)
+      raise ValueError(f"featurizer.char_weight={self.char_weight}: expected a finite number "
+                       ">= 0 (char_ngrams=(0, 0) leaves character n-grams out)")
     if self.max_chars < 1:
       raise ValueError(f"featurizer.max_chars={self.max_chars}: must be >= 1")
     if self.idf is not None and np.shape(self.idf) != (self.num_features,):
