@@ -107,6 +107,9 @@ def _ranges(config):
       ("eval.candidates_m", ev.candidates_m, ev.candidates_m >= 1, at_least(1)),
       ("eval.min_count", ev.min_count, ev.min_count >= 1, at_least(1)),
       ("data.validation_fraction", vf, 0 <= vf < 1, "0 <= f < 1"),
+      ("data.buffer_size", config.data.buffer_size, config.data.buffer_size >= 1, at_least(1)),
+      ("data.cache_mb", config.data.cache_mb, finite(config.data.cache_mb),
+       "a finite number >= 0 (0: no cache)"),
       ("checkpoint.keep", ck.keep, ck.keep >= 1, at_least(1)),
       ("checkpoint.every_steps", ck.every_steps, ck.every_steps >= 0, at_least(0)))
 

@@ -3,8 +3,10 @@
     python -m experiments.bench.fuzz_settings --cases 300 --out runs/fuzz_settings
 
 Each case starts from a small valid run (a synthetic catalogue of 400 classes, 2 epochs,
-a validation slice judged every epoch, checkpoints, a decay on a plateau) and changes one
-to three settings, each drawn from its field's values in ``DOMAINS``: valid ones (bounds,
+a validation slice judged every epoch, checkpoints, a decay on a plateau; half of the
+cases read the same shape as query logs through the text featurizer instead) and changes
+one to three settings, each drawn from its field's values in ``DOMAINS`` (and, on the
+query logs, ``TEXT_DOMAINS``: the featurizer's and the log reader's): valid ones (bounds,
 the data-derived ``0`` / ``-1`` / ``auto``, every choice of an enum) and invalid ones (zero
 or negative where the field needs a positive number, past a bound, NaN and inf, an
 unknown name), as a user's ``--config.<field>=`` overrides would give them. The oracle is
@@ -105,13 +107,51 @@ DOMAINS = {
 }
 
 
-def base_config():
-  """The run every case changes: valid, small, and using every part a setting reaches."""
+def _ngrams(v):
+  return v == (0, 0) or 1 <= v[0] <= v[1]
+
+
+TEXT_DOMAINS = {  # The query-log run's own settings (its featurizer, its reader).
+    "data.featurizer.num_features": ((4096, 64, 1, 0, -5), _pos),
+    "data.featurizer.word_ngrams": (((1, 2), (1, 1), (0, 0), (2, 1), (-1, 2), (0, 2)), _ngrams),
+    "data.featurizer.char_ngrams": (((3, 5), (3, 3), (0, 0), (5, 3), (0, 3)), _ngrams),
+    "data.featurizer.weighting": (("log", "tf", "bm25"), _one_of("log", "tf")),
+    "data.featurizer.char_weight": ((1.0, 0.5, 0.0, -0.5, NAN), _finite_nonneg),
+    "data.featurizer.max_chars": ((10_000, 12, 0, -1), _pos),  # 12: shorter than some.
+    "data.featurizer.idf": ((True, False), lambda v: True),
+    "data.buffer_size": ((100_000, 7, 1, 0, -1), _pos),
+    "data.cache_mb": ((2048, 0, -1), _nonneg),
+}
+
+
+def write_logs(folder: str, K: int = 400) -> dict:
+  """A small query log over K items (train, test, catalogue) in ``folder``: item k's
+  queries are two of its three words and one word of any item."""
+  import numpy as np
+  rng = np.random.default_rng(0)
+  paths = {name: os.path.join(folder, f"{name}.tsv") for name in ("train", "test", "items")}
+  for name, n in (("train", 1500), ("test", 300)):
+    with open(paths[name], "w") as f:
+      for k in rng.integers(0, K, n):
+        words = [f"w{3 * k + j}" for j in rng.permutation(3)[:2]] + [f"w{rng.integers(3 * K)}"]
+        f.write(f"{' '.join(rng.permutation(words))}\t{k}\n")
+  with open(paths["items"], "w") as f:
+    f.writelines(f"{k}\titem {k}\n" for k in range(K))
+  return paths
+
+
+def base_config(logs: dict | None = None):
+  """The run every case changes: valid, small, and using every part a setting reaches; a
+  synthetic catalogue of 400 classes, or the query logs ``logs`` (``write_logs``)."""
   from mach_jax import config as config_lib
   c = config_lib.default_config()
   c.data.name = "synthetic"
   c.data.synthetic.update(num_train=1500, num_test=300, num_classes=400, num_features=600,
                           words_per_label=5, noise_words=8, seed=0)
+  if logs:
+    c.data.update(name="queries", train=logs["train"], test=logs["test"],
+                  catalogue=logs["items"])
+    c.data.featurizer.update(num_features=4096, char_ngrams=(3, 5))
   c.data.validation_fraction = 0.1
   c.model.update(R=4, B=32, hidden=(32,), loss="softmax_hist")
   c.mesh = (("data", 1), ("rep", 1))
@@ -140,23 +180,28 @@ def _trained(workdir: str) -> bool:
     return any("loss" in line for line in f)
 
 
-def check(overrides: dict, folder: str) -> str:
-  """One case: 'accepted' or 'refused'; raises SilentChange / UnexplainedCrash."""
+def check(overrides: dict, folder: str, logs: dict | None = None) -> str:
+  """One case: 'accepted' or 'refused'; raises SilentChange / UnexplainedCrash. With
+  ``logs``, the run reads those query logs (``write_logs``)."""
   import jax
 
   from mach_jax import train
-  config = base_config()
+  config = base_config(logs)
   for key, value in overrides.items():
-    section, field = key.split(".")
-    config[section][field] = value
-  invalid = [k for k, v in overrides.items() if not DOMAINS[k][1](v)]
+    *sections, field = key.split(".")
+    node = config
+    for section in sections:
+      node = node[section]
+    node[field] = value
+  domains = {**DOMAINS, **TEXT_DOMAINS}
+  invalid = [k for k, v in overrides.items() if not domains[k][1](v)]
   workdir = tempfile.mkdtemp(dir=folder)
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
       results = train.train_and_evaluate(config, workdir)
   except Exception as e:  # noqa: BLE001 - the property is about which exception.
-    named = [k for k in overrides if k in str(e)]
+    named = [k for k in overrides if k.removeprefix("data.") in str(e)]  # (featurizer.x)
     what = f"{flags(overrides)}: {type(e).__name__}: {str(e)[:300]}"
     if not isinstance(e, (ValueError, TypeError)):
       raise UnexplainedCrash(what) from e
@@ -180,11 +225,17 @@ def check(overrides: dict, folder: str) -> str:
 
 
 def case(folder: str):
+  """A hypothesis case: half of them on the query logs, with their own settings too."""
+  logs = write_logs(folder)
+
   def one(draw):
     from hypothesis import strategies as st
-    fields = draw(st.lists(st.sampled_from(sorted(DOMAINS)), min_size=1, max_size=3,
+    text = draw(st.booleans())
+    domains = {**DOMAINS, **TEXT_DOMAINS} if text else DOMAINS
+    fields = draw(st.lists(st.sampled_from(sorted(domains)), min_size=1, max_size=3,
                            unique=True))
-    return check({f: draw(st.sampled_from(DOMAINS[f][0])) for f in fields}, folder)
+    return check({f: draw(st.sampled_from(domains[f][0])) for f in fields}, folder,
+                 logs if text else None)
   return one
 
 
