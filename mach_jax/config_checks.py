@@ -66,8 +66,8 @@ def _ranges(config):
   ev, tc, ck, m, o = config.eval, config.train, config.checkpoint, config.model, config.optimizer
   vf = config.data.validation_fraction
 
-  def finite(v, low=0.0):
-    return math.isfinite(v) and v >= low
+  def finite(v):
+    return math.isfinite(v) and v >= 0
 
   at_least = lambda low: f"an integer >= {low}"  # noqa: E731
   return (

@@ -240,7 +240,7 @@ def create_train_state(config, source, total_steps: int | None = None,
   if total_steps is None:
     total_steps = -(-source.num_points // tc.batch_size) * tc.num_epochs
   parts = config_lib.build(config, source.num_features, source.num_labels, total_steps)
-  check_candidates(config, parts)
+  check_decoding(config, parts)
   mesh_spec = config.mesh if parts.spec.family != IDENTITY else (("data", 1), ("rep", 1))
   mesh = sharding.make_mesh(mesh_spec, parts.spec.R, tc.batch_size, devices=mesh_devices)
   shards = mesh.shape[sharding.DATA_AXIS]
@@ -257,7 +257,7 @@ def create_train_state(config, source, total_steps: int | None = None,
                     sharding.batch_shardings(mesh, first))
 
 
-def check_candidates(config, parts: config_lib.Parts) -> None:
+def check_decoding(config, parts: config_lib.Parts) -> None:
   """Refuse decoding settings that the first evaluation, an epoch later, would refuse:
   ``eval.min_count`` above R, candidate decoding that cannot rank ``eval.k`` classes.
 

@@ -42,6 +42,8 @@ from tests.helpers import tiny_config
     ("eval", "min_count", 0, r"config.eval.min_count=0: expected an integer >= 1"),
     ("checkpoint", "keep", 0, r"config.checkpoint.keep=0: expected an integer >= 1"),
     ("checkpoint", "background", "off", r"config.checkpoint.background='off': expected one"),
+    ("data", "buffer_size", 0, r"config.data.buffer_size=0: expected an integer >= 1"),
+    ("data", "cache_mb", -1, r"config.data.cache_mb=-1: expected a finite number >= 0"),
 ])
 def test_a_value_out_of_range_is_refused_naming_its_field(section, field, value, message):
   """Before: a batch of 0 and H = 0 raised ZeroDivisionError, a negative learning rate
