@@ -106,6 +106,8 @@ class Predictor:
     estimator = estimator or ev.estimator
     # Few rows (a single query) are padded to the next power of two, not to the evaluation
     # batch: each size compiles once, and a query does not pay for 511 padding rows.
+    if batch_size is not None and batch_size < 1:  # (-3 failed deep in the decoder; 0 was None.)
+      raise ValueError(f"batch_size={batch_size}: expected an integer >= 1, or None")
     batch_size = batch_size or min(ev.batch_size, 1 << max(0, X.shape[0] - 1).bit_length())
     key = self._decoder_key(batch_size, method, m)
     top = self._decoder(key).max_k
@@ -143,7 +145,7 @@ class Predictor:
 
   def _decoder_key(self, batch_size: int, method: str | None, m: int | None) -> tuple:
     ev = self.config.eval
-    return batch_size, method or ev.decode, m or ev.candidates_m
+    return batch_size, method or ev.decode, ev.candidates_m if m is None else m  # (0: refused.)
 
   def _decoder(self, key: tuple) -> decode.Decoder:
     """The decoder of (batch size, method, m); candidate decoders share one index."""

@@ -234,3 +234,17 @@ def test_the_served_feature_major_table_answers_as_the_table_as_trained():
     b = trained.predict_topk(rows, k=5, batch_size=batch_size)
     np.testing.assert_array_equal(a[1], b[1])
     np.testing.assert_allclose(a[0], b[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(batch_size=-3), r"batch_size=-3: expected an integer >= 1, or None"),
+    (dict(batch_size=0), r"batch_size=0: expected"),  # (Taken as the default before.)
+    (dict(method="candidates", m=0), r"m=0: expected 1 <= m <= B=8"),  # (Likewise.)
+])
+def test_predict_settings_out_of_range_are_refused(kwargs, message):
+  """Found probing the Predictor as the settings fuzz probes training (2026-12-08): a
+  negative batch failed inside the decoder naming a memory budget; 0 was read as None."""
+  p = Predictor.load(os.path.join(V1, "xc"))
+  X = sp.random(3, 100, density=0.1, format="csr", random_state=0, dtype=np.float32)
+  with pytest.raises(ValueError, match=message):
+    p.predict_topk(X, k=5, **kwargs)
