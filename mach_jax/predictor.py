@@ -99,7 +99,7 @@ class Predictor:
     distinct classes for a point: its remaining slots hold class -1 and score -inf.
 
     Raises:
-      ValueError: k is outside [1, ``max_k(method, m)``].
+      ValueError: k is outside [1, ``max_k(method, m)``], or batch_size or m below 1.
     """
     X = self._check(X)
     ev = self.config.eval
