@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import tempfile
 import warnings
 
@@ -164,6 +165,7 @@ def base_config(logs: dict | None = None):
 
 
 def flags(overrides: dict) -> str:
+  """The overrides as the command-line flags that reproduce the case."""
   return " ".join(f"--config.{k}={v!r}" if isinstance(v, str) else f"--config.{k}={v}"
                   for k, v in overrides.items())
 
@@ -214,6 +216,7 @@ def check(overrides: dict, folder: str, logs: dict | None = None) -> str:
     return "refused"
   finally:
     jax.clear_caches()
+    shutil.rmtree(workdir, ignore_errors=True)
   if invalid:
     raise SilentChange(f"{flags(overrides)}: {invalid} outside the domain, and the run ended "
                        f"(P@1 {results.get('P@1')})")
