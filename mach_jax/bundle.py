@@ -64,7 +64,6 @@ def export(path: str, params: Any, spec: HashSpec, config, num_features: int,
     featurizer: the text featurizer of models trained on text, else None.
     table_storage: "int8" when ``params`` hold the input table quantized (``quantize``).
   """
-  import orbax.checkpoint as ocp
   path = os.path.abspath(path)
   partial, old = path + ".partial", path + ".old"
   main = jax.process_index() == 0
@@ -72,9 +71,7 @@ def export(path: str, params: Any, spec: HashSpec, config, num_features: int,
     for leftover in (partial, old):  # From an export that was killed.
       shutil.rmtree(leftover, ignore_errors=True)
   try:
-    with ocp.Checkpointer(array_store.arrays_handler()) as ckptr:
-      ckptr.save(os.path.join(partial, "params"), args=array_store.save_args(params),
-                 force=True)
+    array_store.save_tree(os.path.join(partial, "params"), params)
     if main:
       if featurizer is not None and featurizer.idf is not None:
         np.save(os.path.join(partial, IDF_FILE), featurizer.idf, allow_pickle=False)

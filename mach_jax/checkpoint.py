@@ -38,6 +38,7 @@ from mach_jax import config_checks, file_digests, host_memory
 from mach_jax.array_store import (  # noqa: F401  (abstract_like: part of this API)
   abstract_like,
   arrays_handler,
+  joined_on_failure,
   orbax as _orbax,
   save_args,
   write_failure,
@@ -181,9 +182,10 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
   if (pending := _PENDING.get(manager)) is not None:
     pending.step, pending.record, pending.error = step, record_files, None
   try:
-    manager.save(step, args=ocp.args.Composite(state=save_args(state),
-                                               meta=ocp.args.JsonSave(meta)),
-                 force=True)
+    with joined_on_failure():  # Then no write of it runs while its folder is removed.
+      manager.save(step, args=ocp.args.Composite(state=save_args(state),
+                                                 meta=ocp.args.JsonSave(meta)),
+                   force=True)
     if pending is None and record_files and jax.process_index() == 0:
       _write_record(os.path.join(str(manager.directory), str(step)))
     host_memory.release()  # The chunks a synchronous save wrote from (and the record read).

@@ -299,6 +299,32 @@ def test_a_failed_export_keeps_the_previous_folder(tmp_path, monkeypatch, where)
                                   np.asarray(value))
 
 
+def test_a_failed_export_waits_for_the_writes_still_running(tmp_path, monkeypatch):
+  """orbax raises at the first array whose write fails while other arrays' writes go on in
+  their own threads. Here one such write lands 0.3 s after the failure (before: it wrote
+  model.partial again once the export had removed it, as a loaded CI machine saw on the
+  full tmpfs above)."""
+  import threading
+
+  import orbax.checkpoint as ocp
+  info, config, params = bundle.load(str(V1_XC))
+  spec = Predictor.load(str(V1_XC)).spec
+
+  def failing_save(self, directory, *args, **kwargs):
+    def late():
+      time.sleep(0.3)
+      os.makedirs(os.path.join(directory, "d"), exist_ok=True)
+      open(os.path.join(directory, "d", "fragment"), "wb").close()
+    threading.Thread(target=late).start()
+    raise ValueError("RESOURCE_EXHAUSTED: No space left on device")
+
+  monkeypatch.setattr(ocp.Checkpointer, "save", failing_save)
+  with pytest.raises(OSError, match=r"model could not be written \(no space left"):
+    bundle.export(str(tmp_path / "model"), params, spec, config, info["num_features"])
+  time.sleep(0.5)
+  assert os.listdir(tmp_path) == []
+
+
 def test_a_log_line_on_a_full_disk_names_the_file():
   """Linux's /dev/full answers every write with ENOSPC (before: '[Errno 28] No space left
   on device', no file named)."""
