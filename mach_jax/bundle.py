@@ -81,10 +81,8 @@ def export(path: str, params: Any, spec: HashSpec, config, num_features: int,
               "featurizer": featurizer.to_dict() if featurizer is not None else None,
               "versions": provenance.library_versions(), "table_storage": table_storage,
               "files": file_digests.record(partial)}  # Every file but model.json.
-      with open(os.path.join(partial, "model.json"), "w") as f:
+      with whole_file.replacing(os.path.join(partial, "model.json")) as f:
         json.dump(info, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
       if os.path.exists(path):
         os.rename(path, old)
       os.rename(partial, path)
@@ -236,18 +234,24 @@ def widen(path: str, out: str, num_classes: int) -> None:
   Nothing is retrained: the parameters are the same, every old id keeps its buckets
   (``HashSpec.widened``), and a new id is scored from the buckets it hashes to, as any
   class is. New products rank by what the model learned of their buckets' other members
-  until the model is trained on queries for them.
+  until the model is trained on queries for them. Written whole, or not at all (OSError).
   """
-  info = read_info(path)
-  spec = HashSpec.from_dict(info["hash_spec"]).widened(num_classes)
+  spec = HashSpec.from_dict(read_info(path)["hash_spec"]).widened(num_classes)
   if os.path.exists(out):
     raise FileExistsError(f"{out}: exists; pass a new folder")
-  shutil.copytree(path, out)
-  with open(os.path.join(path, "model.json")) as f:
-    raw = json.load(f)
-  raw.update(hash_spec=spec.to_dict(), num_classes=spec.K)
-  with open(os.path.join(out, "model.json"), "w") as f:
-    json.dump(raw, f, indent=2)
+  shutil.rmtree(partial := os.path.abspath(out) + ".partial", ignore_errors=True)  # A killed one's.
+  try:
+    shutil.copytree(path, partial)
+    with open(os.path.join(path, "model.json")) as f:  # As written (read_info migrates).
+      raw = {**json.load(f), "hash_spec": spec.to_dict(), "num_classes": spec.K}
+    with whole_file.replacing(os.path.join(partial, "model.json")) as f:
+      json.dump(raw, f, indent=2)
+    os.rename(partial, out)
+  except OSError as e:  # (copytree's shutil.Error lists its files' errors, errno None.)
+    shutil.rmtree(partial, ignore_errors=True)
+    code, words = array_store.write_failure(e)
+    raise OSError(code, f"the model folder {out} could not be written ({words}); nothing "
+                  "half-written was left: free space and widen again") from e
 
 
 def load_params_like(path: str, target: Any, spec: HashSpec, num_features: int) -> Any:

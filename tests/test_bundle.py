@@ -166,6 +166,30 @@ def test_a_widened_model_keeps_old_buckets_and_answers_for_new_ids(tmp_path):
     bundle.widen(os.path.join(V1, "xc"), str(tmp_path / "small"), 50)
 
 
+def test_a_failed_widening_leaves_no_folder_and_a_rerun_writes_it(tmp_path, monkeypatch):
+  """A full disk while the folder is copied (before: the copy was made at ``out`` itself,
+  so a failure left half a folder there, and the rerun was refused: ``out`` exists)."""
+  import errno
+  copy = shutil.copyfile
+  calls = []
+
+  def full(src, dst, *args, **kwargs):
+    calls.append(src)
+    if len(calls) == 3:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return copy(src, dst, *args, **kwargs)
+
+  monkeypatch.setattr(shutil, "copyfile", full)
+  with pytest.raises(OSError, match=r"wide could not be written .*No space left.*widen "
+                     r"again") as e:
+    bundle.widen(os.path.join(V1, "xc"), str(tmp_path / "wide"), 75)
+  assert e.value.errno == errno.ENOSPC
+  monkeypatch.undo()
+  assert os.listdir(tmp_path) == []
+  bundle.widen(os.path.join(V1, "xc"), str(tmp_path / "wide"), 75)
+  assert os.listdir(tmp_path) == ["wide"] and Predictor.load(str(tmp_path / "wide")).spec.K == 75
+
+
 def test_a_balanced_hash_cannot_be_widened():
   from mach_jax.hashing import HashSpec
   with pytest.raises(ValueError, match="'balanced' hash assigns buckets by K"):
