@@ -24,7 +24,8 @@ if TYPE_CHECKING:
   import orbax.checkpoint as ocp
 
 __all__ = ["orbax", "arrays_handler", "save_args", "save_tree", "joined_on_failure",
-           "restore_args", "abstract_like", "read_in_place", "write_failure", "PIECE_BYTES"]
+           "join_threads", "orbax_thread", "restore_args", "abstract_like", "read_in_place",
+           "write_failure", "PIECE_BYTES"]
 
 # ``read_in_place`` moves an array to the device in pieces of at most this many bytes.
 # Reading an 800 MB state back took 18-31 MB above it in pieces of 1-2 MB, 49-62 in 4 MB,
@@ -64,22 +65,34 @@ def save_args(tree: Any) -> Any:
   return orbax().args.PyTreeSave(tree)
 
 
-@contextlib.contextmanager
-def joined_on_failure(wait_s: float = 120.0):
-  """Re-raise an error inside the block only once every thread it started has ended (or
-  after ``wait_s``).
+def join_threads(since: set, wait_s: float = 120.0, only=None) -> None:
+  """Wait for the threads started since the snapshot ``since`` (``set(threading.
+  enumerate())``) and still running, those ``only(thread)`` accepts, for ``wait_s`` in all.
 
   orbax raises at the first array whose write fails (a full disk) while the other arrays'
   writes go on in their own threads: a caller that removed the unfinished folder at once
   could see them write parts of it again.
   """
+  deadline = time.monotonic() + wait_s
+  for thread in set(threading.enumerate()) - since:
+    if only is None or only(thread):
+      thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def orbax_thread(thread: threading.Thread) -> bool:
+  """Whether ``thread`` is one of orbax's own (its commit futures' threads)."""
+  return type(thread).__module__.startswith("orbax.")
+
+
+@contextlib.contextmanager
+def joined_on_failure(wait_s: float = 120.0):
+  """Re-raise an error inside the block only once every thread it started has ended (or
+  after ``wait_s``; ``join_threads``)."""
   before = set(threading.enumerate())
   try:
     yield
   except BaseException:
-    deadline = time.monotonic() + wait_s
-    for thread in set(threading.enumerate()) - before:
-      thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    join_threads(before, wait_s)
     raise
 
 

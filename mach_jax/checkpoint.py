@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -38,8 +39,10 @@ from mach_jax import config_checks, file_digests, host_memory
 from mach_jax.array_store import (  # noqa: F401  (abstract_like: part of this API)
   abstract_like,
   arrays_handler,
+  join_threads,
   joined_on_failure,
   orbax as _orbax,
+  orbax_thread,
   save_args,
   write_failure,
 )
@@ -105,6 +108,7 @@ class _Pending:
   step: int | None = None
   record: bool = False
   error: BaseException | None = None
+  threads: set = dataclasses.field(default_factory=set)  # Alive when the save began.
 
   def watch(self, manager: ocp.CheckpointManager) -> None:
     """Record the error of ``manager``'s background write in ``error`` as orbax's finalising
@@ -181,6 +185,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
   finish(manager)  # (orbax's save would wait for a background save here anyway.)
   if (pending := _PENDING.get(manager)) is not None:
     pending.step, pending.record, pending.error = step, record_files, None
+    pending.threads = set(threading.enumerate())
   try:
     with joined_on_failure():  # Then no write of it runs while its folder is removed.
       manager.save(step, args=ocp.args.Composite(state=save_args(state),
@@ -212,6 +217,8 @@ def finish(manager: ocp.CheckpointManager) -> None:
       time.sleep(0.05)
     manager.wait_until_finished()
   except Exception as e:  # Raised in orbax's background thread, passed on here.
+    if pending is not None and jax.process_count() == 1:  # (Across processes: at once.)
+      join_threads(pending.threads, only=orbax_thread)  # Then its folder is removed.
     raise _write_error(manager, pending.step if pending else None, e) from e
 
 

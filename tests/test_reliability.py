@@ -139,6 +139,44 @@ def test_a_full_disk_under_a_background_save_names_that_save_and_keeps_the_previ
   np.testing.assert_array_equal(np.asarray(again.state["a"]), np.asarray(state["a"]))
 
 
+def test_a_failed_background_save_is_removed_once_orbax_writes_have_ended(tmp_path,
+                                                                         monkeypatch):
+  """The background side of ``test_a_failed_export_waits_for_the_writes_still_running``:
+  the write of another array (a thread of orbax's) lands 0.3 s after the wait has failed;
+  the unfinished folder is removed after it, and no thread of the run's own is waited for."""
+  import threading
+
+  import jax.numpy as jnp
+  manager = checkpoint.make_manager(str(tmp_path), keep=2, background="always")
+  state = {"a": jnp.arange(1000, dtype=jnp.float32)}
+  checkpoint.save(manager, 1, state, {"step": 1})
+  checkpoint.finish(manager)
+  d = tmp_path / checkpoint.CHECKPOINT_DIR
+  late_write = type("LateWrite", (threading.Thread,), {"__module__": "orbax.fake"})
+
+  def write_late():
+    time.sleep(0.3)
+    os.makedirs(d / "2.orbax-checkpoint-tmp-1" / "state", exist_ok=True)
+    (d / "2.orbax-checkpoint-tmp-1" / "state" / "fragment").write_bytes(b"")
+
+  def save_in_background(*args, **kwargs):
+    late_write(target=write_late).start()
+    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()  # The run's own.
+
+  def failing_wait():
+    raise ValueError("RESOURCE_EXHAUSTED: No space left on device")
+
+  monkeypatch.setattr(manager, "save", save_in_background)
+  checkpoint.save(manager, 2, state, {"step": 2})
+  monkeypatch.setattr(manager, "wait_until_finished", failing_wait)
+  start = time.monotonic()
+  with pytest.raises(checkpoint.CheckpointWriteError, match=r"checkpoint 2 could not be "):
+    checkpoint.finish(manager)
+  assert time.monotonic() - start < 10
+  time.sleep(0.5)
+  assert sorted(os.listdir(d)) == ["1"]
+
+
 @pytest.mark.parametrize("background", [False, True], ids=["synchronous", "background"])
 def test_a_full_disk_under_two_processes_ends_both_within_seconds(tmp_path, background):
   """Two processes (as two hosts) write checkpoints to a 9 MiB tmpfs until it is full: the
