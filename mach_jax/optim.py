@@ -55,8 +55,9 @@ def learning_rate(opt, total_steps: int) -> float | optax.Schedule:
     return opt.learning_rate
   if opt.schedule == "piecewise":
     if not opt.boundaries or any(not 0 < f < 1 for f, _ in opt.boundaries):
-      raise ValueError(f"config.optimizer.boundaries={opt.boundaries!r}: the piecewise "
-                       "schedule needs ((fraction of the run, factor), ...), 0 < fraction < 1")
+      raise ValueError(f"config.optimizer.schedule='piecewise' needs config.optimizer."
+                       "boundaries=((fraction of the run, factor), ...), 0 < fraction < 1; "
+                       f"got {opt.boundaries!r}")
     return optax.piecewise_constant_schedule(opt.learning_rate, {
         int(round(f * total_steps)): factor for f, factor in opt.boundaries})
   if opt.schedule == "cosine":

@@ -163,3 +163,22 @@ def test_the_settings_fuzz_tells_a_refusal_a_run_and_a_silent_change(tmp_path, m
   monkeypatch.setattr(config_checks, "_ranges", lambda config: ())
   with pytest.raises(fs.SilentChange, match=r"weight_decay.*outside the domain"):
     fs.check({"optimizer.weight_decay": -1e-4}, str(tmp_path))
+
+
+def test_the_settings_fuzz_draws_every_checked_field_and_every_choice():
+  """The fuzz's domains are written by hand (its oracle must not be the code it judges):
+  a field ``config_checks`` learns to check, or a choice a module adds, fails here until
+  the fuzz draws it too."""
+  from experiments.bench import fuzz_settings as fs
+  from mach_jax import config_checks
+  config = config_lib.default_config()
+  domains = {**fs.DOMAINS, **fs.TEXT_DOMAINS}
+  checked = [f for f, *_ in config_checks._ranges(config)]
+  assert [f for f in checked if f not in domains] == []
+  differ = {}
+  for field, _, choices in config_checks._choices(config):
+    values, valid = domains.get(field, ((), lambda v: False))
+    drawn = {v for v in values if valid(v)}
+    if not set(choices) <= set(values) or drawn != set(choices):  # Each choice drawn, and
+      differ[field] = (sorted(choices), sorted(drawn))  # the oracle takes only those.
+  assert differ == {}

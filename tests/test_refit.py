@@ -46,7 +46,7 @@ def test_the_piecewise_rate_multiplies_by_each_factor_from_its_share_of_the_run(
       [0.5, 0.5, 0.05, 0.05, 0.025, 0.025])
   for bad in ((), ((1.0, 0.1),), ((0.0, 0.1),)):
     c.boundaries = bad
-    with pytest.raises(ValueError, match="piecewise schedule needs"):
+    with pytest.raises(ValueError, match="schedule=.piecewise. needs config.optimizer.boundaries"):
       optim.learning_rate(c, 100)
 
 

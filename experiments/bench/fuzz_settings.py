@@ -76,12 +76,15 @@ DOMAINS = {
     "model.dense_input": ((True, False), lambda v: True),
     "optimizer.name": (("adam", "adamw", "sgd", "lamb"), _one_of("adam", "adamw", "sgd")),
     "optimizer.learning_rate": ((0.0, 1e-2, 1.0, -1e-3, NAN, INF), _finite_nonneg),
-    "optimizer.schedule": (("constant", "cosine", "linear"), _one_of("constant", "cosine")),
+    "optimizer.schedule": (("constant", "cosine", "piecewise", "linear"),  # piecewise: no
+                           _one_of("constant", "cosine", "piecewise")),  # boundaries given.
     "optimizer.warmup_steps": ((0, 5, -3), _nonneg),
     "optimizer.warmup_fraction": ((0.0, 0.3, -0.1, 1.0, NAN), _fraction),
     "optimizer.clip_norm": ((0.0, 1.0, -1.0, NAN), _finite_nonneg),
     "optimizer.weight_decay": ((0.0, 1e-4, -1e-4, NAN), _finite_nonneg),
     "optimizer.row_sparse": ((True, False), lambda v: True),
+    "optimizer.table_moments_dtype": (("", "float32", "bfloat16", "float16"),
+                                      _one_of("", "float32", "bfloat16")),  # "": the table's.
     "optimizer.table_lr_scale": ((1.0, 5.0, 0.0, -1.0, NAN), _finite_nonneg),
     "train.batch_size": ((1, 7, 64, 5000, 0, -64), _pos),
     "train.num_epochs": ((1, 3, 0, -1), _pos),
@@ -105,6 +108,8 @@ DOMAINS = {
     "data.validation_fraction": ((0.0, 0.1, 0.5, -0.1, 1.0, NAN), _fraction),
     "checkpoint.keep": ((1, 2, 5, 0, -1), _pos),
     "checkpoint.every_steps": ((0, 7, 100, -1), _nonneg),
+    "checkpoint.background": (("auto", "always", "never", "sometimes"),
+                              _one_of("auto", "always", "never")),
 }
 
 
