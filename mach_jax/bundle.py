@@ -51,7 +51,8 @@ def folder_bytes(path: str) -> int:
 
 
 def export(path: str, params: Any, spec: HashSpec, config, num_features: int,
-           featurizer: TextFeaturizer | None = None, table_storage: str = "float32") -> int:
+           featurizer: TextFeaturizer | None = None, table_storage: str = "float32",
+           calibration: dict | None = None) -> int:
   """Write the model folder to ``path``, atomically; returns its size in bytes.
 
   The folder is written beside ``path`` (``path.partial``, ``model.json`` last) and renamed
@@ -63,6 +64,7 @@ def export(path: str, params: Any, spec: HashSpec, config, num_features: int,
     params: the trained parameters (any sharding; orbax gathers them).
     featurizer: the text featurizer of models trained on text, else None.
     table_storage: "int8" when ``params`` hold the input table quantized (``quantize``).
+    calibration: a fitted calibration to keep (``set_calibration``'s), or None.
   """
   path = os.path.abspath(path)
   partial, old = path + ".partial", path + ".old"
@@ -80,6 +82,7 @@ def export(path: str, params: Any, spec: HashSpec, config, num_features: int,
               "config": json.loads(config.to_json()),
               "featurizer": featurizer.to_dict() if featurizer is not None else None,
               "versions": provenance.library_versions(), "table_storage": table_storage,
+              "calibration": calibration,
               "files": file_digests.record(partial)}  # Every file but model.json.
       with whole_file.replacing(os.path.join(partial, "model.json")) as f:
         json.dump(info, f, indent=2)
@@ -222,9 +225,8 @@ def quantize(path: str, out: str) -> tuple[int, int]:
     return {**reps, name: q, quantize_lib.SCALE: scale}
 
   export(out, _with_table(params, info, config, to_int8), HashSpec.from_dict(info["hash_spec"]),
-         config, int(info["num_features"]), load_featurizer(path, info), table_storage="int8")
-  if info["calibration"] is not None:
-    set_calibration(out, info["calibration"])
+         config, int(info["num_features"]), load_featurizer(path, info), table_storage="int8",
+         calibration=info["calibration"])  # In the folder as it appears: none without it.
   return folder_bytes(path), folder_bytes(out)
 
 
@@ -299,10 +301,8 @@ def load_params_like(path: str, target: Any, spec: HashSpec, num_features: int) 
 def set_calibration(path: str, calibration: dict) -> None:
   """Save a fitted calibration (``mach_jax.calibration.Calibration.to_json()``) in the
   folder's ``model.json`` (rewritten whole or not at all: ``whole_file``)."""
-  info_path = os.path.join(path, "model.json")
-  with open(info_path) as f:
-    info = json.load(f)
-  info["calibration"] = calibration
+  with open(info_path := os.path.join(path, "model.json")) as f:
+    info = {**json.load(f), "calibration": calibration}
   with whole_file.replacing(info_path) as f:
     json.dump(info, f, indent=2)
 

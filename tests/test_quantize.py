@@ -87,6 +87,27 @@ def test_a_quantized_folder_stores_int8_and_answers_as_its_dequantized_table(tmp
   np.testing.assert_allclose([[h.score for h in row] for row in hits], scores, rtol=1e-6)
 
 
+def test_a_quantized_folder_appears_with_its_calibration(tmp_path, monkeypatch):
+  """Killed as soon as the int8 folder is in place, quantize leaves it calibrated (before:
+  the calibration was written into it afterwards, so such a kill left a folder that loads
+  and answers without it, and the rerun was refused: the folder exists)."""
+  src = tmp_path / "model"
+  shutil.copytree(os.path.join(V1, "xc"), src)
+  calibration = {"method": "platt", "temperature": 2.0, "bias": 0.5}
+  bundle.set_calibration(str(src), calibration)
+  rename = os.rename
+
+  def killed_after(a, b):
+    rename(a, b)
+    if b == str(tmp_path / "int8"):
+      raise KeyboardInterrupt("killed")
+
+  monkeypatch.setattr(bundle.os, "rename", killed_after)
+  with pytest.raises(KeyboardInterrupt):
+    bundle.quantize(str(src), str(tmp_path / "int8"))
+  assert json.load(open(tmp_path / "int8" / "model.json"))["calibration"] == calibration
+
+
 def test_xc_folder_quantizes_and_its_answers_stay_close(tmp_path):
   out = tmp_path / "int8"
   bundle.quantize(os.path.join(V1, "xc"), str(out))
