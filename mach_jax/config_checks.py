@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 
-from mach_jax import bag, decode, inference, losses, optim
+from mach_jax import bag, data as data_lib, decode, inference, losses, optim
 from mach_jax.hashing import FAMILIES, IDENTITY, HashSpec
 
 TABLE_DTYPES = ("float32", "bfloat16")
@@ -28,6 +28,8 @@ def check_loop(config) -> None:
   for field, value, choices in _choices(config):
     if value not in choices:
       raise ValueError(f"config.{field}={value!r}: expected one of {choices}")
+  if config.data.name == "queries":  # The featurizer's own checks, before contradictions.
+    data_lib.featurizer(config.data)
   if unknown := [e for e in ev.estimators if e not in decode.ESTIMATORS]:
     raise ValueError(f"config.eval.estimators: {unknown} unknown; expected among "
                      f"{decode.ESTIMATORS}")

@@ -165,6 +165,17 @@ def test_the_settings_fuzz_tells_a_refusal_a_run_and_a_silent_change(tmp_path, m
     fs.check({"optimizer.weight_decay": -1e-4}, str(tmp_path))
 
 
+def test_a_featurizer_setting_out_of_range_is_named_before_a_contradiction(tmp_path):
+  """Found by the settings fuzz (seed 6): an unknown weighting beside settings that
+  contradict each other was refused for the contradiction, naming another field."""
+  from experiments.bench import fuzz_settings as fs
+  logs = fs.write_logs(str(tmp_path))
+  c = fs.base_config(logs)
+  c.data.featurizer.weighting, c.data.validation_fraction = "bm25", 0.0
+  with pytest.raises(ValueError, match=r"featurizer.weighting='bm25': expected one of"):
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+
+
 def test_the_settings_fuzz_draws_every_checked_field_and_every_choice():
   """The fuzz's domains are written by hand (its oracle must not be the code it judges):
   a field ``config_checks`` learns to check, or a choice a module adds, fails here until
