@@ -87,12 +87,14 @@ def orbax_thread(thread: threading.Thread) -> bool:
 @contextlib.contextmanager
 def joined_on_failure(wait_s: float = 120.0):
   """Re-raise an error inside the block only once every thread it started has ended (or
-  after ``wait_s``; ``join_threads``)."""
+  after ``wait_s``; ``join_threads``). Across processes it is raised at once: a thread may
+  wait for the other processes, which wait for this one (``sharding.ending_at_once_on_error``)."""
   before = set(threading.enumerate())
   try:
     yield
   except BaseException:
-    join_threads(before, wait_s)
+    if jax.process_count() == 1:
+      join_threads(before, wait_s)
     raise
 
 
