@@ -193,3 +193,24 @@ def test_the_settings_fuzz_draws_every_checked_field_and_every_choice():
     if not set(choices) <= set(values) or drawn != set(choices):  # Each choice drawn, and
       differ[field] = (sorted(choices), sorted(drawn))  # the oracle takes only those.
   assert differ == {}
+
+
+def test_the_train_cli_prints_a_refusal_alone(tmp_path):
+  """A refused setting or a missing file: its message on stderr, exit status 1, no
+  traceback (before: twenty lines of the library's frames above it)."""
+  import subprocess
+  import sys
+
+  from tests.helpers import ROOT
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  for flag, message in (("--config.model.B=-4", "error: config.model.B=-4: expected an "
+                         "integer >= 2"),
+                        (f"--config.data.train={tmp_path}/none.txt",
+                         f"error: config.data.train={tmp_path}/none.txt: no such file")):
+    run = subprocess.run([sys.executable, "-m", "experiments.train", "--config",
+                          "experiments/configs/bibtex.py", "--workdir", str(tmp_path / "run"),
+                          flag], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1].startswith(message), run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
