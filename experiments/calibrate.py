@@ -23,7 +23,8 @@ import os
 import numpy as np
 from absl import app, flags, logging
 
-from mach_jax import bundle, calibration, data as data_lib
+from experiments.refusals import refusing
+from mach_jax import bundle, calibration, data as data_lib, whole_file
 from mach_jax.predictor import Predictor
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (its model/ folder).")
@@ -56,7 +57,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   model_dir = os.path.join(_WORKDIR.value, bundle.BUNDLE_DIR)
-  predictor = Predictor.load(model_dir)
+  with refusing("--workdir", OSError, ValueError):
+    predictor = Predictor.load(model_dir)
   config = predictor.config
   if not config.data.validation_fraction:
     raise app.UsageError(
@@ -65,7 +67,8 @@ def main(argv):
         " so that the temperature is fitted on points it never saw")
   loss = config.model.loss
   logging.set_verbosity(logging.WARNING)
-  _, validation, test = data_lib.load_splits(config.data)
+  with refusing(None, OSError):  # The run's data files, moved or deleted since.
+    _, validation, test = data_lib.load_splits(config.data)
   if test is None:
     raise app.UsageError(f"{model_dir} was trained without a test split (config.data.test "
                          "is empty): the calibration is reported on one")
@@ -94,7 +97,7 @@ def main(argv):
     curves[f"{name}: ECE {ece:.3f}"] = bins
   bundle.set_calibration(model_dir, fits[chosen].to_json())
   report["plot"] = plot(os.path.join(_WORKDIR.value, "reliability.png"), curves)
-  with open(os.path.join(_WORKDIR.value, "calibration.json"), "w") as f:
+  with whole_file.replacing(os.path.join(_WORKDIR.value, "calibration.json")) as f:
     json.dump(report, f, indent=2)
   print(f"test top-{_K.value} ECE (loss {loss}; fitted on {validation.num_points} validation "
         f"points): estimate {report['estimate']['ECE']:.4f}, platt "

@@ -4,8 +4,10 @@
         --input ../shared/data/bibtex/test.txt.gz --k 5 --output preds.txt
 
 Writes one line per point, "label:score label:score ..." best first (fewer than k where
-candidate decoding found fewer distinct labels for the point). If the input carries
-labels, prints P@1/P@3/P@5 (and nDCG@5) with the model's estimator.
+candidate decoding found fewer distinct labels for the point), written whole: an interrupted
+run leaves no half file. If the input carries labels, prints P@1/P@3/P@5 (and nDCG@5) with
+the model's estimator. A missing or damaged model folder, a malformed input line or a bad
+flag ends the run with the message alone (``experiments.refusals``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import os
 
 from absl import app, flags, logging
 
-from mach_jax import metrics
+from experiments.refusals import refusing, writable_output
+from mach_jax import metrics, whole_file
 from mach_jax.bundle import BUNDLE_DIR
 from mach_jax.data.xc import read_xc
 from mach_jax.predictor import Predictor
@@ -38,17 +41,21 @@ def main(argv):
   if bool(_WORKDIR.value) == bool(_MODEL.value):
     raise app.UsageError("pass exactly one of --workdir and --model")
   path = _MODEL.value or os.path.join(_WORKDIR.value, BUNDLE_DIR)
-  predictor = Predictor.load(path)
-  data = read_xc(_INPUT.value)
+  output = writable_output("--output", _OUTPUT.value)
+  with refusing("--model" if _MODEL.value else "--workdir", OSError, ValueError):
+    predictor = Predictor.load(path)
+  with refusing("--input", OSError, ValueError):
+    data = read_xc(_INPUT.value)
   if data.num_labels != predictor.spec.K and data.Y.nnz:
-    raise SystemExit(f"{_INPUT.value}: header has L={data.num_labels} labels, the model has "
-                     f"K={predictor.spec.K}")
-  scores, classes = predictor.predict_topk(data.X, _K.value, _ESTIMATOR.value,
-                                           method=_DECODE.value, m=_M.value)
-  with open(_OUTPUT.value, "w") as f:
+    raise SystemExit(f"error: --input: {_INPUT.value}: header has L={data.num_labels} labels, "
+                     f"the model has K={predictor.spec.K}")
+  with refusing(None, ValueError):  # A bad --k, --estimator or --m: the message names it.
+    scores, classes = predictor.predict_topk(data.X, _K.value, _ESTIMATOR.value,
+                                             method=_DECODE.value, m=_M.value)
+  with refusing("--output", OSError), whole_file.replacing(output) as f:
     for s_row, c_row in zip(scores, classes):
       f.write(" ".join(f"{c}:{s:.6g}" for c, s in zip(c_row, s_row) if c >= 0) + "\n")
-  print(f"wrote {len(classes)} lines to {_OUTPUT.value}")
+  print(f"wrote {len(classes)} lines to {output}")
   if data.Y.nnz and _K.value >= 5:
     m = metrics.evaluate(classes, data.Y, ks=(1, 3, 5))
     print("  ".join(f"{k} {m[k]:.4f}" for k in ("P@1", "P@3", "P@5", "nDCG@5")))

@@ -16,6 +16,7 @@ import os
 
 from absl import app, flags
 
+from experiments.refusals import refusing
 from mach_jax import bundle
 
 _MODEL = flags.DEFINE_string("model", None, "A model folder (or a workdir holding model/).")
@@ -24,11 +25,15 @@ flags.mark_flags_as_required(["model", "out"])
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   path = _MODEL.value
   if not os.path.exists(os.path.join(path, "model.json")):
     path = os.path.join(path, bundle.BUNDLE_DIR)
-  before, after = bundle.quantize(path, _OUT.value)
+  # A folder that is no model, is damaged or quantized already; an --out that exists or
+  # a disk that fills up (nothing is left at --out then): the message alone.
+  with refusing(None, OSError, ValueError):
+    before, after = bundle.quantize(path, _OUT.value)
   print(f"{path}: {before / 2**20:.1f} MiB -> {_OUT.value}: {after / 2**20:.1f} MiB "
         f"({after / before:.2f}x)")
 

@@ -12,7 +12,8 @@ the input is a query log (``query<TAB>ids``) and it also prints P@1/P@3/P@5 and 
     python -m experiments.search --workdir runs/wn_text/select --k 5 --score \
         --input runs/data/wordnet/test.tsv --output /tmp/top.txt
 
-The featurizer
+The output file is written whole. A missing or damaged model folder or catalogue, a
+malformed input line or a bad flag ends the run with the message alone. The featurizer
 is the one saved with the model; the titles come from the catalogue named in the training
 config (``--catalogue`` overrides it). The same in Python:
 ``mach_jax.search.Searcher.load(workdir).search(query, k)``.
@@ -25,7 +26,8 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from mach_jax import metrics
+from experiments.refusals import refusing, writable_output
+from mach_jax import metrics, whole_file
 from mach_jax.data.query_log import label_matrix, read_lines
 from mach_jax.search import Searcher, read_queries
 
@@ -55,12 +57,12 @@ def main(argv):
   if _SCORE.value and not (_INPUT.value and _K.value >= 5):
     raise app.UsageError("--score needs --input (a query log) and --k of at least 5")
   t0 = time.time()
-  searcher = Searcher.load(_WORKDIR.value, _CATALOGUE.value)
+  output = _OUTPUT.value and writable_output("--output", _OUTPUT.value)
+  with refusing("--workdir", OSError, ValueError):  # No model, a damaged one, no catalogue.
+    searcher = Searcher.load(_WORKDIR.value, _CATALOGUE.value)
   if _INPUT.value:
-    try:
+    with refusing("--input", OSError, ValueError):
       queries = read_queries(_INPUT.value)
-    except ValueError as e:
-      raise app.UsageError(str(e)) from None
   t1 = time.time()
   try:
     results = searcher.search(queries, k=_K.value, estimator=_ESTIMATOR.value,
@@ -69,11 +71,11 @@ def main(argv):
     where = f" (--input {_INPUT.value}: query i is on line i + 1)" if _INPUT.value else ""
     raise SystemExit(f"error: {e}{where}") from None
   t2 = time.time()
-  if _OUTPUT.value:
-    with open(_OUTPUT.value, "w") as f:
+  if output:
+    with refusing("--output", OSError), whole_file.replacing(output) as f:
       for hits in results:
         f.write(" ".join(f"{h.id}:{h.score:.6g}" for h in hits) + "\n")
-    print(f"wrote {len(results)} lines to {_OUTPUT.value}")
+    print(f"wrote {len(results)} lines to {output}")
   else:
     for query, hits in zip(queries, results):
       shown = query if len(query) <= 100 else f"{query[:100]}... ({len(query)} characters)"
@@ -89,10 +91,8 @@ def main(argv):
 
 def _print_scores(results, path: str, num_labels: int) -> None:
   """P@1/P@3/P@5 and nDCG@5 of ``results`` against the ids of the query log ``path``."""
-  try:
+  with refusing("--score", OSError, ValueError):
     labels = [ids for _, chunk, _ in read_lines(path, num_labels, 1 << 16) for ids in chunk]
-  except ValueError as e:
-    raise SystemExit(f"error: --score: {e}") from None
   top = np.array([[h.id for h in hits] for hits in results])
   m = metrics.evaluate(top, label_matrix(labels, num_labels))
   print("  ".join(f"{k} {m[k]:.4f}" for k in ("P@1", "P@3", "P@5", "nDCG@5"))

@@ -24,6 +24,7 @@ import time
 
 from absl import app, flags, logging
 
+from experiments.refusals import refusing
 from mach_jax.search import Searcher
 
 MAX_K = 100
@@ -130,7 +131,8 @@ def main(argv):
   except ImportError:
     raise app.UsageError('the service needs the serve extra: pip install -e ".[serve]"') \
         from None
-  searcher = Searcher.load(_WORKDIR.value, _CATALOGUE.value)
+  with refusing("--workdir", OSError, ValueError):  # No model, a damaged one, no catalogue.
+    searcher = Searcher.load(_WORKDIR.value, _CATALOGUE.value)
   searcher.predictor.warm_up(k=10)  # Compile before the first request, not during it.
   logging.info("serving %s on http://%s:%d", _WORKDIR.value, _HOST.value, _PORT.value)
   uvicorn.run(make_app(searcher), host=_HOST.value, port=_PORT.value, log_level="warning")

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import logging as py_logging
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mach_jax import checkpoint, file_digests, sharding, train, workdir
-from mach_jax.data.query_log import QueryLogError
-from mach_jax.data.xc import XCFormatError
+from experiments.refusals import refusing
+from mach_jax import checkpoint, sharding, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -24,12 +22,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics.jsonl and
 flags.mark_flags_as_required(["config", "workdir"])
 
 _SUMMARY = ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5")
-# Refusals whose message is the whole story (the file and line, the folder, what to do),
-# printed alone; as is any error naming a setting ("config.<field>=..."). A failure inside
-# the library keeps its traceback.
-_REFUSALS = (XCFormatError, QueryLogError, file_digests.DamagedFolderError,
-             checkpoint.CheckpointWriteError, workdir.WorkdirInUseError,
-             workdir.WorkdirNotWritableError)
 
 
 def _library_info_only(record: py_logging.LogRecord) -> bool:
@@ -60,12 +52,8 @@ def main(argv):
   handler.setFormatter(_PlainFormatter())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
+  with refusing():  # A refused setting, a malformed file, a full disk: the message alone.
     results = sharding.ending_at_once_on_error(_train)
-  except Exception as e:
-    if not (isinstance(e, _REFUSALS) or str(e).startswith("config.")):
-      raise
-    sys.exit(f"error: {e}")  # On stderr, exit status 1.
   if "P@1" in results:
     summary = tuple(k for k in _SUMMARY + ("P@10", "R@10") if k in results)  # (eval.k < 5)
     print("test " + "  ".join(f"{k} {results[k]:.4f}" for k in summary)

@@ -20,6 +20,7 @@ results.json, an unfinished run resumes from its checkpoints.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -28,7 +29,8 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from mach_jax import sharding, train
+from experiments.refusals import refusing
+from mach_jax import sharding, train, whole_file
 
 _CONFIG = _WORKDIR = _RATES = _PROBE_EPOCHS = None  # Flags: see _flags().
 
@@ -43,6 +45,10 @@ def _flags():
                              "Learning rates tried by the probes.")
   _PROBE_EPOCHS = flags.DEFINE_integer("probe_epochs", 1, "Epochs of each probe.")
   flags.mark_flags_as_required(["config", "workdir"])
+
+
+class TuneSettingError(ValueError):
+  """A flag or setting ``tune`` cannot work with; the message names it and what to change."""
 
 
 def tune(config: ml_collections.ConfigDict, workdir: str, learning_rates, probe_epochs: int,
@@ -60,14 +66,14 @@ def tune(config: ml_collections.ConfigDict, workdir: str, learning_rates, probe_
     The contents of ``workdir/tune.json``.
   """
   if not config.data.validation_fraction:
-    raise ValueError("experiments.tune chooses on a validation slice: set "
-                     "config.data.validation_fraction > 0 (e.g. 0.02)")
+    raise TuneSettingError("experiments.tune chooses on a validation slice: set "
+                           "config.data.validation_fraction > 0 (e.g. 0.02)")
   if not 1 <= probe_epochs <= config.train.num_epochs:
-    raise ValueError(f"--probe_epochs={probe_epochs}: expected 1 to config.train.num_epochs="
-                     f"{config.train.num_epochs}")
+    raise TuneSettingError(f"--probe_epochs={probe_epochs}: expected 1 to "
+                           f"config.train.num_epochs={config.train.num_epochs}")
   metric = config.checkpoint.best_metric
   probes = []
-  for lr in sorted(float(r) for r in learning_rates):
+  for lr in sorted(_rate(r) for r in learning_rates):  # (sorted: every rate checked first.)
     c = ml_collections.ConfigDict(config.to_dict())
     c.optimizer.learning_rate = lr
     c.train.num_epochs = probe_epochs
@@ -89,9 +95,19 @@ def tune(config: ml_collections.ConfigDict, workdir: str, learning_rates, probe_
   if "refit" in final:  # The final run's time counts its selection run's.
     out["final"]["train_seconds"] += final["refit"]["select_train_seconds"]
   if jax.process_index() == 0:  # (Across processes each one returns it; one writes it.)
-    with open(os.path.join(workdir, "tune.json"), "w") as f:
+    with whole_file.replacing(os.path.join(workdir, "tune.json")) as f:
       json.dump(out, f, indent=2)
   return out
+
+
+def _rate(text) -> float:
+  try:
+    lr = float(text)
+  except ValueError:
+    lr = math.nan
+  if not 0 < lr < math.inf:
+    raise TuneSettingError(f"--learning_rates: {text!r} is not a positive number")
+  return lr
 
 
 def _finished(workdir: str, config) -> dict | None:
@@ -105,16 +121,17 @@ def _finished(workdir: str, config) -> dict | None:
           (res["config"]["train"]["num_epochs"], config.train.num_epochs),
           (res["config"]["data"]["train"], config.data.train)]
   if any(a != b for a, b in same):
-    raise ValueError(f"{path}: a finished probe of another configuration ({same}); use a new "
-                     "--workdir")
+    raise TuneSettingError(f"{path}: a finished probe of another configuration ({same}); use "
+                           "a new --workdir")
   return res
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  out = sharding.ending_at_once_on_error(
-      lambda: tune(_CONFIG.value, _WORKDIR.value, _RATES.value, _PROBE_EPOCHS.value))
+  with refusing(None, TuneSettingError):  # Also a malformed file, a full disk: the message.
+    out = sharding.ending_at_once_on_error(
+        lambda: tune(_CONFIG.value, _WORKDIR.value, _RATES.value, _PROBE_EPOCHS.value))
   for p in out["probes"]:
     print(f"probe lr {p['learning_rate']:g}: validation {out['metric']} "
           f"{p['validation'][out['metric']]:.4f}")

@@ -212,13 +212,13 @@ def quantize(path: str, out: str) -> tuple[int, int]:
     ValueError: the folder is int8 already, or its input layer is dense (no table).
     FileExistsError: ``out`` exists.
   """
+  if os.path.exists(out):
+    raise FileExistsError(f"{out}: exists; pass a new folder")
   info, config, params = load(path)
   if info["table_storage"] != "float32":
     raise ValueError(f"{path}: its table is stored as {info['table_storage']} already")
   if config.model.dense_input:
     raise ValueError(f"{path}: a dense input layer has no embedding table to quantize")
-  if os.path.exists(out):
-    raise FileExistsError(f"{out}: exists; pass a new folder")
 
   def to_int8(reps, name):
     q, scale = quantize_lib.quantize_rows(np.asarray(reps[name]))

@@ -1,0 +1,83 @@
+"""The command-line tools refuse bad input with the message alone: no traceback, exit 1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments.refusals import refusing, writable_output
+from mach_jax.data.xc import XCFormatError
+from tests.helpers import ROOT
+
+V1_XC = os.path.join(ROOT, "tests", "data", "model_v1", "xc")  # R=2, B=8, K=60, D=100.
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+
+
+def _refused(run: subprocess.CompletedProcess, message: str) -> None:
+  assert run.returncode == 1, run.stderr[-2000:]
+  assert "Traceback" not in run.stderr, run.stderr[-2000:]
+  assert run.stderr.strip().splitlines()[-1].startswith(message), run.stderr[-2000:]
+
+
+def test_refusing_prints_a_refusal_and_passes_a_failure_through():
+  with pytest.raises(SystemExit, match=r"^error: --input: a.txt:3: bad$"):
+    with refusing("--input", OSError):
+      raise XCFormatError("a.txt:3: bad")  # A refusal wherever it is raised.
+  with pytest.raises(SystemExit, match=r"^error: config.model.B=-4: expected$"):
+    with refusing("--input"):
+      raise ValueError("config.model.B=-4: expected")  # A setting: named by the message.
+  with pytest.raises(SystemExit, match=r"^error: --k=0 is out of range$"):
+    with refusing("--k", ValueError):
+      raise ValueError("--k=0 is out of range")  # Not named twice.
+  with pytest.raises(RuntimeError):  # A failure inside the library keeps its traceback.
+    with refusing("--input", OSError, ValueError):
+      raise RuntimeError("a bug")
+
+
+def test_an_output_in_a_missing_folder_is_refused_before_any_work(tmp_path):
+  assert writable_output("--output", str(tmp_path / "p.txt")) == str(tmp_path / "p.txt")
+  with pytest.raises(SystemExit, match=r"--output: .*the folder .*none does not exist"):
+    writable_output("--output", str(tmp_path / "none" / "p.txt"))
+  with pytest.raises(SystemExit, match="is a folder"):
+    writable_output("--output", str(tmp_path))
+
+
+def test_predict_refuses_a_bad_model_input_flag_or_output(tmp_path):
+  good = tmp_path / "good.txt"
+  good.write_text("2 100 60\n1,2 3:0.5 7:1\n4 9:1\n")
+  bad = tmp_path / "bad.txt"
+  bad.write_text("2 100 60\n1,2 3:0.5 7:1\nbad line\n")
+  out = tmp_path / "p.txt"
+  _refused(_cli("experiments.predict", "--model", str(tmp_path / "none"), "--input", str(good),
+                "--output", str(out)),
+           f"error: --model: {tmp_path / 'none' / 'model.json'}: not a model folder")
+  _refused(_cli("experiments.predict", "--model", V1_XC, "--input", str(bad), "--output",
+                str(out)), f"error: --input: {bad}:3: bad label field 'bad'")
+  _refused(_cli("experiments.predict", "--model", V1_XC, "--input", str(good), "--output",
+                str(out), "--k", "0"), "error: k=0: this model's exact decoding answers")
+  _refused(_cli("experiments.predict", "--model", V1_XC, "--input", str(good), "--output",
+                str(tmp_path / "none" / "p.txt")), "error: --output: ")
+  assert not out.exists()  # Nothing written by the refused runs.
+  ran = _cli("experiments.predict", "--model", V1_XC, "--input", str(good), "--output",
+             str(out), "--k", "3")
+  assert ran.returncode == 0, ran.stderr[-2000:]
+  assert len(out.read_text().splitlines()) == 2 and not os.path.exists(f"{out}.partial")
+
+
+def test_search_quantize_and_tune_refuse_with_the_message_alone(tmp_path):
+  _refused(_cli("experiments.search", "--workdir", V1_XC, "a query"),
+           f"error: --workdir: {V1_XC}: the model was not trained on text")
+  _refused(_cli("experiments.quantize", "--model", V1_XC, "--out", str(tmp_path)),
+           f"error: {tmp_path}: exists; pass a new folder")
+  _refused(_cli("experiments.tune", "--config", "experiments/configs/bibtex.py", "--workdir",
+                str(tmp_path / "t"), "--config.data.validation_fraction=0.1",
+                "--learning_rates=1e-3,abc"),
+           "error: --learning_rates: 'abc' is not a positive number")
