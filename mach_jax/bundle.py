@@ -195,12 +195,10 @@ def load(path: str) -> tuple[dict, ml_collections.ConfigDict, Any]:
 def _with_table(params: dict, info: dict, config, change) -> dict:
   """``params`` with the dict that holds the input table replaced by ``change(that dict,
   the table's name in it)``."""
-  keys = next(iter(expected_shapes(info, config))).split("/")
+  *outer, name = next(iter(expected_shapes(info, config))).split("/")
   def go(tree, keys):
-    if len(keys) == 1:
-      return change(tree, keys[0])
-    return {**tree, keys[0]: go(tree[keys[0]], keys[1:])}
-  return go(params, keys)
+    return change(tree, name) if not keys else {**tree, keys[0]: go(tree[keys[0]], keys[1:])}
+  return go(params, outer)
 
 
 def quantize(path: str, out: str) -> tuple[int, int]:
@@ -230,13 +228,14 @@ def quantize(path: str, out: str) -> tuple[int, int]:
   return folder_bytes(path), folder_bytes(out)
 
 
-def widen(path: str, out: str, num_classes: int) -> None:
-  """Copy the model folder ``path`` to ``out`` over a catalogue grown to ``num_classes``.
+def widen(path: str, out: str, num_classes: int, catalogue: str | None = None) -> None:
+  """Copy the model folder ``path`` to ``out`` over a catalogue grown to ``num_classes``
+  (``catalogue``: its titles' file, then the folder's ``config.data.catalogue``).
 
   Nothing is retrained: the parameters are the same, every old id keeps its buckets
-  (``HashSpec.widened``), and a new id is scored from the buckets it hashes to, as any
-  class is. New products rank by what the model learned of their buckets' other members
-  until the model is trained on queries for them. Written whole, or not at all (OSError).
+  (``HashSpec.widened``), and a new id is scored from the buckets it hashes to: it ranks by
+  what the model learned of its buckets' other members until trained on queries for it.
+  Written whole, or not at all (OSError).
   """
   spec = HashSpec.from_dict(read_info(path)["hash_spec"]).widened(num_classes)
   if os.path.exists(out):
@@ -246,6 +245,7 @@ def widen(path: str, out: str, num_classes: int) -> None:
     shutil.copytree(path, partial)
     with open(os.path.join(path, "model.json")) as f:  # As written (read_info migrates).
       raw = {**json.load(f), "hash_spec": spec.to_dict(), "num_classes": spec.K}
+    raw["config"]["data"]["catalogue"] = catalogue or raw["config"]["data"].get("catalogue", "")
     with whole_file.replacing(os.path.join(partial, "model.json")) as f:
       json.dump(raw, f, indent=2)
     os.rename(partial, out)

@@ -196,6 +196,38 @@ def test_a_balanced_hash_cannot_be_widened():
     HashSpec("balanced", K=100, B=8, R=2).widened(200)
 
 
+def test_the_widen_cli_grows_a_text_model_over_a_new_catalogue_and_search_shows_it(tmp_path):
+  """K from the grown catalogue's lines, every line checked before copying, the catalogue
+  recorded in the new folder, so the Searcher shows the new products' titles by default."""
+  import subprocess
+  import sys
+  lines = open(os.path.join(V1, "text", "products.tsv")).read().splitlines()
+  grown = tmp_path / "grown.tsv"
+  grown.write_text("\n".join(lines + [f"{200 + i}\tnew product {i}" for i in range(5)]) + "\n")
+  bad = tmp_path / "bad.tsv"
+  bad.write_text("\n".join(lines + ["201\tan id skipped"]) + "\n")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+  def widen(*args):
+    return subprocess.run([sys.executable, "-m", "experiments.widen", "--model",
+                           os.path.join(V1, "text"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+  refused = widen("--out", str(tmp_path / "no"), "--catalogue", str(bad))
+  assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+  assert f"error: --catalogue: {bad}:201: id 201 outside [0, 201)" in refused.stderr
+  small = widen("--out", str(tmp_path / "no"), "--num_classes", "100")
+  assert small.returncode == 1 and "error: K=100: a widened catalogue needs more" in small.stderr
+  ran = widen("--out", str(tmp_path / "wide"), "--catalogue", str(grown))
+  assert ran.returncode == 0, ran.stderr[-2000:]
+  assert "K = 200 ->" in ran.stdout and "K = 205 (5 new ids" in ran.stdout
+  assert not os.path.exists(tmp_path / "no")
+  searcher = Searcher.load(str(tmp_path / "wide"))
+  assert searcher.predictor.spec.K == 205 and searcher.titles[203] == "new product 3"
+  hits = searcher.search("new product", k=205, method="exact")[0]
+  assert sorted(h.id for h in hits) == list(range(205))  # New ids answered too.
+
+
 @pytest.mark.parametrize("method", ["exact", "candidates"])
 def test_a_few_rows_in_one_jitted_call_equal_the_batched_path(method):
   p = Predictor.load(os.path.join(V1, "xc"))

@@ -7,16 +7,16 @@
 
 Two operations write a new model folder from an old one: ``quantize`` (an int8 copy,
 ``python -m experiments.quantize``) and ``widen`` (the folder over a grown catalogue,
-``bundle.widen``). Each is run once uninterrupted (the reference), then ``--trials`` times
-killed with SIGKILL and rerun with the same command. Half the trials are killed at a
-uniformly random moment of the whole command (start-up included: most kills land before
-any write), the other half while the new folder is being written (at a uniformly random
-moment between ``OUT.partial`` appearing and ``OUT`` appearing in the reference, polled
-every 2 ms). After each kill
-the folder ``OUT`` must be absent, or complete and equal to the reference (it loads, every
-file's digest checked, with the same ``model.json`` and parameters bit for bit); after the
-rerun it must be present and equal, with no ``OUT.partial`` beside it. A rerun that finds
-``OUT`` complete is refused (``OUT exists``), as the tool refuses to overwrite a folder.
+``python -m experiments.widen``). Each is run once uninterrupted (the reference), then
+``--trials`` times killed with SIGKILL and rerun with the same command. Half the trials are
+killed at a uniformly random moment of the whole command (start-up included: most kills
+land before any write), the other half while the new folder is being written (at a
+uniformly random moment between ``OUT.partial`` appearing and ``OUT`` appearing in the
+reference, polled every 2 ms). After each kill the folder ``OUT`` must be absent, or
+complete and equal to the reference (it loads, every file's digest checked, with the same
+``model.json`` and parameters bit for bit); after the rerun it must be present and equal,
+with no ``OUT.partial`` beside it. A rerun that finds ``OUT`` complete is refused (``OUT
+exists``), as the tool refuses to overwrite a folder.
 """
 
 from __future__ import annotations
@@ -34,14 +34,13 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_WIDEN = ("import sys; from mach_jax import bundle; "
-          "bundle.widen(sys.argv[1], sys.argv[2], int(sys.argv[3]))")
 
 
 def command(op: str, model: str, out: str, num_classes: int) -> list[str]:
   if op == "quantize":
     return [sys.executable, "-m", "experiments.quantize", "--model", model, "--out", out]
-  return [sys.executable, "-c", _WIDEN, model, out, str(num_classes)]
+  return [sys.executable, "-m", "experiments.widen", "--model", model, "--out", out,
+          "--num_classes", str(num_classes)]
 
 
 def run(cmd: list[str], out: str, kill_at: float | None = None,
