@@ -46,6 +46,9 @@ def main(argv):
     predictor = Predictor.load(path)
   with refusing("--input", OSError, ValueError):
     data = read_xc(_INPUT.value)
+  if data.X.shape[1] != predictor.num_features:
+    raise SystemExit(f"error: --input: {_INPUT.value}: header has D={data.X.shape[1]} "
+                     f"features, the model has D={predictor.num_features}")
   if data.num_labels != predictor.spec.K and data.Y.nnz:
     raise SystemExit(f"error: --input: {_INPUT.value}: header has L={data.num_labels} labels, "
                      f"the model has K={predictor.spec.K}")

@@ -63,6 +63,11 @@ def test_predict_refuses_a_bad_model_input_flag_or_output(tmp_path):
                 str(out)), f"error: --input: {bad}:3: bad label field 'bad'")
   _refused(_cli("experiments.predict", "--model", V1_XC, "--input", str(good), "--output",
                 str(out), "--k", "0"), "error: k=0: this model's exact decoding answers")
+  wide = tmp_path / "wide.txt"
+  wide.write_text("1 500 60\n1 450:1\n")
+  _refused(_cli("experiments.predict", "--model", V1_XC, "--input", str(wide), "--output",
+                str(out)), f"error: --input: {wide}: header has D=500 features, the model has "
+           "D=100")
   _refused(_cli("experiments.predict", "--model", V1_XC, "--input", str(good), "--output",
                 str(tmp_path / "none" / "p.txt")), "error: --output: ")
   assert not out.exists()  # Nothing written by the refused runs.
