@@ -43,5 +43,33 @@ def test_sweep_runs_each_point_once_and_plots(tmp_path):
 
 
 def test_unknown_sweep_field_is_an_error():
-  with pytest.raises(KeyError, match="model.Rr"):
+  with pytest.raises(sweep.SweepError, match="model.Rr"):
     sweep.apply(tiny_config(), {"model.Rr": 3})
+  with pytest.raises(sweep.SweepError, match="modle.R"):
+    sweep.apply(tiny_config(), {"modle.R": 3})
+  with pytest.raises(sweep.SweepError, match="model.R.x"):
+    sweep.apply(tiny_config(), {"model.R.x": 3})
+
+
+def test_every_point_is_checked_before_the_first_trains(tmp_path, monkeypatch):
+  """A misspelt field or a setting out of range in the last point is refused at once,
+  naming the point (before: after every point before it had trained)."""
+  trained = []
+  monkeypatch.setattr(sweep.train, "train_and_evaluate", lambda c, w: trained.append(w))
+  for bad, message in (({"model.Rr": 3}, r"point 3 of 3, \{'model.Rr': 3\}: sweep field "
+                                         r"'model.Rr' is not in the config"),
+                       ({"model.B": -4}, r"point 3 of 3, \{'model.B': -4\}: config.model.B=-4: "
+                                         r"expected an integer >= 2")):
+    with pytest.raises(sweep.SweepError, match=message):
+      sweep.run_sweep(tiny_config(), [{"model.R": 1}, {"model.R": 2}, bad], str(tmp_path))
+  assert trained == []
+
+
+def test_a_record_cut_short_by_a_kill_is_dropped_and_its_point_runs_again(tmp_path):
+  path = tmp_path / "results.jsonl"
+  path.write_text('{"id": "aaa", "overrides": {}}\n{"id": "bbb", "overr')
+  assert sweep.done_points(str(path)) == {"aaa"}
+  assert path.read_text() == '{"id": "aaa", "overrides": {}}\n'  # Appends start cleanly.
+  path.write_text('{"id": "aaa"}\nnot json\n{"id": "ccc"}\n')
+  with pytest.raises(sweep.SweepError, match=r"results.jsonl:2: not a record of this sweep"):
+    sweep.done_points(str(path))
