@@ -52,7 +52,7 @@ def main(argv):
   if data.num_labels != predictor.spec.K and data.Y.nnz:
     raise SystemExit(f"error: --input: {_INPUT.value}: header has L={data.num_labels} labels, "
                      f"the model has K={predictor.spec.K}")
-  with refusing(None, ValueError):  # A bad --k, --estimator or --m: the message names it.
+  with refusing(naming=("k", "estimator", "m", "batch_size")):  # Bad flags: named.
     scores, classes = predictor.predict_topk(data.X, _K.value, _ESTIMATOR.value,
                                              method=_DECODE.value, m=_M.value)
   with refusing("--output", OSError), whole_file.replacing(output) as f:

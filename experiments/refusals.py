@@ -27,7 +27,8 @@ REFUSALS = (XCFormatError, QueryLogError, file_digests.DamagedFolderError,
 
 
 @contextlib.contextmanager
-def refusing(flag: str | None = None, *kinds: type[Exception]) -> Iterator[None]:
+def refusing(flag: str | None = None, *kinds: type[Exception],
+             naming: tuple[str, ...] = ()) -> Iterator[None]:
   """Ends the program with ``error: FLAG: message`` on a refusal raised inside the block.
 
   Args:
@@ -36,6 +37,9 @@ def refusing(flag: str | None = None, *kinds: type[Exception]) -> Iterator[None]
     *kinds: exception classes that are refusals in this block (what reading a file the
       user named raises, say), beyond ``REFUSALS`` and any error whose message begins
       with a setting (``config.<field>=...``), which are refusals everywhere.
+    naming: arguments of the call in the block: a ValueError whose message begins with
+      one of them (``k=0: ...``) is a refusal of that argument; any other ValueError
+      there keeps its traceback.
 
   Raises:
     SystemExit: with the message (exit status 1; Python prints it on stderr).
@@ -43,7 +47,8 @@ def refusing(flag: str | None = None, *kinds: type[Exception]) -> Iterator[None]
   try:
     yield
   except Exception as e:
-    if not (isinstance(e, kinds + REFUSALS) or str(e).startswith("config.")):
+    named = isinstance(e, ValueError) and str(e).startswith(tuple(f"{n}=" for n in naming))
+    if not (named or isinstance(e, kinds + REFUSALS) or str(e).startswith("config.")):
       raise
     where = f"{flag}: " if flag and not str(e).startswith((flag, "config.")) else ""
     raise SystemExit(f"error: {where}{e}") from None

@@ -40,6 +40,12 @@ def test_refusing_prints_a_refusal_and_passes_a_failure_through():
   with pytest.raises(RuntimeError):  # A failure inside the library keeps its traceback.
     with refusing("--input", OSError, ValueError):
       raise RuntimeError("a bug")
+  with pytest.raises(SystemExit, match=r"^error: k=0: expected k >= 1$"):
+    with refusing(naming=("k", "m")):
+      raise ValueError("k=0: expected k >= 1")  # Names an argument of the call.
+  with pytest.raises(ValueError, match="^incompatible shapes"):
+    with refusing(naming=("k", "m")):
+      raise ValueError("incompatible shapes (3,) and (4,)")  # Names none: a failure.
 
 
 def test_an_output_in_a_missing_folder_is_refused_before_any_work(tmp_path):
