@@ -120,3 +120,39 @@ def query_log_ids(path) -> list[int]:
     assert query and field
     ids.extend(int(i) for i in field.split(","))
   return ids
+
+
+_CLI_CASES = """
+import json, sys, traceback
+from absl import flags
+import importlib
+name, cases = sys.argv[1], json.loads(sys.argv[2])
+module = importlib.import_module(name)
+out = []
+for argv in cases:
+  flags.FLAGS.unparse_flags()
+  try:
+    module.main(flags.FLAGS([name, *argv]))
+    out.append([0, ""])
+  except SystemExit as e:  # What Python prints for it on stderr, and its exit status.
+    out.append([1, str(e.code)] if isinstance(e.code, str) else [e.code or 0, ""])
+  except Exception:
+    out.append(["traceback", traceback.format_exc()])
+print("CASES " + json.dumps(out))
+"""
+
+
+def run_cli_cases(module: str, cases: list[list[str]]) -> list[tuple[int | str, str]]:
+  """Run ``module``'s ``main`` once per argv of ``cases``, in one fresh process (one import
+  of jax for all of them; the flags parsed anew each time). Returns, per case, (exit
+  status, what Python would print on stderr for its SystemExit), or ("traceback", the
+  traceback) for an error that would have printed one."""
+  import json
+  import subprocess
+  import sys
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  run = subprocess.run([sys.executable, "-c", _CLI_CASES, module, json.dumps(cases)], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=300)
+  line = [l for l in run.stdout.splitlines() if l.startswith("CASES ")]
+  assert run.returncode == 0 and line, run.stderr[-3000:]
+  return [tuple(c) for c in json.loads(line[-1][len("CASES "):])]

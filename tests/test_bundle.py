@@ -199,29 +199,20 @@ def test_a_balanced_hash_cannot_be_widened():
 def test_the_widen_cli_grows_a_text_model_over_a_new_catalogue_and_search_shows_it(tmp_path):
   """K from the grown catalogue's lines, every line checked before copying, the catalogue
   recorded in the new folder, so the Searcher shows the new products' titles by default."""
-  import subprocess
-  import sys
+  from tests.helpers import run_cli_cases
   lines = open(os.path.join(V1, "text", "products.tsv")).read().splitlines()
   grown = tmp_path / "grown.tsv"
   grown.write_text("\n".join(lines + [f"{200 + i}\tnew product {i}" for i in range(5)]) + "\n")
   bad = tmp_path / "bad.tsv"
   bad.write_text("\n".join(lines + ["201\tan id skipped"]) + "\n")
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-
-  def widen(*args):
-    return subprocess.run([sys.executable, "-m", "experiments.widen", "--model",
-                           os.path.join(V1, "text"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-  refused = widen("--out", str(tmp_path / "no"), "--catalogue", str(bad))
-  assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
-  assert f"error: --catalogue: {bad}:201: id 201 outside [0, 201)" in refused.stderr
-  small = widen("--out", str(tmp_path / "no"), "--num_classes", "100")
-  assert small.returncode == 1 and "error: K=100: a widened catalogue needs more" in small.stderr
-  ran = widen("--out", str(tmp_path / "wide"), "--catalogue", str(grown))
-  assert ran.returncode == 0, ran.stderr[-2000:]
-  assert "K = 200 ->" in ran.stdout and "K = 205 (5 new ids" in ran.stdout
-  assert not os.path.exists(tmp_path / "no")
+  model = ["--model", os.path.join(V1, "text")]
+  refused, small, ran = run_cli_cases("experiments.widen", [
+      [*model, "--out", str(tmp_path / "no"), "--catalogue", str(bad)],
+      [*model, "--out", str(tmp_path / "no"), "--num_classes", "100"],
+      [*model, "--out", str(tmp_path / "wide"), "--catalogue", str(grown)]])
+  assert refused == (1, f"error: --catalogue: {bad}:201: id 201 outside [0, 201)"), refused
+  assert small[0] == 1 and small[1].startswith("error: K=100: a widened catalogue needs more")
+  assert ran == (0, "") and not os.path.exists(tmp_path / "no"), ran
   searcher = Searcher.load(str(tmp_path / "wide"))
   assert searcher.predictor.spec.K == 205 and searcher.titles[203] == "new product 3"
   hits = searcher.search("new product", k=205, method="exact")[0]

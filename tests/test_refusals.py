@@ -10,21 +10,9 @@ import pytest
 
 from experiments.refusals import refusing, writable_output
 from mach_jax.data.xc import XCFormatError
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_cli_cases
 
 V1_XC = os.path.join(ROOT, "tests", "data", "model_v1", "xc")  # R=2, B=8, K=60, D=100.
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
-
-
-def _refused(run: subprocess.CompletedProcess, message: str) -> None:
-  assert run.returncode == 1, run.stderr[-2000:]
-  assert "Traceback" not in run.stderr, run.stderr[-2000:]
-  assert run.stderr.strip().splitlines()[-1].startswith(message), run.stderr[-2000:]
 
 
 def test_refusing_prints_a_refusal_and_passes_a_failure_through():
@@ -56,39 +44,51 @@ def test_an_output_in_a_missing_folder_is_refused_before_any_work(tmp_path):
     writable_output("--output", str(tmp_path))
 
 
+def _refused(case: tuple, message: str) -> None:
+  code, printed = case
+  assert code == 1 and printed.startswith(message), case
+
+
 def test_predict_refuses_a_bad_model_input_flag_or_output(tmp_path):
   good = tmp_path / "good.txt"
   good.write_text("2 100 60\n1,2 3:0.5 7:1\n4 9:1\n")
   bad = tmp_path / "bad.txt"
   bad.write_text("2 100 60\n1,2 3:0.5 7:1\nbad line\n")
-  out = tmp_path / "p.txt"
-  _refused(_cli("experiments.predict", "--model", str(tmp_path / "none"), "--input", str(good),
-                "--output", str(out)),
-           f"error: --model: {tmp_path / 'none' / 'model.json'}: not a model folder")
-  _refused(_cli("experiments.predict", "--model", V1_XC, "--input", str(bad), "--output",
-                str(out)), f"error: --input: {bad}:3: bad label field 'bad'")
-  _refused(_cli("experiments.predict", "--model", V1_XC, "--input", str(good), "--output",
-                str(out), "--k", "0"), "error: k=0: this model's exact decoding answers")
   wide = tmp_path / "wide.txt"
   wide.write_text("1 500 60\n1 450:1\n")
-  _refused(_cli("experiments.predict", "--model", V1_XC, "--input", str(wide), "--output",
-                str(out)), f"error: --input: {wide}: header has D=500 features, the model has "
-           "D=100")
-  _refused(_cli("experiments.predict", "--model", V1_XC, "--input", str(good), "--output",
-                str(tmp_path / "none" / "p.txt")), "error: --output: ")
-  assert not out.exists()  # Nothing written by the refused runs.
-  ran = _cli("experiments.predict", "--model", V1_XC, "--input", str(good), "--output",
-             str(out), "--k", "3")
-  assert ran.returncode == 0, ran.stderr[-2000:]
+  out = tmp_path / "p.txt"
+  io = ["--input", str(good), "--output", str(out)]
+  cases = run_cli_cases("experiments.predict", [
+      ["--model", str(tmp_path / "none"), *io],
+      ["--model", V1_XC, "--input", str(bad), "--output", str(out)],
+      ["--model", V1_XC, "--input", str(wide), "--output", str(out)],
+      ["--model", V1_XC, *io, "--k", "0"],
+      ["--model", V1_XC, "--input", str(good), "--output", str(tmp_path / "none" / "p.txt")],
+      ["--model", V1_XC, *io, "--k", "3"]])
+  _refused(cases[0], f"error: --model: {tmp_path / 'none' / 'model.json'}: not a model folder")
+  _refused(cases[1], f"error: --input: {bad}:3: bad label field 'bad'")
+  _refused(cases[2], f"error: --input: {wide}: header has D=500 features, the model has D=100")
+  _refused(cases[3], "error: k=0: this model's exact decoding answers")
+  _refused(cases[4], "error: --output: ")
+  assert cases[5] == (0, ""), cases[5]
   assert len(out.read_text().splitlines()) == 2 and not os.path.exists(f"{out}.partial")
 
 
-def test_search_quantize_and_tune_refuse_with_the_message_alone(tmp_path):
-  _refused(_cli("experiments.search", "--workdir", V1_XC, "a query"),
+def test_search_and_quantize_refuse_with_the_message_alone(tmp_path):
+  _refused(run_cli_cases("experiments.search", [["--workdir", V1_XC, "a query"]])[0],
            f"error: --workdir: {V1_XC}: the model was not trained on text")
-  _refused(_cli("experiments.quantize", "--model", V1_XC, "--out", str(tmp_path)),
+  _refused(run_cli_cases("experiments.quantize", [["--model", V1_XC, "--out",
+                                                   str(tmp_path)]])[0],
            f"error: {tmp_path}: exists; pass a new folder")
-  _refused(_cli("experiments.tune", "--config", "experiments/configs/bibtex.py", "--workdir",
-                str(tmp_path / "t"), "--config.data.validation_fraction=0.1",
-                "--learning_rates=1e-3,abc"),
-           "error: --learning_rates: 'abc' is not a positive number")
+
+
+def test_a_refusal_is_printed_alone_by_the_process(tmp_path):
+  """The whole path once, in a process of its own: stderr's last line, exit status 1."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  run = subprocess.run([sys.executable, "-m", "experiments.tune", "--config",
+                        "experiments/configs/bibtex.py", "--workdir", str(tmp_path / "t"),
+                        "--config.data.validation_fraction=0.1", "--learning_rates=1e-3,abc"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+  assert run.stderr.strip().splitlines()[-1] == ("error: --learning_rates: 'abc' is not a "
+                                                 "positive number")
