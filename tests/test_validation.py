@@ -94,6 +94,23 @@ def test_rerun_of_a_finished_validated_run_restores_the_best(validated_run, tmp_
     assert again[k] == res[k]
 
 
+def test_a_run_rerun_with_fewer_epochs_than_it_trained_ends_with_its_best_so_far(
+    validated_run, tmp_path):
+  """How a long run is ended early (docs/text.md): the same command with
+  ``train.num_epochs`` at most the epochs it has done trains nothing more and exports the
+  best evaluation so far."""
+  import shutil
+  c, workdir, res = validated_run
+  shutil.copytree(workdir, tmp_path / "run")
+  os.remove(tmp_path / "run" / "results.json")  # As a run stopped before its end.
+  shorter = c.copy_and_resolve_references()
+  shorter.train.num_epochs = 2
+  again = train.train_and_evaluate(shorter, str(tmp_path / "run"))
+  assert again["steps"] == res["steps"] and again["selected"] == res["selected"]
+  for k in ("P@1", "P@3", "P@5"):
+    assert again[k] == res[k]
+
+
 def test_best_read_back_from_checkpoints_equals_the_best_kept_in_memory(tmp_path):
   """With checkpoints the best state is not held in memory: the run reads it back at the
   end. A run that stops early (its best evaluation is not its last step) must end with the
