@@ -16,8 +16,8 @@ import os
 
 from absl import app, flags, logging
 
-from experiments.refusals import refusing, writable_output
-from mach_jax import metrics, whole_file
+from experiments.refusals import refusing, writable_output, writing
+from mach_jax import metrics
 from mach_jax.bundle import BUNDLE_DIR
 from mach_jax.data.xc import read_xc
 from mach_jax.predictor import Predictor
@@ -55,7 +55,7 @@ def main(argv):
   with refusing(naming=("k", "estimator", "m", "batch_size")):  # Bad flags: named.
     scores, classes = predictor.predict_topk(data.X, _K.value, _ESTIMATOR.value,
                                              method=_DECODE.value, m=_M.value)
-  with refusing("--output", OSError), whole_file.replacing(output) as f:
+  with writing("--output", output) as f:
     for s_row, c_row in zip(scores, classes):
       f.write(" ".join(f"{c}:{s:.6g}" for c, s in zip(c_row, s_row) if c >= 0) + "\n")
   print(f"wrote {len(classes)} lines to {output}")

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from typing import IO, Iterator
 
-from mach_jax import checkpoint, file_digests, workdir
+from mach_jax import checkpoint, file_digests, whole_file, workdir
 from mach_jax.data.query_log import QueryLogError
 from mach_jax.data.xc import XCFormatError
 
-__all__ = ["REFUSALS", "refusing", "writable_output"]
+__all__ = ["REFUSALS", "refusing", "writable_output", "writing"]
 
 # Refused wherever they are raised: each names its file and line, or its folder.
 REFUSALS = (XCFormatError, QueryLogError, file_digests.DamagedFolderError,
@@ -52,6 +52,17 @@ def refusing(flag: str | None = None, *kinds: type[Exception],
       raise
     where = f"{flag}: " if flag and not str(e).startswith((flag, "config.")) else ""
     raise SystemExit(f"error: {where}{e}") from None
+
+
+@contextlib.contextmanager
+def writing(flag: str, path: str) -> Iterator[IO]:
+  """The output file ``path``, open for text: a regular file (or a new one) is written whole
+  or not at all (``whole_file``; through a symbolic link, at its target), anything else (a
+  pipe, ``/dev/stdout``) is written to as it is. A failure ends the program naming ``flag``."""
+  as_it_is = os.path.exists(path) and not os.path.isfile(path)  # (Both follow links.)
+  with refusing(flag, OSError), (open(path, "w") if as_it_is
+                                 else whole_file.replacing(os.path.realpath(path))) as f:
+    yield f
 
 
 def writable_output(flag: str, path: str) -> str:

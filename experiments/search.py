@@ -26,8 +26,8 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from experiments.refusals import refusing, writable_output
-from mach_jax import metrics, whole_file
+from experiments.refusals import refusing, writable_output, writing
+from mach_jax import metrics
 from mach_jax.data.query_log import label_matrix, read_lines
 from mach_jax.search import Searcher, read_queries
 
@@ -72,7 +72,7 @@ def main(argv):
     raise SystemExit(f"error: {e}{where}") from None
   t2 = time.time()
   if output:
-    with refusing("--output", OSError), whole_file.replacing(output) as f:
+    with writing("--output", output) as f:
       for hits in results:
         f.write(" ".join(f"{h.id}:{h.score:.6g}" for h in hits) + "\n")
     print(f"wrote {len(results)} lines to {output}")

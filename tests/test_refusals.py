@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from experiments.refusals import refusing, writable_output
+from experiments.refusals import refusing, writable_output, writing
 from mach_jax.data.xc import XCFormatError
 from tests.helpers import ROOT, run_cli_cases
 
@@ -42,6 +42,29 @@ def test_an_output_in_a_missing_folder_is_refused_before_any_work(tmp_path):
     writable_output("--output", str(tmp_path / "none" / "p.txt"))
   with pytest.raises(SystemExit, match="is a folder"):
     writable_output("--output", str(tmp_path))
+
+
+def test_an_output_is_written_whole_at_its_target_and_a_pipe_as_it_is(tmp_path):
+  """``--output /dev/stdout`` (a pipe) is written to, not replaced by a file; a symbolic
+  link's target is written whole, the link kept."""
+  import threading
+  (tmp_path / "target.txt").write_text("old\n")
+  os.symlink(tmp_path / "target.txt", tmp_path / "link.txt")
+  with writing("--output", str(tmp_path / "link.txt")) as f:
+    f.write("new\n")
+  assert os.path.islink(tmp_path / "link.txt") and (tmp_path / "target.txt").read_text() == "new\n"
+  os.mkfifo(tmp_path / "pipe")
+  read = []
+  reader = threading.Thread(target=lambda: read.append(open(tmp_path / "pipe").read()))
+  reader.start()
+  with writing("--output", str(tmp_path / "pipe")) as f:
+    f.write("1:0.5\n")
+  reader.join(timeout=10)
+  assert read == ["1:0.5\n"] and sorted(os.listdir(tmp_path)) == ["link.txt", "pipe",
+                                                                    "target.txt"]
+  with pytest.raises(SystemExit, match=r"^error: --output: .*none/p.txt: not written"):
+    with writing("--output", str(tmp_path / "none" / "p.txt")) as f:
+      f.write("x")
 
 
 def _refused(case: tuple, message: str) -> None:
