@@ -56,17 +56,21 @@ def plot(path: str, curves: dict[str, list[dict]]) -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # orbax and jax log every load at INFO.
   model_dir = os.path.join(_WORKDIR.value, bundle.BUNDLE_DIR)
   with refusing("--workdir", OSError, ValueError):
     predictor = Predictor.load(model_dir)
   config = predictor.config
   if not config.data.validation_fraction:
+    refit = os.path.isdir(os.path.join(_WORKDIR.value, "select", bundle.BUNDLE_DIR))
     raise app.UsageError(
         f"{model_dir} was trained on all of its training data: retrain it with "
         "--config.data.validation_fraction=0.1 (and eval.every_epochs, checkpoint.best_metric)"
-        " so that the temperature is fitted on points it never saw")
+        " so that the temperature is fitted on points it never saw" + (
+            f" (its run refitted on the validation slice too, train.refit: calibrate the "
+            f"selection's model, --workdir {os.path.join(_WORKDIR.value, 'select')}, or train"
+            " with --config.train.refit=False)" if refit else ""))
   loss = config.model.loss
-  logging.set_verbosity(logging.WARNING)
   with refusing(None, OSError):  # The run's data files, moved or deleted since.
     _, validation, test = data_lib.load_splits(config.data)
   if test is None:

@@ -124,7 +124,7 @@ def query_log_ids(path) -> list[int]:
 
 _CLI_CASES = """
 import json, sys, traceback
-from absl import flags
+from absl import app, flags
 import importlib
 name, cases = sys.argv[1], json.loads(sys.argv[2])
 module = importlib.import_module(name)
@@ -136,6 +136,8 @@ for argv in cases:
     out.append([0, ""])
   except SystemExit as e:  # What Python prints for it on stderr, and its exit status.
     out.append([1, str(e.code)] if isinstance(e.code, str) else [e.code or 0, ""])
+  except app.UsageError as e:  # app.run prints the usage and the message, exit status 1.
+    out.append([e.exitcode, str(e)])
   except Exception:
     out.append(["traceback", traceback.format_exc()])
 print("CASES " + json.dumps(out))

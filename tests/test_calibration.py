@@ -100,3 +100,29 @@ def test_a_malformed_calibration_is_refused(tmp_path):
   json.dump(info, open(folder / "model.json", "w"))
   with pytest.raises(ValueError, match=r"model.json: .*calibration"):
     Predictor.load(str(folder))
+
+
+def test_the_calibrate_cli_fits_on_the_slice_and_saves_the_map(tmp_path):
+  """experiments.calibrate on a run that held out a validation slice: the map is saved in
+  the model folder and its report beside it; a folder trained on every point is refused,
+  naming the way out."""
+  from mach_jax import train
+  from tests.helpers import run_cli_cases, tiny_config
+  c = tiny_config()
+  c.data.validation_fraction = 0.1
+  c.train.num_epochs = 2
+  c.eval.update(every_epochs=1, subset=0)
+  train.train_and_evaluate(c, str(tmp_path / "run"))
+  c.data.validation_fraction = 0.0
+  c.eval.every_epochs = 0
+  train.train_and_evaluate(c, str(tmp_path / "all"))
+  ran, all_points, none = run_cli_cases("experiments.calibrate", [
+      ["--workdir", str(tmp_path / "run")], ["--workdir", str(tmp_path / "all")],
+      ["--workdir", str(tmp_path / "none")]])
+  assert ran == (0, ""), ran
+  report = json.load(open(tmp_path / "run" / "calibration.json"))
+  saved = bundle.read_info(str(tmp_path / "run" / "model"))["calibration"]
+  assert saved == report["calibration"][report["chosen"]] and report["num_validation"] > 0
+  assert all_points[0] == 1 and "trained on all of its training data" in all_points[1], all_points
+  assert none == (1, f"error: --workdir: {tmp_path / 'none' / 'model' / 'model.json'}: not a "
+                  "model folder (bundle.export writes one)"), none
