@@ -2,7 +2,8 @@
 
     python -m experiments.table runs/bibtex runs/delicious runs/corel5k
 
-One row per run and estimator (the run's reported estimator, plus ``--estimators``).
+One row per run and estimator (the run's reported estimator, plus ``--estimators``). The
+training time of a refitted run (``train.refit``) counts its selection run's.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ def rows(workdir: str, estimators: list[str]) -> list[str]:
     raise SystemExit(f"{path}: not found (run experiments.train with --workdir {workdir})")
   with open(path) as f:
     r = json.load(f)
+  if "by_estimator" not in r:
+    raise SystemExit(f"{path}: the run read no test split (config.eval.final_test=False, or "
+                     "no config.data.test): it has no test figures to list")
   m = r["config"]["model"]
   name = os.path.basename(os.path.normpath(workdir))
   out = []
@@ -25,9 +29,10 @@ def rows(workdir: str, estimators: list[str]) -> list[str]:
     if est not in r["by_estimator"]:
       raise SystemExit(f"{path}: estimator {est!r} was not evaluated")
     e = r["by_estimator"][est]
+    seconds = r["train_seconds"] + r.get("refit", {}).get("select_train_seconds", 0)
     out.append(f"| {name} | R={m['R']} B={m['B']} H={m['hidden'][0]} {m['loss']} | {est} "
                f"| {e['P@1']:.3f} | {e['P@3']:.3f} | {e['P@5']:.3f} | {e['nDCG@5']:.3f} "
-               f"| {e['PSP@5']:.3f} | {r['train_seconds']:.0f} | {r['examples_per_second']:.0f} "
+               f"| {e['PSP@5']:.3f} | {seconds:.0f} | {r['examples_per_second']:.0f} "
                f"| {r['num_params'] / 1e6:.1f}M | {r['num_params_full_softmax'] / 1e6:.1f}M |")
   return out
 

@@ -73,3 +73,21 @@ def test_a_record_cut_short_by_a_kill_is_dropped_and_its_point_runs_again(tmp_pa
   path.write_text('{"id": "aaa"}\nnot json\n{"id": "ccc"}\n')
   with pytest.raises(sweep.SweepError, match=r"results.jsonl:2: not a record of this sweep"):
     sweep.done_points(str(path))
+
+
+def test_the_table_counts_a_refit_runs_selection_and_refuses_a_run_without_test(tmp_path):
+  from experiments import table
+  e = {"P@1": .5, "P@3": .3, "P@5": .2, "nDCG@5": .6, "PSP@5": .1}
+  r = {"config": {"model": {"R": 8, "B": 128, "hidden": [256], "loss": "bce"}},
+       "estimator": "log_mean", "by_estimator": {"log_mean": e}, "train_seconds": 40.0,
+       "refit": {"select_train_seconds": 60.0}, "examples_per_second": 900.0,
+       "num_params": 2e6, "num_params_full_softmax": 3e6}
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "results.json").write_text(json.dumps(r))
+  assert table.rows(str(tmp_path / "run"), []) == [
+      "| run | R=8 B=128 H=256 bce | log_mean | 0.500 | 0.300 | 0.200 | 0.600 | 0.100 | 100 "
+      "| 900 | 2.0M | 3.0M |"]
+  del r["by_estimator"]
+  (tmp_path / "run" / "results.json").write_text(json.dumps(r))
+  with pytest.raises(SystemExit, match="read no test split"):
+    table.rows(str(tmp_path / "run"), [])
