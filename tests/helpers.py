@@ -122,39 +122,9 @@ def query_log_ids(path) -> list[int]:
   return ids
 
 
-_CLI_CASES = """
-import json, sys, traceback
-from absl import app, flags
-import importlib
-name, cases = sys.argv[1], json.loads(sys.argv[2])
-module = importlib.import_module(name)
-out = []
-for argv in cases:
-  flags.FLAGS.unparse_flags()
-  try:
-    module.main(flags.FLAGS([name, *argv]))
-    out.append([0, ""])
-  except SystemExit as e:  # What Python prints for it on stderr, and its exit status.
-    out.append([1, str(e.code)] if isinstance(e.code, str) else [e.code or 0, ""])
-  except app.UsageError as e:  # app.run prints the usage and the message, exit status 1.
-    out.append([e.exitcode, str(e)])
-  except Exception:
-    out.append(["traceback", traceback.format_exc()])
-print("CASES " + json.dumps(out))
-"""
-
-
 def run_cli_cases(module: str, cases: list[list[str]]) -> list[tuple[int | str, str]]:
-  """Run ``module``'s ``main`` once per argv of ``cases``, in one fresh process (one import
-  of jax for all of them; the flags parsed anew each time). Returns, per case, (exit
-  status, what Python would print on stderr for its SystemExit), or ("traceback", the
-  traceback) for an error that would have printed one."""
-  import json
-  import subprocess
-  import sys
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  run = subprocess.run([sys.executable, "-c", _CLI_CASES, module, json.dumps(cases)], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=300)
-  line = [l for l in run.stdout.splitlines() if l.startswith("CASES ")]
-  assert run.returncode == 0 and line, run.stderr[-3000:]
-  return [tuple(c) for c in json.loads(line[-1][len("CASES "):])]
+  """``experiments.bench.fuzz_cli.run_cases``: each argv through ``module``'s ``main`` in
+  one fresh process; per case (exit status, what would be printed on stderr), or
+  ("traceback", it)."""
+  from experiments.bench.fuzz_cli import run_cases
+  return run_cases(module, cases)
