@@ -115,3 +115,28 @@ def test_a_refusal_is_printed_alone_by_the_process(tmp_path):
   assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
   assert run.stderr.strip().splitlines()[-1] == ("error: --learning_rates: 'abc' is not a "
                                                  "positive number")
+
+
+@pytest.mark.parametrize("tool", ["predict", "search"])
+def test_the_command_line_fuzz_finds_every_case_answered_exactly_or_refused_alone(tool,
+                                                                                   tmp_path):
+  from experiments.bench import fuzz_cli
+  row = fuzz_cli.fuzz(tool, 16, seed=3, folder=str(tmp_path))
+  assert row["failures"] == [] and row["answered"] > 0 and row["refused"] > 0, row
+
+
+def test_the_fuzz_oracle_tells_a_crash_a_wrong_refusal_and_other_lines(tmp_path):
+  from experiments.bench import fuzz_cli
+  out = tmp_path / "o.txt"
+  out.write_text("1:0.5\n")
+  case = {"output": str(out)}
+  assert fuzz_cli.judge(case, (0, ""), ["1:0.5"]) == "answered"
+  assert fuzz_cli.judge(case, (1, "error: --k: k=0 ..."), None) == "refused"
+  with pytest.raises(fuzz_cli.SilentChange, match="other lines"):
+    fuzz_cli.judge(case, (0, ""), ["2:0.5"])
+  with pytest.raises(fuzz_cli.SilentChange, match="the tool refused"):
+    fuzz_cli.judge(case, (1, "error: no"), ["1:0.5"])
+  with pytest.raises(fuzz_cli.SilentChange, match="expected a refusal alone"):
+    fuzz_cli.judge(case, (1, "k=0 without its error: prefix"), None)
+  with pytest.raises(fuzz_cli.UnexplainedCrash):
+    fuzz_cli.judge(case, ("traceback", "Traceback ..."), None)

@@ -41,7 +41,7 @@ _RUNNER = """
 import json, sys, traceback
 from absl import app, flags
 import importlib
-name, cases = sys.argv[1], json.loads(sys.argv[2])
+name, cases = sys.argv[1], json.loads(sys.stdin.read())
 module = importlib.import_module(name)
 out = []
 for argv in cases:
@@ -70,8 +70,8 @@ def run_cases(module: str, cases: list[list[str]]) -> list[tuple[int | str, str]
   status, what Python or absl would print on stderr for it), or ("traceback", the
   traceback) for an error that would have printed one."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  run = subprocess.run([sys.executable, "-c", _RUNNER, module, json.dumps(cases)], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=1800)
+  run = subprocess.run([sys.executable, "-c", _RUNNER, module], input=json.dumps(cases),
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
   line = [l for l in run.stdout.splitlines() if l.startswith("CASES ")]
   if run.returncode != 0 or not line:
     raise RuntimeError(f"the runner of {module} failed: {run.stderr[-3000:]}")
