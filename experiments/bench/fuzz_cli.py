@@ -25,6 +25,7 @@ it answers, or other lines, a *silent change*. Writes OUT/fuzz_cli.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -141,17 +142,30 @@ def argv(tool: str, case: dict) -> list[str]:
 
 # ---- The oracle: the library in process --------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
+def _loaded(kind: str, path: str, catalogue: str | None = None):
+  """A Predictor or a Searcher, loaded once per folder (its compiled decoders kept), or the
+  error loading it raised."""
+  from mach_jax.predictor import Predictor
+  from mach_jax.search import Searcher
+  try:
+    return Predictor.load(path) if kind == "predictor" else Searcher.load(path, catalogue)
+  except (OSError, ValueError) as e:
+    return e
+
+
 def expected(tool: str, case: dict) -> list[str] | None:
   """The lines the tool must write, or None where it must refuse."""
   from mach_jax.data.xc import read_xc
-  from mach_jax.predictor import Predictor
-  from mach_jax.search import Searcher, read_queries
+  from mach_jax.search import read_queries
   out = case["output"]
   if os.path.isdir(out) or not os.path.isdir(os.path.dirname(out)):
     return None
   try:
     if tool == "predict":
-      predictor = Predictor.load(case["model"])
+      predictor = _loaded("predictor", case["model"])
+      if isinstance(predictor, Exception):
+        return None
       data = read_xc(case["input"])
       if data.X.shape[1] != predictor.num_features or (
           data.num_labels != predictor.spec.K and data.Y.nnz):
@@ -160,7 +174,9 @@ def expected(tool: str, case: dict) -> list[str] | None:
                                            method=case["decode"], m=case["m"])
       return [" ".join(f"{c}:{s:.6g}" for c, s in zip(cr, sr) if c >= 0)
               for sr, cr in zip(scores, ids)]
-    searcher = Searcher.load(case["model"], case["catalogue"])
+    searcher = _loaded("searcher", case["model"], case["catalogue"])
+    if isinstance(searcher, Exception):
+      return None
     hits = searcher.search(read_queries(case["input"]), k=case["k"],
                            estimator=case["estimator"], method=case["decode"], m=case["m"])
     return [" ".join(f"{h.id}:{h.score:.6g}" for h in row) for row in hits]
