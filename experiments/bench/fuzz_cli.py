@@ -5,8 +5,9 @@
 Each case is an argv drawn (seeded) from what a user may pass: the checked-in model folders
 (``tests/data/model_v1``: ``xc``, R = 2, B = 8, K = 60, D = 100; ``text``, K = 200, whose
 decoding is by candidates) or a missing one; an input that is well formed, malformed, of
-another D, missing, empty or a folder; an output that is new, exists, is a folder or lies in
-a missing folder; ``--k``, ``--estimator``, ``--decode`` and ``--m`` in and out of range.
+another D, missing, empty or a folder; an output that is new, exists (its own file), is a
+folder or lies in a missing folder; ``--k``, ``--estimator``, ``--decode`` and ``--m`` in
+and out of range.
 Every case of a tool runs through the tool's ``main`` in one process (``run_cases``: absl's
 flags parsed anew each time, as ``app.run`` would). The oracle is the library in process:
 
@@ -84,8 +85,7 @@ def run_cases(module: str, cases: list[list[str]]) -> list[tuple[int | str, str]
 def fixtures(folder: str) -> dict[str, str]:
   """The files the cases name, written into ``folder``."""
   f = {name: os.path.join(folder, name) for name in (
-      "good.txt", "bad.txt", "wide.txt", "empty.txt", "queries.txt", "bad_queries.txt",
-      "existing.txt")}
+      "good.txt", "bad.txt", "wide.txt", "empty.txt", "queries.txt", "bad_queries.txt")}
   with open(f["good.txt"], "w") as out:
     out.write("4 100 60\n1,2 3:0.5 7:1\n4 9:1 99:2\n 5:0.25\n59 0:1 1:1 2:1\n")
   with open(f["bad.txt"], "w") as out:
@@ -98,8 +98,6 @@ def fixtures(folder: str) -> dict[str, str]:
     out.write("usb c charger\n\nred sofa\tignored column\nkaffeebecher 日本\n")
   with open(f["bad_queries.txt"], "wb") as out:
     out.write(b"fine\n\xff\xfe not utf-8\n")
-  with open(f["existing.txt"], "w") as out:
-    out.write("an older output\n")
   f["missing"] = os.path.join(folder, "missing.txt")
   f["folder"] = folder
   return f
@@ -120,12 +118,16 @@ def draw(tool: str, rng: random.Random, f: dict, out_dir: str, i: int) -> dict:
   bad = {"model": [other, os.path.join(out_dir, "no_model")],
          "input": [f["bad.txt"], f["wide.txt"], f["missing"], f["folder"]]
          if tool == "predict" else [f["bad_queries.txt"], f["missing"], f["folder"]],
-         "output": [f["existing.txt"], f["folder"], os.path.join(out_dir, "none", "o.txt")],
+         "output": [os.path.join(out_dir, f"existing{i}.txt"), f["folder"],
+                    os.path.join(out_dir, "none", "o.txt")],
          "k": [0, -2, 61, 200, 10**9], "m": [0, -1, 9], "estimator": ["bogus", ""]}
   if tool == "search":
     bad["catalogue"] = [f["missing"], f["good.txt"]]
   for field in rng.sample(sorted(bad), rng.choice([0, 0, 1, 1, 2])):
     case[field] = rng.choice(bad[field])
+  if os.path.basename(case["output"]).startswith("existing"):  # Its own: each is replaced.
+    with open(case["output"], "w") as out:
+      out.write("an older output\n")
   return case
 
 
