@@ -83,6 +83,8 @@ def done_points(path: str) -> set[str]:
       f.truncate(len(data))
   done = set()
   for lineno, line in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
+    if not line.strip():
+      continue
     try:
       done.add(json.loads(line)["id"])
     except (ValueError, KeyError, TypeError):

@@ -121,10 +121,3 @@ def query_log_ids(path) -> list[int]:
     ids.extend(int(i) for i in field.split(","))
   return ids
 
-
-def run_cli_cases(module: str, cases: list[list[str]]) -> list[tuple[int | str, str]]:
-  """``experiments.bench.fuzz_cli.run_cases``: each argv through ``module``'s ``main`` in
-  one fresh process; per case (exit status, what would be printed on stderr), or
-  ("traceback", it)."""
-  from experiments.bench.fuzz_cli import run_cases
-  return run_cases(module, cases)

@@ -199,14 +199,14 @@ def test_a_balanced_hash_cannot_be_widened():
 def test_the_widen_cli_grows_a_text_model_over_a_new_catalogue_and_search_shows_it(tmp_path):
   """K from the grown catalogue's lines, every line checked before copying, the catalogue
   recorded in the new folder, so the Searcher shows the new products' titles by default."""
-  from tests.helpers import run_cli_cases
+  from experiments.bench.fuzz_cli import run_cases
   lines = open(os.path.join(V1, "text", "products.tsv")).read().splitlines()
   grown = tmp_path / "grown.tsv"
   grown.write_text("\n".join(lines + [f"{200 + i}\tnew product {i}" for i in range(5)]) + "\n")
   bad = tmp_path / "bad.tsv"
   bad.write_text("\n".join(lines + ["201\tan id skipped"]) + "\n")
   model = ["--model", os.path.join(V1, "text")]
-  refused, small, ran = run_cli_cases("experiments.widen", [
+  refused, small, ran = run_cases("experiments.widen", [
       [*model, "--out", str(tmp_path / "no"), "--catalogue", str(bad)],
       [*model, "--out", str(tmp_path / "no"), "--num_classes", "100"],
       [*model, "--out", str(tmp_path / "wide"), "--catalogue", str(grown)]])

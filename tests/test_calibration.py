@@ -106,8 +106,9 @@ def test_the_calibrate_cli_fits_on_the_slice_and_saves_the_map(tmp_path):
   """experiments.calibrate on a run that held out a validation slice: the map is saved in
   the model folder and its report beside it; a folder trained on every point is refused,
   naming the way out."""
+  from experiments.bench.fuzz_cli import run_cases
   from mach_jax import train
-  from tests.helpers import run_cli_cases, tiny_config
+  from tests.helpers import tiny_config
   c = tiny_config()
   c.data.validation_fraction = 0.1
   c.train.num_epochs = 2
@@ -116,7 +117,7 @@ def test_the_calibrate_cli_fits_on_the_slice_and_saves_the_map(tmp_path):
   c.data.validation_fraction = 0.0
   c.eval.every_epochs = 0
   train.train_and_evaluate(c, str(tmp_path / "all"))
-  ran, all_points, none = run_cli_cases("experiments.calibrate", [
+  ran, all_points, none = run_cases("experiments.calibrate", [
       ["--workdir", str(tmp_path / "run")], ["--workdir", str(tmp_path / "all")],
       ["--workdir", str(tmp_path / "none")]])
   assert ran == (0, ""), ran

@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
+from experiments.bench.fuzz_cli import run_cases
 from experiments.refusals import refusing, writable_output, writing
 from mach_jax.data.xc import XCFormatError
-from tests.helpers import ROOT, run_cli_cases
+from tests.helpers import ROOT
 
 V1_XC = os.path.join(ROOT, "tests", "data", "model_v1", "xc")  # R=2, B=8, K=60, D=100.
 
@@ -81,7 +82,7 @@ def test_predict_refuses_a_bad_model_input_flag_or_output(tmp_path):
   wide.write_text("1 500 60\n1 450:1\n")
   out = tmp_path / "p.txt"
   io = ["--input", str(good), "--output", str(out)]
-  cases = run_cli_cases("experiments.predict", [
+  cases = run_cases("experiments.predict", [
       ["--model", str(tmp_path / "none"), *io],
       ["--model", V1_XC, "--input", str(bad), "--output", str(out)],
       ["--model", V1_XC, "--input", str(wide), "--output", str(out)],
@@ -98,9 +99,9 @@ def test_predict_refuses_a_bad_model_input_flag_or_output(tmp_path):
 
 
 def test_search_and_quantize_refuse_with_the_message_alone(tmp_path):
-  _refused(run_cli_cases("experiments.search", [["--workdir", V1_XC, "a query"]])[0],
+  _refused(run_cases("experiments.search", [["--workdir", V1_XC, "a query"]])[0],
            f"error: --workdir: {V1_XC}: the model was not trained on text")
-  _refused(run_cli_cases("experiments.quantize", [["--model", V1_XC, "--out",
+  _refused(run_cases("experiments.quantize", [["--model", V1_XC, "--out",
                                                    str(tmp_path)]])[0],
            f"error: {tmp_path}: exists; pass a new folder")
 

@@ -70,6 +70,8 @@ def test_a_record_cut_short_by_a_kill_is_dropped_and_its_point_runs_again(tmp_pa
   path.write_text('{"id": "aaa", "overrides": {}}\n{"id": "bbb", "overr')
   assert sweep.done_points(str(path)) == {"aaa"}
   assert path.read_text() == '{"id": "aaa", "overrides": {}}\n'  # Appends start cleanly.
+  path.write_text('{"id": "aaa"}\n\n{"id": "ccc"}\n')  # Blank lines are no records.
+  assert sweep.done_points(str(path)) == {"aaa", "ccc"}
   path.write_text('{"id": "aaa"}\nnot json\n{"id": "ccc"}\n')
   with pytest.raises(sweep.SweepError, match=r"results.jsonl:2: not a record of this sweep"):
     sweep.done_points(str(path))
