@@ -139,5 +139,7 @@ def test_the_fuzz_oracle_tells_a_crash_a_wrong_refusal_and_other_lines(tmp_path)
     fuzz_cli.judge(case, (1, "error: no"), ["1:0.5"])
   with pytest.raises(fuzz_cli.SilentChange, match="expected a refusal alone"):
     fuzz_cli.judge(case, (1, "k=0 without its error: prefix"), None)
+  with pytest.raises(fuzz_cli.SilentChange, match="no file"):
+    fuzz_cli.judge({"output": str(tmp_path / "none.txt")}, (0, ""), ["1:0.5"])
   with pytest.raises(fuzz_cli.UnexplainedCrash):
     fuzz_cli.judge(case, ("traceback", "Traceback ..."), None)

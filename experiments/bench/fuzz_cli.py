@@ -197,7 +197,10 @@ def judge(case: dict, outcome: tuple, want: list[str] | None) -> str:
     return "refused"
   if code != 0:
     raise SilentChange(f"the library answers, the tool refused: {message[:300]!r}")
-  got = _read(case["output"]).splitlines()
+  got = _read(case["output"])
+  if got is None:
+    raise SilentChange(f"exit 0, and no file at {case['output']}")
+  got = got.splitlines()
   if got != want:
     raise SilentChange(f"other lines: {got[:3]} against {want[:3]}")
   return "answered"
