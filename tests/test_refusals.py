@@ -98,11 +98,8 @@ def test_predict_refuses_a_bad_model_input_flag_or_output(tmp_path):
   assert len(out.read_text().splitlines()) == 2 and not os.path.exists(f"{out}.partial")
 
 
-def test_search_and_quantize_refuse_with_the_message_alone(tmp_path):
-  _refused(run_cases("experiments.search", [["--workdir", V1_XC, "a query"]])[0],
-           f"error: --workdir: {V1_XC}: the model was not trained on text")
-  _refused(run_cases("experiments.quantize", [["--model", V1_XC, "--out",
-                                                   str(tmp_path)]])[0],
+def test_quantize_refuses_with_the_message_alone(tmp_path):
+  _refused(run_cases("experiments.quantize", [["--model", V1_XC, "--out", str(tmp_path)]])[0],
            f"error: {tmp_path}: exists; pass a new folder")
 
 
@@ -122,7 +119,7 @@ def test_a_refusal_is_printed_alone_by_the_process(tmp_path):
 def test_the_command_line_fuzz_finds_every_case_answered_exactly_or_refused_alone(tool,
                                                                                    tmp_path):
   from experiments.bench import fuzz_cli
-  row = fuzz_cli.fuzz(tool, 16, seed=3, folder=str(tmp_path))
+  row = fuzz_cli.fuzz(tool, 10, seed=3, folder=str(tmp_path))
   assert row["failures"] == [] and row["answered"] > 0 and row["refused"] > 0, row
 
 
